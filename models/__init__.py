@@ -1,0 +1,8 @@
+"""SQLAlchemy 2.0 models and the engine/session factory."""
+
+from models.alert import Alert
+from models.base import Base, utcnow
+from models.db import make_engine, make_session_factory
+from models.event import AlertEvent
+
+__all__ = ["Alert", "AlertEvent", "Base", "make_engine", "make_session_factory", "utcnow"]

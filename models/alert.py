@@ -1,0 +1,94 @@
+"""The mapping table: one row per CoScale alert *cycle* and the PagerDuty incident it owns.
+
+A CoScale alert that fires, resolves and fires again is two cycles, two rows, two incidents;
+keeping them apart means a late resolve for the first incident can never be lost by the second
+trigger overwriting the incident id.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Enum, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, UTCDateTime, utcnow
+from worker.status import AlertStatus, DeliveryState
+
+# Integer on SQLite so the primary key is the rowid alias and autoincrements.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def _enum(kind: type[AlertStatus] | type[DeliveryState], name: str) -> Enum:
+    # Stored as the lower-case value in a VARCHAR: readable in psql, no native ENUM to migrate.
+    return Enum(
+        kind,
+        name=name,
+        native_enum=False,
+        create_constraint=False,
+        length=16,
+        values_callable=lambda members: [member.value for member in members],
+        validate_strings=True,
+    )
+
+
+class Alert(Base):
+    __tablename__ = "alerts"
+    __table_args__ = (
+        UniqueConstraint("source", "source_alert_id", "cycle"),
+        UniqueConstraint("incident_key"),
+        # The sweeper's look-up: what is due, oldest first.
+        Index("ix_alerts_due", "delivery_state", "next_attempt_at"),
+        # The API contact's look-up of a PagerDuty id it did not mint.
+        Index("ix_alerts_pagerduty_incident_id", "pagerduty_incident_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    source: Mapped[str] = mapped_column(String(16))
+    source_alert_id: Mapped[str] = mapped_column(String(255))
+    cycle: Mapped[int] = mapped_column(Integer, default=1)
+    incident_key: Mapped[str] = mapped_column(String(255))
+
+    service_id: Mapped[str | None] = mapped_column(String(64))
+    title: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[str | None] = mapped_column(Text)
+    urgency: Mapped[str | None] = mapped_column(String(8))
+    # Whether title/details came from a trigger; an acknowledge seen first fills them in
+    # provisionally and the trigger, when it comes before the create, replaces them.
+    title_from_trigger: Mapped[bool] = mapped_column(default=False)
+
+    pagerduty_incident_id: Mapped[str | None] = mapped_column(String(64))
+    pagerduty_incident_number: Mapped[int | None] = mapped_column(Integer)
+    pagerduty_incident_url: Mapped[str | None] = mapped_column(String(512))
+
+    desired_status: Mapped[AlertStatus] = mapped_column(_enum(AlertStatus, "alert_status"))
+    confirmed_status: Mapped[AlertStatus | None] = mapped_column(
+        _enum(AlertStatus, "confirmed_status")
+    )
+    delivery_state: Mapped[DeliveryState] = mapped_column(_enum(DeliveryState, "delivery_state"))
+
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    # Set before the first create is sent: from then on an unknown incident id means "maybe
+    # created, answer lost", and a resolve must look the incident up by key, not skip it.
+    create_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When PagerDuty first fell behind; the give-up age counts from here.
+    pending_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    # Ingress receipt times: they order events that the queue delivered out of order.
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    resolve_received_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Alert {self.source}:{self.source_alert_id}#{self.cycle} "
+            f"desired={self.desired_status} confirmed={self.confirmed_status} "
+            f"state={self.delivery_state} incident={self.pagerduty_incident_id}>"
+        )

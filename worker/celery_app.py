@@ -1,0 +1,46 @@
+"""The Celery application: Redis broker, at-least-once delivery, no result backend."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from worker.settings import Settings, get_settings
+
+QUEUE = "pagerbridge"
+APPLY_EVENT_TASK = "pagerbridge.apply_event"
+RECONCILE_TASK = "pagerbridge.reconcile"
+SWEEP_TASK = "pagerbridge.sweep"
+
+# A task runs a few PagerDuty calls of at most ~15 s each; past this it is stuck.
+TASK_TIME_LIMIT = 120  # seconds
+# Redis re-delivers an unacknowledged message after this long. It must exceed any task's run
+# time (else a slow task runs twice) and we never use countdowns near it: retries wait in SQL.
+VISIBILITY_TIMEOUT = 600  # seconds
+
+
+def create_celery(settings: Settings) -> Celery:
+    app = Celery("pagerbridge", broker=settings.redis_url, include=["worker.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_default_queue=QUEUE,
+        # At least once: acknowledge after the work, and requeue when the worker process dies.
+        # Reconcile is idempotent, so a redelivery costs a look, not a duplicate incident.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_time_limit=TASK_TIME_LIMIT,
+        task_soft_time_limit=TASK_TIME_LIMIT - 10,
+        worker_prefetch_multiplier=4,
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        beat_schedule={
+            "sweep-due-alerts": {"task": SWEEP_TASK, "schedule": settings.sweep_interval},
+        },
+    )
+    return app
+
+
+app = create_celery(get_settings())

@@ -1,0 +1,260 @@
+"""The ``pagerbridge`` command."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from worker.errors import BridgeError
+from worker.settings import ENV_PREFIX, Settings, get_settings
+
+cli = typer.Typer(
+    name="pagerbridge",
+    help="Forward CoScale alert events to PagerDuty through Redis and Celery.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+SIMULATOR_TOKEN = "simulated-pagerduty-token"  # noqa: S105  (the simulator's, not a secret)
+SIMULATOR_SERVICE = "PSIMULA"
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[bold red]pagerbridge:[/] {message}")
+    return typer.Exit(code=2)
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except Exception as exc:  # pydantic's ValidationError names the variable and the problem
+        raise _fail(f"invalid settings: {exc}") from exc
+
+
+@cli.command()
+def migrate(
+    database_url: Annotated[
+        str | None, typer.Option(help="overrides PAGERBRIDGE_DATABASE_URL")
+    ] = None,
+) -> None:
+    """Create or upgrade the database schema (Alembic `upgrade head`)."""
+    from worker.migrate import upgrade
+
+    settings = _settings()
+    _configure_logging(settings)
+    upgrade(database_url or settings.database_url)
+    console.print("[green]database schema is up to date[/]")
+
+
+@cli.command()
+def api(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8080,
+) -> None:
+    """Serve the ingress (CoScale's Webhook and API contacts)."""
+    import uvicorn
+
+    from worker.ingress.app import build_app
+    from worker.preflight import check_database, check_redis
+
+    settings = _settings()
+    _configure_logging(settings)
+    try:
+        settings.require("ingress_tokens")
+        check_redis(settings.redis_url)
+        check_database(settings.database_url)
+        application = build_app(settings)
+    except BridgeError as exc:
+        raise _fail(str(exc)) from exc
+    uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
+
+
+@cli.command()
+def worker(
+    concurrency: Annotated[
+        int | None, typer.Option(help="worker processes (default PAGERBRIDGE_WORKER_CONCURRENCY)")
+    ] = None,
+) -> None:
+    """Run a Celery worker that delivers events to PagerDuty."""
+    from worker.preflight import check_database, check_redis
+
+    settings = _settings()
+    _configure_logging(settings)
+    try:
+        settings.require("pagerduty_token", "pagerduty_from")
+        check_redis(settings.redis_url)
+        check_database(settings.database_url)
+    except BridgeError as exc:
+        raise _fail(str(exc)) from exc
+    from worker.celery_app import QUEUE, app
+
+    app.worker_main(
+        [
+            "worker",
+            f"--concurrency={concurrency or settings.worker_concurrency}",
+            f"--loglevel={settings.log_level}",
+            f"--queues={QUEUE}",
+            "--pool=prefork",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+@cli.command()
+def beat() -> None:
+    """Run the scheduler that sweeps due retries back onto the queue."""
+    from worker.preflight import check_redis
+
+    settings = _settings()
+    _configure_logging(settings)
+    try:
+        check_redis(settings.redis_url)
+    except BridgeError as exc:
+        raise _fail(str(exc)) from exc
+    from worker.celery_app import app
+
+    schedule = settings.beat_schedule_path or str(
+        Path(tempfile.gettempdir()) / f"pagerbridge-beat-{os.getuid()}"
+    )
+    app.Beat(loglevel=settings.log_level, schedule=schedule).run()
+
+
+@cli.command()
+def simulate(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8089,
+    token: Annotated[
+        str | None, typer.Option(help="the only API token accepted (default: any)")
+    ] = None,
+) -> None:
+    """Serve a PagerDuty REST API simulator (no PagerDuty account needed)."""
+    from worker.pagerduty.simulator import serve
+
+    console.print(f"PagerDuty simulator on http://{host}:{port} (state: /_simulator/state)")
+    serve(host=host, port=port, token=token)
+
+
+@cli.command()
+def run(
+    simulate: Annotated[
+        bool, typer.Option("--simulate", help="also start the PagerDuty simulator and use it")
+    ] = False,
+    host: Annotated[str, typer.Option(help="api address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="api port")] = 8080,
+    simulator_port: Annotated[int, typer.Option(help="simulator port with --simulate")] = 8089,
+    concurrency: Annotated[int | None, typer.Option(help="worker processes")] = None,
+) -> None:
+    """Run api, worker and beat together (and the simulator with --simulate)."""
+    settings = _settings()
+    env = dict(os.environ)
+    if simulate:
+        env[f"{ENV_PREFIX}PAGERDUTY_URL"] = f"http://127.0.0.1:{simulator_port}"
+        env[f"{ENV_PREFIX}PAGERDUTY_TOKEN"] = SIMULATOR_TOKEN
+        env.setdefault(f"{ENV_PREFIX}PAGERDUTY_FROM", "pagerbridge@example.com")
+        if not settings.pagerduty_service_id:
+            env[f"{ENV_PREFIX}PAGERDUTY_SERVICE_ID"] = SIMULATOR_SERVICE
+        if not settings.ingress_tokens:
+            token = secrets.token_urlsafe(24)
+            env[f"{ENV_PREFIX}INGRESS_TOKENS"] = token
+            console.print(f"ingress token for this run: [bold]{token}[/]")
+    me = [sys.executable, "-m", "worker.cli"]
+    commands: list[tuple[str, list[str]]] = []
+    if simulate:
+        commands.append(("simulator", [*me, "simulate", "--port", str(simulator_port),
+                                       "--token", SIMULATOR_TOKEN]))
+    worker_args = [*me, "worker"] + (["--concurrency", str(concurrency)] if concurrency else [])
+    commands += [
+        ("api", [*me, "api", "--host", host, "--port", str(port)]),
+        ("worker", worker_args),
+        ("beat", [*me, "beat"]),
+    ]
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for name, command in commands:
+            processes[name] = subprocess.Popen(command, env=env)  # noqa: S603
+            if name == "simulator":
+                time.sleep(1.0)  # let it listen before the worker's first call
+        console.print(f"pagerbridge running: api on http://{host}:{port} (Ctrl-C stops)")
+        while True:
+            for name, process in processes.items():
+                code = process.poll()
+                if code is not None:
+                    raise _fail(f"{name} exited with code {code}; stopping the others")
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        console.print("stopping…")
+    finally:
+        _stop(processes)
+
+
+def _stop(processes: dict[str, subprocess.Popen[bytes]]) -> None:
+    for process in processes.values():
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for process in processes.values():
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@cli.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Alerts by delivery state, and the oldest pending delivery."""
+    from worker.report import delivery_report
+
+    settings = _settings()
+    try:
+        report = delivery_report(settings.database_url)
+    except BridgeError as exc:
+        raise _fail(str(exc)) from exc
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    table = Table(title="pagerbridge deliveries")
+    table.add_column("state")
+    table.add_column("alerts", justify="right")
+    for state, count in report["by_state"].items():
+        table.add_row(state, str(count))
+    Console().print(table)
+    oldest = report["oldest_pending"]
+    if oldest:
+        Console().print(
+            f"oldest pending: {oldest['alert']} since {oldest['since']} "
+            f"({oldest['attempts']} attempts) — last error: {oldest['last_error'] or 'none'}"
+        )
+    else:
+        Console().print("nothing pending")
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

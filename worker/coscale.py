@@ -1,0 +1,59 @@
+"""CoScale's side: the Webhook contact's fields, and the text a PagerDuty incident gets."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from worker.title import DETAILS_LIMIT, render_title, truncate
+
+# Webhook body field → CoScale placeholder (COSCALE.md). The suggested Format uses these names.
+FIELD_PLACEHOLDERS: dict[str, str] = {
+    "alert_id": "ALERT_ID",
+    "message": "MSG",
+    "metric": "METRIC",
+    "subject": "SUBJECT",
+    "dimensions": "DIMENSIONS",
+    "app": "APP_NAME",
+    "link": "LINK",
+    "date": "DATE",
+    "time": "TIME",
+    "host": "SHORTHOST",
+    "timestamp": "TIMESTAMP",
+}
+
+# Labels for the incident body, in the order a responder reads them.
+_DETAIL_LABELS: tuple[tuple[str, str], ...] = (
+    ("message", "Message"),
+    ("metric", "Metric"),
+    ("subject", "Subject"),
+    ("dimensions", "Dimensions"),
+    ("app", "Application"),
+    ("host", "Host"),
+    ("date", "Date"),
+    ("time", "Time"),
+    ("link", "CoScale"),
+    ("alert_id", "CoScale alert id"),
+)
+
+
+def placeholder_values(fields: Mapping[str, str | None]) -> dict[str, str]:
+    """Every CoScale placeholder's value for a title; absent fields render empty, as in
+    CoScale. ``{ACTION}`` is always ``triggered``: the title belongs to the incident, which a
+    trigger opens, even when an acknowledge happened to reach the bridge first."""
+    values = {name: "" for name in FIELD_PLACEHOLDERS.values()}
+    for field, placeholder in FIELD_PLACEHOLDERS.items():
+        value = fields.get(field)
+        if value:
+            values[placeholder] = value
+    values["ACTION"] = "triggered"
+    return values
+
+
+def incident_title(template: str, fields: Mapping[str, str | None]) -> str:
+    return render_title(template, placeholder_values(fields))
+
+
+def incident_details(fields: Mapping[str, str | None]) -> str:
+    """The incident body: one labelled line per CoScale field that has a value."""
+    lines = [f"{label}: {fields[name]}" for name, label in _DETAIL_LABELS if fields.get(name)]
+    return truncate("\n".join(lines), DETAILS_LIMIT)

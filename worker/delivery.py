@@ -1,0 +1,135 @@
+"""Delivery policy, as pure functions: the next PagerDuty call an alert needs, and what a
+failure does to its schedule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from models import Alert
+from worker.backoff import retry_delay, should_give_up
+from worker.pagerduty import CredentialsError, PagerDutyError, RetryableError
+from worker.status import AlertStatus, DeliveryState, next_update
+
+# With bad credentials nothing heals by itself; look again now and then (a probe) so that a
+# fixed token resumes deliveries without a restart.
+CREDENTIALS_PROBE_INTERVAL = timedelta(minutes=5)
+# An alert that wants updating but has no trigger text yet (an API-contact acknowledge that
+# overtook its create) waits for the trigger; the sweeper looks again after this.
+WAIT_FOR_TRIGGER = timedelta(seconds=30)
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """PagerDuty shows what the alert wants, or nothing is owed."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Create:
+    title: str
+    service_id: str
+    incident_key: str
+    urgency: str | None
+    details: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class FindByKey:
+    """The create may have landed with its answer lost: look the incident up by key."""
+
+    incident_key: str
+    include_resolved: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    incident_id: str
+    status: AlertStatus
+
+
+@dataclass(frozen=True, slots=True)
+class WaitForTrigger:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Misconfigured:
+    """Nothing can be sent and waiting will not help (no service id)."""
+
+    reason: str
+
+
+Step = Done | Create | FindByKey | Update | WaitForTrigger | Misconfigured
+
+
+def plan_delivery(alert: Alert) -> Step:
+    """The next PagerDuty call that brings the incident closer to the alert's desired status."""
+    desired = alert.desired_status
+    if alert.pagerduty_incident_id is None:
+        if desired is AlertStatus.RESOLVED:
+            if alert.create_sent_at is None:
+                # Resolved before anything was sent: paging someone for an alert that is already
+                # over helps nobody. Recorded in the events table, nothing sent.
+                return Done("resolved before it was delivered; nothing sent")
+            return FindByKey(alert.incident_key, include_resolved=True)
+        if alert.title is None:
+            return WaitForTrigger()
+        if not alert.service_id:
+            return Misconfigured("no PagerDuty service id for this alert")
+        return Create(
+            title=alert.title,
+            service_id=alert.service_id,
+            incident_key=alert.incident_key,
+            urgency=alert.urgency,
+            details=alert.details,
+        )
+    # An adopted incident's status is unknown: taking it as triggered sends the update, which
+    # is harmless (already in that state counts as success); assuming it was there is not.
+    wanted = next_update(desired, alert.confirmed_status or AlertStatus.TRIGGERED)
+    if wanted is None:
+        return Done(f"incident {alert.pagerduty_incident_id} is {desired.value}")
+    return Update(alert.pagerduty_incident_id, wanted)
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """An alert's delivery bookkeeping after a failed call."""
+
+    state: DeliveryState
+    attempts: int
+    next_attempt_at: datetime | None
+    last_error: str
+
+
+def schedule_after_failure(
+    alert: Alert,
+    error: PagerDutyError,
+    now: datetime,
+    *,
+    min_backoff: float,
+    max_backoff: float,
+    give_up_after: float,
+) -> Schedule:
+    """Retry later, park, or give up (DESIGN.md §3)."""
+    message = str(error)
+    if isinstance(error, CredentialsError):
+        # Not the alert's fault: no attempt spent, never failed for it.
+        return Schedule(
+            DeliveryState.PARKED, alert.attempts, now + CREDENTIALS_PROBE_INTERVAL, message
+        )
+    if isinstance(error, RetryableError):
+        attempts = alert.attempts + 1
+        since = alert.pending_since or now
+        if should_give_up((now - since).total_seconds(), give_up_after=give_up_after):
+            return Schedule(
+                DeliveryState.FAILED, attempts, None, f"gave up after {attempts} attempts: {message}"
+            )
+        delay = retry_delay(attempts, minimum=min_backoff, maximum=max_backoff)
+        if error.retry_after is not None:
+            delay = max(delay, error.retry_after)
+        return Schedule(
+            DeliveryState.PENDING, attempts, now + timedelta(seconds=delay), message
+        )
+    return Schedule(DeliveryState.FAILED, alert.attempts + 1, None, message)

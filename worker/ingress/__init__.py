@@ -1,0 +1,1 @@
+"""The HTTP side: CoScale's Webhook and API contacts, health, metrics."""

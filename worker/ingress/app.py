@@ -1,0 +1,346 @@
+"""The ingress: FastAPI endpoints for CoScale, answering at once, never waiting for PagerDuty."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from models import Alert, AlertEvent, utcnow
+from worker.coscale import incident_details, incident_title
+from worker.errors import InvalidEvent, ServiceUnavailable
+from worker.event import SOURCE_API, SOURCE_COSCALE, AlertEventMessage, new_event_id
+from worker.ingress.auth import WWW_AUTHENTICATE, presented_token, token_is_valid
+from worker.ingress.schemas import (
+    AlertView,
+    BulkUpdateRequest,
+    CoScaleWebhook,
+    CreateIncidentRequest,
+    ErrorAnswer,
+    EventAccepted,
+    IncidentAnswer,
+    IncidentEnvelope,
+    IncidentsEnvelope,
+    ServiceReference,
+    SingleUpdateRequest,
+    TimelineEntry,
+)
+from worker.queue import EventQueue
+from worker.settings import Settings
+from worker.status import AlertStatus, parse_action
+from worker.title import TITLE_LIMIT, truncate
+
+log = logging.getLogger(__name__)
+
+EVENTS_RECEIVED = Counter(
+    "pagerbridge_events_received_total", "Events accepted by the ingress", ["source", "action"]
+)
+
+# Ids the bridge mints for the API contact start with this, so a later PUT tells them apart
+# from PagerDuty incident ids opened before the switch (PagerDuty's are 7 characters, no "PB-").
+BRIDGE_ID_PREFIX = "PB"
+TIMELINE_LIMIT = 50
+
+
+def mint_bridge_id() -> str:
+    return BRIDGE_ID_PREFIX + base64.b32encode(secrets.token_bytes(10)).decode().rstrip("=")
+
+
+class ApiError(Exception):
+    """An answer other than 2xx, in the one error shape."""
+
+    def __init__(
+        self, status: int, message: str, *, field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+        self.headers = headers
+
+
+def _error(status: int, message: str, *, field: str | None = None, errors: list[str] | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    body = ErrorAnswer.model_validate(
+        {"error": {"message": message, "errors": errors or [message], "field": field}}
+    )
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+ReadinessCheck = Callable[[], None]
+
+
+def create_app(
+    settings: Settings,
+    *,
+    queue: EventQueue,
+    sessions: sessionmaker[Session],
+    redis_ping: ReadinessCheck,
+) -> FastAPI:
+    """The ingress application, wired to its queue and database."""
+    app = FastAPI(
+        title="pagerbridge",
+        summary="CoScale alert events to PagerDuty incidents, retry-safe.",
+        version="0.1.0",
+        responses={401: {"model": ErrorAnswer}, 422: {"model": ErrorAnswer}},
+    )
+    valid_tokens = settings.ingress_token_values
+
+    def authenticated(authorization: Annotated[str | None, Header()] = None) -> None:
+        if not token_is_valid(presented_token(authorization), valid_tokens):
+            raise ApiError(
+                401,
+                "missing or invalid ingress token: send 'Authorization: Token token=<token>' "
+                "or 'Authorization: Bearer <token>'",
+                headers={"WWW-Authenticate": WWW_AUTHENTICATE},
+            )
+
+    Auth = Depends(authenticated)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.message, field=exc.field, headers=exc.headers)
+
+    @app.exception_handler(InvalidEvent)
+    async def _invalid_event(_request: Request, exc: InvalidEvent) -> JSONResponse:
+        return _error(422, str(exc), field=exc.field)
+
+    @app.exception_handler(ServiceUnavailable)
+    async def _unavailable(_request: Request, exc: ServiceUnavailable) -> JSONResponse:
+        log.error("event not accepted: %s", exc)
+        return _error(503, "the bridge cannot queue events right now; nothing was accepted",
+                      headers={"Retry-After": "5"})
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_body(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        first_field = None
+        for error in exc.errors():
+            location = ".".join(str(part) for part in error["loc"] if part != "body")
+            first_field = first_field or location or None
+            problems.append(f"{location or 'body'}: {error['msg']}")
+        return _error(422, "invalid request: " + "; ".join(problems), field=first_field,
+                      errors=problems)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    def service_for(service_id: str | None, field: str) -> str:
+        chosen = service_id or settings.pagerduty_service_id
+        if not chosen:
+            raise InvalidEvent(
+                "no PagerDuty service id: send one, or set PAGERBRIDGE_PAGERDUTY_SERVICE_ID",
+                field=field,
+            )
+        return chosen
+
+    def alert_url(alert_id: str) -> str:
+        return f"{settings.public_url.rstrip('/')}/alerts/{alert_id}"
+
+    def publish(event: AlertEventMessage) -> None:
+        queue.publish(event)
+        EVENTS_RECEIVED.labels(event.source, event.action.value).inc()
+        log.info("queued event %s %s alert=%s:%s", event.event_id, event.action.value,
+                 event.source, event.alert_id)
+
+    # -- CoScale's Webhook contact -----------------------------------------------------------
+
+    @app.post("/webhooks/coscale", status_code=202, response_model=EventAccepted,
+              dependencies=[Auth])
+    def coscale_webhook(body: CoScaleWebhook) -> EventAccepted:
+        action = parse_action(body.action)
+        fields = body.model_dump(exclude_none=True, exclude={"service_id", "title", "urgency"})
+        title = truncate(body.title, TITLE_LIMIT) if body.title else incident_title(
+            settings.title_template, fields
+        )
+        event = AlertEventMessage(
+            event_id=new_event_id(),
+            source=SOURCE_COSCALE,
+            alert_id=body.alert_id,
+            action=action,
+            received_at=utcnow(),
+            title=title,
+            details=incident_details(fields),
+            service_id=service_for(body.service_id, "service_id"),
+            urgency=body.urgency,
+            fields=fields,
+        )
+        publish(event)
+        return EventAccepted(alert_id=event.alert_id, event_id=event.event_id,
+                             action=action.value, alert_url=alert_url(event.alert_id))
+
+    # -- the seed's API contact: PagerDuty's own endpoints, answered at once ----------------
+
+    @app.post("/incidents", status_code=201, response_model=IncidentEnvelope,
+              response_model_exclude_none=True, dependencies=[Auth])
+    def create_incident(body: CreateIncidentRequest) -> IncidentEnvelope:
+        incident = body.incident
+        service_id = service_for(incident.service.id if incident.service else None,
+                                 "incident.service.id")
+        bridge_id = mint_bridge_id()
+        title = truncate(incident.title, TITLE_LIMIT)
+        event = AlertEventMessage(
+            event_id=new_event_id(),
+            source=SOURCE_API,
+            alert_id=bridge_id,
+            action=AlertStatus.TRIGGERED,
+            received_at=utcnow(),
+            title=title,
+            details=incident.body.details if incident.body else None,
+            service_id=service_id,
+            urgency=incident.urgency,
+        )
+        publish(event)
+        return IncidentEnvelope(incident=IncidentAnswer(
+            id=bridge_id, status="triggered", title=title, summary=title,
+            service=ServiceReference(id=service_id), urgency=incident.urgency,
+            html_url=alert_url(bridge_id),
+        ))
+
+    def update(incident_id: str, status: str) -> IncidentAnswer:
+        event = AlertEventMessage(
+            event_id=new_event_id(),
+            source=SOURCE_API,
+            alert_id=incident_id,
+            action=parse_action(status),
+            received_at=utcnow(),
+            # Not an id we minted: a PagerDuty incident from before the switch. Adopt it.
+            incident_id=None if incident_id.startswith(BRIDGE_ID_PREFIX) else incident_id,
+        )
+        publish(event)
+        return IncidentAnswer(id=incident_id, status=status, html_url=alert_url(incident_id))
+
+    @app.put("/incidents", response_model=IncidentsEnvelope, response_model_exclude_none=True,
+             dependencies=[Auth])
+    def update_incidents(body: BulkUpdateRequest) -> IncidentsEnvelope:
+        return IncidentsEnvelope(
+            incidents=[update(item.id, item.status) for item in body.incidents]
+        )
+
+    @app.put("/incidents/{incident_id}", response_model=IncidentEnvelope,
+             response_model_exclude_none=True, dependencies=[Auth])
+    def update_incident(incident_id: str, body: SingleUpdateRequest) -> IncidentEnvelope:
+        if not incident_id.replace("-", "").replace("_", "").isalnum() or len(incident_id) > 64:
+            raise ApiError(422, "invalid incident id in the URL", field="incident_id")
+        return IncidentEnvelope(incident=update(incident_id, body.incident.status))
+
+    # -- the mapping ---------------------------------------------------------------------------
+
+    @app.get("/alerts/{alert_id}", response_model=AlertView, dependencies=[Auth])
+    def show_alert(alert_id: str, source: str | None = None) -> AlertView:
+        with sessions() as session:
+            query = select(Alert).where(Alert.source_alert_id == alert_id)
+            if source:
+                query = query.where(Alert.source == source)
+            alert = session.scalars(query.order_by(Alert.cycle.desc(), Alert.id.desc())).first()
+            if alert is None:
+                raise ApiError(404, f"no alert {alert_id!r} (yet): an event just accepted may "
+                               "still be in the queue", field="alert_id")
+            cycles = session.scalar(select(func.count()).select_from(Alert).where(
+                Alert.source == alert.source, Alert.source_alert_id == alert.source_alert_id))
+            events = session.scalars(
+                select(AlertEvent)
+                .where(AlertEvent.source == alert.source,
+                       AlertEvent.source_alert_id == alert.source_alert_id)
+                .order_by(AlertEvent.id.desc())
+                .limit(TIMELINE_LIMIT)
+            ).all()
+            return _alert_view(alert, int(cycles or 1), list(reversed(events)))
+
+    # -- health --------------------------------------------------------------------------------
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", dependencies=[Auth], responses={503: {"model": dict[str, Any]}})
+    def readyz() -> JSONResponse:
+        checks: dict[str, dict[str, str]] = {}
+
+        def check(name: str, probe: ReadinessCheck) -> None:
+            try:
+                probe()
+            except Exception as exc:  # any failure means not ready; say which
+                checks[name] = {"status": "down", "reason": f"{type(exc).__name__}: {exc}"[:300]}
+            else:
+                checks[name] = {"status": "ok", "reason": "answered"}
+
+        def database() -> None:
+            with sessions() as session:
+                session.execute(text("SELECT 1"))
+
+        check("redis", redis_ping)
+        check("database", database)
+        ready = all(result["status"] == "ok" for result in checks.values())
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+    @app.get("/metrics", dependencies=[Auth])
+    def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _alert_view(alert: Alert, cycles: int, events: list[AlertEvent]) -> AlertView:
+    return AlertView(
+        source=alert.source,
+        alert_id=alert.source_alert_id,
+        cycle=alert.cycle,
+        cycles=cycles,
+        incident_key=alert.incident_key,
+        service_id=alert.service_id,
+        title=alert.title,
+        pagerduty_incident_id=alert.pagerduty_incident_id,
+        pagerduty_incident_number=alert.pagerduty_incident_number,
+        pagerduty_incident_url=alert.pagerduty_incident_url,
+        desired_status=alert.desired_status.value,
+        confirmed_status=alert.confirmed_status.value if alert.confirmed_status else None,
+        delivery_state=alert.delivery_state.value,
+        attempts=alert.attempts,
+        next_attempt_at=_iso(alert.next_attempt_at),
+        last_error=alert.last_error,
+        created_at=alert.created_at.isoformat(),
+        updated_at=alert.updated_at.isoformat(),
+        timeline=[
+            TimelineEntry(at=(event.received_at or event.created_at).isoformat(),
+                          kind=event.kind, action=event.action, outcome=event.outcome,
+                          detail=event.detail)
+            for event in events
+        ],
+    )
+
+
+def build_app(settings: Settings) -> FastAPI:
+    """The ingress wired to the real Redis, Celery and database of ``settings``."""
+    import redis
+
+    from models import make_engine, make_session_factory
+    from worker.celery_app import app as celery_app
+    from worker.queue import CeleryEventQueue
+
+    settings.require("ingress_tokens")
+    redis_client = redis.Redis.from_url(settings.redis_url, socket_timeout=2,
+                                        socket_connect_timeout=2)
+
+    def redis_ping() -> None:
+        redis_client.ping()
+
+    sessions = make_session_factory(make_engine(settings.database_url))
+    return create_app(settings, queue=CeleryEventQueue(celery_app), sessions=sessions,
+                      redis_ping=redis_ping)

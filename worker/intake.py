@@ -1,0 +1,204 @@
+"""Turning an event into the alert's desired state (DESIGN.md §2).
+
+An event is not "a call to make" but a change to what PagerDuty should show. Applying it is
+idempotent (the event id is recorded) and order-free within a cycle (the desired status only
+moves forward); events are placed in cycles by the time the ingress received them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from models import Alert, AlertEvent
+from worker.event import AlertEventMessage
+from worker.status import AlertStatus, DeliveryState, advance
+
+log = logging.getLogger(__name__)
+
+# An alert changed by an event is reconciled at once by the worker that applied it; the sweeper
+# looks again only if that has not finished by then (a crash, a lost message).
+SWEEP_GRACE = timedelta(seconds=30)
+INTAKE_ATTEMPTS = 5  # concurrent first events for one alert race on the unique constraint
+
+
+class EventOutcome(StrEnum):
+    OPENED = "opened"  # a new cycle (a new incident) for this alert
+    ADVANCED = "advanced"  # the desired status moved forward
+    DETAILS = "details"  # the trigger's title/details arrived after another event
+    UNCHANGED = "unchanged"  # nothing new (a repeated trigger, a second resolve)
+    LATE = "late"  # belongs to a cycle already resolved; recorded, nothing to send
+    DUPLICATE = "duplicate"  # this very event was applied before (a redelivered message)
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedEvent:
+    outcome: EventOutcome
+    alert_pk: int | None
+
+    @property
+    def needs_delivery(self) -> bool:
+        return self.outcome in (EventOutcome.OPENED, EventOutcome.ADVANCED, EventOutcome.DETAILS)
+
+
+def incident_key(source: str, alert_id: str, cycle: int) -> str:
+    """The deterministic PagerDuty ``incident_key`` of one alert cycle.
+
+    Deterministic so that a create retried after a lost answer collides with the incident the
+    first attempt made, and PagerDuty refuses the duplicate instead of paging twice.
+    """
+    return f"pagerbridge/{source}/{alert_id}/{cycle}"[:255]
+
+
+def plan_event(latest: Alert | None, event: AlertEventMessage) -> EventOutcome:
+    """What ``event`` does to the alert whose newest cycle is ``latest`` (pure)."""
+    if latest is None:
+        return EventOutcome.OPENED
+    if latest.cycle > 1 and event.received_at < latest.opened_at:
+        return EventOutcome.LATE  # it belongs to an earlier cycle, resolved already
+    desired = latest.desired_status
+    if event.action is AlertStatus.RESOLVED:
+        return EventOutcome.UNCHANGED if desired is AlertStatus.RESOLVED else EventOutcome.ADVANCED
+    if desired is AlertStatus.RESOLVED:
+        resolved_at = latest.resolve_received_at
+        if resolved_at is None or event.received_at > resolved_at:
+            return EventOutcome.OPENED  # CoScale fired the alert again after resolving it
+        if event.action is AlertStatus.TRIGGERED and not latest.title_from_trigger:
+            return EventOutcome.DETAILS  # a late trigger: keep its text, send nothing
+        return EventOutcome.LATE
+    if advance(desired, event.action) is not desired:
+        return EventOutcome.ADVANCED
+    if _takes_trigger_details(latest, event):
+        return EventOutcome.DETAILS
+    return EventOutcome.UNCHANGED
+
+
+def _takes_trigger_details(alert: Alert, event: AlertEventMessage) -> bool:
+    # The trigger's text wins over an acknowledge's, but only until the incident exists.
+    return (
+        event.action is AlertStatus.TRIGGERED
+        and not alert.title_from_trigger
+        and alert.create_sent_at is None
+        and event.title is not None
+    ) or (alert.title is None and event.title is not None)
+
+
+def _fill_details(alert: Alert, event: AlertEventMessage) -> None:
+    if not _takes_trigger_details(alert, event):
+        return
+    alert.title = event.title
+    alert.details = event.details
+    alert.urgency = event.urgency
+    alert.service_id = event.service_id or alert.service_id
+    alert.title_from_trigger = event.action is AlertStatus.TRIGGERED
+
+
+def _mark_pending(alert: Alert, now: datetime) -> None:
+    if alert.delivery_state is not DeliveryState.PENDING:
+        alert.attempts = 0
+        alert.pending_since = now
+    alert.delivery_state = DeliveryState.PENDING
+    alert.next_attempt_at = now + SWEEP_GRACE
+    alert.last_error = None
+
+
+def _open_cycle(event: AlertEventMessage, cycle: int, now: datetime) -> Alert:
+    alert = Alert(
+        source=event.source,
+        source_alert_id=event.alert_id,
+        cycle=cycle,
+        incident_key=incident_key(event.source, event.alert_id, cycle),
+        service_id=event.service_id,
+        desired_status=event.action,
+        delivery_state=DeliveryState.PENDING,
+        attempts=0,
+        title_from_trigger=False,
+        opened_at=event.received_at,
+        resolve_received_at=(
+            event.received_at if event.action is AlertStatus.RESOLVED else None
+        ),
+    )
+    if event.incident_id:
+        # The API contact named a PagerDuty incident opened before the bridge: adopt it, so
+        # the acknowledge/resolve still reaches it. Its current status is unknown.
+        alert.pagerduty_incident_id = event.incident_id
+        alert.create_sent_at = event.received_at
+    _fill_details(alert, event)
+    _mark_pending(alert, now)
+    return alert
+
+
+def _apply(session: Session, event: AlertEventMessage, now: datetime) -> AppliedEvent:
+    seen = session.scalar(
+        select(AlertEvent.alert_pk).where(AlertEvent.event_id == event.event_id)
+    )
+    if seen is not None:
+        return AppliedEvent(EventOutcome.DUPLICATE, seen)
+    latest = session.scalars(
+        select(Alert)
+        .where(Alert.source == event.source, Alert.source_alert_id == event.alert_id)
+        .order_by(Alert.cycle.desc())
+        .limit(1)
+        .with_for_update()
+    ).first()
+    outcome = plan_event(latest, event)
+    alert = latest
+    if outcome is EventOutcome.OPENED:
+        alert = _open_cycle(event, latest.cycle + 1 if latest else 1, now)
+        session.add(alert)
+    elif latest is not None and outcome is EventOutcome.ADVANCED:
+        latest.desired_status = advance(latest.desired_status, event.action)
+        if event.action is AlertStatus.RESOLVED:
+            latest.resolve_received_at = event.received_at
+        _fill_details(latest, event)
+        _mark_pending(latest, now)
+    elif latest is not None and outcome is EventOutcome.DETAILS:
+        _fill_details(latest, event)
+        if latest.desired_status is not AlertStatus.RESOLVED:
+            _mark_pending(latest, now)
+    session.flush()
+    session.add(
+        AlertEvent(
+            event_id=event.event_id,
+            alert_pk=alert.id if alert is not None else None,
+            source=event.source,
+            source_alert_id=event.alert_id,
+            kind="received",
+            action=event.action.value,
+            outcome=outcome.value,
+            received_at=event.received_at,
+            payload=event.fields or None,
+        )
+    )
+    return AppliedEvent(outcome, alert.id if alert is not None else None)
+
+
+def apply_event(
+    sessions: sessionmaker[Session], event: AlertEventMessage, now: datetime
+) -> AppliedEvent:
+    """Record ``event`` and fold it into its alert's desired state, in one transaction."""
+    for attempt in range(1, INTAKE_ATTEMPTS + 1):
+        try:
+            with sessions.begin() as session:
+                applied = _apply(session, event, now)
+        except IntegrityError:
+            # Another worker opened the same cycle, or applied this same event, first.
+            if attempt == INTAKE_ATTEMPTS:
+                raise
+            continue
+        log.info(
+            "event %s %s alert=%s:%s outcome=%s",
+            event.event_id,
+            event.action.value,
+            event.source,
+            event.alert_id,
+            applied.outcome.value,
+        )
+        return applied
+    raise AssertionError("unreachable")

@@ -1,0 +1,46 @@
+"""Start-up checks: fail fast and clearly when a service the command needs is missing."""
+
+from __future__ import annotations
+
+import redis
+from sqlalchemy import inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from models import make_engine
+from worker.errors import ServiceUnavailable
+
+
+def _safe_url(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def check_redis(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        safe = redis_url.split("@")[-1]
+        raise ServiceUnavailable(
+            f"Redis at {safe} does not answer ({exc}); start it or set PAGERBRIDGE_REDIS_URL"
+        ) from exc
+    finally:
+        client.close()
+
+
+def check_database(database_url: str, *, migrated: bool = True) -> None:
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            if migrated and not inspect(connection).has_table("alerts"):
+                raise ServiceUnavailable(
+                    f"the database {_safe_url(database_url)} has no pagerbridge tables: "
+                    "run `pagerbridge migrate` first"
+                )
+    except SQLAlchemyError as exc:
+        raise ServiceUnavailable(
+            f"the database {_safe_url(database_url)} does not answer ({exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0]}); start it or set PAGERBRIDGE_DATABASE_URL"
+        ) from exc
+    finally:
+        engine.dispose()

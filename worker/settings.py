@@ -1,0 +1,96 @@
+"""The one place the environment is read.
+
+Every setting is ``PAGERBRIDGE_<NAME>`` in the environment or in a ``.env`` file in the working
+directory. Secrets have no default: the commands that need one call :meth:`Settings.require`,
+which fails at start with the variable's name instead of at the first PagerDuty call.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from worker.errors import ConfigurationError
+
+ENV_PREFIX = "PAGERBRIDGE_"
+
+#: The seed page's incident title (CoScale's own PagerDuty configuration), so that switching to
+#: the bridge changes nothing a responder sees.
+SEED_TITLE_TEMPLATE = (
+    "Alert {ACTION} for {MSG} {METRIC}{SUBJECT}{DIMENSIONS}at {TIME} ({DATE}) "
+    "on application {APP_NAME}. {LINK}"
+)
+
+
+class Settings(BaseSettings):
+    """pagerbridge's settings; names and defaults are the public contract (DESIGN.md §5)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    redis_url: str = "redis://localhost:6379/0"
+    database_url: str = "sqlite:///pagerbridge.db"
+
+    pagerduty_url: str = "https://api.pagerduty.com"
+    pagerduty_token: SecretStr | None = None
+    pagerduty_from: str | None = None
+    pagerduty_service_id: str | None = None
+    pagerduty_connect_timeout: float = Field(5.0, gt=0, description="seconds")
+    pagerduty_read_timeout: float = Field(10.0, gt=0, description="seconds")
+
+    # NoDecode: a comma-separated list, not the JSON pydantic-settings expects for lists.
+    ingress_tokens: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    title_template: str = SEED_TITLE_TEMPLATE
+    public_url: str = Field(
+        "http://localhost:8080",
+        description="how CoScale reaches the api; used in links the bridge hands out",
+    )
+
+    retry_min_backoff: float = Field(5.0, gt=0, description="seconds before the first retry")
+    retry_max_backoff: float = Field(300.0, gt=0, description="cap of one retry wait, seconds")
+    give_up_after: float = Field(48 * 3600.0, gt=0, description="seconds; then the alert fails")
+    lease_seconds: float = Field(
+        60.0, gt=0, description="how long a worker owns an alert while reconciling it"
+    )
+    sweep_interval: float = Field(5.0, gt=0, description="seconds between sweeper runs")
+    sweep_batch: int = Field(500, gt=0, description="alerts re-queued per sweeper run at most")
+
+    worker_concurrency: int = Field(2, gt=0)
+    beat_schedule_path: str = Field(
+        "", description="beat's schedule file; empty means a file in the temp directory"
+    )
+    log_level: str = "INFO"
+
+    @field_validator("ingress_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    def require(self, *names: str) -> None:
+        """Fail with the environment variable's name when a needed setting is unset."""
+        missing = [
+            f"{ENV_PREFIX}{name.upper()}"
+            for name in names
+            if getattr(self, name) in (None, "", ())
+        ]
+        if missing:
+            raise ConfigurationError(
+                f"missing required setting(s): {', '.join(missing)} "
+                "(set them in the environment or in .env)"
+            )
+
+    @property
+    def ingress_token_values(self) -> tuple[str, ...]:
+        return tuple(token.get_secret_value() for token in self.ingress_tokens)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return Settings()

@@ -1,0 +1,43 @@
+"""The sweeper: finds alerts whose next attempt is due and hands them back to the workers.
+
+Retries live in SQL (``next_attempt_at``), not in Celery countdowns: a Redis countdown longer
+than the broker's visibility timeout is redelivered over and over, and a Redis that lost its
+data would lose it. So anything pending survives a flushed Redis; the sweeper finds it again.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from models import Alert
+from worker.status import DeliveryState
+
+# How long a swept alert stays out of the next sweeps while its message waits in the queue.
+REQUEUE_GRACE = timedelta(seconds=60)
+
+
+def due_alerts(
+    sessions: sessionmaker[Session], now: datetime, *, limit: int
+) -> list[int]:
+    """Ids of alerts due for another attempt, oldest first, marked as queued."""
+    with sessions.begin() as session:
+        query = (
+            select(Alert)
+            .where(
+                Alert.delivery_state.in_([DeliveryState.PENDING, DeliveryState.PARKED]),
+                Alert.next_attempt_at <= now,
+                or_(Alert.lease_owner.is_(None), Alert.lease_expires_at < now),
+            )
+            .order_by(Alert.next_attempt_at)
+            .limit(limit)
+        )
+        if session.get_bind().dialect.name == "postgresql":
+            # Two beats by mistake, or a slow sweep overlapping the next: neither queues twice.
+            query = query.with_for_update(skip_locked=True)
+        alerts = list(session.scalars(query))
+        for alert in alerts:
+            alert.next_attempt_at = now + REQUEUE_GRACE
+        return [alert.id for alert in alerts]
