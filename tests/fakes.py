@@ -1,0 +1,96 @@
+"""Fakes shared by unit tests: PagerDuty behind an ``httpx.MockTransport``, a queue in a list."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+from worker.event import AlertEventMessage
+from worker.pagerduty import PagerDutyClient
+from worker.pagerduty.simulator import SimulatedError, SimulatedPagerDuty
+
+TOKEN = "unit-test-pagerduty-token"
+
+
+@dataclass
+class FakePagerDuty:
+    """The simulator's rules served through ``httpx.MockTransport``, with scripted faults.
+
+    ``faults`` holds, per call kind ("create", "update", "find"), a list of what the next calls
+    of that kind do: ``"503"`` answers 503 without acting, ``"lost"`` acts and answers 502 (the
+    bridge never hears that PagerDuty did the work), ``"401"`` refuses the credentials.
+    """
+
+    simulator: SimulatedPagerDuty = field(default_factory=lambda: SimulatedPagerDuty(seed=1))
+    faults: dict[str, list[str]] = field(default_factory=dict)
+    calls: list[tuple[str, str]] = field(default_factory=list)
+
+    def client(self) -> PagerDutyClient:
+        return PagerDutyClient(
+            "https://pagerduty.test", TOKEN, "bridge@example.com",
+            transport=httpx.MockTransport(self.handle),
+        )
+
+    def fail_next(self, kind: str, *outcomes: str) -> None:
+        self.faults.setdefault(kind, []).extend(outcomes)
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        kind = (
+            "create" if request.method == "POST"
+            else "find" if request.method == "GET"
+            else "update"
+        )
+        self.calls.append((request.method, path))
+        fault = self.faults.get(kind, [None]).pop(0) if self.faults.get(kind) else None
+        if fault == "503":
+            return httpx.Response(503, text="upstream unavailable")
+        if fault == "401":
+            return httpx.Response(401, json={"error": {"message": "Unauthorized", "code": 2006}})
+        try:
+            body = self._dispatch(request, path)
+        except SimulatedError as error:
+            return httpx.Response(error.status, json=error.envelope())
+        if fault == "lost":
+            return httpx.Response(502, text="bad gateway")
+        return httpx.Response(201 if request.method == "POST" else 200, json=body)
+
+    def _dispatch(self, request: httpx.Request, path: str) -> dict[str, object]:
+        sim = self.simulator
+        if request.method == "POST" and path == "/incidents":
+            return {"incident": sim.create_incident(json.loads(request.content))}
+        if request.method == "PUT" and path == "/incidents":
+            return {"incidents": sim.update_incidents(json.loads(request.content))}
+        if request.method == "PUT":
+            return {"incident": sim.update_incident(path.rsplit("/", 1)[1],
+                                                    json.loads(request.content))}
+        params = request.url.params
+        return sim.list_incidents(
+            incident_key=params.get("incident_key"),
+            statuses=params.get_list("statuses[]"),
+            date_range=params.get("date_range"),
+        )
+
+    def incidents(self) -> list[dict[str, object]]:
+        return list(self.simulator.state()["incidents"])
+
+
+@dataclass
+class ListQueue:
+    """The ingress's queue, as a list; ``broken`` makes it refuse like a Redis that is down."""
+
+    events: list[AlertEventMessage] = field(default_factory=list)
+    broken: bool = False
+    on_publish: Callable[[AlertEventMessage], None] | None = None
+
+    def publish(self, event: AlertEventMessage) -> None:
+        from worker.errors import ServiceUnavailable
+
+        if self.broken:
+            raise ServiceUnavailable("redis is down (fake)")
+        self.events.append(event)
+        if self.on_publish:
+            self.on_publish(event)

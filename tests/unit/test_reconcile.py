@@ -1,0 +1,295 @@
+"""The reconcile loop against SQLite and the simulator's rules behind httpx.MockTransport."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from models import Alert, AlertEvent
+from tests.fakes import FakePagerDuty
+from worker.event import SOURCE_API, SOURCE_COSCALE, AlertEventMessage, new_event_id
+from worker.intake import AppliedEvent, EventOutcome, apply_event
+from worker.reconcile import Reconciler, ReconcileResult
+from worker.settings import Settings
+from worker.status import AlertStatus, DeliveryState
+from worker.sweeper import due_alerts
+
+T, A, R = AlertStatus.TRIGGERED, AlertStatus.ACKNOWLEDGED, AlertStatus.RESOLVED
+START = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def pagerduty() -> FakePagerDuty:
+    return FakePagerDuty()
+
+
+@pytest.fixture
+def reconciler(
+    sqlite_sessions: sessionmaker[Session], pagerduty: FakePagerDuty, clock: Clock
+) -> Reconciler:
+    settings = Settings(retry_min_backoff=5, retry_max_backoff=300, give_up_after=3600)
+    return Reconciler(sqlite_sessions, pagerduty.client(), settings, clock=clock)
+
+
+Send = Callable[..., AppliedEvent]
+
+
+@pytest.fixture
+def send(sqlite_sessions: sessionmaker[Session], clock: Clock) -> Send:
+    """Apply an event as a worker would; ``at`` is the ingress receipt time (seconds)."""
+
+    def _send(action: AlertStatus, *, alert_id: str = "42", at: float = 0,
+              event_id: str | None = None, source: str = SOURCE_COSCALE,
+              incident_id: str | None = None, title: str | None = "CPU high") -> AppliedEvent:
+        event = AlertEventMessage(
+            event_id=event_id or new_event_id(), source=source, alert_id=alert_id,
+            action=action, received_at=START + timedelta(seconds=at),
+            title=title if source == SOURCE_COSCALE or action is T else None,
+            details="Message: CPU high", service_id="PSVC", incident_id=incident_id,
+        )
+        return apply_event(sqlite_sessions, event, clock())
+
+    return _send
+
+
+def alert(sessions: sessionmaker[Session], alert_id: str = "42", cycle: int | None = None) -> Alert:
+    with sessions() as session:
+        query = select(Alert).where(Alert.source_alert_id == alert_id)
+        if cycle:
+            query = query.where(Alert.cycle == cycle)
+        found = session.scalars(query.order_by(Alert.cycle.desc())).first()
+        assert found is not None
+        return found
+
+
+def deliver(reconciler: Reconciler, applied: AppliedEvent) -> ReconcileResult:
+    assert applied.alert_pk is not None
+    return reconciler.reconcile(applied.alert_pk)
+
+
+def test_trigger_acknowledge_resolve(send: Send, reconciler: Reconciler,
+                                     pagerduty: FakePagerDuty,
+                                     sqlite_sessions: sessionmaker[Session]) -> None:
+    assert deliver(reconciler, send(T, at=0)) is ReconcileResult.DELIVERED
+    incident = pagerduty.incidents()[0]
+    assert incident["status"] == "triggered"
+    assert incident["incident_key"] == "pagerbridge/coscale/42/1"
+    deliver(reconciler, send(A, at=1))
+    assert pagerduty.incidents()[0]["status"] == "acknowledged"
+    deliver(reconciler, send(R, at=2))
+    row = alert(sqlite_sessions)
+    assert (row.pagerduty_incident_id, row.confirmed_status, row.delivery_state) == (
+        incident["id"], R, DeliveryState.DELIVERED)
+    assert pagerduty.incidents()[0]["status"] == "resolved"
+    assert len(pagerduty.incidents()) == 1
+
+
+def test_acknowledge_before_trigger_creates_then_acknowledges(
+    send: Send, reconciler: Reconciler, pagerduty: FakePagerDuty,
+    sqlite_sessions: sessionmaker[Session],
+) -> None:
+    # Given the acknowledge (received later) is processed first
+    ack = send(A, at=5)
+    deliver(reconciler, ack)
+    # When the trigger (received earlier) arrives
+    trigger = send(T, at=1)
+    # Then it only adds its text; one incident, acknowledged
+    assert trigger.outcome in (EventOutcome.UNCHANGED, EventOutcome.DETAILS)
+    deliver(reconciler, trigger)
+    (incident,) = pagerduty.incidents()
+    assert incident["status"] == "acknowledged"
+    assert [c["to"] for c in incident["status_history"]] == ["triggered", "acknowledged"]
+    assert alert(sqlite_sessions).delivery_state is DeliveryState.DELIVERED
+
+
+def test_resolve_never_triggered_sends_nothing(
+    send: Send, reconciler: Reconciler, pagerduty: FakePagerDuty,
+    sqlite_sessions: sessionmaker[Session],
+) -> None:
+    assert deliver(reconciler, send(R, at=0)) is ReconcileResult.DELIVERED
+    assert pagerduty.calls == []
+    row = alert(sqlite_sessions)
+    assert (row.desired_status, row.delivery_state) == (R, DeliveryState.DELIVERED)
+    # And a trigger received before that resolve, processed after it, stays silent too.
+    late = send(T, at=-1)
+    assert late.outcome in (EventOutcome.DETAILS, EventOutcome.LATE)
+    assert not late.needs_delivery
+    assert pagerduty.calls == []
+
+
+def test_duplicated_event_is_a_no_op(send: Send, reconciler: Reconciler,
+                                     pagerduty: FakePagerDuty) -> None:
+    first = send(T, event_id="e1")
+    deliver(reconciler, first)
+    again = send(T, event_id="e1")
+    assert again.outcome is EventOutcome.DUPLICATE
+    assert not again.needs_delivery
+    # A second trigger (another event id) for an open alert changes nothing either.
+    assert send(T, at=3).outcome is EventOutcome.UNCHANGED
+    assert len(pagerduty.incidents()) == 1
+    assert pagerduty.calls == [("POST", "/incidents")]
+
+
+def test_lost_create_answer_is_adopted_not_doubled(
+    send: Send, reconciler: Reconciler, pagerduty: FakePagerDuty, clock: Clock,
+    sqlite_sessions: sessionmaker[Session],
+) -> None:
+    # Given PagerDuty creates the incident but the answer is lost
+    pagerduty.fail_next("create", "lost")
+    assert deliver(reconciler, send(T)) is ReconcileResult.RETRY
+    row = alert(sqlite_sessions)
+    assert row.delivery_state is DeliveryState.PENDING and row.attempts == 1
+    assert row.next_attempt_at is not None and row.next_attempt_at >= clock() + timedelta(seconds=5)
+    # When the retry comes due
+    clock.advance(400)
+    assert due_alerts(sqlite_sessions, clock(), limit=10) == [row.id]
+    assert reconciler.reconcile(row.id) is ReconcileResult.DELIVERED
+    # Then the duplicate key is refused and the open incident adopted: one incident
+    (incident,) = pagerduty.incidents()
+    assert alert(sqlite_sessions).pagerduty_incident_id == incident["id"]
+    assert pagerduty.simulator.state()["counts"]["duplicate_creates_refused"] == 1
+
+
+def test_resolve_after_lost_create_finds_and_resolves_the_incident(
+    send: Send, reconciler: Reconciler, pagerduty: FakePagerDuty,
+    sqlite_sessions: sessionmaker[Session],
+) -> None:
+    pagerduty.fail_next("create", "lost")
+    deliver(reconciler, send(T, at=0))
+    # The resolve arrives while the bridge does not know the incident id
+    assert deliver(reconciler, send(R, at=1)) is ReconcileResult.DELIVERED
+    (incident,) = pagerduty.incidents()
+    assert incident["status"] == "resolved"
+    assert alert(sqlite_sessions).pagerduty_incident_id == incident["id"]
+
+
+def test_retryable_errors_back_off_then_fail_after_give_up_age(
+    send: Send, reconciler: Reconciler, pagerduty: FakePagerDuty, clock: Clock,
+    sqlite_sessions: sessionmaker[Session],
+) -> None:
+    pagerduty.fail_next("create", *["503"] * 100)
+    applied = send(T)
+    waits = []
+    while deliver(reconciler, applied) is ReconcileResult.RETRY:
+        row = alert(sqlite_sessions)
+        assert row.next_attempt_at is not None
+        waits.append((row.next_attempt_at - clock()).total_seconds())
+        clock.now = row.next_attempt_at
+    row = alert(sqlite_sessions)
+    assert row.delivery_state is DeliveryState.FAILED
+    assert "gave up" in (row.last_error or "") and "503" in (row.last_error or "")
+    assert all(5 <= wait <= 300 for wait in waits)
+    assert waits[-1] > waits[0]
+    assert (clock() - START) >= timedelta(seconds=3600)
+    assert pagerduty.incidents() == []
+
+
+def test_permanent_error_fails_at_once_with_pagerduty_message(
+    send: Send, reconciler: Reconciler, sqlite_sessions: sessionmaker[Session],
+) -> None:
+    applied = send(T, title="x" * 1025)  # the simulator refuses titles over 1024 characters
+    assert deliver(reconciler, applied) is ReconcileResult.FAILED
+    row = alert(sqlite_sessions)
+    assert row.delivery_state is DeliveryState.FAILED
+    assert row.last_error and "400" in row.last_error
+
+
+def test_credentials_refused_parks_without_spending_attempts(
+    send: Send, reconciler: Reconciler, pagerduty: FakePagerDuty, clock: Clock,
+    sqlite_sessions: sessionmaker[Session],
+) -> None:
+    pagerduty.fail_next("create", "401")
+    assert deliver(reconciler, send(T)) is ReconcileResult.PARKED
+    row = alert(sqlite_sessions)
+    assert (row.delivery_state, row.attempts) == (DeliveryState.PARKED, 0)
+    clock.advance(600)
+    assert due_alerts(sqlite_sessions, clock(), limit=10) == [row.id]
+    assert reconciler.reconcile(row.id) is ReconcileResult.DELIVERED
+
+
+def test_retrigger_after_resolve_opens_a_new_incident(
+    send: Send, reconciler: Reconciler, pagerduty: FakePagerDuty,
+    sqlite_sessions: sessionmaker[Session],
+) -> None:
+    deliver(reconciler, send(T, at=0))
+    deliver(reconciler, send(R, at=1))
+    again = send(T, at=2)
+    assert again.outcome is EventOutcome.OPENED
+    deliver(reconciler, again)
+    first, second = sorted(pagerduty.incidents(), key=lambda i: int(str(i["incident_number"])))
+    assert (first["status"], second["status"]) == ("resolved", "triggered")
+    assert second["incident_key"] == "pagerbridge/coscale/42/2"
+    assert alert(sqlite_sessions).cycle == 2
+
+
+def test_pending_resolve_of_first_cycle_survives_a_refire(
+    send: Send, reconciler: Reconciler, pagerduty: FakePagerDuty, clock: Clock,
+    sqlite_sessions: sessionmaker[Session],
+) -> None:
+    deliver(reconciler, send(T, at=0))
+    pagerduty.fail_next("update", "503")
+    resolve = send(R, at=1)
+    assert deliver(reconciler, resolve) is ReconcileResult.RETRY
+    deliver(reconciler, send(T, at=2))  # CoScale fires the alert again
+    clock.advance(1000)
+    for pk in due_alerts(sqlite_sessions, clock(), limit=10):
+        reconciler.reconcile(pk)
+    statuses = sorted(str(i["status"]) for i in pagerduty.incidents())
+    assert statuses == ["resolved", "triggered"]
+
+
+def test_api_contact_update_for_unknown_pagerduty_id_adopts_it(
+    send: Send, reconciler: Reconciler, pagerduty: FakePagerDuty,
+) -> None:
+    # An incident PagerDuty opened before the switch to the bridge
+    existing = pagerduty.simulator.create_incident(
+        {"incident": {"type": "incident", "title": "old", "service": {"id": "PSVC", "type": "service_reference"}}})
+    applied = send(R, alert_id=str(existing["id"]), source=SOURCE_API,
+                   incident_id=str(existing["id"]))
+    assert deliver(reconciler, applied) is ReconcileResult.DELIVERED
+    assert pagerduty.incidents()[0]["status"] == "resolved"
+
+
+def test_lease_keeps_a_second_worker_out(
+    send: Send, reconciler: Reconciler, sqlite_sessions: sessionmaker[Session], clock: Clock,
+) -> None:
+    applied = send(T)
+    assert applied.alert_pk is not None
+    assert reconciler._claim(applied.alert_pk, "other-worker")
+    assert reconciler.reconcile(applied.alert_pk) is ReconcileResult.BUSY
+    # A lease left by a killed worker expires
+    clock.advance(reconciler.settings.lease_seconds + 1)
+    assert reconciler.reconcile(applied.alert_pk) is ReconcileResult.DELIVERED
+
+
+def test_every_step_is_in_the_timeline(
+    send: Send, reconciler: Reconciler, sqlite_sessions: sessionmaker[Session],
+) -> None:
+    deliver(reconciler, send(T, at=0))
+    deliver(reconciler, send(R, at=1))
+    with sqlite_sessions() as session:
+        rows = session.scalars(select(AlertEvent).order_by(AlertEvent.id)).all()
+    assert [(r.kind, r.action or r.outcome) for r in rows] == [
+        ("received", "triggered"), ("delivery", "create"),
+        ("received", "resolved"), ("delivery", "update"),
+    ]

@@ -1,0 +1,523 @@
+"""PagerDuty REST API v2 client: create, update and look up incidents.
+
+The only module of the project that imports httpx. Each method makes exactly one HTTP request
+and either returns the result or raises an error from ``errors.py`` (classified by
+``classify.py``); it never sleeps and never retries. Retry policy (backoff, ``retry_after``)
+belongs to the caller, which sees no httpx type: transport exceptions are translated here with
+``raise ... from exc``.
+
+The API token is only ever put in the ``Authorization`` header. It is refused at construction
+if it could make httpx fail in a way that echoes it, never logged, and scrubbed from every
+error message as a last line of defence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from worker.pagerduty.classify import (
+    classify_malformed_success,
+    classify_response,
+    classify_transport_failure,
+)
+from worker.pagerduty.errors import PagerDutyError, PermanentError
+
+__all__ = [
+    "MAX_BULK_UPDATES",
+    "MAX_FIND_RESULTS",
+    "UPDATE_STATUSES",
+    "URGENCIES",
+    "Incident",
+    "PagerDutyClient",
+]
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+# What httpx accepts as one query parameter value.
+_QueryValue = str | int | float | bool | None
+
+# PAGERDUTY.md: bulk PUT /incidents takes at most 250 items (more gives 413).
+MAX_BULK_UPDATES = 250
+# PAGERDUTY.md: GET /incidents takes limit <= 100.
+MAX_FIND_RESULTS = 100
+# PAGERDUTY.md: an update sets status "acknowledged" or "resolved"; nothing else is sent.
+UPDATE_STATUSES = frozenset({"acknowledged", "resolved"})
+URGENCIES = frozenset({"high", "low"})
+
+# PAGERDUTY.md: every request carries this Accept header; it asks for REST API v2.
+_ACCEPT = "application/vnd.pagerduty+json;version=2"
+
+# PAGERDUTY.md: the error list has "1001 Incident Already Resolved" and "1002 Incident Already
+# Acknowledged", and "already in the wanted state" counts as success. Keyed by the status we
+# asked for: 1001 on an *acknowledge* is NOT success (the incident is resolved, not acked).
+# PAGERDUTY.md also says the behaviour on an already resolved incident is not documented, so
+# the message text is matched as well as the code.
+_ALREADY_IN_STATE: Mapping[str, tuple[int, str]] = {
+    "resolved": (1001, "already resolved"),
+    "acknowledged": (1002, "already acknowledged"),
+}
+
+# Connection pool: PagerDuty advises serial requests per token (PAGERDUTY.md, rate limits), so
+# the bridge never needs many sockets. Idle connections are dropped after 30 s, below the 60 s
+# idle timeout common to load balancers, so a reused connection is rarely one the far end has
+# already closed (that shows up as RetryableError "connection closed by server").
+_MAX_CONNECTIONS = 4
+_KEEPALIVE_EXPIRY_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    """What the bridge needs to know about a PagerDuty incident.
+
+    Attributes:
+        id: PagerDuty's incident ID, e.g. ``"PT4KHLK"``.
+        status: ``"triggered"``, ``"acknowledged"`` or ``"resolved"``.
+        number: the account-wide ``incident_number``, when PagerDuty sent it.
+        html_url: the incident's page in PagerDuty's web app, when sent.
+        incident_key: the de-duplication key, when sent.
+    """
+
+    id: str
+    status: str  # "triggered" | "acknowledged" | "resolved"
+    number: int | None = None
+    html_url: str | None = None
+    incident_key: str | None = None
+
+
+class PagerDutyClient:
+    """A synchronous PagerDuty REST API v2 client holding one keep-alive connection pool.
+
+    Create one per worker process at start and ``close()`` it at shutdown (or use it as a
+    context manager). Not meant to be shared between threads that call it concurrently:
+    PagerDuty advises serial requests per token.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        from_email: str,
+        *,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+        user_agent: str = "pagerbridge/0.1",
+    ) -> None:
+        """Set up the client; no request is made yet.
+
+        Args:
+            base_url: e.g. ``"https://api.pagerduty.com"`` (or a simulator's URL; a path
+                prefix is kept).
+            token: the REST API key, sent as ``Authorization: Token token=<token>``.
+            from_email: email of a user on the account; PAGERDUTY.md: required on
+                ``POST``/``PUT /incidents`` (a missing ``From`` gives 400).
+            connect_timeout: seconds to open a connection, and to wait for a free one from
+                the pool.
+            read_timeout: seconds to wait for each read of the answer, and for each write of
+                the request.
+            transport: an httpx transport to use instead of the network (tests pass
+                ``httpx.MockTransport``); connection limits then do not apply.
+            user_agent: the ``User-Agent`` header.
+
+        Raises:
+            ValueError: on a malformed base URL, token, email, user agent or timeout. The
+                message never contains the token.
+        """
+        _require_header_value("token", token)
+        _require_header_value("from_email", from_email)
+        _require_header_value("user_agent", user_agent)
+        if "@" not in from_email:
+            raise ValueError("from_email must be the email address of a PagerDuty user")
+        for name, seconds in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
+            if not seconds > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {seconds!r}")
+        try:
+            url = httpx.URL(base_url)
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"base_url is not a valid URL: {base_url!r}") from exc
+        if url.scheme not in ("http", "https") or not url.host:
+            # Checked here so httpx.UnsupportedProtocol (a configuration error that retrying
+            # cannot fix) never reaches classify_transport_failure as a "retryable" failure.
+            raise ValueError(f"base_url must be an http(s) URL with a host, got {base_url!r}")
+
+        self._base_url = base_url
+        self._from_email = from_email
+        self._token = token
+        self._http = httpx.Client(
+            base_url=url,
+            headers={
+                # PAGERDUTY.md: every request carries these four.
+                "Authorization": f"Token token={token}",
+                "Accept": _ACCEPT,
+                "Content-Type": "application/json",
+                "User-Agent": user_agent,
+            },
+            timeout=httpx.Timeout(
+                connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout
+            ),
+            limits=httpx.Limits(
+                max_connections=_MAX_CONNECTIONS,
+                max_keepalive_connections=_MAX_CONNECTIONS,
+                keepalive_expiry=_KEEPALIVE_EXPIRY_S,
+            ),
+            transport=transport,
+            # A redirect is not part of PagerDuty's API; classify it rather than follow it with
+            # the token attached.
+            follow_redirects=False,
+        )
+
+    def __repr__(self) -> str:
+        return f"PagerDutyClient(base_url={self._base_url!r}, from_email={self._from_email!r})"
+
+    # -- incidents -------------------------------------------------------------------------
+
+    def create_incident(
+        self,
+        *,
+        title: str,
+        service_id: str,
+        incident_key: str,
+        urgency: str | None = None,
+        details: str | None = None,
+    ) -> Incident:
+        """Create an incident: ``POST /incidents``, expecting 201.
+
+        ``incident_key`` is required and non-empty because it is what makes a retry safe
+        (PAGERDUTY.md): if the response to this call is lost, calling again with the same key
+        raises :class:`DuplicateIncidentKeyError`, and the caller adopts the open incident
+        found with :meth:`find_incidents`.
+
+        Args:
+            title: the incident's title.
+            service_id: the PagerDuty service ID, e.g. ``"PXFL9LI"``.
+            incident_key: the de-duplication key.
+            urgency: ``"high"`` or ``"low"``; ``None`` leaves the service's default.
+            details: free text for the incident body; ``None`` sends no body.
+
+        Raises:
+            ValueError: empty title, service_id or incident_key, or an unknown urgency.
+            PagerDutyError: see ``errors.py``.
+        """
+        _require_non_empty(title=title, service_id=service_id, incident_key=incident_key)
+        if urgency is not None and urgency not in URGENCIES:
+            raise ValueError(f"urgency must be one of {sorted(URGENCIES)}, got {urgency!r}")
+
+        incident: dict[str, Any] = {
+            "type": "incident",
+            "title": title,
+            "service": {"id": service_id, "type": "service_reference"},
+            "incident_key": incident_key,
+        }
+        if urgency is not None:
+            incident["urgency"] = urgency
+        if details is not None:
+            incident["body"] = {"type": "incident_body", "details": details}
+
+        created = self._call("POST", "/incidents", _parse_one, payload={"incident": incident})
+        if created.incident_key is None:
+            # The key was accepted with the incident even if the answer left it out.
+            created = dataclasses.replace(created, incident_key=incident_key)
+        return created
+
+    def update_incident(self, incident_id: str, status: str) -> Incident:
+        """Acknowledge or resolve one incident: ``PUT /incidents/{id}``.
+
+        If PagerDuty says the incident is already in the wanted state (1001 "Incident Already
+        Resolved" on a resolve, 1002 "Incident Already Acknowledged" on an acknowledge) this
+        returns ``Incident(incident_id, status)`` instead of raising: the goal is reached.
+
+        The caller must not acknowledge an incident it has resolved: PagerDuty reopens it
+        (PAGERDUTY.md, changelog 2025-09-18). This client cannot know the history, so it sends
+        what it is asked to send.
+
+        Args:
+            incident_id: PagerDuty's incident ID.
+            status: ``"acknowledged"`` or ``"resolved"``.
+
+        Raises:
+            ValueError: empty ``incident_id`` or a status not in ``UPDATE_STATUSES``.
+            PagerDutyError: see ``errors.py``.
+        """
+        _require_update(incident_id, status)
+        try:
+            return self._call(
+                "PUT",
+                # Quoted whole: an ID is one path segment, never a path of its own.
+                f"/incidents/{quote(incident_id, safe='')}",
+                _parse_one,
+                payload={"incident": {"type": "incident_reference", "status": status}},
+            )
+        except PermanentError as err:
+            if _is_already_in_state(err, status):
+                return Incident(id=incident_id, status=status)
+            raise
+
+    def update_incidents(self, updates: Sequence[tuple[str, str]]) -> list[Incident]:
+        """Acknowledge or resolve up to 250 incidents in one bulk ``PUT /incidents``.
+
+        "Already in the wanted state" (1001/1002) counts as success only for a one-item
+        batch, where it can only be about that item. For a larger batch the answer does not
+        say which item it is about, nor whether the others were applied, so the error is
+        raised as is; the caller can fall back to :meth:`update_incident` per item.
+
+        Args:
+            updates: ``(incident_id, status)`` pairs, status ``"acknowledged"`` or
+                ``"resolved"``.
+
+        Returns:
+            The incidents as PagerDuty returned them.
+
+        Raises:
+            ValueError: no updates, more than ``MAX_BULK_UPDATES`` (PagerDuty would answer
+                413), or an invalid pair.
+            PagerDutyError: see ``errors.py``.
+        """
+        if not updates:
+            raise ValueError("updates must not be empty")
+        if len(updates) > MAX_BULK_UPDATES:
+            raise ValueError(
+                f"at most {MAX_BULK_UPDATES} updates per bulk request, got {len(updates)}; "
+                "split the batch"
+            )
+        for incident_id, status in updates:
+            _require_update(incident_id, status)
+
+        try:
+            return self._call(
+                "PUT",
+                "/incidents",
+                _parse_list,
+                payload={
+                    "incidents": [
+                        {"id": incident_id, "type": "incident_reference", "status": status}
+                        for incident_id, status in updates
+                    ]
+                },
+            )
+        except PermanentError as err:
+            if len(updates) == 1 and _is_already_in_state(err, updates[0][1]):
+                incident_id, status = updates[0]
+                return [Incident(id=incident_id, status=status)]
+            raise
+
+    def find_incidents(
+        self, incident_key: str, *, include_resolved: bool = False
+    ) -> list[Incident]:
+        """Look incidents up by de-duplication key: ``GET /incidents?incident_key=...``.
+
+        Always sends ``date_range=all``, even for open incidents only: without it PagerDuty
+        searches just the last 30 days (List Incidents reference: ``since``/``until`` default
+        to a 30-day window, and ``date_range=all`` ignores them; not in PAGERDUTY.md), so an
+        incident still open after a month would not be found and adopting it after a
+        duplicate-key refusal would fail. Unless ``include_resolved``, only ``triggered`` and
+        ``acknowledged`` incidents are asked for (``statuses[]``).
+
+        At most ``MAX_FIND_RESULTS`` (100) incidents are returned: this makes one request and
+        does not page. One key has at most one open incident per service, so this only cuts
+        a long resolved history short.
+
+        PagerDuty may also return incidents whose *alerts* carry the key (grouped incidents
+        have no incident_key of their own), so ``Incident.incident_key`` may differ or be
+        ``None``; the list is returned as PagerDuty sent it.
+
+        Raises:
+            ValueError: empty ``incident_key`` (PAGERDUTY.md: that would list everything).
+            PagerDutyError: see ``errors.py``.
+        """
+        _require_non_empty(incident_key=incident_key)
+        params: list[tuple[str, _QueryValue]] = [
+            ("incident_key", incident_key),
+            ("date_range", "all"),
+            ("limit", MAX_FIND_RESULTS),
+        ]
+        if not include_resolved:
+            params += [("statuses[]", "triggered"), ("statuses[]", "acknowledged")]
+
+        found = self._call("GET", "/incidents", _parse_list, params=params)
+        if len(found) >= MAX_FIND_RESULTS:
+            logger.warning(
+                "PagerDuty returned %d incidents for one incident_key; more were not fetched",
+                len(found),
+            )
+        return found
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection pool. The client cannot be used afterwards."""
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- one request -----------------------------------------------------------------------
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        parse: Callable[[_Answer], _T],
+        *,
+        payload: Mapping[str, Any] | None = None,
+        params: list[tuple[str, _QueryValue]] | None = None,
+    ) -> _T:
+        """Make one request and parse its 2xx answer, or raise the classified error.
+
+        The single exit for every error of the client, so the token scrub cannot be missed.
+        """
+        try:
+            return parse(self._exchange(method, path, payload=payload, params=params))
+        except PagerDutyError as error:
+            self._scrub(error)
+            raise  # keeps the ``from exc`` cause set in _exchange
+
+    def _exchange(
+        self,
+        method: str,
+        path: str,
+        *,
+        payload: Mapping[str, Any] | None,
+        params: list[tuple[str, _QueryValue]] | None,
+    ) -> _Answer:
+        # PAGERDUTY.md: From is required on POST and PUT /incidents; sent on every write.
+        headers = {"From": self._from_email} if method != "GET" else None
+        started = time.monotonic()
+        try:
+            response = self._http.request(
+                method, path, json=payload, params=params, headers=headers
+            )
+        except httpx.HTTPError as exc:
+            # TransportError (timeouts, network, protocol) and the rest (e.g. a body that
+            # cannot be decoded): either way the request got no usable answer.
+            logger.info("PagerDuty %s %s failed: %s", method, path, type(exc).__name__)
+            raise classify_transport_failure(exc) from exc
+
+        elapsed_ms = (time.monotonic() - started) * 1000
+        logger.debug(
+            "PagerDuty %s %s -> %d in %.0f ms", method, path, response.status_code, elapsed_ms
+        )
+        error = classify_response(response.status_code, response.content, response.headers)
+        if error is not None:
+            raise error
+        return _Answer.of(response.status_code, response.content)
+
+    def _scrub(self, error: PagerDutyError) -> None:
+        """Remove the token from an error's text before it leaves the client.
+
+        Nothing we put in an error should contain it (it travels only in a header, and header
+        values are validated so httpx cannot fail echoing one), but error text also comes from
+        the far end and from library exceptions, so check instead of trusting.
+        """
+        error.message = error.message.replace(self._token, "[redacted]")
+        error.errors = tuple(text.replace(self._token, "[redacted]") for text in error.errors)
+        error.args = (error.message,)
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """A 2xx answer: status, raw body, and the body parsed as JSON (``None`` if it is not)."""
+
+    status: int
+    body: bytes
+    json_body: object
+
+    @classmethod
+    def of(cls, status: int, body: bytes) -> _Answer:
+        try:
+            # json.loads detects UTF-8/16/32 from bytes itself (RFC 8259 section 8.1).
+            parsed: object = json.loads(body)
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+            parsed = None
+        return cls(status, body, parsed)
+
+
+def _parse_one(answer: _Answer) -> Incident:
+    """``{"incident": {...}}`` (create and single update answers) to an Incident."""
+    return _parse_incident(answer, _field(answer, "incident"))
+
+
+def _parse_list(answer: _Answer) -> list[Incident]:
+    """``{"incidents": [...]}`` (bulk update and list answers) to Incidents."""
+    raw = _field(answer, "incidents")
+    if not isinstance(raw, list):
+        raise classify_malformed_success(answer.status, answer.body, "no incidents list")
+    return [_parse_incident(answer, item) for item in raw]
+
+
+def _field(answer: _Answer, name: str) -> object:
+    """``answer.json_body[name]``; a RetryableError if the body is not a JSON object."""
+    if not isinstance(answer.json_body, dict):
+        raise classify_malformed_success(answer.status, answer.body, "body is not a JSON object")
+    return answer.json_body.get(name)
+
+
+def _parse_incident(answer: _Answer, raw: object) -> Incident:
+    """Build an Incident from one JSON incident object found in ``answer``."""
+    if not isinstance(raw, dict):
+        raise classify_malformed_success(answer.status, answer.body, "no incident object")
+    incident_id, status = raw.get("id"), raw.get("status")
+    if not isinstance(incident_id, str) or not incident_id:
+        raise classify_malformed_success(answer.status, answer.body, "incident without an id")
+    if not isinstance(status, str) or not status:
+        raise classify_malformed_success(answer.status, answer.body, "incident without a status")
+    number = raw.get("incident_number")
+    html_url = raw.get("html_url")
+    incident_key = raw.get("incident_key")
+    return Incident(
+        id=incident_id,
+        status=status,
+        # bool is an int subclass; true/false is not an incident number.
+        number=number if isinstance(number, int) and not isinstance(number, bool) else None,
+        html_url=html_url if isinstance(html_url, str) else None,
+        incident_key=incident_key if isinstance(incident_key, str) else None,
+    )
+
+
+def _is_already_in_state(error: PermanentError, wanted: str) -> bool:
+    """Whether ``error`` says the incident already has the ``wanted`` status (1001/1002)."""
+    code, text = _ALREADY_IN_STATE[wanted]
+    texts = (error.message, *error.errors)
+    return error.code == code or any(text in part.lower() for part in texts)
+
+
+def _require_update(incident_id: str, status: str) -> None:
+    _require_non_empty(incident_id=incident_id)
+    if status not in UPDATE_STATUSES:
+        raise ValueError(f"status must be one of {sorted(UPDATE_STATUSES)}, got {status!r}")
+
+
+def _require_non_empty(**values: str) -> None:
+    for name, value in values.items():
+        if not value or not value.strip():
+            raise ValueError(f"{name} must not be empty")
+
+
+def _require_header_value(name: str, value: str) -> None:
+    """Refuse a value that would make an invalid header, without echoing it.
+
+    A stray newline (a token read from a file) would make h11 raise LocalProtocolError
+    "Illegal header value b'Token token=...'" at request time, with the token in the message.
+    """
+    if not value or value != value.strip() or not all(" " <= ch <= "~" for ch in value):
+        raise ValueError(
+            f"{name} must be non-empty printable ASCII without leading or trailing whitespace"
+        )
