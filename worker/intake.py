@@ -41,10 +41,7 @@ class EventOutcome(StrEnum):
 class AppliedEvent:
     outcome: EventOutcome
     alert_pk: int | None
-
-    @property
-    def needs_delivery(self) -> bool:
-        return self.outcome in (EventOutcome.OPENED, EventOutcome.ADVANCED, EventOutcome.DETAILS)
+    needs_delivery: bool = False  # the alert now wants something PagerDuty does not show
 
 
 def incident_key(source: str, alert_id: str, cycle: int) -> str:
@@ -100,7 +97,7 @@ def _fill_details(alert: Alert, event: AlertEventMessage) -> None:
 
 
 def _mark_pending(alert: Alert, now: datetime) -> None:
-    if alert.delivery_state is not DeliveryState.PENDING:
+    if alert.delivery_state is not DeliveryState.PENDING or alert.pending_since is None:
         alert.attempts = 0
         alert.pending_since = now
     alert.delivery_state = DeliveryState.PENDING
@@ -149,6 +146,7 @@ def _apply(session: Session, event: AlertEventMessage, now: datetime) -> Applied
     ).first()
     outcome = plan_event(latest, event)
     alert = latest
+    needs_delivery = True
     if outcome is EventOutcome.OPENED:
         alert = _open_cycle(event, latest.cycle + 1 if latest else 1, now)
         session.add(alert)
@@ -160,8 +158,12 @@ def _apply(session: Session, event: AlertEventMessage, now: datetime) -> Applied
         _mark_pending(latest, now)
     elif latest is not None and outcome is EventOutcome.DETAILS:
         _fill_details(latest, event)
-        if latest.desired_status is not AlertStatus.RESOLVED:
+        # A trigger's text for an alert already resolved is kept for the record only.
+        needs_delivery = latest.desired_status is not AlertStatus.RESOLVED
+        if needs_delivery:
             _mark_pending(latest, now)
+    else:
+        needs_delivery = False
     session.flush()
     session.add(
         AlertEvent(
@@ -176,7 +178,7 @@ def _apply(session: Session, event: AlertEventMessage, now: datetime) -> Applied
             payload=event.fields or None,
         )
     )
-    return AppliedEvent(outcome, alert.id if alert is not None else None)
+    return AppliedEvent(outcome, alert.id if alert is not None else None, needs_delivery)
 
 
 def apply_event(
