@@ -1,0 +1,216 @@
+"""Integration fixtures: a real PostgreSQL database, a real Redis, and pagerbridge's own
+processes (simulator, api, Celery worker) started as a user would start them."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+import pytest
+import redis
+from sqlalchemy.orm import Session, sessionmaker
+
+from models import make_engine, make_session_factory
+from tests.conftest import service_missing
+from worker.migrate import upgrade
+from worker.pagerduty.simulator import SimulatorControl
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "PAGERBRIDGE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_TEST_URL = os.environ.get("PAGERBRIDGE_TEST_REDIS", "redis://127.0.0.1:6379/13")
+INGRESS_TOKEN = "integration-ingress-token"
+PAGERDUTY_TOKEN = "integration-pagerduty-token"
+SERVICE_ID = "PINTEGR"
+
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T], *, timeout: float = 20.0, what: str = "condition") -> T:
+    """Poll until ``condition()`` is truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: T = condition()
+    while not last:
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.05)
+        last = condition()
+    return last
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for this test session, dropped afterwards."""
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        service_missing(f"PostgreSQL at {POSTGRES_ADMIN_URL} ({exc}); start it with "
+                        "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start")
+        raise AssertionError("unreachable") from exc
+    name = f"pagerbridge_test_{uuid.uuid4().hex[:10]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    client = redis.Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        service_missing(f"Redis at {REDIS_TEST_URL} ({exc}); start it with redis-server")
+    client.flushdb()
+    client.close()
+    return REDIS_TEST_URL
+
+
+@dataclass
+class Service:
+    """A pagerbridge process started with ``python -m worker.cli``; its output in a log file."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+
+def start_service(name: str, args: list[str], env: dict[str, str], logs: Path) -> Service:
+    log = logs / f"{name}.log"
+    handle = log.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", *args],
+        env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    handle.close()
+    return Service(name, process, log)
+
+
+def wait_until_up(service: Service, ready: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service.process.poll() is not None:
+            pytest.fail(f"{service.name} exited with {service.process.returncode}:\n"
+                        f"{service.output()[-3000:]}")
+        try:
+            if ready():
+                return
+        except Exception:  # not listening yet
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"{service.name} did not become ready in {timeout}s:\n{service.output()[-3000:]}")
+
+
+@dataclass
+class Bridge:
+    """A running bridge: api, worker, simulator, and the database they share."""
+
+    api_url: str
+    simulator: SimulatorControl
+    sessions: sessionmaker[Session]
+    services: dict[str, Service] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+
+    headers: dict[str, str] = field(
+        default_factory=lambda: {"Authorization": f"Token token={INGRESS_TOKEN}"}
+    )
+
+    def incidents(self, key_prefix: str = "") -> list[dict[str, Any]]:
+        return [
+            incident for incident in self.simulator.state()["incidents"]
+            if str(incident.get("incident_key") or "").startswith(key_prefix)
+        ]
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {name}\n{svc.output()[-4000:]}" for name, svc in
+                         self.services.items())
+
+
+def bridge_env(database_url: str, redis_url: str, pagerduty_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAGERBRIDGE_")}
+    env.update({
+        "PAGERBRIDGE_DATABASE_URL": database_url,
+        "PAGERBRIDGE_REDIS_URL": redis_url,
+        "PAGERBRIDGE_PAGERDUTY_URL": pagerduty_url,
+        "PAGERBRIDGE_PAGERDUTY_TOKEN": PAGERDUTY_TOKEN,
+        "PAGERBRIDGE_PAGERDUTY_FROM": "bridge@example.com",
+        "PAGERBRIDGE_PAGERDUTY_SERVICE_ID": SERVICE_ID,
+        "PAGERBRIDGE_INGRESS_TOKENS": INGRESS_TOKEN,
+        "PAGERBRIDGE_SWEEP_INTERVAL": "1",
+        "PAGERBRIDGE_RETRY_MIN_BACKOFF": "0.5",
+        "PAGERBRIDGE_RETRY_MAX_BACKOFF": "2",
+        "PAGERBRIDGE_LOG_LEVEL": "INFO",
+    })
+    return env
+
+
+@pytest.fixture(scope="session")
+def bridge(postgres_url: str, redis_url: str,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bridge]:
+    """Simulator + api + a 2-process Celery worker, on loopback, against PostgreSQL."""
+    logs = tmp_path_factory.mktemp("bridge-logs")
+    sim_port, api_port = free_port(), free_port()
+    env = bridge_env(postgres_url, redis_url, f"http://127.0.0.1:{sim_port}")
+    simulator = SimulatorControl(f"http://127.0.0.1:{sim_port}")
+    engine = make_engine(postgres_url)
+    bridge = Bridge(f"http://127.0.0.1:{api_port}", simulator, make_session_factory(engine),
+                    env=env)
+    try:
+        sim = start_service("simulator", ["simulate", "--port", str(sim_port), "--token",
+                                          PAGERDUTY_TOKEN], env, logs)
+        bridge.services["simulator"] = sim
+        wait_until_up(sim, lambda: bool(simulator.state() is not None))
+        api = start_service("api", ["api", "--port", str(api_port)], env, logs)
+        bridge.services["api"] = api
+        wait_until_up(api, lambda: _http_ok(f"{bridge.api_url}/healthz"))
+        worker = start_service("worker", ["worker", "--concurrency", "2"], env, logs)
+        bridge.services["worker"] = worker
+        wait_until_up(worker, lambda: " ready." in worker.output())
+        beat = start_service("beat", ["beat"], {**env, "PAGERBRIDGE_BEAT_SCHEDULE_PATH":
+                                                str(logs / "beat-schedule")}, logs)
+        bridge.services["beat"] = beat
+        wait_until_up(beat, lambda: "beat: Starting" in beat.output())
+        yield bridge
+    finally:
+        for service in reversed(list(bridge.services.values())):
+            service.stop()
+        simulator.close()
+        engine.dispose()
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=1) as answer:  # noqa: S310  (loopback only)
+        return bool(answer.status == 200)

@@ -1,0 +1,192 @@
+"""End to end: CoScale's requests → api → Redis → Celery worker → PostgreSQL → simulator."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from models import AlertEvent, utcnow
+from tests.integration.conftest import Bridge, wait_for
+from worker.celery_app import create_celery
+from worker.event import SOURCE_COSCALE, AlertEventMessage, new_event_id
+from worker.queue import CeleryEventQueue
+from worker.settings import Settings
+from worker.status import AlertStatus
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def api(bridge: Bridge) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=bridge.api_url, headers=bridge.headers, timeout=10) as client:
+        yield client
+
+
+def new_alert_id() -> str:
+    return str(uuid.uuid4().int % 10**9)
+
+
+def webhook(alert_id: str, action: str, **extra: str) -> dict[str, str]:
+    return {"alert_id": alert_id, "action": action, "message": f"disk full {alert_id}",
+            "metric": "disk", "app": "shop", **extra}
+
+
+def incident_of(bridge: Bridge, alert_id: str, source: str = "coscale") -> dict[str, Any]:
+    incidents = bridge.incidents(f"pagerbridge/{source}/{alert_id}/")
+    assert len(incidents) <= 1, f"duplicate incidents: {incidents}"
+    return incidents[0] if incidents else {}
+
+
+def wait_status(bridge: Bridge, alert_id: str, status: str, source: str = "coscale") -> dict[str, Any]:
+    return wait_for(
+        lambda: (lambda i: i if i.get("status") == status else None)(
+            incident_of(bridge, alert_id, source)),
+        what=f"incident of {source}:{alert_id} to be {status}\n{bridge.logs()}",
+    )
+
+
+def wait_delivered(api: httpx.Client, alert_id: str, status: str) -> dict[str, Any]:
+    def delivered() -> dict[str, Any] | None:
+        answer = api.get(f"/alerts/{alert_id}")
+        view: dict[str, Any] = answer.json()
+        ok = answer.status_code == 200 and view["delivery_state"] == "delivered" and (
+            view["desired_status"] == status)
+        return view if ok else None
+
+    return wait_for(delivered, what=f"alert {alert_id} delivered as {status}")
+
+
+def test_webhook_trigger_acknowledge_resolve(bridge: Bridge, api: httpx.Client) -> None:
+    alert_id = new_alert_id()
+    answer = api.post("/webhooks/coscale", json=webhook(alert_id, "triggered"))
+    assert answer.status_code == 202, answer.text
+    incident = wait_status(bridge, alert_id, "triggered")
+    assert incident["title"].startswith(f"Alert triggered for disk full {alert_id} disk")
+    assert incident["service_id"] == "PINTEGR"
+
+    assert api.post("/webhooks/coscale", json=webhook(alert_id, "acknowledged")).status_code == 202
+    wait_status(bridge, alert_id, "acknowledged")
+    assert api.post("/webhooks/coscale", json=webhook(alert_id, "resolved")).status_code == 202
+    wait_status(bridge, alert_id, "resolved")
+
+    view = wait_delivered(api, alert_id, "resolved")
+    assert view["pagerduty_incident_id"] == incident["id"]
+    assert view["pagerduty_incident_number"] == incident["incident_number"]
+    assert view["pagerduty_incident_url"] == incident["html_url"]
+    assert view["confirmed_status"] == "resolved" and view["attempts"] == 0
+    assert [c["to"] for c in incident_of(bridge, alert_id)["status_history"]] == [
+        "triggered", "acknowledged", "resolved"]
+
+
+def test_seed_api_contact_unchanged_but_for_host_and_token(bridge: Bridge,
+                                                            api: httpx.Client) -> None:
+    # The seed page's three tabs, verbatim bodies and headers (token and host changed).
+    headers = {"Content-Type": "application/json",
+               "Accept": "application/vnd.pagerduty+json;version=2",
+               "Authorization": "Token token=integration-ingress-token",
+               "From": "oncall@example.com"}
+    trigger = api.post("/incidents", headers=headers, content="""{
+        "incident": {
+            "type": "incident",
+            "title": "Alert triggered for CPU high cpu web-1 at 10:00 (2026-11-27) on application shop. ",
+            "service": {"id": "PXFL9LI", "type": "service_reference"}
+        }
+    }""")
+    assert trigger.status_code == 201, trigger.text
+    bridge_id = trigger.json()["incident"]["id"]  # "Parse response: JSON incident.id" → {ID}
+    incident = wait_status(bridge, bridge_id, "triggered", source="api")
+    assert incident["service_id"] == "PXFL9LI"
+
+    ack = api.put("/incidents", headers=headers, content="""{
+        "incidents": [{"id": "%s", "type": "incident_reference", "status": "acknowledged"}]
+    }""" % bridge_id)
+    assert ack.status_code == 200, ack.text
+    wait_status(bridge, bridge_id, "acknowledged", source="api")
+    resolve = api.put(f"/incidents/{bridge_id}", headers=headers, json={
+        "incident": {"type": "incident_reference", "status": "resolved"}})
+    assert resolve.status_code == 200, resolve.text
+    wait_status(bridge, bridge_id, "resolved", source="api")
+    assert wait_delivered(api, bridge_id, "resolved")["pagerduty_incident_id"] == incident["id"]
+
+
+def test_acknowledge_sent_before_trigger(bridge: Bridge, api: httpx.Client) -> None:
+    alert_id = new_alert_id()
+    api.post("/webhooks/coscale", json=webhook(alert_id, "acknowledged"))
+    api.post("/webhooks/coscale", json=webhook(alert_id, "triggered"))
+    wait_status(bridge, alert_id, "acknowledged")
+    wait_delivered(api, alert_id, "acknowledged")
+    assert len(bridge.incidents(f"pagerbridge/coscale/{alert_id}/")) == 1
+
+
+def test_acknowledge_dequeued_before_its_trigger(bridge: Bridge, api: httpx.Client) -> None:
+    # Given the queue hands the acknowledge out before the trigger received earlier
+    alert_id = new_alert_id()
+    queue = CeleryEventQueue(create_celery(Settings(redis_url=bridge.env["PAGERBRIDGE_REDIS_URL"])))
+    now = utcnow()
+    trigger, ack = (
+        AlertEventMessage(event_id=new_event_id(), source=SOURCE_COSCALE, alert_id=alert_id,
+                          action=action, received_at=now + timedelta(milliseconds=offset),
+                          title=f"{action.value} text", service_id="PINTEGR")
+        for action, offset in ((AlertStatus.TRIGGERED, 0), (AlertStatus.ACKNOWLEDGED, 5))
+    )
+    queue.publish(ack)
+    wait_for(lambda: api.get(f"/alerts/{alert_id}").status_code == 200, what="ack applied")
+    queue.publish(trigger)
+    # Then one incident, acknowledged
+    incident = wait_status(bridge, alert_id, "acknowledged")
+    wait_delivered(api, alert_id, "acknowledged")
+    assert len(bridge.incidents(f"pagerbridge/coscale/{alert_id}/")) == 1
+    assert [c["to"] for c in incident["status_history"]] == ["triggered", "acknowledged"]
+
+
+def test_duplicated_event_and_message(bridge: Bridge, api: httpx.Client) -> None:
+    alert_id = new_alert_id()
+    # The same webhook twice (CoScale sending again) ...
+    for _ in range(2):
+        assert api.post("/webhooks/coscale", json=webhook(alert_id, "triggered")).status_code == 202
+    wait_delivered(api, alert_id, "triggered")
+    # ... and the same Celery message twice (at-least-once delivery)
+    queue = CeleryEventQueue(create_celery(Settings(redis_url=bridge.env["PAGERBRIDGE_REDIS_URL"])))
+    resolve = AlertEventMessage(event_id=new_event_id(), source=SOURCE_COSCALE,
+                                alert_id=alert_id, action=AlertStatus.RESOLVED,
+                                received_at=utcnow())
+    queue.publish(resolve)
+    queue.publish(resolve)
+    wait_status(bridge, alert_id, "resolved")
+    wait_delivered(api, alert_id, "resolved")
+
+    def outcomes() -> list[str] | None:
+        with bridge.sessions() as session:
+            rows = session.scalars(select(AlertEvent.outcome).where(
+                AlertEvent.source_alert_id == alert_id, AlertEvent.kind == "received",
+                AlertEvent.event_id == resolve.event_id)).all()
+        return list(rows) or None
+
+    assert wait_for(outcomes, what="resolve recorded") == ["advanced"]
+    assert len(bridge.incidents(f"pagerbridge/coscale/{alert_id}/")) == 1
+    calls = {(c["method"], c["route"], c["status"]) for c in
+             bridge.simulator.state()["counts"]["calls"]}
+    assert ("PUT", "/incidents/{id}", 400) not in calls  # never "already resolved" twice
+
+
+def test_resolve_for_alert_never_triggered(bridge: Bridge, api: httpx.Client) -> None:
+    alert_id = new_alert_id()
+    answer = api.post("/webhooks/coscale", json=webhook(alert_id, "resolved"))
+    assert answer.status_code == 202
+    view = wait_delivered(api, alert_id, "resolved")
+    assert view["pagerduty_incident_id"] is None
+    assert view["timeline"][0]["outcome"] == "opened"
+    assert bridge.incidents(f"pagerbridge/coscale/{alert_id}/") == []
+
+
+def test_readiness_sees_redis_and_database(api: httpx.Client) -> None:
+    answer = api.get("/readyz")
+    assert answer.status_code == 200
+    assert {name: check["status"] for name, check in answer.json()["checks"].items()} == {
+        "redis": "ok", "database": "ok"}
