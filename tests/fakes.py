@@ -30,7 +30,9 @@ class FakePagerDuty:
 
     def client(self) -> PagerDutyClient:
         return PagerDutyClient(
-            "https://pagerduty.test", TOKEN, "bridge@example.com",
+            "https://pagerduty.test",
+            TOKEN,
+            "bridge@example.com",
             transport=httpx.MockTransport(self.handle),
         )
 
@@ -40,8 +42,10 @@ class FakePagerDuty:
     def handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
         kind = (
-            "create" if request.method == "POST"
-            else "find" if request.method == "GET"
+            "create"
+            if request.method == "POST"
+            else "find"
+            if request.method == "GET"
             else "update"
         )
         self.calls.append((request.method, path))
@@ -65,8 +69,9 @@ class FakePagerDuty:
         if request.method == "PUT" and path == "/incidents":
             return {"incidents": sim.update_incidents(json.loads(request.content))}
         if request.method == "PUT":
-            return {"incident": sim.update_incident(path.rsplit("/", 1)[1],
-                                                    json.loads(request.content))}
+            return {
+                "incident": sim.update_incident(path.rsplit("/", 1)[1], json.loads(request.content))
+            }
         params = request.url.params
         return sim.list_incidents(
             incident_key=params.get("incident_key"),

@@ -182,8 +182,12 @@ def run(
     me = [sys.executable, "-m", "worker.cli"]
     commands: list[tuple[str, list[str]]] = []
     if simulate:
-        commands.append(("simulator", [*me, "simulate", "--port", str(simulator_port),
-                                       "--token", SIMULATOR_TOKEN]))
+        commands.append(
+            (
+                "simulator",
+                [*me, "simulate", "--port", str(simulator_port), "--token", SIMULATOR_TOKEN],
+            )
+        )
     worker_args = [*me, "worker"] + (["--concurrency", str(concurrency)] if concurrency else [])
     commands += [
         ("api", [*me, "api", "--host", host, "--port", str(port)]),
@@ -193,7 +197,7 @@ def run(
     processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for name, command in commands:
-            processes[name] = subprocess.Popen(command, env=env)  # noqa: S603
+            processes[name] = subprocess.Popen(command, env=env)
             if name == "simulator":
                 time.sleep(1.0)  # let it listen before the worker's first call
         console.print(f"pagerbridge running: api on http://{host}:{port} (Ctrl-C stops)")

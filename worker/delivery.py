@@ -124,12 +124,13 @@ def schedule_after_failure(
         since = alert.pending_since or now
         if should_give_up((now - since).total_seconds(), give_up_after=give_up_after):
             return Schedule(
-                DeliveryState.FAILED, attempts, None, f"gave up after {attempts} attempts: {message}"
+                DeliveryState.FAILED,
+                attempts,
+                None,
+                f"gave up after {attempts} attempts: {message}",
             )
         delay = retry_delay(attempts, minimum=min_backoff, maximum=max_backoff)
         if error.retry_after is not None:
             delay = max(delay, error.retry_after)
-        return Schedule(
-            DeliveryState.PENDING, attempts, now + timedelta(seconds=delay), message
-        )
+        return Schedule(DeliveryState.PENDING, attempts, now + timedelta(seconds=delay), message)
     return Schedule(DeliveryState.FAILED, alert.attempts + 1, None, message)

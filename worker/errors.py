@@ -1,9 +1,9 @@
 """The bridge's own errors (PagerDuty's live in ``worker.pagerduty.errors``).
 
-    BridgeError
-     ├── ConfigurationError     a setting is missing or invalid; the command stops at start
-     ├── ServiceUnavailable     Redis or the database does not answer
-     └── InvalidEvent           an event cannot be understood (the ingress answers 4xx)
+BridgeError
+ ├── ConfigurationError     a setting is missing or invalid; the command stops at start
+ ├── ServiceUnavailable     Redis or the database does not answer
+ └── InvalidEvent           an event cannot be understood (the ingress answers 4xx)
 """
 
 

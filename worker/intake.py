@@ -117,9 +117,7 @@ def _open_cycle(event: AlertEventMessage, cycle: int, now: datetime) -> Alert:
         attempts=0,
         title_from_trigger=False,
         opened_at=event.received_at,
-        resolve_received_at=(
-            event.received_at if event.action is AlertStatus.RESOLVED else None
-        ),
+        resolve_received_at=(event.received_at if event.action is AlertStatus.RESOLVED else None),
     )
     if event.incident_id:
         # The API contact named a PagerDuty incident opened before the bridge: adopt it, so
@@ -132,9 +130,7 @@ def _open_cycle(event: AlertEventMessage, cycle: int, now: datetime) -> Alert:
 
 
 def _apply(session: Session, event: AlertEventMessage, now: datetime) -> AppliedEvent:
-    seen = session.scalar(
-        select(AlertEvent.alert_pk).where(AlertEvent.event_id == event.event_id)
-    )
+    seen = session.scalar(select(AlertEvent.alert_pk).where(AlertEvent.event_id == event.event_id))
     if seen is not None:
         return AppliedEvent(EventOutcome.DUPLICATE, seen)
     latest = session.scalars(

@@ -121,9 +121,7 @@ class Reconciler:
             )
 
     def _locked(self, session: Session, alert_pk: int, owner: str) -> Alert | None:
-        alert = session.scalars(
-            select(Alert).where(Alert.id == alert_pk).with_for_update()
-        ).first()
+        alert = session.scalars(select(Alert).where(Alert.id == alert_pk).with_for_update()).first()
         if alert is None or alert.lease_owner != owner:
             return None  # deleted, or our lease expired and someone else took over
         alert.lease_expires_at = self.clock() + timedelta(seconds=self.settings.lease_seconds)
@@ -228,9 +226,7 @@ class Reconciler:
                 outcome = "not-found"
             else:
                 alert.pagerduty_incident_id = incident.id
-                alert.pagerduty_incident_number = (
-                    incident.number or alert.pagerduty_incident_number
-                )
+                alert.pagerduty_incident_number = incident.number or alert.pagerduty_incident_number
                 alert.pagerduty_incident_url = incident.html_url or alert.pagerduty_incident_url
                 alert.confirmed_status = AlertStatus(incident.status)
                 outcome = type(step).__name__.lower()
@@ -258,7 +254,9 @@ class Reconciler:
             alert.lease_owner = None
             alert.lease_expires_at = None
             self._audit(session, alert, schedule.state.value, detail=schedule.last_error)
-            level = logging.ERROR if schedule.state is not DeliveryState.PENDING else logging.WARNING
+            level = (
+                logging.ERROR if schedule.state is not DeliveryState.PENDING else logging.WARNING
+            )
             log.log(
                 level,
                 "delivery %s alert=%s:%s incident=%s attempt=%d: %s",

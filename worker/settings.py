@@ -75,9 +75,7 @@ class Settings(BaseSettings):
     def require(self, *names: str) -> None:
         """Fail with the environment variable's name when a needed setting is unset."""
         missing = [
-            f"{ENV_PREFIX}{name.upper()}"
-            for name in names
-            if getattr(self, name) in (None, "", ())
+            f"{ENV_PREFIX}{name.upper()}" for name in names if getattr(self, name) in (None, "", ())
         ]
         if missing:
             raise ConfigurationError(

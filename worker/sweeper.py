@@ -19,9 +19,7 @@ from worker.status import DeliveryState
 REQUEUE_GRACE = timedelta(seconds=60)
 
 
-def due_alerts(
-    sessions: sessionmaker[Session], now: datetime, *, limit: int
-) -> list[int]:
+def due_alerts(sessions: sessionmaker[Session], now: datetime, *, limit: int) -> list[int]:
     """Ids of alerts due for another attempt, oldest first, marked as queued."""
     with sessions.begin() as session:
         query = (

@@ -3,6 +3,7 @@ processes (simulator, api, Celery worker) started as a user would start them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -59,8 +60,10 @@ def postgres_url() -> Iterator[str]:
     try:
         admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
-        service_missing(f"PostgreSQL at {POSTGRES_ADMIN_URL} ({exc}); start it with "
-                        "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start")
+        service_missing(
+            f"PostgreSQL at {POSTGRES_ADMIN_URL} ({exc}); start it with "
+            "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+        )
         raise AssertionError("unreachable") from exc
     name = f"pagerbridge_test_{uuid.uuid4().hex[:10]}"
     admin.execute(f'CREATE DATABASE "{name}"')
@@ -111,7 +114,10 @@ def start_service(name: str, args: list[str], env: dict[str, str], logs: Path) -
     handle = log.open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "worker.cli", *args],
-        env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+        env=env,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     handle.close()
     return Service(name, process, log)
@@ -121,13 +127,13 @@ def wait_until_up(service: Service, ready: Callable[[], bool], timeout: float = 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if service.process.poll() is not None:
-            pytest.fail(f"{service.name} exited with {service.process.returncode}:\n"
-                        f"{service.output()[-3000:]}")
-        try:
+            pytest.fail(
+                f"{service.name} exited with {service.process.returncode}:\n"
+                f"{service.output()[-3000:]}"
+            )
+        with contextlib.suppress(Exception):  # not listening yet
             if ready():
                 return
-        except Exception:  # not listening yet
-            pass
         time.sleep(0.1)
     pytest.fail(f"{service.name} did not become ready in {timeout}s:\n{service.output()[-3000:]}")
 
@@ -148,47 +154,57 @@ class Bridge:
 
     def incidents(self, key_prefix: str = "") -> list[dict[str, Any]]:
         return [
-            incident for incident in self.simulator.state()["incidents"]
+            incident
+            for incident in self.simulator.state()["incidents"]
             if str(incident.get("incident_key") or "").startswith(key_prefix)
         ]
 
     def logs(self) -> str:
-        return "\n".join(f"--- {name}\n{svc.output()[-4000:]}" for name, svc in
-                         self.services.items())
+        return "\n".join(
+            f"--- {name}\n{svc.output()[-4000:]}" for name, svc in self.services.items()
+        )
 
 
 def bridge_env(database_url: str, redis_url: str, pagerduty_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAGERBRIDGE_")}
-    env.update({
-        "PAGERBRIDGE_DATABASE_URL": database_url,
-        "PAGERBRIDGE_REDIS_URL": redis_url,
-        "PAGERBRIDGE_PAGERDUTY_URL": pagerduty_url,
-        "PAGERBRIDGE_PAGERDUTY_TOKEN": PAGERDUTY_TOKEN,
-        "PAGERBRIDGE_PAGERDUTY_FROM": "bridge@example.com",
-        "PAGERBRIDGE_PAGERDUTY_SERVICE_ID": SERVICE_ID,
-        "PAGERBRIDGE_INGRESS_TOKENS": INGRESS_TOKEN,
-        "PAGERBRIDGE_SWEEP_INTERVAL": "1",
-        "PAGERBRIDGE_RETRY_MIN_BACKOFF": "0.5",
-        "PAGERBRIDGE_RETRY_MAX_BACKOFF": "2",
-        "PAGERBRIDGE_LOG_LEVEL": "INFO",
-    })
+    env.update(
+        {
+            "PAGERBRIDGE_DATABASE_URL": database_url,
+            "PAGERBRIDGE_REDIS_URL": redis_url,
+            "PAGERBRIDGE_PAGERDUTY_URL": pagerduty_url,
+            "PAGERBRIDGE_PAGERDUTY_TOKEN": PAGERDUTY_TOKEN,
+            "PAGERBRIDGE_PAGERDUTY_FROM": "bridge@example.com",
+            "PAGERBRIDGE_PAGERDUTY_SERVICE_ID": SERVICE_ID,
+            "PAGERBRIDGE_INGRESS_TOKENS": INGRESS_TOKEN,
+            "PAGERBRIDGE_SWEEP_INTERVAL": "1",
+            "PAGERBRIDGE_RETRY_MIN_BACKOFF": "0.5",
+            "PAGERBRIDGE_RETRY_MAX_BACKOFF": "2",
+            "PAGERBRIDGE_LOG_LEVEL": "INFO",
+        }
+    )
     return env
 
 
 @pytest.fixture(scope="session")
-def bridge(postgres_url: str, redis_url: str,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bridge]:
+def bridge(
+    postgres_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Bridge]:
     """Simulator + api + a 2-process Celery worker, on loopback, against PostgreSQL."""
     logs = tmp_path_factory.mktemp("bridge-logs")
     sim_port, api_port = free_port(), free_port()
     env = bridge_env(postgres_url, redis_url, f"http://127.0.0.1:{sim_port}")
     simulator = SimulatorControl(f"http://127.0.0.1:{sim_port}")
     engine = make_engine(postgres_url)
-    bridge = Bridge(f"http://127.0.0.1:{api_port}", simulator, make_session_factory(engine),
-                    env=env)
+    bridge = Bridge(
+        f"http://127.0.0.1:{api_port}", simulator, make_session_factory(engine), env=env
+    )
     try:
-        sim = start_service("simulator", ["simulate", "--port", str(sim_port), "--token",
-                                          PAGERDUTY_TOKEN], env, logs)
+        sim = start_service(
+            "simulator",
+            ["simulate", "--port", str(sim_port), "--token", PAGERDUTY_TOKEN],
+            env,
+            logs,
+        )
         bridge.services["simulator"] = sim
         wait_until_up(sim, lambda: bool(simulator.state() is not None))
         api = start_service("api", ["api", "--port", str(api_port)], env, logs)
@@ -197,8 +213,12 @@ def bridge(postgres_url: str, redis_url: str,
         worker = start_service("worker", ["worker", "--concurrency", "2"], env, logs)
         bridge.services["worker"] = worker
         wait_until_up(worker, lambda: " ready." in worker.output())
-        beat = start_service("beat", ["beat"], {**env, "PAGERBRIDGE_BEAT_SCHEDULE_PATH":
-                                                str(logs / "beat-schedule")}, logs)
+        beat = start_service(
+            "beat",
+            ["beat"],
+            {**env, "PAGERBRIDGE_BEAT_SCHEDULE_PATH": str(logs / "beat-schedule")},
+            logs,
+        )
         bridge.services["beat"] = beat
         wait_until_up(beat, lambda: "beat: Starting" in beat.output())
         yield bridge

@@ -33,8 +33,14 @@ def new_alert_id() -> str:
 
 
 def webhook(alert_id: str, action: str, **extra: str) -> dict[str, str]:
-    return {"alert_id": alert_id, "action": action, "message": f"disk full {alert_id}",
-            "metric": "disk", "app": "shop", **extra}
+    return {
+        "alert_id": alert_id,
+        "action": action,
+        "message": f"disk full {alert_id}",
+        "metric": "disk",
+        "app": "shop",
+        **extra,
+    }
 
 
 def incident_of(bridge: Bridge, alert_id: str, source: str = "coscale") -> dict[str, Any]:
@@ -43,10 +49,13 @@ def incident_of(bridge: Bridge, alert_id: str, source: str = "coscale") -> dict[
     return incidents[0] if incidents else {}
 
 
-def wait_status(bridge: Bridge, alert_id: str, status: str, source: str = "coscale") -> dict[str, Any]:
+def wait_status(
+    bridge: Bridge, alert_id: str, status: str, source: str = "coscale"
+) -> dict[str, Any]:
     return wait_for(
         lambda: (lambda i: i if i.get("status") == status else None)(
-            incident_of(bridge, alert_id, source)),
+            incident_of(bridge, alert_id, source)
+        ),
         what=f"incident of {source}:{alert_id} to be {status}\n{bridge.logs()}",
     )
 
@@ -55,8 +64,11 @@ def wait_delivered(api: httpx.Client, alert_id: str, status: str) -> dict[str, A
     def delivered() -> dict[str, Any] | None:
         answer = api.get(f"/alerts/{alert_id}")
         view: dict[str, Any] = answer.json()
-        ok = answer.status_code == 200 and view["delivery_state"] == "delivered" and (
-            view["desired_status"] == status)
+        ok = (
+            answer.status_code == 200
+            and view["delivery_state"] == "delivered"
+            and (view["desired_status"] == status)
+        )
         return view if ok else None
 
     return wait_for(delivered, what=f"alert {alert_id} delivered as {status}")
@@ -81,35 +93,57 @@ def test_webhook_trigger_acknowledge_resolve(bridge: Bridge, api: httpx.Client) 
     assert view["pagerduty_incident_url"] == incident["html_url"]
     assert view["confirmed_status"] == "resolved" and view["attempts"] == 0
     assert [c["to"] for c in incident_of(bridge, alert_id)["status_history"]] == [
-        "triggered", "acknowledged", "resolved"]
+        "triggered",
+        "acknowledged",
+        "resolved",
+    ]
 
 
-def test_seed_api_contact_unchanged_but_for_host_and_token(bridge: Bridge,
-                                                            api: httpx.Client) -> None:
+# The seed page's bodies, verbatim (tabs and all), placeholders as CoScale has rendered them.
+SEED_TRIGGER_BODY = """{
+\t"incident": {
+\t\t"type": "incident",
+\t\t"title": "Alert triggered for CPU high cpu web-1 at 10:00 (2026-11-27) on application shop. ",
+\t\t"service": {
+\t\t\t"id": "PXFL9LI",
+\t\t\t"type": "service_reference"
+\t\t}
+\t}
+}"""
+SEED_ACK_BODY = """{
+\t"incidents": [{
+\t\t"id": "{ID}",
+\t\t"type": "incident_reference",
+\t\t"status": "acknowledged"
+\t}]
+}"""
+
+
+def test_seed_api_contact_unchanged_but_for_host_and_token(
+    bridge: Bridge, api: httpx.Client
+) -> None:
     # The seed page's three tabs, verbatim bodies and headers (token and host changed).
-    headers = {"Content-Type": "application/json",
-               "Accept": "application/vnd.pagerduty+json;version=2",
-               "Authorization": "Token token=integration-ingress-token",
-               "From": "oncall@example.com"}
-    trigger = api.post("/incidents", headers=headers, content="""{
-        "incident": {
-            "type": "incident",
-            "title": "Alert triggered for CPU high cpu web-1 at 10:00 (2026-11-27) on application shop. ",
-            "service": {"id": "PXFL9LI", "type": "service_reference"}
-        }
-    }""")
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "application/vnd.pagerduty+json;version=2",
+        "Authorization": "Token token=integration-ingress-token",
+        "From": "oncall@example.com",
+    }
+    trigger = api.post("/incidents", headers=headers, content=SEED_TRIGGER_BODY)
     assert trigger.status_code == 201, trigger.text
     bridge_id = trigger.json()["incident"]["id"]  # "Parse response: JSON incident.id" → {ID}
     incident = wait_status(bridge, bridge_id, "triggered", source="api")
     assert incident["service_id"] == "PXFL9LI"
 
-    ack = api.put("/incidents", headers=headers, content="""{
-        "incidents": [{"id": "%s", "type": "incident_reference", "status": "acknowledged"}]
-    }""" % bridge_id)
+    # CoScale pastes {ID} into the Acknowledge tab's body as text
+    ack = api.put("/incidents", headers=headers, content=SEED_ACK_BODY.replace("{ID}", bridge_id))
     assert ack.status_code == 200, ack.text
     wait_status(bridge, bridge_id, "acknowledged", source="api")
-    resolve = api.put(f"/incidents/{bridge_id}", headers=headers, json={
-        "incident": {"type": "incident_reference", "status": "resolved"}})
+    resolve = api.put(
+        f"/incidents/{bridge_id}",
+        headers=headers,
+        json={"incident": {"type": "incident_reference", "status": "resolved"}},
+    )
     assert resolve.status_code == 200, resolve.text
     wait_status(bridge, bridge_id, "resolved", source="api")
     assert wait_delivered(api, bridge_id, "resolved")["pagerduty_incident_id"] == incident["id"]
@@ -130,9 +164,15 @@ def test_acknowledge_dequeued_before_its_trigger(bridge: Bridge, api: httpx.Clie
     queue = CeleryEventQueue(create_celery(Settings(redis_url=bridge.env["PAGERBRIDGE_REDIS_URL"])))
     now = utcnow()
     trigger, ack = (
-        AlertEventMessage(event_id=new_event_id(), source=SOURCE_COSCALE, alert_id=alert_id,
-                          action=action, received_at=now + timedelta(milliseconds=offset),
-                          title=f"{action.value} text", service_id="PINTEGR")
+        AlertEventMessage(
+            event_id=new_event_id(),
+            source=SOURCE_COSCALE,
+            alert_id=alert_id,
+            action=action,
+            received_at=now + timedelta(milliseconds=offset),
+            title=f"{action.value} text",
+            service_id="PINTEGR",
+        )
         for action, offset in ((AlertStatus.TRIGGERED, 0), (AlertStatus.ACKNOWLEDGED, 5))
     )
     queue.publish(ack)
@@ -153,9 +193,13 @@ def test_duplicated_event_and_message(bridge: Bridge, api: httpx.Client) -> None
     wait_delivered(api, alert_id, "triggered")
     # ... and the same Celery message twice (at-least-once delivery)
     queue = CeleryEventQueue(create_celery(Settings(redis_url=bridge.env["PAGERBRIDGE_REDIS_URL"])))
-    resolve = AlertEventMessage(event_id=new_event_id(), source=SOURCE_COSCALE,
-                                alert_id=alert_id, action=AlertStatus.RESOLVED,
-                                received_at=utcnow())
+    resolve = AlertEventMessage(
+        event_id=new_event_id(),
+        source=SOURCE_COSCALE,
+        alert_id=alert_id,
+        action=AlertStatus.RESOLVED,
+        received_at=utcnow(),
+    )
     queue.publish(resolve)
     queue.publish(resolve)
     wait_status(bridge, alert_id, "resolved")
@@ -163,15 +207,20 @@ def test_duplicated_event_and_message(bridge: Bridge, api: httpx.Client) -> None
 
     def outcomes() -> list[str] | None:
         with bridge.sessions() as session:
-            rows = session.scalars(select(AlertEvent.outcome).where(
-                AlertEvent.source_alert_id == alert_id, AlertEvent.kind == "received",
-                AlertEvent.event_id == resolve.event_id)).all()
+            rows = session.scalars(
+                select(AlertEvent.outcome).where(
+                    AlertEvent.source_alert_id == alert_id,
+                    AlertEvent.kind == "received",
+                    AlertEvent.event_id == resolve.event_id,
+                )
+            ).all()
         return list(rows) or None
 
     assert wait_for(outcomes, what="resolve recorded") == ["advanced"]
     assert len(bridge.incidents(f"pagerbridge/coscale/{alert_id}/")) == 1
-    calls = {(c["method"], c["route"], c["status"]) for c in
-             bridge.simulator.state()["counts"]["calls"]}
+    calls = {
+        (c["method"], c["route"], c["status"]) for c in bridge.simulator.state()["counts"]["calls"]
+    }
     assert ("PUT", "/incidents/{id}", 400) not in calls  # never "already resolved" twice
 
 
@@ -189,4 +238,6 @@ def test_readiness_sees_redis_and_database(api: httpx.Client) -> None:
     answer = api.get("/readyz")
     assert answer.status_code == 200
     assert {name: check["status"] for name, check in answer.json()["checks"].items()} == {
-        "redis": "ok", "database": "ok"}
+        "redis": "ok",
+        "database": "ok",
+    }

@@ -19,7 +19,10 @@ def test_delay_grows_exponentially_with_jitter_only_lengthening() -> None:
     high = random.Random()
     high.uniform = lambda a, b: b  # type: ignore[method-assign]
     assert [retry_delay(n, minimum=5, maximum=1e9, rand=low) for n in (1, 2, 3, 4)] == [
-        5, 10, 20, 40
+        5,
+        10,
+        20,
+        40,
     ]
     assert [retry_delay(n, minimum=5, maximum=1e9, rand=high) for n in (1, 2, 3)] == [10, 20, 40]
 

@@ -19,9 +19,17 @@ from worker.status import AlertStatus
 TOKEN = "ingress-secret-1"
 AUTH = {"Authorization": f"Token token={TOKEN}"}
 WEBHOOK = {
-    "alert_id": "1234", "action": "triggered", "message": "CPU > 90%", "metric": "cpu",
-    "subject": "web-1", "dimensions": "", "app": "shop", "link": "https://app.coscale.com/x",
-    "date": "2026-11-27", "time": "10:00", "host": "web-1",
+    "alert_id": "1234",
+    "action": "triggered",
+    "message": "CPU > 90%",
+    "metric": "cpu",
+    "subject": "web-1",
+    "dimensions": "",
+    "app": "shop",
+    "link": "https://app.coscale.com/x",
+    "date": "2026-11-27",
+    "time": "10:00",
+    "host": "web-1",
 }
 
 
@@ -36,10 +44,14 @@ def redis_server() -> fakeredis.FakeServer:
 
 
 @pytest.fixture
-def client(queue: ListQueue, sqlite_sessions: sessionmaker[Session],
-           redis_server: fakeredis.FakeServer) -> Iterator[TestClient]:
-    settings = Settings(ingress_tokens=f"{TOKEN},second-token",  # type: ignore[arg-type]
-                        pagerduty_service_id="PDEFAULT", public_url="https://bridge.example")
+def client(
+    queue: ListQueue, sqlite_sessions: sessionmaker[Session], redis_server: fakeredis.FakeServer
+) -> Iterator[TestClient]:
+    settings = Settings(
+        ingress_tokens=f"{TOKEN},second-token",  # type: ignore[arg-type]
+        pagerduty_service_id="PDEFAULT",
+        public_url="https://bridge.example",
+    )
     redis = fakeredis.FakeRedis(server=redis_server)
 
     def redis_ping() -> None:
@@ -58,7 +70,10 @@ def test_webhook_queues_the_event_and_answers_202(client: TestClient, queue: Lis
     (event,) = queue.events
     assert event.event_id == body["event_id"]
     assert (event.source, event.alert_id, event.action) == (
-        SOURCE_COSCALE, "1234", AlertStatus.TRIGGERED)
+        SOURCE_COSCALE,
+        "1234",
+        AlertStatus.TRIGGERED,
+    )
     assert event.service_id == "PDEFAULT"
     assert event.title == (
         "Alert triggered for CPU > 90% cpuweb-1at 10:00 (2026-11-27) on application shop. "
@@ -67,14 +82,16 @@ def test_webhook_queues_the_event_and_answers_202(client: TestClient, queue: Lis
 
 
 def test_bearer_and_any_valid_token(client: TestClient, queue: ListQueue) -> None:
-    answer = client.post("/webhooks/coscale", json=WEBHOOK,
-                         headers={"Authorization": "Bearer second-token"})
+    answer = client.post(
+        "/webhooks/coscale", json=WEBHOOK, headers={"Authorization": "Bearer second-token"}
+    )
     assert answer.status_code == 202
 
 
 @pytest.mark.parametrize("header", [None, "Token token=wrong", "Bearer", "Basic abc", TOKEN])
-def test_bad_token_is_401_and_nothing_queued(client: TestClient, queue: ListQueue,
-                                             header: str | None) -> None:
+def test_bad_token_is_401_and_nothing_queued(
+    client: TestClient, queue: ListQueue, header: str | None
+) -> None:
     headers = {"Authorization": header} if header else {}
     answer = client.post("/webhooks/coscale", json=WEBHOOK, headers=headers)
     assert answer.status_code == 401
@@ -84,8 +101,9 @@ def test_bad_token_is_401_and_nothing_queued(client: TestClient, queue: ListQueu
 
 
 def test_numeric_alert_id_and_verb_action(client: TestClient, queue: ListQueue) -> None:
-    answer = client.post("/webhooks/coscale", json={"alert_id": 77, "action": "RESOLVE"},
-                         headers=AUTH)
+    answer = client.post(
+        "/webhooks/coscale", json={"alert_id": 77, "action": "RESOLVE"}, headers=AUTH
+    )
     assert answer.status_code == 202
     assert (queue.events[0].alert_id, queue.events[0].action) == ("77", AlertStatus.RESOLVED)
 
@@ -100,8 +118,9 @@ def test_numeric_alert_id_and_verb_action(client: TestClient, queue: ListQueue) 
         ({"alert_id": "1", "action": "triggered", "urgency": "urgent"}, "urgency"),
     ],
 )
-def test_invalid_webhook_is_422_naming_the_field(client: TestClient, queue: ListQueue,
-                                                 body: dict[str, object], field: str) -> None:
+def test_invalid_webhook_is_422_naming_the_field(
+    client: TestClient, queue: ListQueue, body: dict[str, object], field: str
+) -> None:
     answer = client.post("/webhooks/coscale", json=body, headers=AUTH)
     assert answer.status_code == 422
     assert answer.json()["error"]["field"] == field
@@ -122,60 +141,103 @@ def test_redis_down_is_503_not_a_silent_drop(client: TestClient, queue: ListQueu
 
 def test_api_contact_create_answers_pagerduty_shape(client: TestClient, queue: ListQueue) -> None:
     # The seed's Trigger tab, unchanged but for host and token
-    seed_body = {"incident": {
-        "type": "incident",
-        "title": "Alert triggered for CPU high",
-        "service": {"id": "PXFL9LI", "type": "service_reference"},
-    }}
-    answer = client.post("/incidents", json=seed_body, headers={
-        **AUTH, "Accept": "application/vnd.pagerduty+json;version=2", "From": "me@example.com"})
+    seed_body = {
+        "incident": {
+            "type": "incident",
+            "title": "Alert triggered for CPU high",
+            "service": {"id": "PXFL9LI", "type": "service_reference"},
+        }
+    }
+    answer = client.post(
+        "/incidents",
+        json=seed_body,
+        headers={
+            **AUTH,
+            "Accept": "application/vnd.pagerduty+json;version=2",
+            "From": "me@example.com",
+        },
+    )
     assert answer.status_code == 201
     incident = answer.json()["incident"]
     assert incident["id"].startswith(BRIDGE_ID_PREFIX)  # "Parse response: JSON incident.id"
     (event,) = queue.events
     assert (event.source, event.alert_id, event.service_id, event.title) == (
-        SOURCE_API, incident["id"], "PXFL9LI", "Alert triggered for CPU high")
+        SOURCE_API,
+        incident["id"],
+        "PXFL9LI",
+        "Alert triggered for CPU high",
+    )
 
 
 def test_api_contact_bulk_and_single_updates(client: TestClient, queue: ListQueue) -> None:
-    bridge_id = client.post("/incidents", headers=AUTH, json={"incident": {
-        "type": "incident", "title": "t", "service": {"id": "P1", "type": "service_reference"}},
-    }).json()["incident"]["id"]
-    bulk = client.put("/incidents", headers=AUTH, json={"incidents": [
-        {"id": bridge_id, "type": "incident_reference", "status": "acknowledged"}]})
+    bridge_id = client.post(
+        "/incidents",
+        headers=AUTH,
+        json={
+            "incident": {
+                "type": "incident",
+                "title": "t",
+                "service": {"id": "P1", "type": "service_reference"},
+            },
+        },
+    ).json()["incident"]["id"]
+    bulk = client.put(
+        "/incidents",
+        headers=AUTH,
+        json={
+            "incidents": [{"id": bridge_id, "type": "incident_reference", "status": "acknowledged"}]
+        },
+    )
     assert bulk.status_code == 200
     assert bulk.json()["incidents"][0] == {
-        "id": bridge_id, "type": "incident", "status": "acknowledged",
-        "html_url": f"https://bridge.example/alerts/{bridge_id}"}
-    single = client.put(f"/incidents/{bridge_id}", headers=AUTH, json={
-        "incident": {"type": "incident_reference", "status": "resolved"}})
+        "id": bridge_id,
+        "type": "incident",
+        "status": "acknowledged",
+        "html_url": f"https://bridge.example/alerts/{bridge_id}",
+    }
+    single = client.put(
+        f"/incidents/{bridge_id}",
+        headers=AUTH,
+        json={"incident": {"type": "incident_reference", "status": "resolved"}},
+    )
     assert single.status_code == 200
     actions = [(e.alert_id, e.action, e.incident_id) for e in queue.events[1:]]
-    assert actions == [(bridge_id, AlertStatus.ACKNOWLEDGED, None),
-                       (bridge_id, AlertStatus.RESOLVED, None)]
+    assert actions == [
+        (bridge_id, AlertStatus.ACKNOWLEDGED, None),
+        (bridge_id, AlertStatus.RESOLVED, None),
+    ]
 
 
-def test_api_contact_update_of_a_pagerduty_id_carries_it(client: TestClient,
-                                                         queue: ListQueue) -> None:
-    client.put("/incidents/PT4KHLK", headers=AUTH, json={
-        "incident": {"type": "incident_reference", "status": "resolved"}})
+def test_api_contact_update_of_a_pagerduty_id_carries_it(
+    client: TestClient, queue: ListQueue
+) -> None:
+    client.put(
+        "/incidents/PT4KHLK",
+        headers=AUTH,
+        json={"incident": {"type": "incident_reference", "status": "resolved"}},
+    )
     assert queue.events[0].incident_id == "PT4KHLK"
 
 
 def test_bulk_update_over_250_is_refused(client: TestClient) -> None:
-    items = [{"id": f"PB{i}", "type": "incident_reference", "status": "resolved"}
-             for i in range(251)]
+    items = [
+        {"id": f"PB{i}", "type": "incident_reference", "status": "resolved"} for i in range(251)
+    ]
     assert client.put("/incidents", headers=AUTH, json={"incidents": items}).status_code == 422
 
 
-def test_alert_mapping_is_visible(client: TestClient, queue: ListQueue,
-                                  sqlite_sessions: sessionmaker[Session]) -> None:
+def test_alert_mapping_is_visible(
+    client: TestClient, queue: ListQueue, sqlite_sessions: sessionmaker[Session]
+) -> None:
     assert client.get("/alerts/1234", headers=AUTH).status_code == 404
     queue.on_publish = lambda event: apply_event(sqlite_sessions, event, event.received_at)
     client.post("/webhooks/coscale", json=WEBHOOK, headers=AUTH)
     view = client.get("/alerts/1234", headers=AUTH).json()
     assert (view["desired_status"], view["delivery_state"], view["pagerduty_incident_id"]) == (
-        "triggered", "pending", None)
+        "triggered",
+        "pending",
+        None,
+    )
     assert view["timeline"][0]["outcome"] == "opened"
 
 
@@ -196,8 +258,9 @@ def test_metrics_count_events(client: TestClient) -> None:
     assert 'pagerbridge_events_received_total{action="triggered",source="coscale"}' in text
 
 
-def test_no_service_anywhere_is_422(queue: ListQueue,
-                                    sqlite_sessions: sessionmaker[Session]) -> None:
+def test_no_service_anywhere_is_422(
+    queue: ListQueue, sqlite_sessions: sessionmaker[Session]
+) -> None:
     settings = Settings(ingress_tokens=TOKEN)  # type: ignore[arg-type]
     app = create_app(settings, queue=queue, sessions=sqlite_sessions, redis_ping=lambda: None)
     with TestClient(app) as client:

@@ -58,14 +58,26 @@ Send = Callable[..., AppliedEvent]
 def send(sqlite_sessions: sessionmaker[Session], clock: Clock) -> Send:
     """Apply an event as a worker would; ``at`` is the ingress receipt time (seconds)."""
 
-    def _send(action: AlertStatus, *, alert_id: str = "42", at: float = 0,
-              event_id: str | None = None, source: str = SOURCE_COSCALE,
-              incident_id: str | None = None, title: str | None = "CPU high") -> AppliedEvent:
+    def _send(
+        action: AlertStatus,
+        *,
+        alert_id: str = "42",
+        at: float = 0,
+        event_id: str | None = None,
+        source: str = SOURCE_COSCALE,
+        incident_id: str | None = None,
+        title: str | None = "CPU high",
+    ) -> AppliedEvent:
         event = AlertEventMessage(
-            event_id=event_id or new_event_id(), source=source, alert_id=alert_id,
-            action=action, received_at=START + timedelta(seconds=at),
+            event_id=event_id or new_event_id(),
+            source=source,
+            alert_id=alert_id,
+            action=action,
+            received_at=START + timedelta(seconds=at),
             title=title if source == SOURCE_COSCALE or action is T else None,
-            details="Message: CPU high", service_id="PSVC", incident_id=incident_id,
+            details="Message: CPU high",
+            service_id="PSVC",
+            incident_id=incident_id,
         )
         return apply_event(sqlite_sessions, event, clock())
 
@@ -87,9 +99,12 @@ def deliver(reconciler: Reconciler, applied: AppliedEvent) -> ReconcileResult:
     return reconciler.reconcile(applied.alert_pk)
 
 
-def test_trigger_acknowledge_resolve(send: Send, reconciler: Reconciler,
-                                     pagerduty: FakePagerDuty,
-                                     sqlite_sessions: sessionmaker[Session]) -> None:
+def test_trigger_acknowledge_resolve(
+    send: Send,
+    reconciler: Reconciler,
+    pagerduty: FakePagerDuty,
+    sqlite_sessions: sessionmaker[Session],
+) -> None:
     assert deliver(reconciler, send(T, at=0)) is ReconcileResult.DELIVERED
     incident = pagerduty.incidents()[0]
     assert incident["status"] == "triggered"
@@ -99,13 +114,18 @@ def test_trigger_acknowledge_resolve(send: Send, reconciler: Reconciler,
     deliver(reconciler, send(R, at=2))
     row = alert(sqlite_sessions)
     assert (row.pagerduty_incident_id, row.confirmed_status, row.delivery_state) == (
-        incident["id"], R, DeliveryState.DELIVERED)
+        incident["id"],
+        R,
+        DeliveryState.DELIVERED,
+    )
     assert pagerduty.incidents()[0]["status"] == "resolved"
     assert len(pagerduty.incidents()) == 1
 
 
 def test_acknowledge_before_trigger_creates_then_acknowledges(
-    send: Send, reconciler: Reconciler, pagerduty: FakePagerDuty,
+    send: Send,
+    reconciler: Reconciler,
+    pagerduty: FakePagerDuty,
     sqlite_sessions: sessionmaker[Session],
 ) -> None:
     # Given the acknowledge (received later) is processed first
@@ -123,7 +143,9 @@ def test_acknowledge_before_trigger_creates_then_acknowledges(
 
 
 def test_resolve_never_triggered_sends_nothing(
-    send: Send, reconciler: Reconciler, pagerduty: FakePagerDuty,
+    send: Send,
+    reconciler: Reconciler,
+    pagerduty: FakePagerDuty,
     sqlite_sessions: sessionmaker[Session],
 ) -> None:
     assert deliver(reconciler, send(R, at=0)) is ReconcileResult.DELIVERED
@@ -137,8 +159,9 @@ def test_resolve_never_triggered_sends_nothing(
     assert pagerduty.calls == []
 
 
-def test_duplicated_event_is_a_no_op(send: Send, reconciler: Reconciler,
-                                     pagerduty: FakePagerDuty) -> None:
+def test_duplicated_event_is_a_no_op(
+    send: Send, reconciler: Reconciler, pagerduty: FakePagerDuty
+) -> None:
     first = send(T, event_id="e1")
     deliver(reconciler, first)
     again = send(T, event_id="e1")
@@ -151,7 +174,10 @@ def test_duplicated_event_is_a_no_op(send: Send, reconciler: Reconciler,
 
 
 def test_lost_create_answer_is_adopted_not_doubled(
-    send: Send, reconciler: Reconciler, pagerduty: FakePagerDuty, clock: Clock,
+    send: Send,
+    reconciler: Reconciler,
+    pagerduty: FakePagerDuty,
+    clock: Clock,
     sqlite_sessions: sessionmaker[Session],
 ) -> None:
     # Given PagerDuty creates the incident but the answer is lost
@@ -171,7 +197,9 @@ def test_lost_create_answer_is_adopted_not_doubled(
 
 
 def test_resolve_after_lost_create_finds_and_resolves_the_incident(
-    send: Send, reconciler: Reconciler, pagerduty: FakePagerDuty,
+    send: Send,
+    reconciler: Reconciler,
+    pagerduty: FakePagerDuty,
     sqlite_sessions: sessionmaker[Session],
 ) -> None:
     pagerduty.fail_next("create", "lost")
@@ -184,7 +212,10 @@ def test_resolve_after_lost_create_finds_and_resolves_the_incident(
 
 
 def test_retryable_errors_back_off_then_fail_after_give_up_age(
-    send: Send, reconciler: Reconciler, pagerduty: FakePagerDuty, clock: Clock,
+    send: Send,
+    reconciler: Reconciler,
+    pagerduty: FakePagerDuty,
+    clock: Clock,
     sqlite_sessions: sessionmaker[Session],
 ) -> None:
     pagerduty.fail_next("create", *["503"] * 100)
@@ -205,7 +236,9 @@ def test_retryable_errors_back_off_then_fail_after_give_up_age(
 
 
 def test_permanent_error_fails_at_once_with_pagerduty_message(
-    send: Send, reconciler: Reconciler, sqlite_sessions: sessionmaker[Session],
+    send: Send,
+    reconciler: Reconciler,
+    sqlite_sessions: sessionmaker[Session],
 ) -> None:
     applied = send(T, title="x" * 1025)  # the simulator refuses titles over 1024 characters
     assert deliver(reconciler, applied) is ReconcileResult.FAILED
@@ -215,7 +248,10 @@ def test_permanent_error_fails_at_once_with_pagerduty_message(
 
 
 def test_credentials_refused_parks_without_spending_attempts(
-    send: Send, reconciler: Reconciler, pagerduty: FakePagerDuty, clock: Clock,
+    send: Send,
+    reconciler: Reconciler,
+    pagerduty: FakePagerDuty,
+    clock: Clock,
     sqlite_sessions: sessionmaker[Session],
 ) -> None:
     pagerduty.fail_next("create", "401")
@@ -228,7 +264,9 @@ def test_credentials_refused_parks_without_spending_attempts(
 
 
 def test_retrigger_after_resolve_opens_a_new_incident(
-    send: Send, reconciler: Reconciler, pagerduty: FakePagerDuty,
+    send: Send,
+    reconciler: Reconciler,
+    pagerduty: FakePagerDuty,
     sqlite_sessions: sessionmaker[Session],
 ) -> None:
     deliver(reconciler, send(T, at=0))
@@ -243,7 +281,10 @@ def test_retrigger_after_resolve_opens_a_new_incident(
 
 
 def test_pending_resolve_of_first_cycle_survives_a_refire(
-    send: Send, reconciler: Reconciler, pagerduty: FakePagerDuty, clock: Clock,
+    send: Send,
+    reconciler: Reconciler,
+    pagerduty: FakePagerDuty,
+    clock: Clock,
     sqlite_sessions: sessionmaker[Session],
 ) -> None:
     deliver(reconciler, send(T, at=0))
@@ -259,19 +300,32 @@ def test_pending_resolve_of_first_cycle_survives_a_refire(
 
 
 def test_api_contact_update_for_unknown_pagerduty_id_adopts_it(
-    send: Send, reconciler: Reconciler, pagerduty: FakePagerDuty,
+    send: Send,
+    reconciler: Reconciler,
+    pagerduty: FakePagerDuty,
 ) -> None:
     # An incident PagerDuty opened before the switch to the bridge
     existing = pagerduty.simulator.create_incident(
-        {"incident": {"type": "incident", "title": "old", "service": {"id": "PSVC", "type": "service_reference"}}})
-    applied = send(R, alert_id=str(existing["id"]), source=SOURCE_API,
-                   incident_id=str(existing["id"]))
+        {
+            "incident": {
+                "type": "incident",
+                "title": "old",
+                "service": {"id": "PSVC", "type": "service_reference"},
+            }
+        }
+    )
+    applied = send(
+        R, alert_id=str(existing["id"]), source=SOURCE_API, incident_id=str(existing["id"])
+    )
     assert deliver(reconciler, applied) is ReconcileResult.DELIVERED
     assert pagerduty.incidents()[0]["status"] == "resolved"
 
 
 def test_lease_keeps_a_second_worker_out(
-    send: Send, reconciler: Reconciler, sqlite_sessions: sessionmaker[Session], clock: Clock,
+    send: Send,
+    reconciler: Reconciler,
+    sqlite_sessions: sessionmaker[Session],
+    clock: Clock,
 ) -> None:
     applied = send(T)
     assert applied.alert_pk is not None
@@ -283,13 +337,17 @@ def test_lease_keeps_a_second_worker_out(
 
 
 def test_every_step_is_in_the_timeline(
-    send: Send, reconciler: Reconciler, sqlite_sessions: sessionmaker[Session],
+    send: Send,
+    reconciler: Reconciler,
+    sqlite_sessions: sessionmaker[Session],
 ) -> None:
     deliver(reconciler, send(T, at=0))
     deliver(reconciler, send(R, at=1))
     with sqlite_sessions() as session:
         rows = session.scalars(select(AlertEvent).order_by(AlertEvent.id)).all()
     assert [(r.kind, r.action or r.outcome) for r in rows] == [
-        ("received", "triggered"), ("delivery", "create"),
-        ("received", "resolved"), ("delivery", "update"),
+        ("received", "triggered"),
+        ("delivery", "create"),
+        ("received", "resolved"),
+        ("delivery", "update"),
     ]

@@ -9,9 +9,15 @@ T, A, R = AlertStatus.TRIGGERED, AlertStatus.ACKNOWLEDGED, AlertStatus.RESOLVED
 @pytest.mark.parametrize(
     ("text", "status"),
     [
-        ("triggered", T), ("TRIGGERED", T), ("Trigger", T), (" triggered ", T),
-        ("acknowledged", A), ("acknowledge", A), ("Acknowledged", A),
-        ("resolved", R), ("RESOLVE", R),
+        ("triggered", T),
+        ("TRIGGERED", T),
+        ("Trigger", T),
+        (" triggered ", T),
+        ("acknowledged", A),
+        ("acknowledge", A),
+        ("Acknowledged", A),
+        ("resolved", R),
+        ("RESOLVE", R),
     ],
 )
 def test_actions_in_any_case_and_verb_form(text: str, status: AlertStatus) -> None:

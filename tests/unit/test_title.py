@@ -6,8 +6,15 @@ from worker.title import TITLE_LIMIT, render_title
 def test_seed_template_renders_like_coscale() -> None:
     title = incident_title(
         SEED_TITLE_TEMPLATE,
-        {"message": "CPU > 90%", "metric": "cpu ", "subject": "web-1 ", "time": "10:00",
-         "date": "2026-11-27", "app": "shop", "link": "https://app.coscale.com/a/1"},
+        {
+            "message": "CPU > 90%",
+            "metric": "cpu ",
+            "subject": "web-1 ",
+            "time": "10:00",
+            "date": "2026-11-27",
+            "app": "shop",
+            "link": "https://app.coscale.com/a/1",
+        },
     )
     assert title == (
         "Alert triggered for CPU > 90% cpu web-1 at 10:00 (2026-11-27) on application shop. "

@@ -60,7 +60,11 @@ class ApiError(Exception):
     """An answer other than 2xx, in the one error shape."""
 
     def __init__(
-        self, status: int, message: str, *, field: str | None = None,
+        self,
+        status: int,
+        message: str,
+        *,
+        field: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
@@ -70,8 +74,14 @@ class ApiError(Exception):
         self.headers = headers
 
 
-def _error(status: int, message: str, *, field: str | None = None, errors: list[str] | None = None,
-           headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(
+    status: int,
+    message: str,
+    *,
+    field: str | None = None,
+    errors: list[str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     body = ErrorAnswer.model_validate(
         {"error": {"message": message, "errors": errors or [message], "field": field}}
     )
@@ -119,8 +129,11 @@ def create_app(
     @app.exception_handler(ServiceUnavailable)
     async def _unavailable(_request: Request, exc: ServiceUnavailable) -> JSONResponse:
         log.error("event not accepted: %s", exc)
-        return _error(503, "the bridge cannot queue events right now; nothing was accepted",
-                      headers={"Retry-After": "5"})
+        return _error(
+            503,
+            "the bridge cannot queue events right now; nothing was accepted",
+            headers={"Retry-After": "5"},
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_body(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -130,8 +143,9 @@ def create_app(
             location = ".".join(str(part) for part in error["loc"] if part != "body")
             first_field = first_field or location or None
             problems.append(f"{location or 'body'}: {error['msg']}")
-        return _error(422, "invalid request: " + "; ".join(problems), field=first_field,
-                      errors=problems)
+        return _error(
+            422, "invalid request: " + "; ".join(problems), field=first_field, errors=problems
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -152,18 +166,26 @@ def create_app(
     def publish(event: AlertEventMessage) -> None:
         queue.publish(event)
         EVENTS_RECEIVED.labels(event.source, event.action.value).inc()
-        log.info("queued event %s %s alert=%s:%s", event.event_id, event.action.value,
-                 event.source, event.alert_id)
+        log.info(
+            "queued event %s %s alert=%s:%s",
+            event.event_id,
+            event.action.value,
+            event.source,
+            event.alert_id,
+        )
 
     # -- CoScale's Webhook contact -----------------------------------------------------------
 
-    @app.post("/webhooks/coscale", status_code=202, response_model=EventAccepted,
-              dependencies=[Auth])
+    @app.post(
+        "/webhooks/coscale", status_code=202, response_model=EventAccepted, dependencies=[Auth]
+    )
     def coscale_webhook(body: CoScaleWebhook) -> EventAccepted:
         action = parse_action(body.action)
         fields = body.model_dump(exclude_none=True, exclude={"service_id", "title", "urgency"})
-        title = truncate(body.title, TITLE_LIMIT) if body.title else incident_title(
-            settings.title_template, fields
+        title = (
+            truncate(body.title, TITLE_LIMIT)
+            if body.title
+            else incident_title(settings.title_template, fields)
         )
         event = AlertEventMessage(
             event_id=new_event_id(),
@@ -178,17 +200,27 @@ def create_app(
             fields=fields,
         )
         publish(event)
-        return EventAccepted(alert_id=event.alert_id, event_id=event.event_id,
-                             action=action.value, alert_url=alert_url(event.alert_id))
+        return EventAccepted(
+            alert_id=event.alert_id,
+            event_id=event.event_id,
+            action=action.value,
+            alert_url=alert_url(event.alert_id),
+        )
 
     # -- the seed's API contact: PagerDuty's own endpoints, answered at once ----------------
 
-    @app.post("/incidents", status_code=201, response_model=IncidentEnvelope,
-              response_model_exclude_none=True, dependencies=[Auth])
+    @app.post(
+        "/incidents",
+        status_code=201,
+        response_model=IncidentEnvelope,
+        response_model_exclude_none=True,
+        dependencies=[Auth],
+    )
     def create_incident(body: CreateIncidentRequest) -> IncidentEnvelope:
         incident = body.incident
-        service_id = service_for(incident.service.id if incident.service else None,
-                                 "incident.service.id")
+        service_id = service_for(
+            incident.service.id if incident.service else None, "incident.service.id"
+        )
         bridge_id = mint_bridge_id()
         title = truncate(incident.title, TITLE_LIMIT)
         event = AlertEventMessage(
@@ -203,11 +235,17 @@ def create_app(
             urgency=incident.urgency,
         )
         publish(event)
-        return IncidentEnvelope(incident=IncidentAnswer(
-            id=bridge_id, status="triggered", title=title, summary=title,
-            service=ServiceReference(id=service_id), urgency=incident.urgency,
-            html_url=alert_url(bridge_id),
-        ))
+        return IncidentEnvelope(
+            incident=IncidentAnswer(
+                id=bridge_id,
+                status="triggered",
+                title=title,
+                summary=title,
+                service=ServiceReference(id=service_id),
+                urgency=incident.urgency,
+                html_url=alert_url(bridge_id),
+            )
+        )
 
     def update(incident_id: str, status: str) -> IncidentAnswer:
         event = AlertEventMessage(
@@ -222,15 +260,23 @@ def create_app(
         publish(event)
         return IncidentAnswer(id=incident_id, status=status, html_url=alert_url(incident_id))
 
-    @app.put("/incidents", response_model=IncidentsEnvelope, response_model_exclude_none=True,
-             dependencies=[Auth])
+    @app.put(
+        "/incidents",
+        response_model=IncidentsEnvelope,
+        response_model_exclude_none=True,
+        dependencies=[Auth],
+    )
     def update_incidents(body: BulkUpdateRequest) -> IncidentsEnvelope:
         return IncidentsEnvelope(
             incidents=[update(item.id, item.status) for item in body.incidents]
         )
 
-    @app.put("/incidents/{incident_id}", response_model=IncidentEnvelope,
-             response_model_exclude_none=True, dependencies=[Auth])
+    @app.put(
+        "/incidents/{incident_id}",
+        response_model=IncidentEnvelope,
+        response_model_exclude_none=True,
+        dependencies=[Auth],
+    )
     def update_incident(incident_id: str, body: SingleUpdateRequest) -> IncidentEnvelope:
         if not incident_id.replace("-", "").replace("_", "").isalnum() or len(incident_id) > 64:
             raise ApiError(422, "invalid incident id in the URL", field="incident_id")
@@ -246,14 +292,23 @@ def create_app(
                 query = query.where(Alert.source == source)
             alert = session.scalars(query.order_by(Alert.cycle.desc(), Alert.id.desc())).first()
             if alert is None:
-                raise ApiError(404, f"no alert {alert_id!r} (yet): an event just accepted may "
-                               "still be in the queue", field="alert_id")
-            cycles = session.scalar(select(func.count()).select_from(Alert).where(
-                Alert.source == alert.source, Alert.source_alert_id == alert.source_alert_id))
+                raise ApiError(
+                    404,
+                    f"no alert {alert_id!r} (yet): an event just accepted may "
+                    "still be in the queue",
+                    field="alert_id",
+                )
+            cycles = session.scalar(
+                select(func.count())
+                .select_from(Alert)
+                .where(Alert.source == alert.source, Alert.source_alert_id == alert.source_alert_id)
+            )
             events = session.scalars(
                 select(AlertEvent)
-                .where(AlertEvent.source == alert.source,
-                       AlertEvent.source_alert_id == alert.source_alert_id)
+                .where(
+                    AlertEvent.source == alert.source,
+                    AlertEvent.source_alert_id == alert.source_alert_id,
+                )
                 .order_by(AlertEvent.id.desc())
                 .limit(TIMELINE_LIMIT)
             ).all()
@@ -318,9 +373,13 @@ def _alert_view(alert: Alert, cycles: int, events: list[AlertEvent]) -> AlertVie
         created_at=alert.created_at.isoformat(),
         updated_at=alert.updated_at.isoformat(),
         timeline=[
-            TimelineEntry(at=(event.received_at or event.created_at).isoformat(),
-                          kind=event.kind, action=event.action, outcome=event.outcome,
-                          detail=event.detail)
+            TimelineEntry(
+                at=(event.received_at or event.created_at).isoformat(),
+                kind=event.kind,
+                action=event.action,
+                outcome=event.outcome,
+                detail=event.detail,
+            )
             for event in events
         ],
     )
@@ -335,12 +394,14 @@ def build_app(settings: Settings) -> FastAPI:
     from worker.queue import CeleryEventQueue
 
     settings.require("ingress_tokens")
-    redis_client = redis.Redis.from_url(settings.redis_url, socket_timeout=2,
-                                        socket_connect_timeout=2)
+    redis_client = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=2, socket_connect_timeout=2
+    )
 
     def redis_ping() -> None:
         redis_client.ping()
 
     sessions = make_session_factory(make_engine(settings.database_url))
-    return create_app(settings, queue=CeleryEventQueue(celery_app), sessions=sessions,
-                      redis_ping=redis_ping)
+    return create_app(
+        settings, queue=CeleryEventQueue(celery_app), sessions=sessions, redis_ping=redis_ping
+    )
