@@ -38,6 +38,9 @@ def _configure_logging(settings: Settings) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    # One INFO line per HTTP request would double the log volume of a storm; our own delivery
+    # lines already say what was sent and what PagerDuty answered.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _fail(message: str) -> typer.Exit:

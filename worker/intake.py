@@ -132,7 +132,9 @@ def _open_cycle(event: AlertEventMessage, cycle: int, now: datetime) -> Alert:
 def _apply(session: Session, event: AlertEventMessage, now: datetime) -> AppliedEvent:
     seen = session.scalar(select(AlertEvent.alert_pk).where(AlertEvent.event_id == event.event_id))
     if seen is not None:
-        return AppliedEvent(EventOutcome.DUPLICATE, seen)
+        # A redelivered message: its worker may have died before reconciling. Reconciling again
+        # is idempotent, and finds nothing to do when the first worker finished.
+        return AppliedEvent(EventOutcome.DUPLICATE, seen, needs_delivery=True)
     latest = session.scalars(
         select(Alert)
         .where(Alert.source == event.source, Alert.source_alert_id == event.alert_id)

@@ -241,3 +241,21 @@ def test_readiness_sees_redis_and_database(api: httpx.Client) -> None:
         "redis": "ok",
         "database": "ok",
     }
+
+
+def test_secrets_never_reach_logs_or_answers(bridge: Bridge, api: httpx.Client) -> None:
+    # Given a full trigger → resolve flow has been logged by every process
+    alert_id = new_alert_id()
+    api.post("/webhooks/coscale", json=webhook(alert_id, "triggered"))
+    wait_status(bridge, alert_id, "triggered")
+    api.post("/webhooks/coscale", json=webhook(alert_id, "resolved"))
+    view = wait_delivered(api, alert_id, "resolved")
+    # Then neither the PagerDuty token nor the ingress token appears anywhere
+    secrets = [bridge.env["PAGERBRIDGE_PAGERDUTY_TOKEN"], bridge.env["PAGERBRIDGE_INGRESS_TOKENS"]]
+    outputs = {name: service.output() for name, service in bridge.services.items()}
+    outputs["GET /alerts"] = str(view)
+    outputs["GET /readyz"] = api.get("/readyz").text
+    for where, text in outputs.items():
+        for secret in secrets:
+            assert secret not in text, f"a secret appears in {where}"
+    assert "delivered alert=coscale:" + alert_id in outputs["worker"]
