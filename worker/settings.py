@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from worker.errors import ConfigurationError
 
 ENV_PREFIX = "PAGERBRIDGE_"
+PLACEHOLDER = "change-me"  # what .env.example holds where a secret must go
 
 #: The seed page's incident title (CoScale's own PagerDuty configuration), so that switching to
 #: the bridge changes nothing a responder sees.
@@ -82,10 +83,26 @@ class Settings(BaseSettings):
                 f"missing required setting(s): {', '.join(missing)} "
                 "(set them in the environment or in .env)"
             )
+        placeholders = [
+            f"{ENV_PREFIX}{name.upper()}" for name in names if _is_placeholder(getattr(self, name))
+        ]
+        if placeholders:
+            raise ConfigurationError(
+                f"setting(s) still hold the placeholder from .env.example: "
+                f"{', '.join(placeholders)}; replace {PLACEHOLDER!r} with real values"
+            )
 
     @property
     def ingress_token_values(self) -> tuple[str, ...]:
         return tuple(token.get_secret_value() for token in self.ingress_tokens)
+
+
+def _is_placeholder(value: object) -> bool:
+    values = value if isinstance(value, tuple) else (value,)
+    return any(
+        (item.get_secret_value() if isinstance(item, SecretStr) else item) == PLACEHOLDER
+        for item in values
+    )
 
 
 @lru_cache(maxsize=1)

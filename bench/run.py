@@ -1,0 +1,1207 @@
+#!/usr/bin/env python3
+"""Measure pagerbridge end to end on this machine and print the figures.
+
+    .venv/bin/python bench/run.py [--alerts N] [--concurrency C] [--duration S]
+                                  [--database postgres|sqlite] [--workers K] [--json PATH]
+
+Starts a PagerDuty simulator, the api, beat and (later) a worker as separate processes on free
+loopback ports, against a fresh database and Redis db 12, then runs four phases:
+
+1. ingest    C concurrent clients POST distinct CoScale triggers for S seconds, worker stopped;
+2. delivery  a backlog of N triggers is queued, the worker started, and timed until the
+             simulator holds N incidents;
+3. resolve   N resolves as a burst; timed until the simulator shows N resolved incidents;
+             PagerDuty calls per resolve counted by the simulator;
+4. cost      CPU seconds (from /proc) per 1,000 alerts delivered in phase 2, peak RSS.
+
+Everything it started is stopped and the database dropped at the end, whatever happens.
+See bench/README.md for what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import redis
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH_DIR = REPO / "bench"
+WRK_SCRIPT = BENCH_DIR / "webhook.lua"
+DEFAULT_JSON = BENCH_DIR / "results" / "latest.json"
+
+DEFAULT_POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/12"
+INGRESS_TOKEN = "bench-ingress-token"
+PAGERDUTY_TOKEN = "bench-pagerduty-token"
+SERVICE_ID = "PBENCH1"
+
+# The Celery queue's Redis list (worker/celery_app.py QUEUE). Not imported: importing
+# worker.celery_app builds the Celery app from this process's settings, a side effect the
+# harness does not need.
+QUEUE_KEY = "pagerbridge"
+APPLY_EVENT_TASK = b"pagerbridge.apply_event"
+
+# One wrk thread drives tens of thousands of requests per second, far above what the api can
+# serve; a second thread would only take CPU from the api on this 2-core machine.
+WRK_THREADS = 1
+# Concurrency of the httpx client that queues the backlog and the resolve burst (and of the
+# ingest fallback when wrk is missing, where --concurrency is used instead).
+FEEDER_CONCURRENCY = 16
+# /_simulator/state returns every incident (about 0.7 kB each), built under the simulator's
+# lock: polling it too often would slow the very thing being measured. Wait at least this
+# long, and at least POLL_COST_FACTOR times what the last poll took.
+POLL_MIN_INTERVAL_S = 0.2
+POLL_COST_FACTOR = 5.0
+SERVICE_START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 15.0
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(Exception):
+    """The run cannot go on; the message says why."""
+
+
+# --------------------------------------------------------------------------------------------
+# Options
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Options:
+    alerts: int
+    concurrency: int
+    duration: float
+    database: str
+    workers: int
+    json_path: Path
+    load_generator: str
+    phase_timeout: float
+    postgres_admin_url: str
+    redis_url: str
+
+
+def parse_options(argv: list[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(
+        description="Measure pagerbridge: ingest rate, delivery rate, resolve cost, CPU/RSS.",
+    )
+    parser.add_argument("--alerts", type=int, default=3000, help="backlog size N (default 3000)")
+    parser.add_argument(
+        "--concurrency", type=int, default=32, help="concurrent ingest clients C (default 32)"
+    )
+    parser.add_argument(
+        "--duration", type=float, default=10.0, help="ingest seconds S (default 10)"
+    )
+    parser.add_argument("--database", choices=["postgres", "sqlite"], default="postgres")
+    parser.add_argument("--workers", type=int, default=2, help="worker --concurrency K (default 2)")
+    parser.add_argument(
+        "--json", type=Path, default=DEFAULT_JSON, dest="json_path", help="where to write JSON"
+    )
+    parser.add_argument(
+        "--load-generator",
+        choices=["auto", "wrk", "httpx"],
+        default="auto",
+        help="ingest load generator; auto = wrk if on PATH, else httpx (default auto)",
+    )
+    parser.add_argument(
+        "--phase-timeout",
+        type=float,
+        default=120.0,
+        help="give up on a delivery/resolve phase after this many seconds (default 120)",
+    )
+    parser.add_argument("--postgres-admin-url", default=DEFAULT_POSTGRES_ADMIN_URL)
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
+    args = parser.parse_args(argv)
+    if args.alerts < 1 or args.concurrency < 1 or args.workers < 1 or args.duration <= 0:
+        parser.error("--alerts, --concurrency, --workers and --duration must be positive")
+    return Options(
+        alerts=args.alerts,
+        concurrency=args.concurrency,
+        duration=args.duration,
+        database=args.database,
+        workers=args.workers,
+        json_path=args.json_path,
+        load_generator=args.load_generator,
+        phase_timeout=args.phase_timeout,
+        postgres_admin_url=args.postgres_admin_url,
+        redis_url=args.redis_url,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# /proc: CPU time and peak RSS without a psutil dependency
+# --------------------------------------------------------------------------------------------
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat from field 3 (state) on; None if the process is gone.
+
+    The command name (field 2) may contain spaces and parentheses, so split after the last ')'.
+    """
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()
+
+
+def children_of(pid: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(int(entry.name))
+        if fields is not None and int(fields[1]) == pid:
+            children.append(int(entry.name))
+    return children
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (Celery's prefork pool children)."""
+    tree, frontier = [], [pid]
+    while frontier:
+        current = frontier.pop()
+        tree.append(current)
+        frontier.extend(children_of(current))
+    return tree
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid``, plus that of its children it has already reaped.
+
+    Summed over a live process tree this counts every process once: live ones by their own
+    utime/stime, exited-and-reaped ones through their parent's cutime/cstime.
+    """
+    fields = _stat_fields(pid)
+    if fields is None:
+        return 0.0
+    # fields[11..14] are stat fields 14..17: utime, stime, cutime, cstime (clock ticks).
+    return sum(int(value) for value in fields[11:15]) / CLOCK_TICKS
+
+
+def peak_rss_mib(pid: int) -> float | None:
+    """VmHWM (the process's peak resident set) in MiB; None if the process is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    return int(match.group(1)) / 1024 if match else None
+
+
+# --------------------------------------------------------------------------------------------
+# The processes under test
+# --------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Service:
+    """A pagerbridge process started with ``python -m worker.cli``; output in a log file."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    started_at: float
+
+    def tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def check_alive(self) -> None:
+        code = self.process.poll()
+        if code is not None:
+            raise BenchError(f"{self.name} exited with code {code}:\n{self.tail()}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            # SIGTERM is a warm shutdown for Celery: the pool children finish and exit.
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                # Started in its own session, so the group is exactly this service's processes.
+                with suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=5)
+        # A pool child orphaned by a crashed parent keeps the group alive; end it too.
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+class Services:
+    """Starts the bridge's processes, and stops all of them (in reverse order) on exit."""
+
+    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+        self.env = env
+        self.workdir = workdir
+        self.running: dict[str, Service] = {}
+
+    def start(self, name: str, args: list[str]) -> Service:
+        log = self.workdir / f"{name}.log"
+        with log.open("wb") as handle:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "worker.cli", *args],
+                env=self.env,
+                # Not the repository: a developer's .env there must not change the settings.
+                cwd=self.workdir,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        service = Service(name, process, log, time.monotonic())
+        self.running[name] = service
+        return service
+
+    def stop_all(self) -> None:
+        for service in reversed(list(self.running.values())):
+            service.stop()
+
+    def __getitem__(self, name: str) -> Service:
+        return self.running[name]
+
+
+def wait_until(
+    service: Service, ready: Callable[[], bool], timeout: float = SERVICE_START_TIMEOUT_S
+) -> float:
+    """Poll ``ready`` until true; seconds since the service started. Fails if it dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        service.check_alive()
+        with suppress(httpx.HTTPError, OSError):  # not listening yet
+            if ready():
+                return time.monotonic() - service.started_at
+        time.sleep(0.05)
+    raise BenchError(f"{service.name} not ready after {timeout:.0f}s:\n{service.tail()}")
+
+
+def http_ok(url: str) -> bool:
+    return httpx.get(url, timeout=1.0).status_code == 200
+
+
+# --------------------------------------------------------------------------------------------
+# Database and Redis
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Database:
+    kind: str
+    url: str
+    admin: psycopg.Connection[Any] | None = None
+    name: str | None = None
+    server_version: str = ""
+
+    def backend_pids(self) -> list[int]:
+        """PostgreSQL backends serving the bench database (their CPU is the database's)."""
+        if self.admin is None:
+            return []
+        rows = self.admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.name,)
+        ).fetchall()
+        return [int(row[0]) for row in rows]
+
+
+@contextmanager
+def fresh_database(options: Options, workdir: Path) -> Iterator[Database]:
+    """A new, empty database for this run; a PostgreSQL one is dropped afterwards."""
+    if options.database == "sqlite":
+        yield Database("sqlite", f"sqlite:///{workdir / 'bench.db'}", server_version="sqlite")
+        return
+    try:
+        admin = psycopg.connect(options.postgres_admin_url, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        raise BenchError(f"PostgreSQL at {options.postgres_admin_url}: {exc}") from exc
+    name = f"pagerbridge_bench_{uuid.uuid4().hex[:10]}"
+    try:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        version = admin.execute("SHOW server_version").fetchone()
+        url = options.postgres_admin_url.rsplit("/", 1)[0] + f"/{name}"
+        yield Database("postgres", url, admin, name, f"PostgreSQL {version[0] if version else '?'}")
+    finally:
+        # FORCE: a worker killed mid-transaction may leave a backend behind for a moment.
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def queued_messages(client: redis.Redis) -> tuple[int, int]:
+    """(all messages, apply_event messages) waiting in the Celery queue.
+
+    Kombu keeps one list per priority step ("pagerbridge", "pagerbridge\\x06\\x163", ...).
+    """
+    total = events = 0
+    for key in client.scan_iter(match=f"{QUEUE_KEY}*"):
+        if client.type(key) != b"list":
+            continue
+        length = int(client.llen(key))
+        total += length
+        for start in range(0, length, 1000):
+            chunk: list[bytes] = client.lrange(key, start, start + 999)  # type: ignore[assignment]
+            events += sum(APPLY_EVENT_TASK in message for message in chunk)
+    return total, events
+
+
+def drop_queue(client: redis.Redis) -> None:
+    """Empty the Celery queue but keep kombu's binding keys (``_kombu.binding.*``): the api's
+    producer declared the queue once and will not declare it again after a FLUSHDB."""
+    for key in list(client.scan_iter(match=f"{QUEUE_KEY}*")):
+        if client.type(key) == b"list":
+            client.delete(key)
+
+
+# --------------------------------------------------------------------------------------------
+# Load generation
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadResult:
+    """What a load generator saw: requests, outcomes and latencies."""
+
+    tool: str
+    elapsed_s: float
+    completed: int = 0
+    accepted: int = 0  # 2xx answers
+    errors: dict[str, int] = field(default_factory=dict)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def accepted_per_s(self) -> float:
+        return self.accepted / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+def _percentile(ordered: list[float], percent: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    if not ordered:
+        return float("nan")
+    rank = max(0, min(len(ordered) - 1, round(percent / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+async def _drive(
+    url: str,
+    concurrency: int,
+    next_body: Callable[[], dict[str, Any] | None],
+    deadline: float | None,
+    tool: str,
+) -> LoadResult:
+    """POST ``next_body()`` from ``concurrency`` clients until it returns None or the deadline
+    (a ``time.monotonic`` value) passes."""
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    accepted = 0
+    headers = {"Authorization": f"Bearer {INGRESS_TOKEN}"}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        nonlocal accepted
+        while deadline is None or time.monotonic() < deadline:
+            body = next_body()
+            if body is None:
+                return
+            started = time.perf_counter()
+            try:
+                answer = await client.post(url, json=body, headers=headers)
+            except httpx.HTTPError as exc:
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                continue
+            latencies.append((time.perf_counter() - started) * 1000)
+            if 200 <= answer.status_code < 300:
+                accepted += 1
+            else:
+                errors[f"HTTP {answer.status_code}"] = (
+                    errors.get(f"HTTP {answer.status_code}", 0) + 1
+                )
+
+    started = time.monotonic()
+    async with httpx.AsyncClient(limits=limits, timeout=10.0) as client:
+        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+    elapsed = time.monotonic() - started
+    latencies.sort()
+    return LoadResult(
+        tool=tool,
+        elapsed_s=elapsed,
+        completed=len(latencies),
+        accepted=accepted,
+        errors=errors,
+        latency_ms={
+            "p50": _percentile(latencies, 50),
+            "p90": _percentile(latencies, 90),
+            "p99": _percentile(latencies, 99),
+            "max": latencies[-1] if latencies else float("nan"),
+        },
+    )
+
+
+def post_all(url: str, bodies: list[dict[str, Any]], concurrency: int) -> LoadResult:
+    """POST every body once, ``concurrency`` at a time."""
+    remaining = iter(bodies)
+    return asyncio.run(
+        _drive(url, concurrency, lambda: next(remaining, None), None, "httpx.AsyncClient")
+    )
+
+
+def ingest_with_httpx(url: str, run_id: str, concurrency: int, duration: float) -> LoadResult:
+    counter = itertools.count(1)
+
+    def next_body() -> dict[str, Any]:
+        return trigger_body(f"{run_id}-h-{next(counter)}")
+
+    return asyncio.run(
+        _drive(url, concurrency, next_body, time.monotonic() + duration, "httpx.AsyncClient")
+    )
+
+
+def wrk_version(wrk: str) -> str:
+    # wrk prints its version in the usage text (on stdout) and exits non-zero.
+    output = subprocess.run([wrk, "--version"], capture_output=True, text=True, check=False)
+    first = (output.stdout or output.stderr).splitlines()
+    return " ".join(first[0].split()[:2]) if first else "wrk"
+
+
+def ingest_with_wrk(
+    wrk: str, url: str, run_id: str, concurrency: int, duration: float, log: Path
+) -> LoadResult:
+    command = [
+        wrk,
+        f"--threads={WRK_THREADS}",
+        f"--connections={concurrency}",
+        f"--duration={max(1, round(duration))}s",
+        "--timeout=10s",
+        f"--script={WRK_SCRIPT}",
+        url,
+        "--",
+        run_id,
+        INGRESS_TOKEN,
+    ]
+    # Bounded by --duration; the timeout only guards against a wrk that hangs.
+    done = subprocess.run(
+        command, capture_output=True, text=True, check=False, timeout=duration + 60
+    )
+    log.write_text(done.stdout + done.stderr)
+    line = next((text for text in done.stdout.splitlines() if text.startswith("BENCH_JSON ")), None)
+    if done.returncode != 0 or line is None:
+        raise BenchError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    report = json.loads(line.removeprefix("BENCH_JSON "))
+    errors = {name: count for name, count in report["errors"].items() if count}
+    # wrk counts answers >= 400 as status errors; everything else it completed is a 2xx here.
+    completed = int(report["requests"])
+    latency = report["latency_us"]
+    return LoadResult(
+        tool=f"{wrk_version(wrk)}, {WRK_THREADS} thread, bench/webhook.lua",
+        elapsed_s=report["duration_us"] / 1e6,
+        completed=completed,
+        accepted=completed - int(report["errors"]["status"]),
+        errors=errors,
+        latency_ms={name: latency[name] / 1000 for name in ("p50", "p90", "p99", "max")},
+    )
+
+
+def trigger_body(alert_id: str) -> dict[str, Any]:
+    """A CoScale trigger like the Webhook contact's Format produces."""
+    return {
+        "alert_id": alert_id,
+        "action": "triggered",
+        "message": "bench backlog",
+        "metric": "cpu/used",
+        "subject": "server bench",
+        "app": "bench",
+        "host": "bench-host",
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The simulator's counters
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SimulatorCounts:
+    creates: int
+    resolved: int
+    duplicate_creates_refused: int
+    calls: dict[tuple[str, str], int]  # (method, route) -> calls, any status
+    observed_at: float  # monotonic time of the snapshot (the request's midpoint)
+    poll_s: float  # how long the poll took
+
+
+class SimulatorProbe:
+    """Reads /_simulator/state, keeping only the counters (the incident list is discarded)."""
+
+    def __init__(self, base_url: str) -> None:
+        self._client = httpx.Client(base_url=base_url, timeout=30.0)
+        self.last_poll_s = 0.0
+
+    def counts(self) -> SimulatorCounts:
+        sent = time.monotonic()
+        answer = self._client.get("/_simulator/state")
+        answer.raise_for_status()
+        received = time.monotonic()
+        counts = answer.json()["counts"]
+        self.last_poll_s = received - sent
+        calls: dict[tuple[str, str], int] = {}
+        for call in counts["calls"]:
+            key = (call["method"], call["route"])
+            calls[key] = calls.get(key, 0) + int(call["count"])
+        return SimulatorCounts(
+            creates=int(counts["creates"]),
+            resolved=int(counts["incidents_by_status"]["resolved"]),
+            duplicate_creates_refused=int(counts["duplicate_creates_refused"]),
+            calls=calls,
+            observed_at=(sent + received) / 2,
+            poll_s=self.last_poll_s,
+        )
+
+    def pause(self) -> None:
+        time.sleep(max(POLL_MIN_INTERVAL_S, POLL_COST_FACTOR * self.last_poll_s))
+
+    def close(self) -> None:
+        self._client.close()
+
+
+# --------------------------------------------------------------------------------------------
+# CPU snapshots
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CpuSnapshot:
+    """CPU seconds consumed so far, by process group."""
+
+    seconds: dict[str, float]
+    taken_at: float
+
+
+# Groups that make up "the bridge" in the cost figure; the rest are shown for context.
+BRIDGE_GROUPS = ("api", "worker (main)", "worker (pool)", "beat")
+
+
+class CpuMeter:
+    def __init__(self, services: Services, database: Database, redis_pid: int | None) -> None:
+        self.services = services
+        self.database = database
+        self.redis_pid = redis_pid
+
+    def snapshot(self) -> CpuSnapshot:
+        seconds: dict[str, float] = {}
+        for name, service in self.services.running.items():
+            pid = service.process.pid
+            if name == "worker":
+                seconds["worker (main)"] = cpu_seconds(pid)
+                seconds["worker (pool)"] = sum(
+                    cpu_seconds(child) for child in process_tree(pid) if child != pid
+                )
+            else:
+                seconds[name] = sum(cpu_seconds(member) for member in process_tree(pid))
+        if self.database.kind == "postgres":
+            seconds["postgres (bench db backends)"] = sum(
+                cpu_seconds(pid) for pid in self.database.backend_pids()
+            )
+        if self.redis_pid is not None:
+            seconds["redis-server (whole server)"] = cpu_seconds(self.redis_pid)
+        return CpuSnapshot(seconds, time.monotonic())
+
+
+def cpu_between(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
+    return {
+        name: round(value - before.seconds.get(name, 0.0), 3)
+        for name, value in after.seconds.items()
+    }
+
+
+def bridge_cpu(delta: dict[str, float]) -> float:
+    return sum(delta.get(name, 0.0) for name in BRIDGE_GROUPS)
+
+
+# --------------------------------------------------------------------------------------------
+# The phases
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """Everything a phase needs, and the results collected so far."""
+
+    options: Options
+    run_id: str
+    workdir: Path
+    env: dict[str, str]
+    services: Services
+    database: Database
+    redis_client: redis.Redis
+    probe: SimulatorProbe
+    meter: CpuMeter
+    api_url: str
+    results: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def webhook_url(self) -> str:
+        return f"{self.api_url}/webhooks/coscale"
+
+    def backlog_ids(self) -> list[str]:
+        return [f"{self.run_id}-b{index}" for index in range(self.options.alerts)]
+
+
+def phase_ingest(run: Run) -> None:
+    """Webhooks accepted per second with the worker stopped: the api alone on the CPUs."""
+    options = run.options
+    wrk = shutil.which("wrk")
+    if options.load_generator == "wrk" and wrk is None:
+        raise BenchError("--load-generator wrk, but wrk is not on PATH (apt-get install wrk)")
+    use_wrk = wrk is not None and options.load_generator != "httpx"
+    if use_wrk:
+        assert wrk is not None
+        result = ingest_with_wrk(
+            wrk,
+            run.webhook_url(),
+            run.run_id,
+            options.concurrency,
+            options.duration,
+            run.workdir / "wrk.log",
+        )
+    else:
+        if options.load_generator == "auto":
+            run.notes.append(
+                "wrk not found: ingest driven by the Python httpx fallback, which shares the "
+                "2 CPUs with the api, so the ingest figure is a lower bound"
+            )
+        result = ingest_with_httpx(
+            run.webhook_url(), run.run_id, options.concurrency, options.duration
+        )
+    total, events = queued_messages(run.redis_client)
+    run.results["ingest"] = {
+        "tool": result.tool,
+        "clients": options.concurrency,
+        "seconds": round(result.elapsed_s, 2),
+        "requests": result.completed,
+        "accepted": result.accepted,
+        "accepted_per_s": round(result.accepted_per_s, 1),
+        "errors": result.errors,
+        "latency_ms": {name: round(value, 2) for name, value in result.latency_ms.items()},
+        # The contract says 202 only once the event is in Redis: every accepted request must
+        # have left an apply_event message (a few more if the generator stopped mid-request).
+        "apply_event_messages_queued": events,
+        "messages_queued": total,
+    }
+    if events < result.accepted:
+        run.notes.append(
+            f"CONTRACT: {result.accepted} webhooks answered 2xx but only {events} messages "
+            "are in the queue"
+        )
+    # The ingested alerts are discarded rather than delivered: their number depends on the
+    # ingest rate, and a fixed backlog of --alerts keeps phase 2 comparable between runs.
+    drop_queue(run.redis_client)
+
+
+def phase_backlog(run: Run) -> None:
+    """Queue N distinct triggers through the api while no worker runs."""
+    bodies = [trigger_body(alert_id) for alert_id in run.backlog_ids()]
+    result = post_all(run.webhook_url(), bodies, FEEDER_CONCURRENCY)
+    if result.accepted != len(bodies):
+        raise BenchError(
+            f"backlog: only {result.accepted} of {len(bodies)} triggers accepted: {result.errors}"
+        )
+    total, events = queued_messages(run.redis_client)
+    run.results["backlog"] = {
+        "alerts": len(bodies),
+        "seconds": round(result.elapsed_s, 2),
+        "accepted_per_s": round(result.accepted_per_s, 1),
+        "clients": FEEDER_CONCURRENCY,
+        "apply_event_messages_queued": events,
+        "messages_queued": total,
+    }
+
+
+def pool_size(service: Service) -> int:
+    return len(children_of(service.process.pid))
+
+
+def phase_delivery(run: Run) -> None:
+    """Start the worker on the backlog; time until the simulator holds N incidents."""
+    options = run.options
+    wanted = options.alerts
+    before = run.meter.snapshot()
+    worker = run.services.start("worker", ["worker", "--concurrency", str(options.workers)])
+    first: tuple[SimulatorCounts, CpuSnapshot] | None = None
+    pool_up_s: float | None = None
+    deadline = time.monotonic() + options.phase_timeout
+    while True:
+        worker.check_alive()
+        if pool_up_s is None and pool_size(worker) >= options.workers:
+            pool_up_s = time.monotonic() - worker.started_at
+        counts = run.probe.counts()
+        if first is None and counts.creates > 0:
+            # Steady-state figures start here, leaving out the worker's start-up (imports,
+            # forking the pool, first connections), which a long-running worker pays once.
+            first = (counts, run.meter.snapshot())
+        if counts.creates >= wanted:
+            break
+        if time.monotonic() > deadline:
+            raise BenchError(
+                f"delivery: {counts.creates} of {wanted} incidents after "
+                f"{options.phase_timeout:.0f}s"
+            )
+        run.probe.pause()
+    after = run.meter.snapshot()
+    assert first is not None
+    first_counts, first_cpu = first
+    steady_alerts = counts.creates - first_counts.creates
+    steady_seconds = counts.observed_at - first_counts.observed_at
+    overall_seconds = counts.observed_at - worker.started_at
+    steady_cpu = cpu_between(first_cpu, after)
+    overall_cpu = cpu_between(before, after)
+    run.results["delivery"] = {
+        "alerts": wanted,
+        "incidents_created": counts.creates,
+        "duplicate_creates_refused": counts.duplicate_creates_refused,
+        "worker_pool_up_s": round(pool_up_s, 2) if pool_up_s is not None else None,
+        "first_incident_seen_s": round(first_counts.observed_at - worker.started_at, 2),
+        "seconds_including_worker_start": round(overall_seconds, 2),
+        "incidents_per_s_including_worker_start": round(wanted / overall_seconds, 1),
+        "steady_alerts": steady_alerts,
+        "steady_seconds": round(steady_seconds, 2),
+        "incidents_per_s": round(steady_alerts / steady_seconds, 1) if steady_seconds else None,
+        "last_poll_s": round(run.probe.last_poll_s, 3),
+        "cpu_s_steady_by_process": steady_cpu,
+        "cpu_s_including_worker_start_by_process": overall_cpu,
+    }
+    run.results["cost"] = {
+        "bridge_cpu_s_per_1000_alerts": round(bridge_cpu(steady_cpu) / steady_alerts * 1000, 2)
+        if steady_alerts
+        else None,
+        "bridge_cpu_s_per_1000_alerts_including_worker_start": round(
+            bridge_cpu(overall_cpu) / wanted * 1000, 2
+        ),
+        "database_cpu_s_per_1000_alerts": round(
+            steady_cpu.get("postgres (bench db backends)", 0.0) / steady_alerts * 1000, 2
+        )
+        if steady_alerts and options.database == "postgres"
+        else None,
+        "window_s": round(after.taken_at - first_cpu.taken_at, 2),
+        "bridge_groups": list(BRIDGE_GROUPS),
+    }
+
+
+def phase_resolve(run: Run) -> None:
+    """Resolve all N alerts as a burst; time until the simulator shows them resolved."""
+    wanted = run.options.alerts
+    before = run.probe.counts()
+    cpu_before = run.meter.snapshot()
+    started = time.monotonic()
+    bodies = [{"alert_id": alert_id, "action": "resolved"} for alert_id in run.backlog_ids()]
+    burst = post_all(run.webhook_url(), bodies, FEEDER_CONCURRENCY)
+    if burst.accepted != wanted:
+        raise BenchError(f"resolve: only {burst.accepted} of {wanted} accepted: {burst.errors}")
+    deadline = started + run.options.phase_timeout
+    while True:
+        run.services["worker"].check_alive()
+        counts = run.probe.counts()
+        if counts.resolved - before.resolved >= wanted:
+            break
+        if time.monotonic() > deadline:
+            raise BenchError(
+                f"resolve: {counts.resolved - before.resolved} of {wanted} resolved after "
+                f"{run.options.phase_timeout:.0f}s"
+            )
+        run.probe.pause()
+    cpu = cpu_between(cpu_before, run.meter.snapshot())
+    calls = {
+        f"{method} {route}": counts.calls.get((method, route), 0)
+        - before.calls.get((method, route), 0)
+        for method, route in sorted(counts.calls)
+    }
+    calls = {name: count for name, count in calls.items() if count}
+    put_calls = sum(count for name, count in calls.items() if name.startswith("PUT "))
+    seconds = counts.observed_at - started
+    run.results["resolve"] = {
+        "alerts": wanted,
+        "burst_seconds": round(burst.elapsed_s, 2),
+        "seconds_to_all_resolved": round(seconds, 2),
+        "resolves_per_s": round(wanted / seconds, 1),
+        "pagerduty_calls": calls,
+        "put_calls_per_resolve": round(put_calls / wanted, 3),
+        "calls_per_resolve": round(sum(calls.values()) / wanted, 3),
+        "bridge_cpu_s_per_1000_resolves": round(bridge_cpu(cpu) / wanted * 1000, 2),
+        "cpu_s_by_process": cpu,
+    }
+
+
+def peak_memory(run: Run) -> dict[str, float | None]:
+    """VmHWM per process, read before stopping them. The pool figure sums the children's
+    peaks, which counts pages shared with the parent after fork() more than once."""
+    peaks: dict[str, float | None] = {}
+    for name, service in run.services.running.items():
+        pid = service.process.pid
+        peaks[name] = _round(peak_rss_mib(pid))
+        if name == "worker":
+            children = [child for child in process_tree(pid) if child != pid]
+            child_peaks = [peak_rss_mib(child) or 0.0 for child in children]
+            peaks["worker (pool, sum)"] = _round(sum(child_peaks))
+            peaks["worker (pool, largest child)"] = _round(max(child_peaks, default=0.0))
+    return peaks
+
+
+def _round(value: float | None, digits: int = 1) -> float | None:
+    return round(value, digits) if value is not None else None
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.2f}{unit}" if value < 100 else f"{value:,.0f}{unit}"
+    return f"{value:,}{unit}"
+
+
+def markdown_tables(report: dict[str, Any]) -> str:
+    results = report["results"]
+    settings = report["settings"]
+    rows: list[tuple[str, str, str]] = []
+    ingest = results.get("ingest")
+    if ingest:
+        rows += [
+            (
+                "Ingest: webhooks accepted/s",
+                _fmt(ingest["accepted_per_s"], "/s"),
+                f"{ingest['clients']} clients, {ingest['seconds']} s, worker stopped; "
+                f"{ingest['tool']}",
+            ),
+            ("Ingest: latency p50", _fmt(ingest["latency_ms"]["p50"], " ms"), ""),
+            (
+                "Ingest: latency p99",
+                _fmt(ingest["latency_ms"]["p99"], " ms"),
+                f"max {_fmt(ingest['latency_ms']['max'], ' ms')}",
+            ),
+            (
+                "Ingest: requests / non-2xx or errors",
+                f"{ingest['requests']:,} / {ingest['requests'] - ingest['accepted']:,}",
+                f"errors {ingest['errors'] or 'none'}; "
+                f"{ingest['apply_event_messages_queued']:,} messages in Redis after "
+                "(then discarded)",
+            ),
+        ]
+    backlog = results.get("backlog")
+    if backlog:
+        rows.append(
+            (
+                "Backlog queued",
+                f"{backlog['alerts']:,} in {backlog['seconds']} s",
+                f"httpx, {backlog['clients']} clients ({_fmt(backlog['accepted_per_s'], '/s')})",
+            )
+        )
+    delivery = results.get("delivery")
+    if delivery:
+        rows += [
+            (
+                "Delivery: incidents/s (steady)",
+                _fmt(delivery["incidents_per_s"], "/s"),
+                f"{delivery['steady_alerts']:,} incidents in {delivery['steady_seconds']} s "
+                f"from the first one seen; worker --concurrency {settings['workers']}",
+            ),
+            (
+                "Delivery: incidents/s incl. worker start",
+                _fmt(delivery["incidents_per_s_including_worker_start"], "/s"),
+                f"{delivery['alerts']:,} in {delivery['seconds_including_worker_start']} s; "
+                f"first incident seen {delivery['first_incident_seen_s']} s after start",
+            ),
+        ]
+    resolve = results.get("resolve")
+    if resolve:
+        rows += [
+            (
+                "Resolve: time to all resolved",
+                _fmt(resolve["seconds_to_all_resolved"], " s"),
+                f"{resolve['alerts']:,} resolves, burst sent in {resolve['burst_seconds']} s; "
+                f"{_fmt(resolve['resolves_per_s'], '/s')}",
+            ),
+            (
+                "Resolve: PagerDuty calls per resolve",
+                f"{resolve['put_calls_per_resolve']:.3f}",
+                "PUT calls / N; all calls: "
+                + (", ".join(f"{n} x{c:,}" for n, c in resolve["pagerduty_calls"].items())),
+            ),
+        ]
+    cost = results.get("cost")
+    if cost:
+        database_cpu = cost["database_cpu_s_per_1000_alerts"]
+        rows += [
+            (
+                "Cost: CPU s per 1,000 alerts",
+                _fmt(cost["bridge_cpu_s_per_1000_alerts"], " s"),
+                "api + worker (main + pool) + beat, user+sys, steady delivery window; "
+                f"{_fmt(cost['bridge_cpu_s_per_1000_alerts_including_worker_start'], ' s')} "
+                "incl. worker start"
+                + (
+                    f"; PostgreSQL backends +{_fmt(database_cpu, ' s')}"
+                    if database_cpu is not None
+                    else ""
+                ),
+            ),
+            (
+                "Cost: CPU s per 1,000 resolves",
+                _fmt(resolve["bridge_cpu_s_per_1000_resolves"], " s") if resolve else "n/a",
+                "api + worker + beat during the resolve phase (api takes the burst too)",
+            ),
+        ]
+    memory = results.get("peak_rss_mib")
+    if memory:
+        for name, value in memory.items():
+            rows.append((f"Peak RSS: {name}", _fmt(value, " MiB"), "VmHWM"))
+    lines = ["| figure | value | note |", "|---|---|---|"]
+    lines += [f"| {figure} | {value} | {note} |" for figure, value, note in rows]
+    if delivery:
+        window = delivery["steady_seconds"]
+        lines += [
+            "",
+            f"CPU during the steady delivery window ({window} s wall, "
+            f"{settings['cpu_count']} CPUs):",
+            "",
+            "| process | CPU s | % of one CPU |",
+            "|---|---|---|",
+        ]
+        for name, seconds in sorted(
+            delivery["cpu_s_steady_by_process"].items(), key=lambda item: -item[1]
+        ):
+            share = seconds / window * 100 if window else 0.0
+            lines.append(f"| {name} | {seconds:.2f} | {share:.0f}% |")
+    return "\n".join(lines)
+
+
+def git_revision() -> str:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit}{' (uncommitted changes)' if dirty else ''}"
+
+
+def machine_info() -> dict[str, Any]:
+    cpu_model = ""
+    with suppress(OSError):
+        match = re.search(
+            r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE
+        )
+        cpu_model = match.group(1) if match else ""
+    memory_kib = 0
+    with suppress(OSError):
+        match = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
+        memory_kib = int(match.group(1)) if match else 0
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "memory_gib": round(memory_kib / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        # Another job on a 2-CPU machine changes every figure: record how busy it was.
+        "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
+    }
+
+
+def write_json(path: Path, report: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+def bridge_env(
+    database_url: str, redis_url: str, simulator_url: str, workdir: Path
+) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PAGERBRIDGE_")}
+    env.update(
+        {
+            "PAGERBRIDGE_DATABASE_URL": database_url,
+            "PAGERBRIDGE_REDIS_URL": redis_url,
+            "PAGERBRIDGE_PAGERDUTY_URL": simulator_url,
+            "PAGERBRIDGE_PAGERDUTY_TOKEN": PAGERDUTY_TOKEN,
+            "PAGERBRIDGE_PAGERDUTY_FROM": "bench@example.com",
+            "PAGERBRIDGE_PAGERDUTY_SERVICE_ID": SERVICE_ID,
+            "PAGERBRIDGE_INGRESS_TOKENS": INGRESS_TOKEN,
+            "PAGERBRIDGE_LOG_LEVEL": "WARNING",
+            # Per run, so two runs (or a developer's beat) never share a schedule file.
+            "PAGERBRIDGE_BEAT_SCHEDULE_PATH": str(workdir / "beat-schedule"),
+        }
+    )
+    return env
+
+
+def run_bench(options: Options, workdir: Path, report: dict[str, Any]) -> None:
+    """Set up, run every phase, tear down. Results land in ``report`` as they come, so a
+    failure still leaves the figures measured so far."""
+    redis_client = redis.Redis.from_url(options.redis_url, socket_connect_timeout=3)
+    try:
+        redis_client.ping()
+    except (redis.RedisError, OSError) as exc:
+        raise BenchError(f"Redis at {options.redis_url}: {exc}") from exc
+    redis_client.flushdb()
+    redis_info = redis_client.info("server")
+    with ExitStack() as cleanup:
+        cleanup.callback(redis_client.close)
+        cleanup.callback(redis_client.flushdb)
+        database = cleanup.enter_context(fresh_database(options, workdir))
+        report["machine"]["database_server"] = database.server_version
+        report["machine"]["redis_server"] = f"Redis {redis_info.get('redis_version', '?')}"
+        sim_port, api_port = free_port(), free_port()
+        simulator_url = f"http://127.0.0.1:{sim_port}"
+        env = bridge_env(database.url, options.redis_url, simulator_url, workdir)
+        migrated = subprocess.run(
+            [sys.executable, "-m", "worker.cli", "migrate"],
+            env=env,
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        if migrated.returncode != 0:
+            raise BenchError(f"migrate failed:\n{migrated.stdout}\n{migrated.stderr}")
+
+        services = Services(env, workdir)
+        cleanup.callback(services.stop_all)
+        probe = SimulatorProbe(simulator_url)
+        cleanup.callback(probe.close)
+        simulator = services.start(
+            "simulator", ["simulate", "--port", str(sim_port), "--token", PAGERDUTY_TOKEN]
+        )
+        wait_until(simulator, lambda: http_ok(f"{simulator_url}/_simulator/health"))
+        api_url = f"http://127.0.0.1:{api_port}"
+        api = services.start("api", ["api", "--port", str(api_port)])
+        wait_until(api, lambda: http_ok(f"{api_url}/healthz"))
+        services.start("beat", ["beat"])
+        time.sleep(1.0)  # beat has no health check; let it fail now if it is going to
+        services["beat"].check_alive()
+
+        run = Run(
+            options=options,
+            run_id=uuid.uuid4().hex[:8],
+            workdir=workdir,
+            env=env,
+            services=services,
+            database=database,
+            redis_client=redis_client,
+            probe=probe,
+            meter=CpuMeter(services, database, int(redis_info.get("process_id", 0)) or None),
+            api_url=api_url,
+            results=report["results"],
+            notes=report["notes"],
+        )
+        phases: list[tuple[str, Callable[[Run], None]]] = [
+            ("ingest", phase_ingest),
+            ("backlog", phase_backlog),
+            ("delivery", phase_delivery),
+            ("resolve", phase_resolve),
+        ]
+        for name, phase in phases:
+            print(f"[bench] {name}…", file=sys.stderr, flush=True)
+            phase(run)
+        report["results"]["peak_rss_mib"] = peak_memory(run)
+        for service in services.running.values():
+            service.check_alive()
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_options(argv)
+    report: dict[str, Any] = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "revision": git_revision(),
+        "machine": machine_info(),
+        "settings": {
+            "alerts": options.alerts,
+            "concurrency": options.concurrency,
+            "duration_s": options.duration,
+            "database": options.database,
+            "workers": options.workers,
+            "load_generator": options.load_generator,
+            "phase_timeout_s": options.phase_timeout,
+            "redis_url": options.redis_url,
+            "feeder_concurrency": FEEDER_CONCURRENCY,
+            "wrk_threads": WRK_THREADS,
+            "cpu_count": os.cpu_count(),
+            "log_level": "WARNING",
+        },
+        "results": {},
+        "notes": [],
+    }
+    load = report["machine"]["load_average_at_start"][0]
+    if load > 0.5:
+        report["notes"].append(
+            f"the machine was busy at start (1-min load {load}): figures are likely low"
+        )
+    workdir = Path(tempfile.mkdtemp(prefix="pagerbridge-bench-"))
+    started = time.monotonic()
+    failed: BaseException | None = None
+    try:
+        run_bench(options, workdir, report)
+    except (BenchError, KeyboardInterrupt) as exc:
+        failed = exc
+        report["error"] = str(exc) or type(exc).__name__
+    except Exception as exc:  # a bug or an unexpected answer: still report what was measured
+        failed = exc
+        report["error"] = traceback.format_exc()
+    report["wall_s"] = round(time.monotonic() - started, 1)
+    write_json(options.json_path, report)
+    print(markdown_tables(report))
+    for note in report["notes"]:
+        print(f"\nNote: {note}")
+    print(f"\nJSON: {options.json_path} (run took {report['wall_s']} s)")
+    if failed is not None:
+        # Keep the services' logs for a look; a clean run removes them.
+        print(f"\nbench FAILED: {report['error']}\nlogs kept in {workdir}", file=sys.stderr)
+        return 1
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
