@@ -1,0 +1,73 @@
+"""The commands fail fast and clearly, and `status` reports what the database holds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import bridge_env, free_port
+from worker.migrate import upgrade
+
+pytestmark = pytest.mark.integration
+
+
+def pagerbridge(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def env(tmp_path: Path, redis_url: str) -> dict[str, str]:
+    return bridge_env(f"sqlite:///{tmp_path / 'cli.db'}", redis_url, "http://127.0.0.1:9")
+
+
+def test_worker_without_pagerduty_token_names_the_variable(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    del env["PAGERBRIDGE_PAGERDUTY_TOKEN"]
+    result = pagerbridge("worker", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "PAGERBRIDGE_PAGERDUTY_TOKEN" in result.stderr
+
+
+def test_api_without_ingress_tokens_names_the_variable(env: dict[str, str], tmp_path: Path) -> None:
+    del env["PAGERBRIDGE_INGRESS_TOKENS"]
+    result = pagerbridge("api", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "PAGERBRIDGE_INGRESS_TOKENS" in result.stderr
+
+
+def test_unreachable_redis_is_said_at_start(env: dict[str, str], tmp_path: Path) -> None:
+    env["PAGERBRIDGE_REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"
+    result = pagerbridge("worker", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Redis" in result.stderr and "does not answer" in result.stderr
+
+
+def test_unmigrated_database_is_said_at_start(env: dict[str, str], tmp_path: Path) -> None:
+    result = pagerbridge("api", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "pagerbridge migrate" in result.stderr
+
+
+def test_status_reports_counts(env: dict[str, str], tmp_path: Path) -> None:
+    upgrade(env["PAGERBRIDGE_DATABASE_URL"])
+    result = pagerbridge("status", "--json", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report == {
+        "by_state": {"pending": 0, "delivered": 0, "parked": 0, "failed": 0},
+        "oldest_pending": None,
+    }
+    table = pagerbridge("status", env=env, cwd=tmp_path)
+    assert "delivered" in table.stdout and "nothing pending" in table.stdout
