@@ -6,7 +6,6 @@ from celery import Celery
 
 from worker.settings import Settings, get_settings
 
-QUEUE = "pagerbridge"
 APPLY_EVENT_TASK = "pagerbridge.apply_event"
 RECONCILE_TASK = "pagerbridge.reconcile"
 SWEEP_TASK = "pagerbridge.sweep"
@@ -24,7 +23,7 @@ def create_celery(settings: Settings) -> Celery:
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,
-        task_default_queue=QUEUE,
+        task_default_queue=settings.namespace,
         # At least once: acknowledge after the work, and requeue when the worker process dies.
         # Reconcile is idempotent, so a redelivery costs a look, not a duplicate incident.
         task_acks_late=True,

@@ -110,14 +110,14 @@ def worker(
         check_database(settings.database_url)
     except BridgeError as exc:
         raise _fail(str(exc)) from exc
-    from worker.celery_app import QUEUE, app
+    from worker.celery_app import app
 
     app.worker_main(
         [
             "worker",
             f"--concurrency={concurrency or settings.worker_concurrency}",
             f"--loglevel={settings.log_level}",
-            f"--queues={QUEUE}",
+            f"--queues={settings.namespace}",
             "--pool=prefork",
             "--without-gossip",
             "--without-mingle",

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     )
 
     redis_url: str = "redis://localhost:6379/0"
+    namespace: str = Field(
+        "pagerbridge",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Celery queue name and prefix of every Redis key; two bridges may share a "
+        "Redis with different namespaces",
+    )
     database_url: str = "sqlite:///pagerbridge.db"
 
     pagerduty_url: str = "https://api.pagerduty.com"

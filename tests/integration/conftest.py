@@ -83,9 +83,14 @@ def redis_url() -> str:
         client.ping()
     except (redis.RedisError, OSError) as exc:
         service_missing(f"Redis at {REDIS_TEST_URL} ({exc}); start it with redis-server")
-    client.flushdb()
     client.close()
     return REDIS_TEST_URL
+
+
+@pytest.fixture(scope="session")
+def namespace() -> str:
+    """This test session's Celery queue and Redis key prefix: sessions never share work."""
+    return f"pagerbridge-test-{uuid.uuid4().hex[:8]}"
 
 
 @dataclass
@@ -165,12 +170,15 @@ class Bridge:
         )
 
 
-def bridge_env(database_url: str, redis_url: str, pagerduty_url: str) -> dict[str, str]:
+def bridge_env(
+    database_url: str, redis_url: str, pagerduty_url: str, namespace: str
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAGERBRIDGE_")}
     env.update(
         {
             "PAGERBRIDGE_DATABASE_URL": database_url,
             "PAGERBRIDGE_REDIS_URL": redis_url,
+            "PAGERBRIDGE_NAMESPACE": namespace,
             "PAGERBRIDGE_PAGERDUTY_URL": pagerduty_url,
             "PAGERBRIDGE_PAGERDUTY_TOKEN": PAGERDUTY_TOKEN,
             "PAGERBRIDGE_PAGERDUTY_FROM": "bridge@example.com",
@@ -187,12 +195,12 @@ def bridge_env(database_url: str, redis_url: str, pagerduty_url: str) -> dict[st
 
 @pytest.fixture(scope="session")
 def bridge(
-    postgres_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+    postgres_url: str, redis_url: str, namespace: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Bridge]:
     """Simulator + api + a 2-process Celery worker, on loopback, against PostgreSQL."""
     logs = tmp_path_factory.mktemp("bridge-logs")
     sim_port, api_port = free_port(), free_port()
-    env = bridge_env(postgres_url, redis_url, f"http://127.0.0.1:{sim_port}")
+    env = bridge_env(postgres_url, redis_url, f"http://127.0.0.1:{sim_port}", namespace)
     simulator = SimulatorControl(f"http://127.0.0.1:{sim_port}")
     engine = make_engine(postgres_url)
     bridge = Bridge(

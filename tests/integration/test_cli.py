@@ -27,8 +27,10 @@ def pagerbridge(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Comple
 
 
 @pytest.fixture
-def env(tmp_path: Path, redis_url: str) -> dict[str, str]:
-    return bridge_env(f"sqlite:///{tmp_path / 'cli.db'}", redis_url, "http://127.0.0.1:9")
+def env(tmp_path: Path, redis_url: str, namespace: str) -> dict[str, str]:
+    return bridge_env(
+        f"sqlite:///{tmp_path / 'cli.db'}", redis_url, "http://127.0.0.1:9", namespace
+    )
 
 
 def test_worker_without_pagerduty_token_names_the_variable(

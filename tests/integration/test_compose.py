@@ -288,8 +288,12 @@ def test_required_variables_are_set_in_env_example() -> None:
     assigned, _ = _env_example()
 
     # Then .env.example sets each one, to a value that is plainly a placeholder
-    assert required >= {"POSTGRES_PASSWORD", "PAGERBRIDGE_PAGERDUTY_TOKEN",
-                        "PAGERBRIDGE_PAGERDUTY_FROM", "PAGERBRIDGE_INGRESS_TOKENS"}
+    assert required >= {
+        "POSTGRES_PASSWORD",
+        "PAGERBRIDGE_PAGERDUTY_TOKEN",
+        "PAGERBRIDGE_PAGERDUTY_FROM",
+        "PAGERBRIDGE_INGRESS_TOKENS",
+    }
     assert required <= set(assigned), f"missing from .env.example: {required - set(assigned)}"
     for name in required:
         assert "change-me" in assigned[name], f"{name} in .env.example should be a placeholder"

@@ -161,7 +161,14 @@ def test_acknowledge_sent_before_trigger(bridge: Bridge, api: httpx.Client) -> N
 def test_acknowledge_dequeued_before_its_trigger(bridge: Bridge, api: httpx.Client) -> None:
     # Given the queue hands the acknowledge out before the trigger received earlier
     alert_id = new_alert_id()
-    queue = CeleryEventQueue(create_celery(Settings(redis_url=bridge.env["PAGERBRIDGE_REDIS_URL"])))
+    queue = CeleryEventQueue(
+        create_celery(
+            Settings(
+                redis_url=bridge.env["PAGERBRIDGE_REDIS_URL"],
+                namespace=bridge.env["PAGERBRIDGE_NAMESPACE"],
+            )
+        )
+    )
     now = utcnow()
     trigger, ack = (
         AlertEventMessage(
@@ -192,7 +199,14 @@ def test_duplicated_event_and_message(bridge: Bridge, api: httpx.Client) -> None
         assert api.post("/webhooks/coscale", json=webhook(alert_id, "triggered")).status_code == 202
     wait_delivered(api, alert_id, "triggered")
     # ... and the same Celery message twice (at-least-once delivery)
-    queue = CeleryEventQueue(create_celery(Settings(redis_url=bridge.env["PAGERBRIDGE_REDIS_URL"])))
+    queue = CeleryEventQueue(
+        create_celery(
+            Settings(
+                redis_url=bridge.env["PAGERBRIDGE_REDIS_URL"],
+                namespace=bridge.env["PAGERBRIDGE_NAMESPACE"],
+            )
+        )
+    )
     resolve = AlertEventMessage(
         event_id=new_event_id(),
         source=SOURCE_COSCALE,

@@ -26,10 +26,12 @@ pytestmark = pytest.mark.integration
 ALERTS = 40
 
 
-def test_run_simulate_on_sqlite_with_three_workers(redis_url: str, tmp_path: Path) -> None:
+def test_run_simulate_on_sqlite_with_three_workers(
+    redis_url: str, namespace: str, tmp_path: Path
+) -> None:
     api_port, sim_port = free_port(), free_port()
     database = f"sqlite:///{tmp_path / 'pagerbridge.db'}"
-    env = bridge_env(database, redis_url, "unused")
+    env = bridge_env(database, redis_url, "unused", f"{namespace}-run")
     env["PAGERBRIDGE_BEAT_SCHEDULE_PATH"] = str(tmp_path / "beat-schedule")
     assert (
         subprocess.run(
