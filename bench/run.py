@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -76,6 +77,11 @@ FEEDER_CONCURRENCY = 16
 POLL_MIN_INTERVAL_S = 0.2
 POLL_COST_FACTOR = 5.0
 SERVICE_START_TIMEOUT_S = 30.0
+# A phase that makes no progress for this long is broken (e.g. the simulator answers 500),
+# not slow: stop it with a diagnosis instead of waiting for --phase-timeout.
+STALL_TIMEOUT_S = 30.0
+# Above this share of all CPUs busy before the run, the figures get a warning.
+BUSY_WARNING_PERCENT = 15.0
 STOP_TIMEOUT_S = 15.0
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -99,7 +105,7 @@ class Options:
     workers: int
     json_path: Path
     load_generator: str
-    phase_timeout: float
+    phase_timeout: float  # seconds
     postgres_admin_url: str
     redis_url: str
 
@@ -129,8 +135,9 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument(
         "--phase-timeout",
         type=float,
-        default=120.0,
-        help="give up on a delivery/resolve phase after this many seconds (default 120)",
+        default=None,
+        help="give up on the delivery or resolve phase after this many seconds "
+        "(default: max(120, N/10), i.e. slower than 10 alerts/s is a failure)",
     )
     parser.add_argument("--postgres-admin-url", default=DEFAULT_POSTGRES_ADMIN_URL)
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
@@ -145,7 +152,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         workers=args.workers,
         json_path=args.json_path,
         load_generator=args.load_generator,
-        phase_timeout=args.phase_timeout,
+        phase_timeout=args.phase_timeout or max(120.0, args.alerts / 10),
         postgres_admin_url=args.postgres_admin_url,
         redis_url=args.redis_url,
     )
@@ -551,6 +558,7 @@ class SimulatorCounts:
     resolved: int
     duplicate_creates_refused: int
     calls: dict[tuple[str, str], int]  # (method, route) -> calls, any status
+    error_answers: int  # calls the simulator answered with a status >= 400
     observed_at: float  # monotonic time of the snapshot (the request's midpoint)
     poll_s: float  # how long the poll took
 
@@ -570,14 +578,18 @@ class SimulatorProbe:
         counts = answer.json()["counts"]
         self.last_poll_s = received - sent
         calls: dict[tuple[str, str], int] = {}
+        error_answers = 0
         for call in counts["calls"]:
             key = (call["method"], call["route"])
             calls[key] = calls.get(key, 0) + int(call["count"])
+            if int(call["status"]) >= 400:
+                error_answers += int(call["count"])
         return SimulatorCounts(
             creates=int(counts["creates"]),
             resolved=int(counts["incidents_by_status"]["resolved"]),
             duplicate_creates_refused=int(counts["duplicate_creates_refused"]),
             calls=calls,
+            error_answers=error_answers,
             observed_at=(sent + received) / 2,
             poll_s=self.last_poll_s,
         )
@@ -604,6 +616,22 @@ class CpuSnapshot:
 
 # Groups that make up "the bridge" in the cost figure; the rest are shown for context.
 BRIDGE_GROUPS = ("api", "worker (main)", "worker (pool)", "beat")
+MACHINE = "machine (all CPUs)"
+HARNESS = "bench harness (this process)"
+REAPED = "wrk / other finished subprocesses of the harness"
+ELSEWHERE = "everything else on the machine"
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs have spent busy since boot (/proc/stat: all but idle and iowait)."""
+    values = [int(value) for value in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = values[:8]
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
+def own_cpu_seconds(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 class CpuMeter:
@@ -629,14 +657,24 @@ class CpuMeter:
             )
         if self.redis_pid is not None:
             seconds["redis-server (whole server)"] = cpu_seconds(self.redis_pid)
+        seconds[HARNESS] = own_cpu_seconds(resource.RUSAGE_SELF)
+        seconds[REAPED] = own_cpu_seconds(resource.RUSAGE_CHILDREN)
+        seconds[MACHINE] = machine_busy_seconds()
         return CpuSnapshot(seconds, time.monotonic())
 
 
 def cpu_between(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
-    return {
+    """CPU seconds per group between two snapshots, plus what the rest of the machine used:
+    on a shared 2-CPU machine another job's load changes every figure, so it is shown."""
+    delta = {
         name: round(value - before.seconds.get(name, 0.0), 3)
         for name, value in after.seconds.items()
     }
+    machine = delta.pop(MACHINE)
+    # Includes PostgreSQL's background writers and the kernel's own work, not only other jobs.
+    delta[ELSEWHERE] = round(max(0.0, machine - sum(delta.values())), 3)
+    delta[MACHINE] = machine
+    return {name: value for name, value in delta.items() if value or name in BRIDGE_GROUPS}
 
 
 def bridge_cpu(delta: dict[str, float]) -> float:
@@ -672,6 +710,44 @@ class Run:
         return [f"{self.run_id}-b{index}" for index in range(self.options.alerts)]
 
 
+def wait_for_simulator(
+    run: Run,
+    what: str,
+    progress: Callable[[SimulatorCounts], int],
+    on_sample: Callable[[SimulatorCounts], None] | None = None,
+) -> SimulatorCounts:
+    """Poll the simulator until ``progress`` reaches N; fail on a dead process, on no progress
+    for STALL_TIMEOUT_S, or after --phase-timeout."""
+    wanted = run.options.alerts
+    started = time.monotonic()
+    last_value, last_change = -1, started
+    while True:
+        for service in run.services.running.values():
+            service.check_alive()
+        counts = run.probe.counts()
+        if on_sample is not None:
+            on_sample(counts)
+        value = progress(counts)
+        if value >= wanted:
+            return counts
+        now = time.monotonic()
+        if value != last_value:
+            last_value, last_change = value, now
+        stalled = now - last_change > STALL_TIMEOUT_S
+        if stalled or now - started > run.options.phase_timeout:
+            why = f"no progress for {STALL_TIMEOUT_S:.0f}s" if stalled else "phase timeout"
+            raise BenchError(
+                f"{what}: {value} of {wanted} after {now - started:.0f}s ({why}); the simulator "
+                f"answered {counts.error_answers} calls with an error status.\n"
+                + "\n".join(
+                    f"--- {name}.log (end)\n{run.services[name].tail(1500)}"
+                    for name in ("simulator", "worker")
+                    if name in run.services.running
+                )
+            )
+        run.probe.pause()
+
+
 def phase_ingest(run: Run) -> None:
     """Webhooks accepted per second with the worker stopped: the api alone on the CPUs."""
     options = run.options
@@ -679,6 +755,7 @@ def phase_ingest(run: Run) -> None:
     if options.load_generator == "wrk" and wrk is None:
         raise BenchError("--load-generator wrk, but wrk is not on PATH (apt-get install wrk)")
     use_wrk = wrk is not None and options.load_generator != "httpx"
+    cpu_before = run.meter.snapshot()
     if use_wrk:
         assert wrk is not None
         result = ingest_with_wrk(
@@ -698,6 +775,7 @@ def phase_ingest(run: Run) -> None:
         result = ingest_with_httpx(
             run.webhook_url(), run.run_id, options.concurrency, options.duration
         )
+    cpu = cpu_between(cpu_before, run.meter.snapshot())
     total, events = queued_messages(run.redis_client)
     run.results["ingest"] = {
         "tool": result.tool,
@@ -712,6 +790,10 @@ def phase_ingest(run: Run) -> None:
         # have left an apply_event message (a few more if the generator stopped mid-request).
         "apply_event_messages_queued": events,
         "messages_queued": total,
+        # The api is one uvicorn process: near 100% of one CPU means it is the bottleneck.
+        "api_cpu_share_of_one_cpu": round(cpu["api"] / result.elapsed_s, 2),
+        "api_cpu_s_per_1000_webhooks": round(cpu["api"] / max(1, result.accepted) * 1000, 2),
+        "cpu_s_by_process": cpu,
     }
     if events < result.accepted:
         run.notes.append(
@@ -754,24 +836,17 @@ def phase_delivery(run: Run) -> None:
     worker = run.services.start("worker", ["worker", "--concurrency", str(options.workers)])
     first: tuple[SimulatorCounts, CpuSnapshot] | None = None
     pool_up_s: float | None = None
-    deadline = time.monotonic() + options.phase_timeout
-    while True:
-        worker.check_alive()
+
+    def on_sample(counts: SimulatorCounts) -> None:
+        nonlocal first, pool_up_s
         if pool_up_s is None and pool_size(worker) >= options.workers:
             pool_up_s = time.monotonic() - worker.started_at
-        counts = run.probe.counts()
         if first is None and counts.creates > 0:
             # Steady-state figures start here, leaving out the worker's start-up (imports,
             # forking the pool, first connections), which a long-running worker pays once.
             first = (counts, run.meter.snapshot())
-        if counts.creates >= wanted:
-            break
-        if time.monotonic() > deadline:
-            raise BenchError(
-                f"delivery: {counts.creates} of {wanted} incidents after "
-                f"{options.phase_timeout:.0f}s"
-            )
-        run.probe.pause()
+
+    counts = wait_for_simulator(run, "delivery", lambda c: c.creates, on_sample)
     after = run.meter.snapshot()
     assert first is not None
     first_counts, first_cpu = first
@@ -784,6 +859,7 @@ def phase_delivery(run: Run) -> None:
         "alerts": wanted,
         "incidents_created": counts.creates,
         "duplicate_creates_refused": counts.duplicate_creates_refused,
+        "pagerduty_error_answers": counts.error_answers,
         "worker_pool_up_s": round(pool_up_s, 2) if pool_up_s is not None else None,
         "first_incident_seen_s": round(first_counts.observed_at - worker.started_at, 2),
         "seconds_including_worker_start": round(overall_seconds, 2),
@@ -822,18 +898,7 @@ def phase_resolve(run: Run) -> None:
     burst = post_all(run.webhook_url(), bodies, FEEDER_CONCURRENCY)
     if burst.accepted != wanted:
         raise BenchError(f"resolve: only {burst.accepted} of {wanted} accepted: {burst.errors}")
-    deadline = started + run.options.phase_timeout
-    while True:
-        run.services["worker"].check_alive()
-        counts = run.probe.counts()
-        if counts.resolved - before.resolved >= wanted:
-            break
-        if time.monotonic() > deadline:
-            raise BenchError(
-                f"resolve: {counts.resolved - before.resolved} of {wanted} resolved after "
-                f"{run.options.phase_timeout:.0f}s"
-            )
-        run.probe.pause()
+    counts = wait_for_simulator(run, "resolve", lambda c: c.resolved - before.resolved)
     cpu = cpu_between(cpu_before, run.meter.snapshot())
     calls = {
         f"{method} {route}": counts.calls.get((method, route), 0)
@@ -851,6 +916,7 @@ def phase_resolve(run: Run) -> None:
         "pagerduty_calls": calls,
         "put_calls_per_resolve": round(put_calls / wanted, 3),
         "calls_per_resolve": round(sum(calls.values()) / wanted, 3),
+        "pagerduty_error_answers": counts.error_answers - before.error_answers,
         "bridge_cpu_s_per_1000_resolves": round(bridge_cpu(cpu) / wanted * 1000, 2),
         "cpu_s_by_process": cpu,
     }
@@ -889,11 +955,14 @@ def _fmt(value: Any, unit: str = "") -> str:
 
 
 def markdown_tables(report: dict[str, Any]) -> str:
+    """The figures as a markdown table, then where the CPU went in each phase."""
     results = report["results"]
     settings = report["settings"]
     rows: list[tuple[str, str, str]] = []
     ingest = results.get("ingest")
     if ingest:
+        ingest_cpu = ingest["cpu_s_by_process"]
+        load_generator_cpu = ingest_cpu.get(REAPED, 0.0) + ingest_cpu.get(HARNESS, 0.0)
         rows += [
             (
                 "Ingest: webhooks accepted/s",
@@ -911,8 +980,14 @@ def markdown_tables(report: dict[str, Any]) -> str:
                 "Ingest: requests / non-2xx or errors",
                 f"{ingest['requests']:,} / {ingest['requests'] - ingest['accepted']:,}",
                 f"errors {ingest['errors'] or 'none'}; "
-                f"{ingest['apply_event_messages_queued']:,} messages in Redis after "
-                "(then discarded)",
+                f"{ingest['apply_event_messages_queued']:,} apply_event messages in Redis "
+                "after (then discarded)",
+            ),
+            (
+                "Ingest: api CPU",
+                f"{ingest['api_cpu_share_of_one_cpu'] * 100:.0f}% of one CPU",
+                f"{_fmt(ingest['api_cpu_s_per_1000_webhooks'], ' CPU s')} per 1,000 webhooks; "
+                f"load generator {_fmt(load_generator_cpu, ' CPU s')}",
             ),
         ]
     backlog = results.get("backlog")
@@ -931,7 +1006,8 @@ def markdown_tables(report: dict[str, Any]) -> str:
                 "Delivery: incidents/s (steady)",
                 _fmt(delivery["incidents_per_s"], "/s"),
                 f"{delivery['steady_alerts']:,} incidents in {delivery['steady_seconds']} s "
-                f"from the first one seen; worker --concurrency {settings['workers']}",
+                f"from the first one seen; worker --concurrency {settings['workers']}; "
+                f"{delivery['pagerduty_error_answers']} PagerDuty error answers",
             ),
             (
                 "Delivery: incidents/s incl. worker start",
@@ -953,13 +1029,13 @@ def markdown_tables(report: dict[str, Any]) -> str:
                 "Resolve: PagerDuty calls per resolve",
                 f"{resolve['put_calls_per_resolve']:.3f}",
                 "PUT calls / N; all calls: "
-                + (", ".join(f"{n} x{c:,}" for n, c in resolve["pagerduty_calls"].items())),
+                + ", ".join(f"{n} x{c:,}" for n, c in resolve["pagerduty_calls"].items()),
             ),
         ]
     cost = results.get("cost")
     if cost:
         database_cpu = cost["database_cpu_s_per_1000_alerts"]
-        rows += [
+        rows.append(
             (
                 "Cost: CPU s per 1,000 alerts",
                 _fmt(cost["bridge_cpu_s_per_1000_alerts"], " s"),
@@ -971,35 +1047,69 @@ def markdown_tables(report: dict[str, Any]) -> str:
                     if database_cpu is not None
                     else ""
                 ),
-            ),
+            )
+        )
+    if resolve:
+        rows.append(
             (
                 "Cost: CPU s per 1,000 resolves",
-                _fmt(resolve["bridge_cpu_s_per_1000_resolves"], " s") if resolve else "n/a",
-                "api + worker + beat during the resolve phase (api takes the burst too)",
-            ),
-        ]
-    memory = results.get("peak_rss_mib")
-    if memory:
-        for name, value in memory.items():
-            rows.append((f"Peak RSS: {name}", _fmt(value, " MiB"), "VmHWM"))
+                _fmt(resolve["bridge_cpu_s_per_1000_resolves"], " s"),
+                "api + worker + beat from the burst to the last resolve (api takes the burst)",
+            )
+        )
+    for name, value in (results.get("peak_rss_mib") or {}).items():
+        rows.append((f"Peak RSS: {name}", _fmt(value, " MiB"), "VmHWM"))
+    busy = report["machine"].get("cpu_busy_before_start_percent")
+    if busy is not None:
+        rows.append(
+            (
+                "Machine: busy before start",
+                f"{busy:.0f}% of all CPUs",
+                "sampled for 1 s before anything started; other jobs skew every figure",
+            )
+        )
     lines = ["| figure | value | note |", "|---|---|---|"]
     lines += [f"| {figure} | {value} | {note} |" for figure, value, note in rows]
-    if delivery:
-        window = delivery["steady_seconds"]
-        lines += [
-            "",
-            f"CPU during the steady delivery window ({window} s wall, "
-            f"{settings['cpu_count']} CPUs):",
-            "",
-            "| process | CPU s | % of one CPU |",
-            "|---|---|---|",
-        ]
-        for name, seconds in sorted(
-            delivery["cpu_s_steady_by_process"].items(), key=lambda item: -item[1]
-        ):
-            share = seconds / window * 100 if window else 0.0
-            lines.append(f"| {name} | {seconds:.2f} | {share:.0f}% |")
+    lines += _cpu_table(results)
     return "\n".join(lines)
+
+
+def _cpu_table(results: dict[str, Any]) -> list[str]:
+    """CPU seconds (and share of one CPU) by process, one column per phase."""
+    phases: list[tuple[str, dict[str, float], float]] = []
+    if "ingest" in results:
+        ingest = results["ingest"]
+        phases.append(("ingest", ingest["cpu_s_by_process"], ingest["seconds"]))
+    if "delivery" in results:
+        delivery = results["delivery"]
+        phases.append(
+            ("delivery (steady)", delivery["cpu_s_steady_by_process"], delivery["steady_seconds"])
+        )
+    if "resolve" in results:
+        resolve = results["resolve"]
+        phases.append(("resolve", resolve["cpu_s_by_process"], resolve["seconds_to_all_resolved"]))
+    if not phases:
+        return []
+    names: list[str] = []
+    for _, cpu, _ in phases:
+        names += [name for name in cpu if name not in names and name != MACHINE]
+    names.append(MACHINE)
+    lines = [
+        "",
+        "CPU seconds by process in each phase (in brackets: % of one CPU over the phase):",
+        "",
+        "| process | "
+        + " | ".join(f"{title} ({seconds} s)" for title, _, seconds in phases)
+        + " |",
+        "|---|" + "---|" * len(phases),
+    ]
+    for name in names:
+        cells = []
+        for _, cpu, seconds in phases:
+            value = cpu.get(name, 0.0)
+            cells.append(f"{value:.2f} ({value / seconds * 100:.0f}%)" if seconds else "n/a")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def git_revision() -> str:
@@ -1023,6 +1133,14 @@ def git_revision() -> str:
     return f"{commit}{' (uncommitted changes)' if dirty else ''}"
 
 
+def busy_percent(seconds: float) -> float:
+    """How busy all CPUs together are, sampled over ``seconds`` (100 = every CPU busy)."""
+    before, started = machine_busy_seconds(), time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - started
+    return (machine_busy_seconds() - before) / (elapsed * (os.cpu_count() or 1)) * 100
+
+
 def machine_info() -> dict[str, Any]:
     cpu_model = ""
     with suppress(OSError):
@@ -1040,8 +1158,9 @@ def machine_info() -> dict[str, Any]:
         "memory_gib": round(memory_kib / 1024 / 1024, 1),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        # Another job on a 2-CPU machine changes every figure: record how busy it was.
         "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
+        # Another job on a 2-CPU machine changes every figure: record how busy it was.
+        "cpu_busy_before_start_percent": round(busy_percent(1.0), 1),
     }
 
 
@@ -1150,8 +1269,19 @@ def run_bench(options: Options, workdir: Path, report: dict[str, Any]) -> None:
             service.check_alive()
 
 
+def _interrupted(signum: int, _frame: object) -> None:
+    # Once: a second signal must not cut the clean-up short (it has its own timeouts).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt(f"interrupted by {signal.Signals(signum).name}")
+
+
 def main(argv: list[str] | None = None) -> int:
     options = parse_options(argv)
+    # Explicit handlers: a run started in the background inherits an ignored SIGINT, and the
+    # default SIGTERM would skip the clean-up (processes, database) entirely.
+    signal.signal(signal.SIGINT, _interrupted)
+    signal.signal(signal.SIGTERM, _interrupted)
     report: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "revision": git_revision(),
@@ -1173,10 +1303,11 @@ def main(argv: list[str] | None = None) -> int:
         "results": {},
         "notes": [],
     }
-    load = report["machine"]["load_average_at_start"][0]
-    if load > 0.5:
+    busy = report["machine"]["cpu_busy_before_start_percent"]
+    if busy > BUSY_WARNING_PERCENT:
         report["notes"].append(
-            f"the machine was busy at start (1-min load {load}): figures are likely low"
+            f"the machine was {busy:.0f}% busy before the run started (other jobs): "
+            "the figures are likely low and vary between runs"
         )
     workdir = Path(tempfile.mkdtemp(prefix="pagerbridge-bench-"))
     started = time.monotonic()

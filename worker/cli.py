@@ -151,12 +151,67 @@ def simulate(
     token: Annotated[
         str | None, typer.Option(help="the only API token accepted (default: any)")
     ] = None,
+    down: Annotated[bool, typer.Option("--down", help="answer every call 503")] = False,
+    flaky: Annotated[
+        float, typer.Option(metavar="F", help="fraction of calls answered 500/502/503 (0..1)")
+    ] = 0.0,
+    lost: Annotated[
+        float,
+        typer.Option(metavar="F", help="fraction of successful calls answered 502 anyway (0..1)"),
+    ] = 0.0,
+    latency_ms: Annotated[
+        int, typer.Option(metavar="N", help="milliseconds added to every call")
+    ] = 0,
+    hang: Annotated[
+        bool, typer.Option("--hang", help="never answer until the client gives up")
+    ] = False,
+    rate_limit: Annotated[
+        int | None,
+        typer.Option(metavar="N", help="calls per minute per API token, then 429 (default: none)"),
+    ] = None,
+    rate_limit_burst: Annotated[
+        int | None,
+        typer.Option(metavar="N", help="token bucket size (default: rate limit / 6, rounded up)"),
+    ] = None,
+    rate_limit_headers: Annotated[
+        bool, typer.Option(help="ratelimit-limit/-remaining/-reset on 429s")
+    ] = True,
+    retry_after: Annotated[bool, typer.Option(help="Retry-After on 429s")] = False,
+    unauthorized_token: Annotated[
+        list[str] | None,
+        typer.Option(metavar="T", help="answer calls with this token 401 (repeatable)"),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(metavar="N", help="seed for the random faults")
+    ] = None,
 ) -> None:
-    """Serve a PagerDuty REST API simulator (no PagerDuty account needed)."""
-    from worker.pagerduty.simulator import serve
+    """Serve a PagerDuty REST API simulator (no PagerDuty account needed).
 
+    The fault options set the faults it starts with; POST /_simulator/faults changes them while
+    it runs.
+    """
+    from worker.pagerduty.simulator import FaultSettings, FaultSettingsError, serve
+
+    try:
+        faults = FaultSettings(
+            down=down,
+            flaky=flaky,
+            lost=lost,
+            latency_ms=latency_ms,
+            hang=hang,
+            rate_limit_per_minute=rate_limit,
+            rate_limit_burst=rate_limit_burst,
+            rate_limit_headers=rate_limit_headers,
+            rate_limit_retry_after=retry_after,
+            unauthorized_tokens=tuple(unauthorized_token or ()),
+            seed=seed,
+        )
+    except FaultSettingsError as exc:
+        raise _fail(f"invalid fault option: {exc}") from exc
     console.print(f"PagerDuty simulator on http://{host}:{port} (state: /_simulator/state)")
-    serve(host=host, port=port, token=token)
+    if faults.changed():
+        console.print(f"faults: {json.dumps(faults.changed())} (see /_simulator/faults)")
+    serve(host=host, port=port, token=token, faults=faults)
 
 
 @cli.command()

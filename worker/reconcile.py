@@ -1,24 +1,32 @@
-"""Reconcile one alert: bring its PagerDuty incident to the alert's desired status.
+"""Reconcile alerts: bring their PagerDuty incidents to the alerts' desired status.
 
 Only one worker reconciles an alert at a time: it takes a *lease* (an owner and an expiry in
 the alert's row, set by one conditional UPDATE, so it works alike on PostgreSQL and SQLite) and
 holds no database transaction while PagerDuty answers. Every read-decide-write step is a short
-transaction that locks the row (``FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite),
+transaction that locks the rows (``FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite),
 so an event applied meanwhile is seen by the next step, never overwritten. A worker killed
 mid-call leaves a lease that expires; the sweeper then queues the alert again, and the
 deterministic incident key makes the repeated create harmless.
+
+Alerts are reconciled in batches: one transaction plans every alert of the batch, pending
+acknowledges and resolves go out as bulk ``PUT /incidents`` calls of up to 250, and one
+transaction records every answer. Every call first passes the shared :class:`DeliveryGate`
+(outage breaker, credentials, rate limit).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
+import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import TypeVar
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -36,11 +44,14 @@ from worker.delivery import (
     plan_delivery,
     schedule_after_failure,
 )
+from worker.gate import Admission, DeliveryGate
 from worker.pagerduty import (
+    CredentialsError,
     DuplicateIncidentKeyError,
     Incident,
     PagerDutyClient,
     PagerDutyError,
+    PermanentError,
     RetryableError,
 )
 from worker.settings import Settings
@@ -49,6 +60,10 @@ from worker.status import AlertStatus, DeliveryState
 log = logging.getLogger(__name__)
 
 MAX_STEPS = 6  # create, then ack, then resolve is three; the rest is room for events arriving
+BULK_LIMIT = 250  # PagerDuty's most incidents per bulk update (more → 413)
+MAX_RATE_LIMIT_SLEEP = 1.0  # seconds a worker waits in place for a rate-limit token
+# A parked alert is looked at again after this; a recovery drains the parked ones at once.
+PARK_RECHECK = timedelta(seconds=30)
 
 
 class ReconcileResult(StrEnum):
@@ -56,9 +71,28 @@ class ReconcileResult(StrEnum):
     RETRY = "retry"
     PARKED = "parked"
     FAILED = "failed"
-    WAITING = "waiting"  # for the trigger's text
+    WAITING = "waiting"  # for the trigger's text, or for a rate-limit token
     BUSY = "busy"  # another worker holds the lease; it will see our change
     MISSING = "missing"
+
+
+@dataclass(frozen=True, slots=True)
+class Parked:
+    """Not sent: the gate is closed for this token (outage, refused credentials)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """Not sent: the rate limit asks to wait ``seconds``; no attempt is spent."""
+
+    seconds: float
+    reason: str
+
+
+Answer = Incident | None | PagerDutyError | Parked | Deferred
+T = TypeVar("T")
 
 
 def lease_owner_id() -> str:
@@ -70,48 +104,73 @@ class Reconciler:
     sessions: sessionmaker[Session]
     client: PagerDutyClient
     settings: Settings
+    gate: DeliveryGate | None = None
     clock: Callable[[], datetime] = utcnow
+    # Hands alert ids back to the queue (the Celery layer provides it): used to drain parked
+    # alerts the moment PagerDuty is back.
+    requeue: Callable[[list[int]], None] | None = None
+    sleep: Callable[[float], None] = time.sleep
+    _recovered: bool = field(default=False, init=False)
 
     def reconcile(self, alert_pk: int) -> ReconcileResult:
+        return self.reconcile_many([alert_pk])[alert_pk]
+
+    def reconcile_many(self, alert_pks: Iterable[int]) -> dict[int, ReconcileResult]:
+        """Reconcile a batch; every id gets a result (``BUSY`` if another worker has it)."""
+        wanted = list(dict.fromkeys(alert_pks))
         owner = lease_owner_id()
-        if not self._claim(alert_pk, owner):
-            return ReconcileResult.BUSY
+        active = self._claim(wanted, owner)
+        results = {pk: ReconcileResult.BUSY for pk in wanted if pk not in active}
         try:
             for _ in range(MAX_STEPS):
-                result = self._step(alert_pk, owner)
-                if result is not None:
-                    return result
-            # Events kept arriving; let the sweeper carry on soon rather than hog the worker.
-            self._release(alert_pk, owner, retry_in=timedelta(seconds=1))
-            return ReconcileResult.RETRY
+                if not active:
+                    break
+                calls = self._plan(active, owner, results)
+                answers = self._deliver(calls)
+                active = self._record(calls, answers, owner, results)
+            if active:
+                # Events kept arriving; let the sweeper carry on soon rather than hog the worker.
+                self._release(active, owner, retry_in=timedelta(seconds=1))
+                results.update(dict.fromkeys(active, ReconcileResult.RETRY))
         except BaseException:
-            self._release(alert_pk, owner, retry_in=timedelta(seconds=0))
+            self._release(active, owner, retry_in=timedelta(seconds=0))
             raise
+        if self._recovered:
+            self._recovered = False
+            self._drain_parked()
+        return results
 
     # -- the lease -------------------------------------------------------------------------
 
-    def _claim(self, alert_pk: int, owner: str) -> bool:
-        now = self.clock()
-        with self.sessions.begin() as session:
-            claimed = session.execute(
-                update(Alert)
-                .where(
-                    Alert.id == alert_pk,
-                    or_(Alert.lease_owner.is_(None), Alert.lease_expires_at < now),
-                )
-                .values(
-                    lease_owner=owner,
-                    lease_expires_at=now + timedelta(seconds=self.settings.lease_seconds),
-                )
-                .execution_options(synchronize_session=False)
-            )
-            return claimed.rowcount == 1  # type: ignore[attr-defined, no-any-return]
+    def _lease_until(self) -> datetime:
+        return self.clock() + timedelta(seconds=self.settings.lease_seconds)
 
-    def _release(self, alert_pk: int, owner: str, *, retry_in: timedelta) -> None:
+    def _claim(self, alert_pks: list[int], owner: str) -> list[int]:
+        now = self.clock()
         with self.sessions.begin() as session:
             session.execute(
                 update(Alert)
-                .where(Alert.id == alert_pk, Alert.lease_owner == owner)
+                .where(
+                    Alert.id.in_(alert_pks),
+                    or_(Alert.lease_owner.is_(None), Alert.lease_expires_at < now),
+                )
+                .values(lease_owner=owner, lease_expires_at=self._lease_until())
+                .execution_options(synchronize_session=False)
+            )
+            claimed = set(
+                session.scalars(
+                    select(Alert.id).where(Alert.id.in_(alert_pks), Alert.lease_owner == owner)
+                )
+            )
+        return [pk for pk in alert_pks if pk in claimed]
+
+    def _release(self, alert_pks: list[int], owner: str, *, retry_in: timedelta) -> None:
+        if not alert_pks:
+            return
+        with self.sessions.begin() as session:
+            session.execute(
+                update(Alert)
+                .where(Alert.id.in_(alert_pks), Alert.lease_owner == owner)
                 .values(
                     lease_owner=None,
                     lease_expires_at=None,
@@ -120,38 +179,44 @@ class Reconciler:
                 .execution_options(synchronize_session=False)
             )
 
-    def _locked(self, session: Session, alert_pk: int, owner: str) -> Alert | None:
-        alert = session.scalars(select(Alert).where(Alert.id == alert_pk).with_for_update()).first()
-        if alert is None or alert.lease_owner != owner:
-            return None  # deleted, or our lease expired and someone else took over
-        alert.lease_expires_at = self.clock() + timedelta(seconds=self.settings.lease_seconds)
-        return alert
+    def _locked(self, session: Session, alert_pks: Sequence[int], owner: str) -> list[Alert]:
+        """The batch's rows, locked, that this worker still leases (lease extended)."""
+        alerts = session.scalars(
+            select(Alert).where(Alert.id.in_(alert_pks)).order_by(Alert.id).with_for_update()
+        ).all()
+        mine = [alert for alert in alerts if alert.lease_owner == owner]
+        until = self._lease_until()
+        for alert in mine:
+            alert.lease_expires_at = until
+        return mine
 
-    # -- one step ----------------------------------------------------------------------------
+    # -- plan --------------------------------------------------------------------------------
 
-    def _step(self, alert_pk: int, owner: str) -> ReconcileResult | None:
-        """Plan, call PagerDuty, record. ``None`` means "go on with the next step"."""
+    def _plan(
+        self, alert_pks: list[int], owner: str, results: dict[int, ReconcileResult]
+    ) -> dict[int, Step]:
+        """Decide each alert's next call; finish those that need none."""
+        calls: dict[int, Step] = {}
         with self.sessions.begin() as session:
-            alert = self._locked(session, alert_pk, owner)
-            if alert is None:
-                return ReconcileResult.MISSING
-            step = plan_delivery(alert)
-            finished = self._finish_without_call(session, alert, step)
-            if finished is not None:
-                return finished
-            if isinstance(step, Create) and alert.create_sent_at is None:
-                # Committed before the call: from now on "no incident id" means "maybe created".
-                alert.create_sent_at = self.clock()
-        try:
-            incident = self._call(step)
-        except PagerDutyError as error:
-            return self._record_failure(alert_pk, owner, step, error)
-        self._record_success(alert_pk, owner, step, incident)
-        return None
+            alerts = self._locked(session, alert_pks, owner)
+            for missing in set(alert_pks) - {alert.id for alert in alerts}:
+                results[missing] = ReconcileResult.MISSING  # deleted, or our lease expired
+            for alert in alerts:
+                step = plan_delivery(alert)
+                finished = self._finish_without_call(alert, step)
+                if finished is not None:
+                    results[alert.id] = finished
+                    continue
+                calls[alert.id] = step
+                if isinstance(step, Create) and alert.create_sent_at is None:
+                    # Committed before the call: from now on "no incident id" means "maybe
+                    # created, answer lost" (even if the worker dies mid-call), and a resolve
+                    # looks the incident up by key instead of assuming there is none. If the
+                    # gate then parks the call, the cost is one look-up, never an open incident.
+                    alert.create_sent_at = self.clock()
+        return calls
 
-    def _finish_without_call(
-        self, session: Session, alert: Alert, step: Step
-    ) -> ReconcileResult | None:
+    def _finish_without_call(self, alert: Alert, step: Step) -> ReconcileResult | None:
         now = self.clock()
         if isinstance(step, Done):
             alert.delivery_state = DeliveryState.DELIVERED
@@ -181,6 +246,78 @@ class Reconciler:
         alert.lease_owner = None
         alert.lease_expires_at = None
         return result
+
+    # -- deliver -----------------------------------------------------------------------------
+
+    def _deliver(self, calls: dict[int, Step]) -> dict[int, Answer]:
+        """Make the calls: bulk updates first (a resolve burst is the common backlog), then the
+        rest one by one. Every call passes the gate."""
+        answers: dict[int, Answer] = {}
+        updates: dict[AlertStatus, list[tuple[int, Update]]] = {}
+        for pk, step in calls.items():
+            if isinstance(step, Update):
+                updates.setdefault(step.status, []).append((pk, step))
+        for group in updates.values():
+            if len(group) < 2:
+                continue
+            for start in range(0, len(group), BULK_LIMIT):
+                answers.update(self._bulk_update(group[start : start + BULK_LIMIT]))
+        for pk, step in calls.items():
+            if pk not in answers:
+                answers[pk] = self._through_gate(functools.partial(self._call, step))
+        return answers
+
+    def _bulk_update(self, chunk: list[tuple[int, Update]]) -> dict[int, Answer]:
+        pairs = [(step.incident_id, step.status.value) for _, step in chunk]
+        answer = self._through_gate(lambda: self.client.update_incidents(pairs))
+        if isinstance(answer, PermanentError):
+            # A bulk update is all or nothing: one unknown or already-resolved incident refuses
+            # the whole request. Send those one by one, and learn which one it was.
+            return {}
+        if isinstance(answer, list):
+            by_id = {incident.id: incident for incident in answer}
+            return {
+                pk: by_id.get(step.incident_id, Incident(step.incident_id, step.status.value))
+                for pk, step in chunk
+            }
+        return {pk: answer for pk, _ in chunk}  # the same failure, parking or wait for all
+
+    def _through_gate(self, call: Callable[[], T]) -> T | PagerDutyError | Parked | Deferred:
+        """One PagerDuty call, if the gate admits it; its failures are returned, not raised."""
+        gate = self.gate
+        while gate is not None:
+            decision = gate.admit()
+            if decision.may_call:
+                break
+            if decision.admission is Admission.OUTAGE:
+                return Parked("PagerDuty outage: breaker open, waiting for a probe to succeed")
+            if decision.admission is Admission.CREDENTIALS:
+                status = gate.status()
+                return Parked(f"PagerDuty refused the API token: {status.credentials_error}")
+            if decision.wait > MAX_RATE_LIMIT_SLEEP:
+                return Deferred(decision.wait, "rate limit: waiting for PagerDuty's budget")
+            self.sleep(decision.wait)
+        try:
+            result = call()
+        except PagerDutyError as error:
+            if gate is not None:
+                self._tell_gate(gate, error)
+            if error.status == 429 and isinstance(error, RetryableError) and gate is not None:
+                return Deferred(gate.rate_limited(error.retry_after), str(error))
+            return error
+        if gate is not None and gate.succeeded():
+            log.warning("PagerDuty answers again: draining parked deliveries")
+            self._recovered = True
+        return result
+
+    @staticmethod
+    def _tell_gate(gate: DeliveryGate, error: PagerDutyError) -> None:
+        if isinstance(error, CredentialsError):
+            gate.refused_credentials(str(error))
+        elif isinstance(error, RetryableError) and error.status != 429:
+            gate.failed()
+        elif not isinstance(error, RetryableError):
+            gate.succeeded()  # PagerDuty answered (with a 4xx): it is up
 
     def _call(self, step: Step) -> Incident | None:
         """One PagerDuty call; ``None`` when a look-up found nothing."""
@@ -212,67 +349,91 @@ class Reconciler:
             return self.client.update_incident(step.incident_id, step.status.value)
         raise AssertionError(f"no call for {step!r}")
 
-    def _record_success(
-        self, alert_pk: int, owner: str, step: Step, incident: Incident | None
-    ) -> None:
+    # -- record ------------------------------------------------------------------------------
+
+    def _record(
+        self,
+        calls: dict[int, Step],
+        answers: dict[int, Answer],
+        owner: str,
+        results: dict[int, ReconcileResult],
+    ) -> list[int]:
+        """Write every answer; returns the alerts to plan again (those PagerDuty moved)."""
+        again: list[int] = []
+        now = self.clock()
         with self.sessions.begin() as session:
-            alert = self._locked(session, alert_pk, owner)
-            if alert is None:
-                return
-            if incident is None:
-                # Looked up by key after a lost create and PagerDuty has no such incident:
-                # the create never landed. The alert is resolved, so nothing is owed.
-                alert.create_sent_at = None
-                outcome = "not-found"
-            else:
-                alert.pagerduty_incident_id = incident.id
-                alert.pagerduty_incident_number = incident.number or alert.pagerduty_incident_number
-                alert.pagerduty_incident_url = incident.html_url or alert.pagerduty_incident_url
-                alert.confirmed_status = AlertStatus(incident.status)
-                outcome = type(step).__name__.lower()
-            self._audit(session, alert, outcome, detail=_describe(step, incident))
+            for alert in self._locked(session, list(answers), owner):
+                step, answer = calls[alert.id], answers[alert.id]
+                if isinstance(answer, Incident | None):
+                    self._record_success(session, alert, step, answer)
+                    again.append(alert.id)
+                    continue
+                if isinstance(answer, Parked):
+                    alert.delivery_state = DeliveryState.PARKED
+                    alert.next_attempt_at = now + PARK_RECHECK
+                    alert.last_error = answer.reason
+                    results[alert.id] = ReconcileResult.PARKED
+                elif isinstance(answer, Deferred):
+                    alert.next_attempt_at = now + timedelta(seconds=answer.seconds)
+                    alert.last_error = answer.reason
+                    results[alert.id] = ReconcileResult.WAITING
+                else:
+                    results[alert.id] = self._record_failure(session, alert, answer)
+                alert.lease_owner = None
+                alert.lease_expires_at = None
+        return again
+
+    def _record_success(
+        self, session: Session, alert: Alert, step: Step, incident: Incident | None
+    ) -> None:
+        if incident is None:
+            # Looked up by key after a lost create and PagerDuty has no such incident:
+            # the create never landed. The alert is resolved, so nothing is owed.
+            alert.create_sent_at = None
+            outcome = "not-found"
+        else:
+            alert.pagerduty_incident_id = incident.id
+            alert.pagerduty_incident_number = incident.number or alert.pagerduty_incident_number
+            alert.pagerduty_incident_url = incident.html_url or alert.pagerduty_incident_url
+            alert.confirmed_status = AlertStatus(incident.status)
+            outcome = type(step).__name__.lower()
+        if alert.delivery_state is DeliveryState.PARKED:
+            alert.delivery_state = DeliveryState.PENDING
+        self._audit(session, alert, outcome, detail=_describe(step, incident))
 
     def _record_failure(
-        self, alert_pk: int, owner: str, step: Step, error: PagerDutyError
+        self, session: Session, alert: Alert, error: PagerDutyError
     ) -> ReconcileResult:
-        with self.sessions.begin() as session:
-            alert = self._locked(session, alert_pk, owner)
-            if alert is None:
-                return ReconcileResult.MISSING
-            schedule = schedule_after_failure(
-                alert,
-                error,
-                self.clock(),
-                min_backoff=self.settings.retry_min_backoff,
-                max_backoff=self.settings.retry_max_backoff,
-                give_up_after=self.settings.give_up_after,
-            )
-            alert.delivery_state = schedule.state
-            alert.attempts = schedule.attempts
-            alert.next_attempt_at = schedule.next_attempt_at
-            alert.last_error = schedule.last_error
-            alert.lease_owner = None
-            alert.lease_expires_at = None
-            self._audit(session, alert, schedule.state.value, detail=schedule.last_error)
-            level = (
-                logging.ERROR if schedule.state is not DeliveryState.PENDING else logging.WARNING
-            )
-            log.log(
-                level,
-                "delivery %s alert=%s:%s incident=%s attempt=%d: %s",
-                schedule.state.value,
-                alert.source,
-                alert.source_alert_id,
-                alert.pagerduty_incident_id,
-                schedule.attempts,
-                schedule.last_error,
-            )
-            return {
-                DeliveryState.PENDING: ReconcileResult.RETRY,
-                DeliveryState.PARKED: ReconcileResult.PARKED,
-                DeliveryState.FAILED: ReconcileResult.FAILED,
-                DeliveryState.DELIVERED: ReconcileResult.DELIVERED,
-            }[schedule.state]
+        schedule = schedule_after_failure(
+            alert,
+            error,
+            self.clock(),
+            min_backoff=self.settings.retry_min_backoff,
+            max_backoff=self.settings.retry_max_backoff,
+            give_up_after=self.settings.give_up_after,
+        )
+        alert.delivery_state = schedule.state
+        alert.attempts = schedule.attempts
+        alert.next_attempt_at = schedule.next_attempt_at
+        alert.last_error = schedule.last_error
+        self._audit(session, alert, schedule.state.value, detail=schedule.last_error)
+        level = logging.ERROR if schedule.state is not DeliveryState.PENDING else logging.WARNING
+        log.log(
+            level,
+            "delivery %s alert=%s:%s incident=%s attempt=%d: %s",
+            schedule.state.value,
+            alert.source,
+            alert.source_alert_id,
+            alert.pagerduty_incident_id,
+            schedule.attempts,
+            schedule.last_error,
+        )
+        return {
+            DeliveryState.PENDING: ReconcileResult.RETRY,
+            DeliveryState.PARKED: ReconcileResult.PARKED,
+            DeliveryState.FAILED: ReconcileResult.FAILED,
+            DeliveryState.DELIVERED: ReconcileResult.DELIVERED,
+        }[schedule.state]
 
     @staticmethod
     def _audit(session: Session, alert: Alert, outcome: str, *, detail: str | None) -> None:
@@ -286,6 +447,30 @@ class Reconciler:
                 detail=detail,
             )
         )
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    def _drain_parked(self) -> None:
+        """PagerDuty is back: queue every parked alert now, oldest first."""
+        now = self.clock()
+        with self.sessions.begin() as session:
+            parked = list(
+                session.scalars(
+                    select(Alert.id)
+                    .where(Alert.delivery_state == DeliveryState.PARKED)
+                    .order_by(Alert.pending_since, Alert.id)
+                )
+            )
+            if parked:
+                session.execute(
+                    update(Alert)
+                    .where(Alert.id.in_(parked))
+                    .values(next_attempt_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+        if parked and self.requeue is not None:
+            self.requeue(parked)
+        log.warning("queued %d parked alert(s) after PagerDuty recovered", len(parked))
 
 
 def _describe(step: Step, incident: Incident | None) -> str:

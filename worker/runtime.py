@@ -7,13 +7,16 @@ parent's database connections or HTTP connection pool across ``fork()``.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import cached_property
 
+import redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import make_engine, make_session_factory
+from worker.gate import DeliveryGate
 from worker.pagerduty import PagerDutyClient
 from worker.reconcile import Reconciler
 from worker.settings import Settings, get_settings
@@ -22,6 +25,7 @@ from worker.settings import Settings, get_settings
 @dataclass
 class Runtime:
     settings: Settings
+    _reconciler: Reconciler | None = field(default=None, init=False)
 
     @cached_property
     def engine(self) -> Engine:
@@ -45,12 +49,40 @@ class Runtime:
         )
 
     @cached_property
-    def reconciler(self) -> Reconciler:
-        return Reconciler(self.sessions, self.pagerduty, self.settings)
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(
+            self.settings.redis_url, socket_timeout=5, socket_connect_timeout=5
+        )
+
+    @cached_property
+    def gate(self) -> DeliveryGate:
+        settings = self.settings
+        settings.require("pagerduty_token")
+        assert settings.pagerduty_token is not None
+        return DeliveryGate(
+            self.redis,
+            settings.pagerduty_token.get_secret_value(),
+            namespace=settings.namespace,
+            failure_threshold=settings.breaker_threshold,
+            probe_interval=settings.breaker_probe_interval,
+            rate_per_minute=settings.pagerduty_rate_per_minute,
+            # A burst of 2 s worth: bulk updates make bursts rare, and PagerDuty counts per
+            # minute, so a small bucket keeps every minute under its limit.
+            burst=max(1.0, settings.pagerduty_rate_per_minute / 30),
+        )
+
+    def reconciler(self, requeue: Callable[[list[int]], None] | None = None) -> Reconciler:
+        if self._reconciler is None:
+            self._reconciler = Reconciler(
+                self.sessions, self.pagerduty, self.settings, gate=self.gate, requeue=requeue
+            )
+        return self._reconciler
 
     def close(self) -> None:
         if "pagerduty" in self.__dict__:
             self.pagerduty.close()
+        if "redis" in self.__dict__:
+            self.redis.close()
         if "engine" in self.__dict__:
             self.engine.dispose()
 

@@ -57,13 +57,26 @@ class Settings(BaseSettings):
         description="how CoScale reaches the api; used in links the bridge hands out",
     )
 
+    pagerduty_rate_per_minute: float = Field(
+        900.0,
+        gt=0,
+        description="calls per minute per PagerDuty token, all workers together "
+        "(PagerDuty allows 960)",
+    )
+    breaker_threshold: int = Field(
+        5, gt=0, description="consecutive retryable failures that open the outage breaker"
+    )
+    breaker_probe_interval: float = Field(
+        1.0, gt=0, description="seconds between probes while the breaker is open"
+    )
+
     retry_min_backoff: float = Field(5.0, gt=0, description="seconds before the first retry")
     retry_max_backoff: float = Field(300.0, gt=0, description="cap of one retry wait, seconds")
     give_up_after: float = Field(48 * 3600.0, gt=0, description="seconds; then the alert fails")
     lease_seconds: float = Field(
         60.0, gt=0, description="how long a worker owns an alert while reconciling it"
     )
-    sweep_interval: float = Field(5.0, gt=0, description="seconds between sweeper runs")
+    sweep_interval: float = Field(2.0, gt=0, description="seconds between sweeper runs")
     sweep_batch: int = Field(500, gt=0, description="alerts re-queued per sweeper run at most")
 
     worker_concurrency: int = Field(2, gt=0)

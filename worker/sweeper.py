@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert
@@ -19,13 +19,23 @@ from worker.status import DeliveryState
 REQUEUE_GRACE = timedelta(seconds=60)
 
 
-def due_alerts(sessions: sessionmaker[Session], now: datetime, *, limit: int) -> list[int]:
-    """Ids of alerts due for another attempt, oldest first, marked as queued."""
+def due_alerts(
+    sessions: sessionmaker[Session], now: datetime, *, limit: int, gate_open: bool = True
+) -> list[int]:
+    """Ids of alerts due for another attempt, oldest first, marked as queued.
+
+    While the gate is closed (an outage, refused credentials) parked alerts stay where they are
+    but for the oldest one, which goes to probe PagerDuty; the gate's recovery drains the rest.
+    Re-parking thousands of alerts every sweep would only churn the database.
+    """
+    states = [DeliveryState.PENDING]
+    if gate_open:
+        states.append(DeliveryState.PARKED)
     with sessions.begin() as session:
         query = (
             select(Alert)
             .where(
-                Alert.delivery_state.in_([DeliveryState.PENDING, DeliveryState.PARKED]),
+                Alert.delivery_state.in_(states),
                 Alert.next_attempt_at <= now,
                 or_(Alert.lease_owner.is_(None), Alert.lease_expires_at < now),
             )
@@ -36,6 +46,30 @@ def due_alerts(sessions: sessionmaker[Session], now: datetime, *, limit: int) ->
             # Two beats by mistake, or a slow sweep overlapping the next: neither queues twice.
             query = query.with_for_update(skip_locked=True)
         alerts = list(session.scalars(query))
+        if not gate_open:
+            probe = session.scalars(
+                select(Alert)
+                .where(
+                    Alert.delivery_state == DeliveryState.PARKED,
+                    or_(Alert.lease_owner.is_(None), Alert.lease_expires_at < now),
+                )
+                .order_by(Alert.pending_since, Alert.id)
+                .limit(1)
+            ).first()
+            if probe is not None:
+                alerts.append(probe)
         for alert in alerts:
             alert.next_attempt_at = now + REQUEUE_GRACE
         return [alert.id for alert in alerts]
+
+
+def wake_parked(sessions: sessionmaker[Session], now: datetime) -> int:
+    """Make every parked alert due now (a worker started, perhaps with a fixed token)."""
+    with sessions.begin() as session:
+        woken = session.execute(
+            update(Alert)
+            .where(Alert.delivery_state == DeliveryState.PARKED)
+            .values(next_attempt_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        return int(woken.rowcount)  # type: ignore[attr-defined]

@@ -329,7 +329,7 @@ def test_lease_keeps_a_second_worker_out(
 ) -> None:
     applied = send(T)
     assert applied.alert_pk is not None
-    assert reconciler._claim(applied.alert_pk, "other-worker")
+    assert reconciler._claim([applied.alert_pk], "other-worker") == [applied.alert_pk]
     assert reconciler.reconcile(applied.alert_pk) is ReconcileResult.BUSY
     # A lease left by a killed worker expires
     clock.advance(reconciler.settings.lease_seconds + 1)

@@ -2,21 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import UTC, datetime
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import pytest
+from starlette.requests import Request
 from starlette.testclient import TestClient
+from starlette.types import Message
+from typer.testing import CliRunner
 
+import worker.pagerduty.simulator as simulator_module
+from worker.cli import cli
 from worker.pagerduty.simulator import (
+    CALL_RATE_WINDOW_S,
     DUPLICATE_INCIDENT_KEY_ERROR,
     MAX_BULK_UPDATE,
     PAGERDUTY_ACCEPT,
+    ConfigurableFaults,
+    FaultPlan,
+    FaultSettings,
+    FaultSettingsError,
     IncidentStatus,
+    PagerDutyCall,
     SimulatedError,
     SimulatedPagerDuty,
     SimulatorControl,
+    SimulatorControlError,
     create_app,
     next_status,
 )
@@ -36,6 +52,12 @@ class JsonResponse(Protocol):
 
     status_code: int
 
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def content(self) -> bytes: ...
+
     def json(self) -> Any: ...
 
 
@@ -52,7 +74,12 @@ def client(simulator: SimulatedPagerDuty) -> Iterator[TestClient]:
 
 
 def create(
-    client: TestClient, key: str | None = "alert-1", *, service: str = SERVICE, title: str = "Disk"
+    client: TestClient,
+    key: str | None = "alert-1",
+    *,
+    service: str = SERVICE,
+    title: str = "Disk",
+    headers: dict[str, str] | None = None,
 ) -> JsonResponse:
     incident: dict[str, Any] = {
         "type": "incident",
@@ -63,7 +90,7 @@ def create(
     }
     if key is not None:
         incident["incident_key"] = key
-    response: JsonResponse = client.post("/incidents", json={"incident": incident})
+    response: JsonResponse = client.post("/incidents", json={"incident": incident}, headers=headers)
     return response
 
 
@@ -512,3 +539,545 @@ def test_control_client_reads_state_and_resets(client: TestClient) -> None:
     assert control.state()["counts"]["creates"] == 1
     control.reset()
     assert control.state()["incidents"] == []
+
+
+# ---- faults -----------------------------------------------------------------------------------
+
+FROZEN_SECOND = int(datetime(2025, 10, 1, 12, 0, 0, tzinfo=UTC).timestamp())
+
+
+class FakeMonotonic:
+    """A clock for the rate-limit buckets that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+MakeClient = Callable[..., TestClient]
+
+
+@pytest.fixture
+def faulty(simulator: SimulatedPagerDuty) -> Iterator[MakeClient]:
+    """A factory: ``faulty(**settings)`` or ``faulty(plan=...)`` → a client of an app that
+    accepts any token and starts with those faults."""
+    with ExitStack() as stack:
+
+        def make(plan: FaultPlan | None = None, **settings: Any) -> TestClient:
+            app = create_app(
+                simulator, fault_plan=plan or ConfigurableFaults(FaultSettings(**settings))
+            )
+            client: TestClient = stack.enter_context(TestClient(app, headers=HEADERS))
+            return client
+
+        yield make
+
+
+def with_token(token: str) -> dict[str, str]:
+    return {"Authorization": f"Token token={token}"}
+
+
+def fault_counts(simulator: SimulatedPagerDuty) -> dict[str, int]:
+    faults: dict[str, int] = simulator.state()["counts"]["faults"]
+    return faults
+
+
+def test_down_answers_503_and_creates_nothing(
+    faulty: MakeClient, simulator: SimulatedPagerDuty
+) -> None:
+    # Given PagerDuty is down
+    client = faulty(down=True)
+
+    # When an incident is created and one is looked up
+    created = create(client)
+    looked_up = client.get("/incidents", params={"incident_key": "alert-1"})
+
+    # Then both are 503 in PagerDuty's envelope, code 2000, and nothing exists
+    assert (created.status_code, looked_up.status_code) == (503, 503)
+    assert error_of(created)["code"] == 2000
+    assert simulator.state()["counts"]["creates"] == 0
+    assert fault_counts(simulator)["down"] == 2
+
+
+def test_flaky_1_answers_5xx_and_creates_nothing(
+    faulty: MakeClient, simulator: SimulatedPagerDuty
+) -> None:
+    client = faulty(flaky=1.0, seed=1)
+
+    statuses = [create(client, f"k{n}").status_code for n in range(12)]
+
+    assert set(statuses) <= {500, 502, 503}
+    assert len(set(statuses)) > 1  # the status is chosen at random among the three
+    assert error_of(create(client))["code"] == 2000
+    assert simulator.state()["counts"]["creates"] == 0
+    assert fault_counts(simulator)["flaky"] == 13
+
+
+def test_flaky_choices_repeat_with_the_same_seed() -> None:
+    def statuses() -> list[int]:
+        with TestClient(create_app(faults=FaultSettings(flaky=0.5, seed=42)), headers=HEADERS) as c:
+            return [
+                c.get("/incidents", params={"incident_key": "K"}).status_code for _ in range(30)
+            ]
+
+    first = statuses()
+    assert first == statuses()
+    assert 200 in first and set(first) - {200}  # some calls pass, some fail
+
+
+def test_lost_1_answers_502_but_the_incident_exists(
+    faulty: MakeClient, simulator: SimulatedPagerDuty
+) -> None:
+    # Given every successful response is lost
+    client = faulty(lost=1.0)
+
+    # When an incident is created
+    response = create(client, "K")
+
+    # Then the client sees 502, but PagerDuty created it
+    assert response.status_code == 502
+    assert error_of(response)["code"] == 2000
+    [incident] = simulator.state()["incidents"]
+    assert incident["incident_key"] == "K"
+    assert fault_counts(simulator)["lost"] == 1
+    # And a retry with the same key meets the duplicate-key 400, which is not lost (not a 2xx)
+    retry = create(client, "K")
+    assert retry.status_code == 400
+    assert error_of(retry)["errors"] == [DUPLICATE_INCIDENT_KEY_ERROR]
+    assert client.get("/incidents/QNOPE00").status_code == 404
+    assert fault_counts(simulator)["lost"] == 1
+
+
+def test_latency_delays_every_call(faulty: MakeClient) -> None:
+    client = faulty(latency_ms=150)
+
+    started = time.monotonic()
+    response = create(client)
+    elapsed = time.monotonic() - started
+
+    assert response.status_code == 201
+    assert 0.15 <= elapsed < 5
+
+
+def test_hang_answers_504_after_hang_seconds_and_creates_nothing(
+    faulty: MakeClient, simulator: SimulatedPagerDuty
+) -> None:
+    client = faulty(hang=True, hang_seconds=0.2)
+
+    started = time.monotonic()
+    response = create(client)
+    elapsed = time.monotonic() - started
+
+    assert response.status_code == 504
+    assert error_of(response)["code"] == 2016
+    assert 0.2 <= elapsed < 5
+    assert simulator.state()["counts"]["creates"] == 0
+    assert fault_counts(simulator)["hung"] == 1
+
+
+def test_a_hung_call_blocks_neither_other_calls_nor_the_control_api(
+    faulty: MakeClient, simulator: SimulatedPagerDuty
+) -> None:
+    # Given a call hanging (for 2 s at most) in another thread
+    client = faulty(hang=True, hang_seconds=2.0)
+    statuses: list[int] = []
+    hung = threading.Thread(target=lambda: statuses.append(create(client, "hung").status_code))
+    hung.start()
+    deadline = time.monotonic() + 2
+    while fault_counts(simulator)["hung"] == 0:
+        assert time.monotonic() < deadline, "the call never started hanging"
+        time.sleep(0.01)
+
+    # When the hang is turned off through the control API
+    assert client.post("/_simulator/faults", json={"hang": False}).status_code == 200
+
+    # Then the next call is answered while the first still hangs
+    assert create(client, "next").status_code == 201
+    assert hung.is_alive()
+    hung.join(timeout=5)
+    assert statuses == [504]
+
+
+def test_hang_ends_when_the_client_disconnects(simulator: SimulatedPagerDuty) -> None:
+    # Given a request whose client hangs up 0.1 s after sending it
+    messages: list[Message] = [{"type": "http.request", "body": b"{}", "more_body": False}]
+
+    async def receive() -> Message:
+        if messages:
+            return messages.pop(0)
+        await asyncio.sleep(0.1)
+        return {"type": "http.disconnect"}
+
+    scope = {"type": "http", "method": "POST", "path": "/incidents", "headers": []}
+    call = PagerDutyCall("POST", "/incidents", "t", Request(scope, receive), simulator)
+    plan = ConfigurableFaults(FaultSettings(hang=True))  # hang_seconds: 300
+
+    # When the plan hangs the call
+    started = time.monotonic()
+    response = asyncio.run(asyncio.wait_for(plan.before(call), timeout=5))
+
+    # Then it stops as the client leaves, answering 499 (counted, never read)
+    assert response is not None and response.status_code == 499
+    assert time.monotonic() - started < 5
+
+
+def test_rate_limit_429_with_ratelimit_headers(
+    faulty: MakeClient, simulator: SimulatedPagerDuty
+) -> None:
+    # Given 60 calls a minute: a bucket of 10, one token back per second
+    clock = FakeMonotonic()
+    client = faulty(ConfigurableFaults(FaultSettings(rate_limit_per_minute=60), monotonic=clock))
+    for n in range(10):
+        assert create(client, f"k{n}").status_code == 201
+
+    # When the 11th call comes at once
+    limited = create(client, "k10")
+
+    # Then 429 with PagerDuty's body and exactly the ratelimit-* headers
+    assert limited.status_code == 429
+    assert limited.json() == {"error": {"message": "Rate Limit Exceeded", "code": 2020}}
+    assert dict(limited.headers) == {
+        "content-length": str(len(limited.content)),
+        "content-type": "application/json",
+        "ratelimit-limit": "60",
+        "ratelimit-remaining": "0",
+        "ratelimit-reset": "1",
+    }
+    assert simulator.state()["counts"]["creates"] == 10
+    # And another token has a bucket of its own
+    assert create(client, "other", headers=with_token("other")).status_code == 201
+    # And after half a second the reset still says 1 (rounded up); after a second, a token
+    clock.now += 0.5
+    assert create(client, "k10").headers["ratelimit-reset"] == "1"
+    clock.now += 0.5
+    assert create(client, "k10").status_code == 201
+    assert fault_counts(simulator)["rate_limited"] == 2
+
+
+def test_rate_limit_with_retry_after(faulty: MakeClient) -> None:
+    clock = FakeMonotonic()
+    settings = FaultSettings(
+        rate_limit_per_minute=6, rate_limit_burst=1, rate_limit_retry_after=True
+    )
+    client = faulty(ConfigurableFaults(settings, monotonic=clock))
+    assert create(client, "a").status_code == 201
+
+    limited = create(client, "b")
+
+    # One token per 10 s: both headers say 10
+    assert limited.status_code == 429
+    assert limited.headers["retry-after"] == "10"
+    assert limited.headers["ratelimit-reset"] == "10"
+    assert {"ratelimit-limit", "ratelimit-remaining"} <= set(limited.headers)
+
+    # With Retry-After alone, the ratelimit-* headers go, the body stays
+    client.post("/_simulator/faults", json={"rate_limit_headers": False})
+    alone = create(client, "b")
+    assert set(alone.headers) == {"content-length", "content-type", "retry-after"}
+    assert alone.json()["error"]["code"] == 2020
+
+
+def test_rate_limit_without_headers_has_no_headers_and_an_empty_body(faulty: MakeClient) -> None:
+    client = faulty(rate_limit_per_minute=60, rate_limit_burst=1, rate_limit_headers=False)
+    assert create(client, "a").status_code == 201
+
+    limited = create(client, "b")
+
+    # PAGERDUTY.md: a 429 may come with no headers and no body (only the framing remains)
+    assert limited.status_code == 429
+    assert limited.content == b""
+    assert dict(limited.headers) == {"content-length": "0"}
+
+
+@pytest.mark.parametrize(
+    ("per_minute", "burst", "capacity"), [(60, None, 10), (61, None, 11), (1, None, 1), (60, 3, 3)]
+)
+def test_bucket_holds_ten_seconds_worth_unless_a_burst_is_given(
+    per_minute: int, burst: int | None, capacity: int
+) -> None:
+    settings = FaultSettings(rate_limit_per_minute=per_minute, rate_limit_burst=burst)
+    assert settings.rate_limit_capacity == capacity
+
+
+def test_unauthorized_token_is_401_while_another_token_works(
+    faulty: MakeClient, simulator: SimulatedPagerDuty
+) -> None:
+    client = faulty(unauthorized_tokens=["revoked"])
+
+    refused = create(client, headers=with_token("revoked"))
+
+    assert refused.status_code == 401
+    assert error_of(refused)["code"] == 2006
+    assert create(client).status_code == 201  # the default token, sim-token
+    assert simulator.state()["counts"]["creates"] == 1
+    assert fault_counts(simulator)["unauthorized"] == 1
+
+
+def test_fault_checks_run_unauthorized_then_down_then_rate_limit(
+    faulty: MakeClient, simulator: SimulatedPagerDuty
+) -> None:
+    # Given everything at once, with a bucket of one call
+    client = faulty(
+        unauthorized_tokens=["revoked"], down=True, rate_limit_per_minute=60, rate_limit_burst=1
+    )
+
+    # Then a revoked token gets 401 before the 503, and the 503s take no token
+    assert client.get("/incidents/Q1", headers=with_token("revoked")).status_code == 401
+    assert client.get("/incidents/Q1").status_code == 503
+    assert client.get("/incidents/Q1").status_code == 503
+    client.post("/_simulator/faults", json={"down": False})
+    assert client.get("/incidents/Q1").status_code == 404  # the one token was still there
+    assert client.get("/incidents/Q1").status_code == 429
+    assert fault_counts(simulator) == {
+        "down": 2,
+        "flaky": 0,
+        "lost": 0,
+        "rate_limited": 1,
+        "unauthorized": 1,
+        "hung": 0,
+    }
+
+
+# ---- faults: control API ----------------------------------------------------------------------
+
+
+def test_faults_endpoint_shows_merges_and_clears(client: TestClient) -> None:
+    # Given no faults
+    defaults = client.get("/_simulator/faults").json()
+    assert defaults == FaultSettings().to_json()
+    assert defaults["down"] is False and defaults["rate_limit_headers"] is True
+    assert defaults["hang_seconds"] == 300.0 and defaults["unauthorized_tokens"] == []
+
+    # When two posts each set some fields
+    client.post("/_simulator/faults", json={"flaky": 0.25, "unauthorized_tokens": ["x"]})
+    merged = client.post("/_simulator/faults", json={"latency_ms": 5, "flaky": 0.5})
+
+    # Then the second merges into the first
+    assert merged.status_code == 200
+    assert merged.json() == {
+        **defaults,
+        "flaky": 0.5,
+        "latency_ms": 5,
+        "unauthorized_tokens": ["x"],
+    }
+    assert client.get("/_simulator/faults").json() == merged.json()
+
+    # And clear turns everything off
+    cleared = client.post("/_simulator/faults/clear")
+    assert cleared.status_code == 200
+    assert cleared.json() == defaults
+    assert client.get("/_simulator/faults").json() == defaults
+
+
+@pytest.mark.parametrize(
+    ("bad", "field_name"),
+    [
+        ({"explode": True}, "explode"),
+        ({"flaky": 1.5}, "flaky"),
+        ({"lost": -0.1}, "lost"),
+        ({"down": "yes"}, "down"),
+        ({"down": 1}, "down"),
+        ({"latency_ms": True}, "latency_ms"),
+        ({"latency_ms": 1.5}, "latency_ms"),
+        ({"latency_ms": -1}, "latency_ms"),
+        ({"hang_seconds": 0}, "hang_seconds"),
+        ({"rate_limit_per_minute": 0}, "rate_limit_per_minute"),
+        ({"rate_limit_burst": "10"}, "rate_limit_burst"),
+        ({"unauthorized_tokens": "abc"}, "unauthorized_tokens"),
+        ({"unauthorized_tokens": [""]}, "unauthorized_tokens"),
+        ({"seed": 1.0}, "seed"),
+    ],
+)
+def test_faults_endpoint_refuses_a_bad_field_and_changes_nothing(
+    client: TestClient, bad: dict[str, Any], field_name: str
+) -> None:
+    response = client.post("/_simulator/faults", json={"down": True, **bad})
+
+    assert response.status_code == 400
+    assert response.json()["field"] == field_name
+    assert field_name in response.json()["error"]
+    assert client.get("/_simulator/faults").json()["down"] is False  # all or nothing
+
+
+@pytest.mark.parametrize("body", [b"[1, 2]", b"{", b""])
+def test_faults_endpoint_refuses_a_body_that_is_not_an_object(
+    client: TestClient, body: bytes
+) -> None:
+    response = client.post("/_simulator/faults", content=body)
+    assert response.status_code == 400
+    assert "JSON object" in response.json()["error"]
+
+
+def test_fault_settings_are_checked_when_built_in_python() -> None:
+    with pytest.raises(FaultSettingsError) as refused:
+        FaultSettings(flaky=2.0)
+    assert refused.value.field_name == "flaky"
+    assert FaultSettings(flaky=1).flaky == 1.0
+    assert FaultSettings(rate_limit_per_minute=60).changed() == {"rate_limit_per_minute": 60}
+
+
+def test_fault_endpoints_answer_409_for_a_plan_they_cannot_configure(
+    simulator: SimulatedPagerDuty,
+) -> None:
+    with TestClient(create_app(simulator, fault_plan=FaultPlan())) as plain:
+        assert plain.get("/_simulator/faults").status_code == 409
+        assert plain.post("/_simulator/faults", json={"down": True}).status_code == 409
+        assert plain.post("/_simulator/faults/clear").status_code == 409
+    with pytest.raises(ValueError, match="not both"):
+        create_app(fault_plan=FaultPlan(), faults=FaultSettings())
+
+
+def test_reset_clears_fault_counters_but_keeps_fault_settings(
+    faulty: MakeClient, simulator: SimulatedPagerDuty
+) -> None:
+    client = faulty(down=True)
+    create(client)
+
+    assert client.post("/_simulator/reset").status_code == 204
+
+    counts = simulator.state()["counts"]
+    assert counts["faults"]["down"] == 0
+    assert counts["calls_per_second"] == []
+    assert client.get("/_simulator/faults").json()["down"] is True
+    assert create(client).status_code == 503
+
+
+def test_control_client_sets_reads_and_clears_faults(client: TestClient) -> None:
+    control = SimulatorControl("http://testserver", client=client)
+
+    settings = control.set_faults(down=True, unauthorized_tokens=["x"])
+
+    assert settings["down"] is True and settings["unauthorized_tokens"] == ["x"]
+    assert control.faults() == settings
+    assert create(client).status_code == 503
+    with pytest.raises(SimulatorControlError, match="flaky"):
+        control.set_faults(flaky=7)
+    control.clear_faults()
+    assert control.faults() == FaultSettings().to_json()
+    assert create(client).status_code == 201
+
+
+# ---- faults: call rate ------------------------------------------------------------------------
+
+
+class SteppingClock:
+    """A wall clock for the simulator that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2025, 10, 1, 12, 0, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def test_calls_per_second_counts_every_call_over_the_last_ten_minutes() -> None:
+    # Given a simulator on a clock the test moves
+    clock = SteppingClock()
+    simulator = SimulatedPagerDuty(clock=clock)
+    with TestClient(create_app(simulator), headers=HEADERS) as client:
+        # When 3 calls succeed in one second, and 2 fail the next while PagerDuty is down
+        for n in range(3):
+            create(client, f"k{n}")
+        clock.now += timedelta(seconds=1)
+        client.post("/_simulator/faults", json={"down": True})
+        create(client, "k3")
+        client.get("/incidents", params={"incident_key": "k3"})
+
+        # Then both seconds are counted, faulted calls included, control calls not
+        state = client.get("/_simulator/state").json()
+        assert state["counts"]["calls_per_second"] == [
+            {"second": FROZEN_SECOND, "count": 3},
+            {"second": FROZEN_SECOND + 1, "count": 2},
+        ]
+
+    # And a second leaves the window 10 minutes later
+    clock.now += timedelta(seconds=CALL_RATE_WINDOW_S - 1)
+    assert simulator.state()["counts"]["calls_per_second"] == [
+        {"second": FROZEN_SECOND + 1, "count": 2}
+    ]
+    clock.now += timedelta(seconds=1)
+    assert simulator.state()["counts"]["calls_per_second"] == []
+
+
+def test_calls_per_second_keeps_one_entry_per_second_of_the_window_at_most() -> None:
+    clock = SteppingClock()
+    simulator = SimulatedPagerDuty(clock=clock)
+    for _ in range(CALL_RATE_WINDOW_S + 100):
+        simulator.record_call("GET", "/incidents", 200)
+        simulator.record_call("GET", "/incidents", 200)
+        clock.now += timedelta(seconds=1)
+    clock.now -= timedelta(seconds=1)
+
+    per_second = simulator.state()["counts"]["calls_per_second"]
+
+    assert len(per_second) == CALL_RATE_WINDOW_S
+    assert {entry["count"] for entry in per_second} == {2}
+    assert per_second[-1]["second"] == int(clock.now.timestamp())
+
+
+# ---- faults: command line ---------------------------------------------------------------------
+
+
+def test_simulate_command_passes_fault_options_to_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    served: dict[str, Any] = {}
+    monkeypatch.setattr(simulator_module, "serve", lambda **kwargs: served.update(kwargs))
+
+    result = CliRunner().invoke(
+        cli,
+        [
+            "simulate",
+            "--port",
+            "9000",
+            "--down",
+            "--flaky",
+            "0.1",
+            "--lost",
+            "0.2",
+            "--latency-ms",
+            "30",
+            "--rate-limit",
+            "60",
+            "--no-rate-limit-headers",
+            "--retry-after",
+            "--unauthorized-token",
+            "a",
+            "--unauthorized-token",
+            "b",
+            "--seed",
+            "5",
+        ],
+    )
+
+    assert result.exit_code == 0, result.output
+    assert served["port"] == 9000 and served["token"] is None
+    assert served["faults"] == FaultSettings(
+        down=True,
+        flaky=0.1,
+        lost=0.2,
+        latency_ms=30,
+        rate_limit_per_minute=60,
+        rate_limit_headers=False,
+        rate_limit_retry_after=True,
+        unauthorized_tokens=("a", "b"),
+        seed=5,
+    )
+
+
+def test_simulate_command_without_fault_options_serves_no_faults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    served: dict[str, Any] = {}
+    monkeypatch.setattr(simulator_module, "serve", lambda **kwargs: served.update(kwargs))
+
+    result = CliRunner().invoke(cli, ["simulate", "--token", "T"])
+
+    assert result.exit_code == 0, result.output
+    assert served == {"host": "127.0.0.1", "port": 8089, "token": "T", "faults": FaultSettings()}
+
+
+def test_simulate_command_refuses_a_bad_fault_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(simulator_module, "serve", lambda **kwargs: None)
+    result = CliRunner().invoke(cli, ["simulate", "--flaky", "1.5"])
+    assert result.exit_code == 2

@@ -13,11 +13,13 @@ Layers, top to bottom:
   benchmarks push thousands of requests per second through it). It checks the headers PagerDuty
   checks, decodes JSON and translates :class:`SimulatedError` into PagerDuty's envelope
   ``{"error": {"message", "code", "errors"}}``. Every PagerDuty call passes through a
-  :class:`FaultPlan`, the extension point for fault injection (down, flaky, lost, slow, hang,
-  rate limits, 401 per token). Only the no-fault plan exists today.
+  :class:`FaultPlan`, the extension point for fault injection. :class:`ConfigurableFaults`, the
+  plan every app gets unless another is passed, injects the faults a :class:`FaultSettings`
+  describes: down, flaky, lost responses, latency, hangs, per-token rate limits, 401 per token.
 - A control API under ``/_simulator`` (not PagerDuty's): ``GET /_simulator/state``,
-  ``POST /_simulator/reset``, ``GET /_simulator/health``. :class:`SimulatorControl` is its typed
-  client.
+  ``POST /_simulator/reset``, ``GET /_simulator/health``, and ``GET``/``POST /_simulator/faults``
+  and ``POST /_simulator/faults/clear`` to read and change the faults at run time.
+  :class:`SimulatorControl` is its typed client.
 
 PagerDuty's behaviour comes from ``/work/shared/PAGERDUTY.md``. Where PagerDuty documents
 nothing, the docstring at that point says which choice the simulator made.
@@ -25,12 +27,15 @@ nothing, the docstring at that point says which choice the simulator made.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
+import math
 import random
 import string
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,8 +53,13 @@ from starlette.routing import Route
 
 __all__ = [
     "DUPLICATE_INCIDENT_KEY_ERROR",
+    "FAULT_KINDS",
     "PAGERDUTY_ACCEPT",
+    "ConfigurableFaults",
+    "FaultKind",
     "FaultPlan",
+    "FaultSettings",
+    "FaultSettingsError",
     "IncidentStatus",
     "PagerDutyCall",
     "SimulatedError",
@@ -63,6 +73,16 @@ __all__ = [
 ]
 
 IncidentStatus = Literal["triggered", "acknowledged", "resolved"]
+# The faults :class:`ConfigurableFaults` injects, as counted in ``GET /_simulator/state``.
+FaultKind = Literal["down", "flaky", "lost", "rate_limited", "unauthorized", "hung"]
+FAULT_KINDS: Final[tuple[FaultKind, ...]] = (
+    "down",
+    "flaky",
+    "lost",
+    "rate_limited",
+    "unauthorized",
+    "hung",
+)
 
 # The media type PagerDuty's REST API v2 expects in Accept.
 PAGERDUTY_ACCEPT: Final = "application/vnd.pagerduty+json;version=2"
@@ -89,9 +109,15 @@ MAX_PAGE_LIMIT: Final = 100
 # PagerDuty error codes (PAGERDUTY.md, "Errors").
 CODE_ALREADY_RESOLVED: Final = 1001
 CODE_ALREADY_ACKNOWLEDGED: Final = 1002
+CODE_INTERNAL_ERROR: Final = 2000
 CODE_INVALID_INPUT: Final = 2001
 CODE_INVALID_CREDENTIALS: Final = 2006
+CODE_TOOK_TOO_LONG: Final = 2016
+CODE_RATE_LIMITED: Final = 2020
 CODE_NOT_FOUND: Final = 2100
+
+# ``counts.calls_per_second`` in the state covers this many seconds, at most one entry each.
+CALL_RATE_WINDOW_S: Final = 600
 
 _ID_ALPHABET: Final = string.ascii_uppercase + string.digits
 _UNMATCHED_ROUTE: Final = "<unmatched>"
@@ -124,6 +150,16 @@ def _invalid_input(*errors: str) -> SimulatedError:
 
 def _not_found(incident_id: str) -> SimulatedError:
     return SimulatedError(404, "Not Found", CODE_NOT_FOUND, [f"Incident {incident_id} not found"])
+
+
+def _invalid_credentials() -> SimulatedError:
+    """401 / 2006: a missing or refused API key."""
+    return SimulatedError(
+        401,
+        "Invalid Credentials",
+        CODE_INVALID_CREDENTIALS,
+        ["Send 'Authorization: Token token=<api key>' with a valid API key"],
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,9 +339,14 @@ class SimulatedPagerDuty:
         self._duplicate_creates_refused = 0
         self._reopened = 0
         self._listings_without_incident_key = 0
+        self._faults: Counter[FaultKind] = Counter()
+        # [unix second, calls in it], oldest first; seconds without calls have no entry, so the
+        # window never needs more than one entry per second of it.
+        self._calls_per_second: deque[list[int]] = deque(maxlen=CALL_RATE_WINDOW_S)
 
     def reset(self) -> None:
-        """Forget every incident and counter; incident numbers start again at 1."""
+        """Forget every incident and counter (fault counters and call rate included); incident
+        numbers start again at 1. Fault settings live in the app's fault plan, not here."""
         with self._lock:
             self._incidents.clear()
             self._by_key.clear()
@@ -316,6 +357,8 @@ class SimulatedPagerDuty:
             self._duplicate_creates_refused = 0
             self._reopened = 0
             self._listings_without_incident_key = 0
+            self._faults.clear()
+            self._calls_per_second.clear()
 
     # ---- PagerDuty operations --------------------------------------------------------------
 
@@ -463,12 +506,31 @@ class SimulatedPagerDuty:
     # ---- Bookkeeping and inspection --------------------------------------------------------
 
     def record_call(self, method: str, route: str, status: int) -> None:
-        """Count one HTTP call by method, route template (``/incidents/{id}``) and status code."""
+        """Count one HTTP call by method, route template (``/incidents/{id}``) and status code,
+        and in the per-second call rate (by the simulator's clock)."""
+        second = int(self._clock().timestamp())
         with self._lock:
             self._calls[(method, route, status)] += 1
+            if self._calls_per_second and self._calls_per_second[-1][0] == second:
+                self._calls_per_second[-1][1] += 1
+            else:
+                self._calls_per_second.append([second, 1])
+
+    def record_fault(self, kind: FaultKind) -> None:
+        """Count one injected fault (the call itself is counted by :meth:`record_call`)."""
+        with self._lock:
+            self._faults[kind] += 1
 
     def state(self) -> dict[str, Any]:
-        """A snapshot of every counter and incident; the body of ``GET /_simulator/state``."""
+        """A snapshot of every counter and incident; the body of ``GET /_simulator/state``.
+
+        ``counts.faults`` counts injected faults by kind (:data:`FAULT_KINDS`).
+        ``counts.calls_per_second`` is ``[{"second": unix seconds, "count": n}, ...]``, oldest
+        first, for every call counted in ``counts.calls`` (faulted or not, unknown routes
+        included) during the last :data:`CALL_RATE_WINDOW_S` seconds; seconds without calls are
+        left out. No API key appears anywhere in the state.
+        """
+        oldest_second = int(self._clock().timestamp()) - CALL_RATE_WINDOW_S
         with self._lock:
             by_status = dict.fromkeys(STATUSES, 0)
             incidents = []
@@ -487,6 +549,12 @@ class SimulatedPagerDuty:
                     "reopened": self._reopened,
                     "listings_without_incident_key": self._listings_without_incident_key,
                     "incidents_by_status": by_status,
+                    "faults": {kind: self._faults[kind] for kind in FAULT_KINDS},
+                    "calls_per_second": [
+                        {"second": second, "count": count}
+                        for second, count in self._calls_per_second
+                        if second > oldest_second
+                    ],
                 },
                 "incidents": incidents,
             }
@@ -617,6 +685,7 @@ class PagerDutyCall:
     route: str  # the route template, e.g. "/incidents/{id}"
     token: str | None  # from "Authorization: Token token=<t>"; None if absent or malformed
     request: Request
+    simulator: SimulatedPagerDuty  # the plan counts the faults it injects here (record_fault)
 
 
 class FaultPlan:
@@ -633,7 +702,8 @@ class FaultPlan:
       incident was created is the "lost response" case.
 
     The recorded call counts use the status of the response finally sent. The plan may be
-    swapped while the app runs by assigning ``app.state.fault_plan``.
+    swapped while the app runs by assigning ``app.state.fault_plan``; the ``/_simulator/faults``
+    endpoints work only while it is a :class:`ConfigurableFaults`.
     """
 
     async def before(self, call: PagerDutyCall) -> Response | None:
@@ -643,6 +713,362 @@ class FaultPlan:
     async def after(self, call: PagerDutyCall, response: Response) -> Response:
         """Return the response to send; ``response`` is what the simulator answered."""
         return response
+
+
+class FaultSettingsError(ValueError):
+    """A fault setting that does not exist or has a bad value; ``field_name`` names it."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        self.field_name = field_name
+        super().__init__(message)
+
+
+def _check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise FaultSettingsError(name, f"{name} must be true or false; got {value!r}")
+    return value
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_fraction(name: str, value: object) -> float:
+    if not _is_number(value) or not 0 <= cast(float, value) <= 1:
+        raise FaultSettingsError(name, f"{name} must be a number from 0 to 1; got {value!r}")
+    return float(cast(float, value))
+
+
+def _check_int(name: str, value: object, *, minimum: int | None, optional: bool) -> int | None:
+    if value is None and optional:
+        return None
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or (minimum is not None and value < minimum)
+    ):
+        wanted = "an integer" if minimum is None else f"an integer >= {minimum}"
+        raise FaultSettingsError(
+            name, f"{name} must be {wanted}{' or null' if optional else ''}; got {value!r}"
+        )
+    return value
+
+
+def _check_seconds(name: str, value: object) -> float:
+    if not _is_number(value) or not 0 < cast(float, value) < math.inf:
+        raise FaultSettingsError(name, f"{name} must be a number of seconds > 0; got {value!r}")
+    return float(cast(float, value))
+
+
+def _check_tokens(name: str, value: object) -> tuple[str, ...]:
+    # A str is a sequence too: refuse it rather than treat "abc" as the tokens a, b and c.
+    if isinstance(value, list | tuple) and all(isinstance(t, str) and t for t in value):
+        return tuple(cast("list[str] | tuple[str, ...]", value))
+    raise FaultSettingsError(name, f"{name} must be a list of non-empty strings; got {value!r}")
+
+
+# One check per FaultSettings field: it validates a value (from Python or from JSON, where a
+# bool is never an int and an int is never a bool) and returns it in the field's own type.
+_FIELD_CHECKS: Final[dict[str, Callable[[str, object], object]]] = {
+    "down": _check_bool,
+    "flaky": _check_fraction,
+    "lost": _check_fraction,
+    "latency_ms": lambda name, value: _check_int(name, value, minimum=0, optional=False),
+    "hang": _check_bool,
+    "hang_seconds": _check_seconds,
+    "rate_limit_per_minute": lambda name, value: _check_int(name, value, minimum=1, optional=True),
+    "rate_limit_burst": lambda name, value: _check_int(name, value, minimum=1, optional=True),
+    "rate_limit_headers": _check_bool,
+    "rate_limit_retry_after": _check_bool,
+    "unauthorized_tokens": _check_tokens,
+    "seed": lambda name, value: _check_int(name, value, minimum=None, optional=True),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FaultSettings:
+    """The faults :class:`ConfigurableFaults` injects; every field is optional and they combine.
+
+    Each PagerDuty call is checked in this order, and the first fault that applies answers it
+    without acting (only ``lost`` acts first):
+
+    1. ``unauthorized_tokens`` — a call with one of these API keys → 401 / 2006.
+    2. ``down`` — every call → 503 / 2000.
+    3. ``rate_limit_per_minute`` — a token bucket per API key (calls without a key share one):
+       ``rate_limit_burst`` tokens at most (default: the per-minute figure / 6, rounded up, i.e.
+       10 s worth), refilled continuously at ``rate_limit_per_minute / 60`` per second; a call
+       finding no token → 429 (see :func:`_rate_limited_response` for headers and body).
+       Refused calls take no token.
+    4. ``hang`` — the call is not answered until the client disconnects (then nothing is sent;
+       the call is counted with status 499, nginx's "client closed request") or until
+       ``hang_seconds`` (seconds) have passed, then 504 / 2016.
+    5. ``latency_ms`` — milliseconds added to every call that got this far.
+    6. ``flaky`` — that fraction of calls (0..1) → 500, 502 or 503 / 2000, at random.
+    7. the simulator acts (creates, updates, lists).
+    8. ``lost`` — that fraction (0..1) of the calls that succeeded (2xx) → 502 / 2000 instead:
+       PagerDuty did the work, the client never hears of it.
+
+    ``seed`` seeds the random choices of ``flaky`` and ``lost`` (None: unpredictable).
+    Values are validated on construction; a bad one raises :class:`FaultSettingsError`.
+    """
+
+    down: bool = False
+    flaky: float = 0.0
+    lost: float = 0.0
+    latency_ms: int = 0
+    hang: bool = False
+    hang_seconds: float = 300.0
+    rate_limit_per_minute: int | None = None
+    rate_limit_burst: int | None = None
+    rate_limit_headers: bool = True
+    rate_limit_retry_after: bool = False
+    unauthorized_tokens: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        for name, check in _FIELD_CHECKS.items():
+            object.__setattr__(self, name, check(name, getattr(self, name)))
+
+    @property
+    def rate_limit_capacity(self) -> int | None:
+        """Tokens per bucket: ``rate_limit_burst``, else ceil(per minute / 6); None if no limit."""
+        if self.rate_limit_per_minute is None:
+            return None
+        return self.rate_limit_burst or math.ceil(self.rate_limit_per_minute / 6)
+
+    def merged(self, changes: Mapping[str, object]) -> FaultSettings:
+        """These settings with ``changes`` applied (JSON values are fine: lists, ints for
+        floats). An unknown name or a bad value raises :class:`FaultSettingsError`."""
+        for name in changes:
+            if name not in _FIELD_CHECKS:
+                raise FaultSettingsError(
+                    name,
+                    f"unknown fault setting {name!r}; known: {', '.join(_FIELD_CHECKS)}",
+                )
+        return dataclasses.replace(self, **cast(dict[str, Any], changes))
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field, as ``GET /_simulator/faults`` shows it."""
+        settings = {name: getattr(self, name) for name in _FIELD_CHECKS}
+        settings["unauthorized_tokens"] = list(self.unauthorized_tokens)
+        return settings
+
+    def changed(self) -> dict[str, Any]:
+        """The fields that differ from the defaults, as JSON (e.g. for a start-up message)."""
+        defaults = FaultSettings().to_json()
+        return {name: value for name, value in self.to_json().items() if value != defaults[name]}
+
+
+@dataclass(slots=True)
+class _TokenBucket:
+    """Up to ``capacity`` tokens, refilled continuously at ``per_second``; a call takes one."""
+
+    capacity: float
+    per_second: float
+    tokens: float
+    updated_at: float  # monotonic seconds
+
+    def take(self, now: float) -> float | None:
+        """Take a token and return None, or return the seconds until one will be there."""
+        self._refill(now)
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return None
+        return (1 - self.tokens) / self.per_second
+
+    def is_full(self, now: float) -> bool:
+        self._refill(now)
+        return self.tokens >= self.capacity
+
+    def _refill(self, now: float) -> None:
+        elapsed = max(0.0, now - self.updated_at)
+        self.tokens = min(self.capacity, self.tokens + elapsed * self.per_second)
+        self.updated_at = now
+
+
+# Past this many buckets, full ones are dropped: a full bucket is what a new one would be, so
+# this bounds memory against many distinct keys without changing any answer.
+_MAX_IDLE_BUCKETS: Final = 1024
+
+_SERVER_ERRORS: Final[dict[int, str]] = {
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
+
+
+def _error_response(error: SimulatedError) -> Response:
+    return JSONResponse(error.envelope(), error.status)
+
+
+def _server_error(status: int, fault: FaultKind) -> Response:
+    """A 5xx in PagerDuty's envelope, code 2000; ``errors`` names the simulated fault."""
+    return _error_response(
+        SimulatedError(
+            status, _SERVER_ERRORS[status], CODE_INTERNAL_ERROR, [f"Simulated fault: {fault}"]
+        )
+    )
+
+
+def _rate_limited_response(settings: FaultSettings, wait_s: float) -> Response:
+    """429 for a call that found its bucket empty; ``wait_s``: seconds until a token is back.
+
+    - ``rate_limit_headers``: ``ratelimit-limit`` (the per-minute figure),
+      ``ratelimit-remaining: 0`` and ``ratelimit-reset`` (whole seconds until a token is back,
+      at least 1).
+    - ``rate_limit_retry_after``: ``Retry-After`` with the same seconds. PagerDuty does not
+      document it (PAGERDUTY.md), so it is off by default.
+    - With either, the body is ``{"error": {"message": "Rate Limit Exceeded", "code": 2020}}``.
+      With neither, no header and an empty body: PAGERDUTY.md says a 429 can come that way.
+    """
+    if not settings.rate_limit_headers and not settings.rate_limit_retry_after:
+        return Response(status_code=429)
+    # Rounded to the millisecond first, so that float noise never turns 1.0 s into 2.
+    reset_s = str(max(1, math.ceil(round(wait_s, 3))))
+    headers: dict[str, str] = {}
+    if settings.rate_limit_headers:
+        headers["ratelimit-limit"] = str(settings.rate_limit_per_minute)
+        headers["ratelimit-remaining"] = "0"
+        headers["ratelimit-reset"] = reset_s
+    if settings.rate_limit_retry_after:
+        headers["retry-after"] = reset_s
+    body = {"error": {"message": "Rate Limit Exceeded", "code": CODE_RATE_LIMITED}}
+    return JSONResponse(body, 429, headers=headers)
+
+
+async def _until_client_gone(request: Request) -> None:
+    """Return once the client has disconnected. The body is read first, so that the next ASGI
+    message can only be ``http.disconnect`` (servers send it when the connection closes)."""
+    await request.body()
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _hang(request: Request, seconds: float) -> Response:
+    """Answer nothing until the client gives up (499, which it never reads) or ``seconds`` pass
+    (504 / 2016). Only this call waits: other requests and the control API are served."""
+    try:
+        await asyncio.wait_for(_until_client_gone(request), timeout=seconds)
+    except TimeoutError:
+        return _error_response(
+            SimulatedError(
+                504,
+                "Request Took Too Long",
+                CODE_TOOK_TOO_LONG,
+                [f"Simulated fault: hung for {seconds:g} s"],
+            )
+        )
+    return Response(status_code=499)
+
+
+class ConfigurableFaults(FaultPlan):
+    """The fault plan driven by :class:`FaultSettings`, changeable while the app runs.
+
+    The app's control API calls :meth:`update` and :meth:`clear`; tests holding the plan may call
+    them directly, from any thread. Each injected fault is counted in the simulator's state
+    (``counts.faults``). API keys are only used to pick a rate-limit bucket: none is shown.
+    """
+
+    def __init__(
+        self,
+        settings: FaultSettings | None = None,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``monotonic``: the clock of the rate-limit buckets, in seconds (tests pass a fake)."""
+        self._lock = threading.Lock()
+        self._monotonic = monotonic
+        self._settings = FaultSettings()
+        self._random = random.Random()
+        self._buckets: dict[str | None, _TokenBucket] = {}
+        self.replace(settings if settings is not None else FaultSettings())
+
+    @property
+    def settings(self) -> FaultSettings:
+        return self._settings
+
+    def replace(self, settings: FaultSettings) -> FaultSettings:
+        """Use exactly ``settings``: random choices re-seeded, every rate-limit bucket full."""
+        with self._lock:
+            self._settings = settings
+            self._random = random.Random(settings.seed)
+            self._buckets.clear()
+        return settings
+
+    def update(self, changes: Mapping[str, object]) -> FaultSettings:
+        """Merge ``changes`` into the settings (all or nothing) and return the result.
+
+        Giving ``seed`` re-seeds the random choices; giving ``rate_limit_per_minute`` or
+        ``rate_limit_burst`` (even unchanged) starts every bucket full again.
+        """
+        with self._lock:
+            settings = self._settings.merged(changes)
+            self._settings = settings
+            if "seed" in changes:
+                self._random = random.Random(settings.seed)
+            if "rate_limit_per_minute" in changes or "rate_limit_burst" in changes:
+                self._buckets.clear()
+        return settings
+
+    def clear(self) -> FaultSettings:
+        """All faults off (the default settings)."""
+        return self.replace(FaultSettings())
+
+    async def before(self, call: PagerDutyCall) -> Response | None:
+        # One snapshot per call: a change made while this call waits applies to the next call.
+        settings = self._settings
+        simulator = call.simulator
+        if call.token is not None and call.token in settings.unauthorized_tokens:
+            simulator.record_fault("unauthorized")
+            return _error_response(_invalid_credentials())
+        if settings.down:
+            simulator.record_fault("down")
+            return _server_error(503, "down")
+        if settings.rate_limit_per_minute is not None:
+            wait_s = self._take_token(call.token, settings)
+            if wait_s is not None:
+                simulator.record_fault("rate_limited")
+                return _rate_limited_response(settings, wait_s)
+        if settings.hang:
+            simulator.record_fault("hung")
+            return await _hang(call.request, settings.hang_seconds)
+        if settings.latency_ms:
+            await asyncio.sleep(settings.latency_ms / 1000)
+        if settings.flaky and self._happens(settings.flaky):
+            simulator.record_fault("flaky")
+            return _server_error(self._choose_server_error(), "flaky")
+        return None
+
+    async def after(self, call: PagerDutyCall, response: Response) -> Response:
+        settings = self._settings
+        if settings.lost and 200 <= response.status_code < 300 and self._happens(settings.lost):
+            call.simulator.record_fault("lost")
+            return _server_error(502, "lost")
+        return response
+
+    def _happens(self, fraction: float) -> bool:
+        with self._lock:
+            return self._random.random() < fraction
+
+    def _choose_server_error(self) -> int:
+        with self._lock:
+            return self._random.choice(tuple(_SERVER_ERRORS))
+
+    def _take_token(self, token: str | None, settings: FaultSettings) -> float | None:
+        """None if ``token``'s bucket had a token (now taken), else seconds until it will."""
+        per_minute = cast(int, settings.rate_limit_per_minute)
+        capacity = cast(int, settings.rate_limit_capacity)
+        now = self._monotonic()
+        with self._lock:
+            bucket = self._buckets.get(token)
+            if bucket is None:
+                if len(self._buckets) >= _MAX_IDLE_BUCKETS:
+                    self._buckets = {
+                        key: old for key, old in self._buckets.items() if not old.is_full(now)
+                    }
+                bucket = _TokenBucket(capacity, per_minute / 60, capacity, now)
+                self._buckets[token] = bucket
+            return bucket.take(now)
 
 
 # --------------------------------------------------------------------------------------------
@@ -670,12 +1096,7 @@ def _check_credentials_and_accept(
     """401 / 2006 for a missing or wrong token (any token passes if none is expected), then 400
     for an Accept header that does not ask for API v2."""
     if token is None or (expected is not None and token != expected):
-        raise SimulatedError(
-            401,
-            "Invalid Credentials",
-            CODE_INVALID_CREDENTIALS,
-            ["Send 'Authorization: Token token=<api key>' with a valid API key"],
-        )
+        raise _invalid_credentials()
     if not _accepts_pagerduty_v2(request.headers.get("accept", "")):
         raise _invalid_input(f"The Accept header must be '{PAGERDUTY_ACCEPT}'")
 
@@ -722,7 +1143,7 @@ class _PagerDutyRoutes:
 
     async def _answer(self, request: Request, route: str) -> Response:
         """Run one PagerDuty call: fault plan, header checks, operation, envelope, counting."""
-        call = PagerDutyCall(request.method, route, _token_of(request), request)
+        call = PagerDutyCall(request.method, route, _token_of(request), request, self.simulator)
         plan: FaultPlan = request.app.state.fault_plan
         response = await plan.before(call)
         if response is None:
@@ -771,18 +1192,84 @@ class _PagerDutyRoutes:
         return await self._answer(request, "/incidents/{id}")
 
 
+def _configurable_plan(request: Request) -> ConfigurableFaults:
+    """The app's plan, or 409 if it was replaced by one the control API cannot configure."""
+    plan = request.app.state.fault_plan
+    if not isinstance(plan, ConfigurableFaults):
+        raise _ControlError(409, f"the fault plan is a {type(plan).__name__}, not configurable")
+    return plan
+
+
+class _ControlError(Exception):
+    """A refused control API request: answered ``{"error": message[, "field": name]}``."""
+
+    def __init__(self, status: int, message: str, field_name: str | None = None) -> None:
+        self.status = status
+        self.message = message
+        self.field_name = field_name
+        super().__init__(message)
+
+    def response(self) -> Response:
+        body: dict[str, str] = {"error": self.message}
+        if self.field_name is not None:
+            body["field"] = self.field_name
+        return JSONResponse(body, self.status)
+
+
+async def _get_faults(request: Request) -> Response:
+    """``GET /_simulator/faults``: the current :class:`FaultSettings`, every field."""
+    try:
+        return JSONResponse(_configurable_plan(request).settings.to_json())
+    except _ControlError as error:
+        return error.response()
+
+
+async def _post_faults(request: Request) -> Response:
+    """``POST /_simulator/faults``: merge a JSON object of fault settings into the current ones
+    (all or nothing) and answer the result; 400 naming the field for an unknown name or a bad
+    value."""
+    try:
+        plan = _configurable_plan(request)
+        try:
+            changes = await request.json()
+        except ValueError as exc:
+            raise _ControlError(400, f"the body must be a JSON object: {exc}") from exc
+        if not isinstance(changes, dict):
+            raise _ControlError(400, "the body must be a JSON object of fault settings")
+        try:
+            settings = plan.update(changes)
+        except FaultSettingsError as exc:
+            raise _ControlError(400, str(exc), exc.field_name) from exc
+        return JSONResponse(settings.to_json())
+    except _ControlError as error:
+        return error.response()
+
+
+async def _clear_faults(request: Request) -> Response:
+    """``POST /_simulator/faults/clear``: every fault off; answers the (default) settings."""
+    try:
+        return JSONResponse(_configurable_plan(request).clear().to_json())
+    except _ControlError as error:
+        return error.response()
+
+
 def create_app(
     simulator: SimulatedPagerDuty | None = None,
     *,
     token: str | None = None,
     fault_plan: FaultPlan | None = None,
+    faults: FaultSettings | None = None,
 ) -> Starlette:
     """The simulator as an ASGI app.
 
     ``token``: the only API key accepted; None accepts any non-empty key. ``fault_plan``: see
-    :class:`FaultPlan`; defaults to no faults. The simulator and the plan are reachable as
+    :class:`FaultPlan`; by default a :class:`ConfigurableFaults` starting with ``faults`` (no
+    faults if None), which the ``/_simulator/faults`` endpoints change at run time. Pass one of
+    ``fault_plan`` and ``faults``, not both. The simulator and the plan are reachable as
     ``app.state.simulator`` and ``app.state.fault_plan``.
     """
+    if fault_plan is not None and faults is not None:
+        raise ValueError("pass fault_plan or faults, not both")
     simulator = simulator if simulator is not None else SimulatedPagerDuty()
     pagerduty = _PagerDutyRoutes(simulator, token)
 
@@ -790,6 +1277,8 @@ def create_app(
         return JSONResponse(simulator.state())
 
     async def reset(request: Request) -> Response:
+        """Forget incidents and counters. The fault settings (and rate-limit buckets) are left
+        as they are: ``POST /_simulator/faults/clear`` turns faults off."""
         simulator.reset()
         return Response(status_code=204)
 
@@ -814,11 +1303,14 @@ def create_app(
             Route("/_simulator/state", state, methods=["GET"]),
             Route("/_simulator/reset", reset, methods=["POST"]),
             Route("/_simulator/health", health, methods=["GET"]),
+            Route("/_simulator/faults", _get_faults, methods=["GET"]),
+            Route("/_simulator/faults", _post_faults, methods=["POST"]),
+            Route("/_simulator/faults/clear", _clear_faults, methods=["POST"]),
         ],
         exception_handlers={404: unmatched, 405: unmatched},
     )
     app.state.simulator = simulator
-    app.state.fault_plan = fault_plan if fault_plan is not None else FaultPlan()
+    app.state.fault_plan = fault_plan if fault_plan is not None else ConfigurableFaults(faults)
     return app
 
 
@@ -827,11 +1319,13 @@ def serve(
     port: int = 8089,
     token: str | None = None,
     log_level: str = "warning",
+    faults: FaultSettings | None = None,
 ) -> None:
-    """Run the simulator under uvicorn until interrupted. No access log: it would dominate the
-    cost of a benchmark request."""
+    """Run the simulator under uvicorn until interrupted, starting with ``faults`` (see
+    :class:`FaultSettings`; None: no faults). No access log: it would dominate the cost of a
+    benchmark request."""
     uvicorn.run(
-        create_app(token=token),
+        create_app(token=token, faults=faults),
         host=host,
         port=port,
         log_level=log_level,
@@ -858,7 +1352,7 @@ class _ControlHttpClient(Protocol):
     """What :class:`SimulatorControl` needs of an HTTP client. A Protocol rather than
     ``httpx.Client`` so that Starlette's ``TestClient`` fits whichever httpx it is built on."""
 
-    def request(self, method: str, url: str) -> _ControlResponse: ...
+    def request(self, method: str, url: str, *, json: Any = None) -> _ControlResponse: ...
 
     def close(self) -> None: ...
 
@@ -891,8 +1385,23 @@ class SimulatorControl:
         return cast(dict[str, Any], response.json())
 
     def reset(self) -> None:
-        """Forget every incident and counter."""
+        """Forget every incident and counter; the fault settings stay as they are."""
         self._request("POST", "/_simulator/reset", expected=204)
+
+    def faults(self) -> dict[str, Any]:
+        """The current fault settings, every field (see :class:`FaultSettings`)."""
+        response = self._request("GET", "/_simulator/faults", expected=200)
+        return cast(dict[str, Any], response.json())
+
+    def set_faults(self, **fields: Any) -> dict[str, Any]:
+        """Merge ``fields`` (names of :class:`FaultSettings`) into the fault settings; return
+        the result. A bad name or value raises :class:`SimulatorControlError` naming it."""
+        response = self._request("POST", "/_simulator/faults", expected=200, json=fields)
+        return cast(dict[str, Any], response.json())
+
+    def clear_faults(self) -> None:
+        """Turn every fault off."""
+        self._request("POST", "/_simulator/faults/clear", expected=200)
 
     def wait_until_ready(self, timeout_s: float = 10.0, interval_s: float = 0.05) -> None:
         """Poll the health endpoint until it answers; raise :class:`SimulatorControlError` after
@@ -922,10 +1431,12 @@ class SimulatorControl:
     ) -> None:
         self.close()
 
-    def _request(self, method: str, path: str, *, expected: int) -> _ControlResponse:
+    def _request(
+        self, method: str, path: str, *, expected: int, json: Any = None
+    ) -> _ControlResponse:
         url = self._base_url + path
         try:
-            response = self._client.request(method, url)
+            response = self._client.request(method, url, json=json)
         except httpx.HTTPError as exc:
             raise SimulatorControlError(f"{method} {url} failed: {exc}") from exc
         if response.status_code != expected:
