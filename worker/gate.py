@@ -124,11 +124,13 @@ if was[3] or was[4] then redis.call('HDEL', KEYS[1], 'failures', 'pauses') end
 return 0
 """
 
-# KEYS: gate hash. ARGV: threshold, now_ms. Returns 1 when this failure opened the breaker.
+# KEYS: gate hash. ARGV: threshold, now_ms, probe_ms. Returns 1 when this failure opened the
+# breaker; the first probe comes one probe interval later.
 _FAILURE = """
 local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
 if failures >= tonumber(ARGV[1]) and redis.call('HGET', KEYS[1], 'open') ~= '1' then
-  redis.call('HSET', KEYS[1], 'open', '1', 'opened_at', ARGV[2])
+  redis.call('HSET', KEYS[1], 'open', '1', 'opened_at', ARGV[2],
+             'probe_until', tonumber(ARGV[2]) + tonumber(ARGV[3]))
   return 1
 end
 return 0
@@ -210,7 +212,11 @@ class DeliveryGate:
     def failed(self) -> bool:
         """Record a retryable failure (5xx, timeout, network); ``True`` if it opened the breaker."""
         opened = bool(
-            self._run(self._failure, keys=self._keys, args=[self.failure_threshold, self._now_ms()])
+            self._run(
+                self._failure,
+                keys=self._keys,
+                args=[self.failure_threshold, self._now_ms(), int(self.probe_interval * 1000)],
+            )
         )
         if opened:
             log.error(
@@ -222,7 +228,12 @@ class DeliveryGate:
 
     def refused_credentials(self, message: str) -> None:
         """Record a 401/403: every delivery with this token parks until a probe succeeds."""
-        self._run(lambda **kw: self.redis.hset(self._keys[0], "credentials", message[:500]))
+        probe_at = self._now_ms() + int(self.credentials_probe_interval * 1000)
+        self._run(
+            lambda **kw: self.redis.hset(
+                self._keys[0], mapping={"credentials": message[:500], "probe_until": probe_at}
+            )
+        )
         log.error(
             "PagerDuty refused the API token (%s); deliveries are parked, none fails. "
             "Fix PAGERBRIDGE_PAGERDUTY_TOKEN and restart the workers.",

@@ -28,8 +28,7 @@ def server() -> fakeredis.FakeServer:
 
 def gate(server: fakeredis.FakeServer, clock: Clock, **kwargs: float) -> DeliveryGate:
     """A gate as one worker process sees it; two calls give two workers sharing Redis."""
-    return DeliveryGate(fakeredis.FakeRedis(server=server), "pd-token", clock=clock,
-                        **kwargs)  # type: ignore[arg-type]
+    return DeliveryGate(fakeredis.FakeRedis(server=server), "pd-token", clock=clock, **kwargs)  # type: ignore[arg-type]
 
 
 def test_breaker_opens_after_consecutive_failures_and_lets_one_probe_per_second(
@@ -43,6 +42,8 @@ def test_breaker_opens_after_consecutive_failures_and_lets_one_probe_per_second(
         worker_b.failed()
     assert worker_b.failed() is True  # the fifth in a row opens it
     # While open: one probe per second across all workers, the rest park
+    assert worker_a.admit().admission is Admission.OUTAGE  # the first probe waits a second
+    clock.now += 1.01
     decisions = [w.admit().admission for w in (worker_a, worker_b, worker_a, worker_b)]
     assert decisions == [Admission.PROBE, Admission.OUTAGE, Admission.OUTAGE, Admission.OUTAGE]
     clock.now += 1.01
@@ -54,8 +55,9 @@ def test_breaker_opens_after_consecutive_failures_and_lets_one_probe_per_second(
     assert not worker_a.status().breaker_open
 
 
-def test_calls_while_down_stay_at_one_per_second(server: fakeredis.FakeServer,
-                                                 clock: Clock) -> None:
+def test_calls_while_down_stay_at_one_per_second(
+    server: fakeredis.FakeServer, clock: Clock
+) -> None:
     workers = [gate(server, clock) for _ in range(4)]
     for _ in range(5):
         workers[0].failed()
@@ -69,13 +71,16 @@ def test_calls_while_down_stay_at_one_per_second(server: fakeredis.FakeServer,
     assert calls <= 61
 
 
-def test_credentials_refusal_parks_and_probes_rarely(server: fakeredis.FakeServer,
-                                                     clock: Clock) -> None:
+def test_credentials_refusal_parks_and_probes_rarely(
+    server: fakeredis.FakeServer, clock: Clock
+) -> None:
     worker = gate(server, clock, credentials_probe_interval=300)
     worker.refused_credentials("PagerDuty HTTP 401: Unauthorized")
-    assert worker.admit().admission is Admission.PROBE
     assert worker.admit().admission is Admission.CREDENTIALS
     clock.now += 299
+    assert worker.admit().admission is Admission.CREDENTIALS
+    clock.now += 1.01
+    assert worker.admit().admission is Admission.PROBE
     assert worker.admit().admission is Admission.CREDENTIALS
     assert worker.status().credentials_error == "PagerDuty HTTP 401: Unauthorized"
     worker.forget_credentials()  # a restart with a fixed token
@@ -101,8 +106,7 @@ def test_429_pauses_every_worker_until_reset(server: fakeredis.FakeServer, clock
     assert worker_b.admit().admission in (Admission.GO, Admission.WAIT)
 
 
-def test_429_without_headers_backs_off_doubling(server: fakeredis.FakeServer,
-                                                clock: Clock) -> None:
+def test_429_without_headers_backs_off_doubling(server: fakeredis.FakeServer, clock: Clock) -> None:
     worker = gate(server, clock, rate_limit_backoff=5, rate_limit_backoff_max=30)
     assert [worker.rate_limited(None) for _ in range(5)] == [5, 10, 20, 30, 30]
     worker.succeeded()

@@ -351,3 +351,168 @@ def test_every_step_is_in_the_timeline(
         ("received", "resolved"),
         ("delivery", "update"),
     ]
+
+
+# -- the gate: outages, rate limits, credentials, bulk updates --------------------------------
+
+
+class GateClock:
+    """The gate's clock (unix seconds), driven by the test's datetime clock."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    def __call__(self) -> float:
+        return self.clock().timestamp()
+
+
+@pytest.fixture
+def gated(
+    sqlite_sessions: sessionmaker[Session], pagerduty: FakePagerDuty, clock: Clock
+) -> Reconciler:
+    import fakeredis
+
+    from worker.gate import DeliveryGate
+
+    gate = DeliveryGate(
+        fakeredis.FakeRedis(),
+        "unit-token",
+        clock=GateClock(clock),
+        failure_threshold=3,
+        rate_per_minute=6000,
+        burst=1000,
+    )
+    settings = Settings(retry_min_backoff=5, retry_max_backoff=300, give_up_after=3600)
+    requeued: list[list[int]] = []
+    return Reconciler(
+        sqlite_sessions,
+        pagerduty.client(),
+        settings,
+        gate=gate,
+        clock=clock,
+        requeue=requeued.append,
+        sleep=lambda seconds: clock.advance(seconds),
+    )
+
+
+def test_outage_parks_without_calls_then_drains_on_recovery(
+    send: Send,
+    gated: Reconciler,
+    pagerduty: FakePagerDuty,
+    clock: Clock,
+    sqlite_sessions: sessionmaker[Session],
+) -> None:
+    # Given PagerDuty answers 503 to everything
+    pagerduty.fail_next("create", *["503"] * 1000)
+    applied = [send(T, alert_id=f"o{n}", at=n) for n in range(20)]
+    results = gated.reconcile_many([a.alert_pk for a in applied if a.alert_pk])
+    # Then three calls open the breaker and the rest park, spending no attempt
+    assert len(pagerduty.calls) == 3
+    assert list(results.values()).count(ReconcileResult.PARKED) == 17
+    parked = alert(sqlite_sessions, "o19")
+    assert (parked.delivery_state, parked.attempts) == (DeliveryState.PARKED, 0)
+    # While down, one probe a second at most
+    for _ in range(10):
+        clock.advance(0.25)
+        gated.reconcile_many([a.alert_pk for a in applied if a.alert_pk])
+    assert len(pagerduty.calls) <= 3 + 3
+    # When PagerDuty is back, the probe succeeds and every parked alert is handed back at once
+    pagerduty.faults.clear()
+    clock.advance(1.1)
+    probe = due_alerts(sqlite_sessions, clock() + timedelta(hours=1), limit=1000, gate_open=False)
+    assert probe and len(probe) <= 4  # pending ones with backoff, plus the oldest parked
+    gated.reconcile_many(probe)
+    drained: list[list[int]] = gated.requeue.__self__  # type: ignore[union-attr]
+    (batch,) = drained
+    assert len(batch) == 16 and batch == sorted(batch)  # every other parked one, oldest first
+    gated.reconcile_many(batch)
+    clock.advance(400)
+    gated.reconcile_many(due_alerts(sqlite_sessions, clock(), limit=1000))
+    assert len(pagerduty.incidents()) == 20
+
+
+def test_resolve_burst_goes_out_in_bulk(
+    send: Send,
+    gated: Reconciler,
+    pagerduty: FakePagerDuty,
+) -> None:
+    triggers = [send(T, alert_id=f"b{n}", at=0) for n in range(300)]
+    gated.reconcile_many([t.alert_pk for t in triggers if t.alert_pk])
+    assert len(pagerduty.incidents()) == 300
+    pagerduty.calls.clear()
+    resolves = [send(R, alert_id=f"b{n}", at=1) for n in range(300)]
+    results = gated.reconcile_many([r.alert_pk for r in resolves if r.alert_pk])
+    assert set(results.values()) == {ReconcileResult.DELIVERED}
+    assert pagerduty.calls == [("PUT", "/incidents"), ("PUT", "/incidents")]  # 250 + 50
+    assert {i["status"] for i in pagerduty.incidents()} == {"resolved"}
+
+
+def test_bulk_refused_falls_back_to_single_updates(
+    send: Send,
+    gated: Reconciler,
+    pagerduty: FakePagerDuty,
+    sqlite_sessions: sessionmaker[Session],
+) -> None:
+    triggers = [send(T, alert_id=f"f{n}", at=0) for n in range(3)]
+    gated.reconcile_many([t.alert_pk for t in triggers if t.alert_pk])
+    # A human resolved one incident in PagerDuty already: the bulk resolve is refused (1001)
+    first = alert(sqlite_sessions, "f0").pagerduty_incident_id
+    assert first
+    pagerduty.simulator.update_incident(
+        first, {"incident": {"type": "incident_reference", "status": "resolved"}}
+    )
+    resolves = [send(R, alert_id=f"f{n}", at=1) for n in range(3)]
+    results = gated.reconcile_many([r.alert_pk for r in resolves if r.alert_pk])
+    assert set(results.values()) == {ReconcileResult.DELIVERED}
+    assert {i["status"] for i in pagerduty.incidents()} == {"resolved"}
+
+
+def test_429_waits_for_the_reset_without_spending_attempts(
+    send: Send,
+    gated: Reconciler,
+    pagerduty: FakePagerDuty,
+    clock: Clock,
+    sqlite_sessions: sessionmaker[Session],
+) -> None:
+    import httpx
+
+    original = pagerduty.handle
+    answers = iter([httpx.Response(429, headers={"ratelimit-reset": "12"})])
+
+    def limited(request: httpx.Request) -> httpx.Response:
+        return next(answers, None) or original(request)
+
+    pagerduty.handle = limited  # type: ignore[method-assign]
+    gated.client = pagerduty.client()
+    applied = send(T, alert_id="r1")
+    assert applied.alert_pk is not None
+    assert gated.reconcile(applied.alert_pk) is ReconcileResult.WAITING
+    row = alert(sqlite_sessions, "r1")
+    assert row.attempts == 0 and row.delivery_state is DeliveryState.PENDING
+    assert row.next_attempt_at == clock() + timedelta(seconds=12)
+    # Every worker sees the pause
+    assert gated.gate is not None and gated.gate.admit().wait == pytest.approx(12, abs=0.01)
+    clock.advance(12)
+    assert gated.reconcile(applied.alert_pk) is ReconcileResult.DELIVERED
+
+
+def test_refused_credentials_park_every_delivery_and_never_fail(
+    send: Send,
+    gated: Reconciler,
+    pagerduty: FakePagerDuty,
+    clock: Clock,
+    sqlite_sessions: sessionmaker[Session],
+) -> None:
+    pagerduty.fail_next("create", "401", "401")
+    applied = [send(T, alert_id=f"c{n}") for n in range(5)]
+    results = gated.reconcile_many([a.alert_pk for a in applied if a.alert_pk])
+    assert set(results.values()) == {ReconcileResult.PARKED}
+    assert len(pagerduty.calls) == 1  # the rest park without calling
+    assert gated.gate is not None and gated.gate.status().credentials_error
+    row = alert(sqlite_sessions, "c4")
+    assert row.attempts == 0 and "refused the API token" in (row.last_error or "")
+    # A restart with a fixed token resumes
+    gated.gate.forget_credentials()
+    pagerduty.faults.clear()
+    results = gated.reconcile_many([a.alert_pk for a in applied if a.alert_pk])
+    assert set(results.values()) == {ReconcileResult.DELIVERED}
