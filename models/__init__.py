@@ -4,5 +4,14 @@ from models.alert import Alert
 from models.base import Base, utcnow
 from models.db import make_engine, make_session_factory
 from models.event import AlertEvent
+from models.inbox import InboxEvent
 
-__all__ = ["Alert", "AlertEvent", "Base", "make_engine", "make_session_factory", "utcnow"]
+__all__ = [
+    "Alert",
+    "AlertEvent",
+    "Base",
+    "InboxEvent",
+    "make_engine",
+    "make_session_factory",
+    "utcnow",
+]

@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from worker.errors import ServiceUnavailable
 from worker.event import AlertEventMessage
 from worker.pagerduty import PagerDutyClient
 from worker.pagerduty.simulator import SimulatedError, SimulatedPagerDuty
+from worker.queue import QueuedIn
 
 TOKEN = "unit-test-pagerduty-token"
 
@@ -91,11 +93,10 @@ class ListQueue:
     broken: bool = False
     on_publish: Callable[[AlertEventMessage], None] | None = None
 
-    def publish(self, event: AlertEventMessage) -> None:
-        from worker.errors import ServiceUnavailable
-
+    def publish(self, event: AlertEventMessage) -> QueuedIn:
         if self.broken:
             raise ServiceUnavailable("redis is down (fake)")
         self.events.append(event)
         if self.on_publish:
             self.on_publish(event)
+        return "queue"

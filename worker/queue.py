@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal, Protocol
 
 from celery import Celery
 from kombu.exceptions import OperationalError as BrokerError
@@ -11,17 +11,19 @@ from worker.celery_app import APPLY_EVENT_TASK
 from worker.errors import ServiceUnavailable
 from worker.event import AlertEventMessage
 
+QueuedIn = Literal["queue", "database"]
+
 
 class EventQueue(Protocol):
-    def publish(self, event: AlertEventMessage) -> None:
-        """Queue ``event`` durably, or raise :class:`ServiceUnavailable`."""
+    def publish(self, event: AlertEventMessage) -> QueuedIn:
+        """Queue ``event`` durably and say where, or raise :class:`ServiceUnavailable`."""
 
 
 class CeleryEventQueue:
     def __init__(self, app: Celery) -> None:
         self._app = app
 
-    def publish(self, event: AlertEventMessage) -> None:
+    def publish(self, event: AlertEventMessage) -> QueuedIn:
         try:
             self._app.send_task(
                 APPLY_EVENT_TASK,
@@ -33,3 +35,4 @@ class CeleryEventQueue:
             )
         except (BrokerError, OSError) as exc:
             raise ServiceUnavailable(f"the queue (Redis) did not take the event: {exc}") from exc
+        return "queue"

@@ -13,6 +13,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from models import utcnow
 from worker.celery_app import APPLY_EVENT_TASK, RECONCILE_TASK, SWEEP_TASK, app
 from worker.event import AlertEventMessage
+from worker.inbox import drain_inbox
 from worker.intake import apply_event
 from worker.reconcile import Reconciler
 from worker.runtime import current_runtime
@@ -69,6 +70,12 @@ def sweep_task(self: Task) -> int:
         gate_open = not (status.breaker_open or status.credentials_error)
     except redis.RedisError:
         gate_open = True
+    from_inbox = [
+        applied.alert_pk
+        for applied in drain_inbox(runtime.sessions, utcnow(), limit=runtime.settings.sweep_batch)
+        if applied.needs_delivery and applied.alert_pk is not None
+    ]
+    queue_reconcile(list(dict.fromkeys(from_inbox)))
     alert_pks = due_alerts(
         runtime.sessions, utcnow(), limit=runtime.settings.sweep_batch, gate_open=gate_open
     )

@@ -35,7 +35,7 @@ from worker.ingress.schemas import (
     SingleUpdateRequest,
     TimelineEntry,
 )
-from worker.queue import EventQueue
+from worker.queue import EventQueue, QueuedIn
 from worker.settings import Settings
 from worker.status import AlertStatus, parse_action
 from worker.title import TITLE_LIMIT, truncate
@@ -163,16 +163,18 @@ def create_app(
     def alert_url(alert_id: str) -> str:
         return f"{settings.public_url.rstrip('/')}/alerts/{alert_id}"
 
-    def publish(event: AlertEventMessage) -> None:
-        queue.publish(event)
+    def publish(event: AlertEventMessage) -> QueuedIn:
+        where = queue.publish(event)
         EVENTS_RECEIVED.labels(event.source, event.action.value).inc()
         log.info(
-            "queued event %s %s alert=%s:%s",
+            "accepted event %s %s alert=%s:%s (kept in the %s)",
             event.event_id,
             event.action.value,
             event.source,
             event.alert_id,
+            where,
         )
+        return where
 
     # -- CoScale's Webhook contact -----------------------------------------------------------
 
@@ -199,11 +201,12 @@ def create_app(
             urgency=body.urgency,
             fields=fields,
         )
-        publish(event)
+        where = publish(event)
         return EventAccepted(
             alert_id=event.alert_id,
             event_id=event.event_id,
             action=action.value,
+            queued_in=where,
             alert_url=alert_url(event.alert_id),
         )
 
@@ -391,6 +394,7 @@ def build_app(settings: Settings) -> FastAPI:
 
     from models import make_engine, make_session_factory
     from worker.celery_app import app as celery_app
+    from worker.inbox import FallbackEventQueue
     from worker.queue import CeleryEventQueue
 
     settings.require("ingress_tokens")
@@ -402,6 +406,5 @@ def build_app(settings: Settings) -> FastAPI:
         redis_client.ping()
 
     sessions = make_session_factory(make_engine(settings.database_url))
-    return create_app(
-        settings, queue=CeleryEventQueue(celery_app), sessions=sessions, redis_ping=redis_ping
-    )
+    queue = FallbackEventQueue(CeleryEventQueue(celery_app), sessions)
+    return create_app(settings, queue=queue, sessions=sessions, redis_ping=redis_ping)
