@@ -295,6 +295,7 @@ def status(
         report = delivery_report(settings.database_url)
     except BridgeError as exc:
         raise _fail(str(exc)) from exc
+    report["pagerduty"] = _gate_report(settings)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -304,6 +305,13 @@ def status(
     for state, count in report["by_state"].items():
         table.add_row(state, str(count))
     Console().print(table)
+    pagerduty = report["pagerduty"]
+    Console().print(
+        f"PagerDuty: breaker {pagerduty.get('breaker', 'unknown')}, "
+        f"credentials {pagerduty.get('credentials', 'unknown')}, "
+        f"rate-limit tokens left {pagerduty.get('rate_limit_tokens', 'unknown')}"
+        + (f" — {pagerduty['credentials_error']}" if pagerduty.get("credentials_error") else "")
+    )
     oldest = report["oldest_pending"]
     if oldest:
         Console().print(
@@ -312,6 +320,55 @@ def status(
         )
     else:
         Console().print("nothing pending")
+
+
+@cli.command()
+def replay(
+    alert_ids: Annotated[list[str] | None, typer.Argument(help="alert ids to replay")] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="replay every failed alert")] = False,
+) -> None:
+    """Put failed alerts back into delivery (the sweeper sends them within seconds)."""
+    from models import make_engine, make_session_factory, utcnow
+    from worker.replay import replay as replay_alerts
+
+    if bool(alert_ids) == failed:
+        raise _fail("give alert ids, or --failed (not both)")
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    try:
+        replayed = replay_alerts(
+            make_session_factory(engine), utcnow(), alert_ids=alert_ids or (), all_failed=failed
+        )
+    finally:
+        engine.dispose()
+    for name in replayed:
+        typer.echo(f"replayed {name}")
+    missing = set(alert_ids or ()) - {name.split(":", 1)[1] for name in replayed}
+    for alert_id in sorted(missing):
+        console.print(f"[yellow]not replayed:[/] {alert_id} (unknown, or already delivered)")
+    typer.echo(f"{len(replayed)} alert(s) put back into delivery")
+    if missing:
+        raise typer.Exit(code=1)
+
+
+def _gate_report(settings: Settings) -> dict[str, object]:
+    """What the workers' shared gate says, or why it cannot be read."""
+    import redis
+
+    from worker.gate import DeliveryGate
+
+    if settings.pagerduty_token is None:
+        return {"error": "PAGERBRIDGE_PAGERDUTY_TOKEN unset here: gate state unknown"}
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        gate = DeliveryGate(
+            client, settings.pagerduty_token.get_secret_value(), namespace=settings.namespace
+        )
+        return gate.status().as_dict()
+    except redis.RedisError as exc:
+        return {"error": f"Redis does not answer: {exc}"}
+    finally:
+        client.close()
 
 
 def main() -> None:

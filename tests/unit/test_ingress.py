@@ -267,3 +267,25 @@ def test_no_service_anywhere_is_422(
         answer = client.post("/webhooks/coscale", json=WEBHOOK, headers=AUTH)
     assert answer.status_code == 422
     assert "PAGERBRIDGE_PAGERDUTY_SERVICE_ID" in answer.json()["error"]["message"]
+
+
+def test_readiness_reports_refused_credentials_and_breaker(
+    queue: ListQueue, sqlite_sessions: sessionmaker[Session]
+) -> None:
+    from worker.gate import DeliveryGate
+
+    gate = DeliveryGate(fakeredis.FakeRedis(), "pd-token", failure_threshold=1)
+    settings = Settings(ingress_tokens=TOKEN)  # type: ignore[arg-type]
+    app = create_app(
+        settings, queue=queue, sessions=sqlite_sessions, redis_ping=lambda: None, gate=gate
+    )
+    with TestClient(app) as client:
+        gate.failed()  # the breaker opens: reported, still ready (events are still taken)
+        open_breaker = client.get("/readyz", headers=AUTH)
+        assert open_breaker.status_code == 200
+        assert open_breaker.json()["checks"]["pagerduty_breaker"]["status"] == "open"
+        gate.refused_credentials("PagerDuty HTTP 401: Unauthorized")
+        refused = client.get("/readyz", headers=AUTH)
+    assert refused.status_code == 503
+    assert "401" in refused.json()["checks"]["pagerduty_credentials"]["reason"]
+    assert "pd-token" not in refused.text

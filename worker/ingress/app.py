@@ -20,6 +20,7 @@ from models import Alert, AlertEvent, utcnow
 from worker.coscale import incident_details, incident_title
 from worker.errors import InvalidEvent, ServiceUnavailable
 from worker.event import SOURCE_API, SOURCE_COSCALE, AlertEventMessage, new_event_id
+from worker.gate import DeliveryGate
 from worker.ingress.auth import WWW_AUTHENTICATE, presented_token, token_is_valid
 from worker.ingress.schemas import (
     AlertView,
@@ -97,8 +98,10 @@ def create_app(
     queue: EventQueue,
     sessions: sessionmaker[Session],
     redis_ping: ReadinessCheck,
+    gate: DeliveryGate | None = None,
 ) -> FastAPI:
-    """The ingress application, wired to its queue and database."""
+    """The ingress application, wired to its queue and database (and, when the PagerDuty token
+    is known here, the delivery gate whose state ``/readyz`` reports)."""
     app = FastAPI(
         title="pagerbridge",
         summary="CoScale alert events to PagerDuty incidents, retry-safe.",
@@ -341,7 +344,9 @@ def create_app(
 
         check("redis", redis_ping)
         check("database", database)
-        ready = all(result["status"] == "ok" for result in checks.values())
+        if gate is not None and checks["redis"]["status"] == "ok":
+            checks.update(_gate_checks(gate))
+        ready = all(result["status"] != "down" for result in checks.values())
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
     @app.get("/metrics", dependencies=[Auth])
@@ -349,6 +354,28 @@ def create_app(
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _gate_checks(gate: DeliveryGate) -> dict[str, dict[str, str]]:
+    """PagerDuty as the workers last saw it. Refused credentials make the bridge not ready (it
+    cannot deliver anything until someone acts); an open breaker does not: PagerDuty's outage
+    is not ours, and the bridge keeps taking events, parked until it recovers."""
+    try:
+        status = gate.status()
+    except Exception as exc:  # Redis hiccup between the two checks; reported, not fatal
+        return {"pagerduty": {"status": "unknown", "reason": f"{type(exc).__name__}: {exc}"}}
+    if status.credentials_error:
+        credentials = {"status": "down", "reason": f"token refused: {status.credentials_error}"}
+    else:
+        credentials = {"status": "ok", "reason": "not refused"}
+    if status.breaker_open:
+        breaker = {
+            "status": "open",
+            "reason": f"PagerDuty failing; deliveries parked since {status.opened_at}",
+        }
+    else:
+        breaker = {"status": "ok", "reason": f"closed ({status.consecutive_failures} failures)"}
+    return {"pagerduty_credentials": credentials, "pagerduty_breaker": breaker}
 
 
 def _iso(value: Any) -> str | None:
@@ -407,4 +434,9 @@ def build_app(settings: Settings) -> FastAPI:
 
     sessions = make_session_factory(make_engine(settings.database_url))
     queue = FallbackEventQueue(CeleryEventQueue(celery_app), sessions)
-    return create_app(settings, queue=queue, sessions=sessions, redis_ping=redis_ping)
+    gate = None
+    if settings.pagerduty_token is not None:
+        gate = DeliveryGate(
+            redis_client, settings.pagerduty_token.get_secret_value(), namespace=settings.namespace
+        )
+    return create_app(settings, queue=queue, sessions=sessions, redis_ping=redis_ping, gate=gate)
