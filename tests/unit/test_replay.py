@@ -61,5 +61,4 @@ def test_replay_by_id_only_that_alert(sqlite_sessions: sessionmaker[Session]) ->
     with sqlite_sessions() as session:
         rows = session.execute(select(Alert.source_alert_id, Alert.delivery_state))
         states = {alert_id: state for alert_id, state in rows}
-        )
     assert states == {"a": DeliveryState.FAILED, "b": DeliveryState.PENDING}
