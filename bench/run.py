@@ -58,6 +58,12 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/12"
 INGRESS_TOKEN = "bench-ingress-token"
 PAGERDUTY_TOKEN = "bench-pagerduty-token"
 SERVICE_ID = "PBENCH1"
+# The bridge's own PagerDuty rate limit (PAGERBRIDGE_PAGERDUTY_RATE_PER_MINUTE, 900/min by
+# default, below PagerDuty's 960) caps delivery at 15 calls/s. The simulator has no limit, so
+# by default the bench lifts it and measures what the bridge itself can do; --rate-per-minute
+# 900 measures the bridge as deployed.
+LIFTED_RATE_PER_MINUTE = 1_000_000.0
+PRODUCTION_RATE_PER_MINUTE = 900.0
 
 # The Celery queue's Redis list (worker/celery_app.py QUEUE). Not imported: importing
 # worker.celery_app builds the Celery app from this process's settings, a side effect the
@@ -72,16 +78,20 @@ WRK_THREADS = 1
 # ingest fallback when wrk is missing, where --concurrency is used instead).
 FEEDER_CONCURRENCY = 16
 # /_simulator/state returns every incident (about 0.7 kB each), built under the simulator's
-# lock: polling it too often would slow the very thing being measured. Wait at least this
-# long, and at least POLL_COST_FACTOR times what the last poll took.
+# lock and encoded on its event loop: polling it often would slow the very thing measured.
+# So wait at least POLL_MIN_INTERVAL_S and POLL_COST_FACTOR times what the last poll took,
+# and while the end is far off, a third of the estimated time left (up to POLL_MAX_INTERVAL_S).
 POLL_MIN_INTERVAL_S = 0.2
 POLL_COST_FACTOR = 5.0
+POLL_MAX_INTERVAL_S = 5.0
 SERVICE_START_TIMEOUT_S = 30.0
 # A phase that makes no progress for this long is broken (e.g. the simulator answers 500),
 # not slow: stop it with a diagnosis instead of waiting for --phase-timeout.
 STALL_TIMEOUT_S = 30.0
 # Above this share of all CPUs busy before the run, the figures get a warning.
 BUSY_WARNING_PERCENT = 15.0
+# Likewise when processes outside the bench use more than this share of one CPU in a phase.
+ELSEWHERE_WARNING_SHARE = 0.25
 STOP_TIMEOUT_S = 15.0
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -106,6 +116,8 @@ class Options:
     json_path: Path
     load_generator: str
     phase_timeout: float  # seconds
+    rate_per_minute: float
+    pagerduty_latency_ms: int
     postgres_admin_url: str
     redis_url: str
 
@@ -139,11 +151,31 @@ def parse_options(argv: list[str] | None = None) -> Options:
         help="give up on the delivery or resolve phase after this many seconds "
         "(default: max(120, N/10), i.e. slower than 10 alerts/s is a failure)",
     )
+    parser.add_argument(
+        "--rate-per-minute",
+        type=float,
+        default=LIFTED_RATE_PER_MINUTE,
+        help="the bridge's PagerDuty rate limit (default: lifted; the bridge's own default "
+        f"is {PRODUCTION_RATE_PER_MINUTE:.0f})",
+    )
+    parser.add_argument(
+        "--pagerduty-latency-ms",
+        type=int,
+        default=0,
+        help="milliseconds the simulator adds to every call (real PagerDuty: ~100-300)",
+    )
     parser.add_argument("--postgres-admin-url", default=DEFAULT_POSTGRES_ADMIN_URL)
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
     args = parser.parse_args(argv)
-    if args.alerts < 1 or args.concurrency < 1 or args.workers < 1 or args.duration <= 0:
-        parser.error("--alerts, --concurrency, --workers and --duration must be positive")
+    if (
+        args.alerts < 1
+        or args.concurrency < 1
+        or args.workers < 1
+        or args.duration <= 0
+        or args.rate_per_minute <= 0
+        or args.pagerduty_latency_ms < 0
+    ):
+        parser.error("counts, durations and rates must be positive")
     return Options(
         alerts=args.alerts,
         concurrency=args.concurrency,
@@ -153,6 +185,8 @@ def parse_options(argv: list[str] | None = None) -> Options:
         json_path=args.json_path,
         load_generator=args.load_generator,
         phase_timeout=args.phase_timeout or max(120.0, args.alerts / 10),
+        rate_per_minute=args.rate_per_minute,
+        pagerduty_latency_ms=args.pagerduty_latency_ms,
         postgres_admin_url=args.postgres_admin_url,
         redis_url=args.redis_url,
     )
@@ -594,8 +628,14 @@ class SimulatorProbe:
             poll_s=self.last_poll_s,
         )
 
-    def pause(self) -> None:
-        time.sleep(max(POLL_MIN_INTERVAL_S, POLL_COST_FACTOR * self.last_poll_s))
+    def pause(self, seconds_left: float | None = None) -> None:
+        """Sleep until the next poll; ``seconds_left``: the caller's estimate of the time until
+        the phase ends, None if unknown."""
+        floor = max(POLL_MIN_INTERVAL_S, POLL_COST_FACTOR * self.last_poll_s)
+        if seconds_left is None:
+            time.sleep(floor)
+        else:
+            time.sleep(max(floor, min(seconds_left / 3, POLL_MAX_INTERVAL_S)))
 
     def close(self) -> None:
         self._client.close()
@@ -721,6 +761,7 @@ def wait_for_simulator(
     wanted = run.options.alerts
     started = time.monotonic()
     last_value, last_change = -1, started
+    first_seen: tuple[float, int] | None = None  # for the rate, hence the time left
     while True:
         for service in run.services.running.values():
             service.check_alive()
@@ -733,6 +774,8 @@ def wait_for_simulator(
         now = time.monotonic()
         if value != last_value:
             last_value, last_change = value, now
+        if first_seen is None and value > 0:
+            first_seen = (counts.observed_at, value)
         stalled = now - last_change > STALL_TIMEOUT_S
         if stalled or now - started > run.options.phase_timeout:
             why = f"no progress for {STALL_TIMEOUT_S:.0f}s" if stalled else "phase timeout"
@@ -745,7 +788,20 @@ def wait_for_simulator(
                     if name in run.services.running
                 )
             )
-        run.probe.pause()
+        seconds_left = None
+        if first_seen is not None and value > first_seen[1]:
+            rate = (value - first_seen[1]) / (counts.observed_at - first_seen[0])
+            seconds_left = (wanted - value) / rate
+        run.probe.pause(seconds_left)
+
+
+def note_interference(run: Run, phase: str, cpu: dict[str, float], seconds: float) -> None:
+    share = cpu.get(ELSEWHERE, 0.0) / seconds if seconds > 0 else 0.0
+    if share > ELSEWHERE_WARNING_SHARE:
+        run.notes.append(
+            f"during {phase}, processes outside the bench used {share * 100:.0f}% of one CPU "
+            "(other jobs, or PostgreSQL's background writers): that phase's figures are low"
+        )
 
 
 def phase_ingest(run: Run) -> None:
@@ -767,15 +823,16 @@ def phase_ingest(run: Run) -> None:
             run.workdir / "wrk.log",
         )
     else:
-        if options.load_generator == "auto":
-            run.notes.append(
-                "wrk not found: ingest driven by the Python httpx fallback, which shares the "
-                "2 CPUs with the api, so the ingest figure is a lower bound"
-            )
+        why = "wrk not found" if options.load_generator == "auto" else "--load-generator httpx"
+        run.notes.append(
+            f"{why}: ingest driven by the Python httpx fallback, which takes CPU from the api "
+            "(see the CPU table), so the ingest figures are a lower bound"
+        )
         result = ingest_with_httpx(
             run.webhook_url(), run.run_id, options.concurrency, options.duration
         )
     cpu = cpu_between(cpu_before, run.meter.snapshot())
+    note_interference(run, "ingest", cpu, result.elapsed_s)
     total, events = queued_messages(run.redis_client)
     run.results["ingest"] = {
         "tool": result.tool,
@@ -854,6 +911,7 @@ def phase_delivery(run: Run) -> None:
     steady_seconds = counts.observed_at - first_counts.observed_at
     overall_seconds = counts.observed_at - worker.started_at
     steady_cpu = cpu_between(first_cpu, after)
+    note_interference(run, "delivery", steady_cpu, steady_seconds)
     overall_cpu = cpu_between(before, after)
     run.results["delivery"] = {
         "alerts": wanted,
@@ -908,6 +966,7 @@ def phase_resolve(run: Run) -> None:
     calls = {name: count for name, count in calls.items() if count}
     put_calls = sum(count for name, count in calls.items() if name.startswith("PUT "))
     seconds = counts.observed_at - started
+    note_interference(run, "resolve", cpu, seconds)
     run.results["resolve"] = {
         "alerts": wanted,
         "burst_seconds": round(burst.elapsed_s, 2),
@@ -1059,6 +1118,16 @@ def markdown_tables(report: dict[str, Any]) -> str:
         )
     for name, value in (results.get("peak_rss_mib") or {}).items():
         rows.append((f"Peak RSS: {name}", _fmt(value, " MiB"), "VmHWM"))
+    rate = settings["pagerduty_rate_per_minute"]
+    rows.append(
+        (
+            "Settings: bridge's PagerDuty rate limit",
+            "lifted" if rate >= LIFTED_RATE_PER_MINUTE else f"{rate:,.0f}/min",
+            f"PAGERBRIDGE_PAGERDUTY_RATE_PER_MINUTE={rate:g} (bridge default "
+            f"{PRODUCTION_RATE_PER_MINUTE:.0f}); simulator latency "
+            f"{settings['pagerduty_latency_ms']} ms per call; {settings['database']}",
+        )
+    )
     busy = report["machine"].get("cpu_busy_before_start_percent")
     if busy is not None:
         rows.append(
@@ -1177,19 +1246,20 @@ def write_json(path: Path, report: dict[str, Any]) -> None:
 
 
 def bridge_env(
-    database_url: str, redis_url: str, simulator_url: str, workdir: Path
+    options: Options, database_url: str, simulator_url: str, workdir: Path
 ) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("PAGERBRIDGE_")}
     env.update(
         {
             "PAGERBRIDGE_DATABASE_URL": database_url,
-            "PAGERBRIDGE_REDIS_URL": redis_url,
+            "PAGERBRIDGE_REDIS_URL": options.redis_url,
             "PAGERBRIDGE_PAGERDUTY_URL": simulator_url,
             "PAGERBRIDGE_PAGERDUTY_TOKEN": PAGERDUTY_TOKEN,
             "PAGERBRIDGE_PAGERDUTY_FROM": "bench@example.com",
             "PAGERBRIDGE_PAGERDUTY_SERVICE_ID": SERVICE_ID,
             "PAGERBRIDGE_INGRESS_TOKENS": INGRESS_TOKEN,
             "PAGERBRIDGE_LOG_LEVEL": "WARNING",
+            "PAGERBRIDGE_PAGERDUTY_RATE_PER_MINUTE": f"{options.rate_per_minute:g}",
             # Per run, so two runs (or a developer's beat) never share a schedule file.
             "PAGERBRIDGE_BEAT_SCHEDULE_PATH": str(workdir / "beat-schedule"),
         }
@@ -1215,7 +1285,7 @@ def run_bench(options: Options, workdir: Path, report: dict[str, Any]) -> None:
         report["machine"]["redis_server"] = f"Redis {redis_info.get('redis_version', '?')}"
         sim_port, api_port = free_port(), free_port()
         simulator_url = f"http://127.0.0.1:{sim_port}"
-        env = bridge_env(database.url, options.redis_url, simulator_url, workdir)
+        env = bridge_env(options, database.url, simulator_url, workdir)
         migrated = subprocess.run(
             [sys.executable, "-m", "worker.cli", "migrate"],
             env=env,
@@ -1233,7 +1303,17 @@ def run_bench(options: Options, workdir: Path, report: dict[str, Any]) -> None:
         probe = SimulatorProbe(simulator_url)
         cleanup.callback(probe.close)
         simulator = services.start(
-            "simulator", ["simulate", "--port", str(sim_port), "--token", PAGERDUTY_TOKEN]
+            "simulator",
+            [
+                "simulate",
+                f"--port={sim_port}",
+                f"--token={PAGERDUTY_TOKEN}",
+                *(
+                    [f"--latency-ms={options.pagerduty_latency_ms}"]
+                    if options.pagerduty_latency_ms
+                    else []
+                ),
+            ],
         )
         wait_until(simulator, lambda: http_ok(f"{simulator_url}/_simulator/health"))
         # Beat before the api: it has no health check, and its start-up (imports) then
@@ -1297,6 +1377,8 @@ def main(argv: list[str] | None = None) -> int:
             "database": options.database,
             "workers": options.workers,
             "load_generator": options.load_generator,
+            "pagerduty_rate_per_minute": options.rate_per_minute,
+            "pagerduty_latency_ms": options.pagerduty_latency_ms,
             "phase_timeout_s": options.phase_timeout,
             "redis_url": options.redis_url,
             "feeder_concurrency": FEEDER_CONCURRENCY,

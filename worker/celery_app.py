@@ -12,9 +12,12 @@ SWEEP_TASK = "pagerbridge.sweep"
 
 # A task runs a few PagerDuty calls of at most ~15 s each; past this it is stuck.
 TASK_TIME_LIMIT = 120  # seconds
-# Redis re-delivers an unacknowledged message after this long. It must exceed any task's run
-# time (else a slow task runs twice) and we never use countdowns near it: retries wait in SQL.
-VISIBILITY_TIMEOUT = 600  # seconds
+# Redis re-delivers an unacknowledged message after this long: that is how a message held by a
+# worker killed with SIGKILL comes back. It must exceed a task's run time plus its wait in the
+# worker's prefetch buffer (else a slow task runs twice, harmlessly but wastefully), and we use
+# no countdown near it: retries wait in SQL, and alerts already applied are re-found by the
+# sweeper long before this.
+VISIBILITY_TIMEOUT = 300  # seconds
 
 
 def create_celery(settings: Settings) -> Celery:
