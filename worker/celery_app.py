@@ -7,6 +7,7 @@ from celery import Celery
 from worker.settings import Settings, get_settings
 
 APPLY_EVENT_TASK = "pagerbridge.apply_event"
+APPLY_ONE_EVENT_TASK = "pagerbridge.apply_one_event"
 RECONCILE_TASK = "pagerbridge.reconcile"
 SWEEP_TASK = "pagerbridge.sweep"
 
@@ -33,7 +34,9 @@ def create_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         task_time_limit=TASK_TIME_LIMIT,
         task_soft_time_limit=TASK_TIME_LIMIT - 10,
-        worker_prefetch_multiplier=4,
+        # The apply task takes up to 100 events at once (celery-batches): the worker must be
+        # allowed to hold that many unacknowledged messages per process.
+        worker_prefetch_multiplier=100,
         broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,

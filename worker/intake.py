@@ -202,3 +202,29 @@ def apply_event(
         )
         return applied
     raise AssertionError("unreachable")
+
+
+def apply_events(
+    sessions: sessionmaker[Session], events: list[AlertEventMessage], now: datetime
+) -> list[AppliedEvent]:
+    """Apply a batch of events in one transaction, in the order given.
+
+    One commit for the batch is what makes an alert storm cheap. If two workers race on a new
+    alert's first cycle (a unique-constraint conflict), the batch is applied again one event at
+    a time, each with its own retries.
+    """
+    try:
+        with sessions.begin() as session:
+            applied = [_apply(session, event, now) for event in events]
+    except IntegrityError:
+        return [apply_event(sessions, event, now) for event in events]
+    for event, result in zip(events, applied, strict=True):
+        log.info(
+            "event %s %s alert=%s:%s outcome=%s",
+            event.event_id,
+            event.action.value,
+            event.source,
+            event.alert_id,
+            result.outcome.value,
+        )
+    return applied

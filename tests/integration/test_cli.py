@@ -67,9 +67,11 @@ def test_status_reports_counts(env: dict[str, str], tmp_path: Path) -> None:
     result = pagerbridge("status", "--json", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report == {
-        "by_state": {"pending": 0, "delivered": 0, "parked": 0, "failed": 0},
-        "oldest_pending": None,
-    }
+    assert report["by_state"] == {"pending": 0, "delivered": 0, "parked": 0, "failed": 0}
+    assert report["oldest_pending"] is None
+    assert report["pagerduty"]["breaker"] == "closed"
+    assert report["pagerduty"]["credentials"] == "ok"
+    assert env["PAGERBRIDGE_PAGERDUTY_TOKEN"] not in result.stdout
     table = pagerbridge("status", env=env, cwd=tmp_path)
     assert "delivered" in table.stdout and "nothing pending" in table.stdout
+    assert "breaker closed" in table.stdout

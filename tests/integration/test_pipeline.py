@@ -248,12 +248,14 @@ def test_resolve_for_alert_never_triggered(bridge: Bridge, api: httpx.Client) ->
     assert bridge.incidents(f"pagerbridge/coscale/{alert_id}/") == []
 
 
-def test_readiness_sees_redis_and_database(api: httpx.Client) -> None:
+def test_readiness_sees_redis_database_and_pagerduty(api: httpx.Client) -> None:
     answer = api.get("/readyz")
     assert answer.status_code == 200
     assert {name: check["status"] for name, check in answer.json()["checks"].items()} == {
         "redis": "ok",
         "database": "ok",
+        "pagerduty_credentials": "ok",
+        "pagerduty_breaker": "ok",
     }
 
 
