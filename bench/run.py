@@ -118,6 +118,7 @@ class Options:
     phase_timeout: float  # seconds
     rate_per_minute: float
     pagerduty_latency_ms: int
+    wait_quiet: float  # seconds
     postgres_admin_url: str
     redis_url: str
 
@@ -164,6 +165,14 @@ def parse_options(argv: list[str] | None = None) -> Options:
         default=0,
         help="milliseconds the simulator adds to every call (real PagerDuty: ~100-300)",
     )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help=f"first wait up to S seconds for the machine to be under {BUSY_WARNING_PERCENT:.0f}%% "
+        "busy (a shared machine); default 0: start at once",
+    )
     parser.add_argument("--postgres-admin-url", default=DEFAULT_POSTGRES_ADMIN_URL)
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
     args = parser.parse_args(argv)
@@ -187,6 +196,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         phase_timeout=args.phase_timeout or max(120.0, args.alerts / 10),
         rate_per_minute=args.rate_per_minute,
         pagerduty_latency_ms=args.pagerduty_latency_ms,
+        wait_quiet=args.wait_quiet,
         postgres_admin_url=args.postgres_admin_url,
         redis_url=args.redis_url,
     )
@@ -371,6 +381,16 @@ class Database:
             "SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.name,)
         ).fetchall()
         return [int(row[0]) for row in rows]
+
+    def commits(self) -> int | None:
+        """Transactions committed in the bench database so far (PostgreSQL's statistics,
+        which backends report at the end of a transaction or within a second after)."""
+        if self.admin is None:
+            return None
+        row = self.admin.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = %s", (self.name,)
+        ).fetchone()
+        return int(row[0]) if row else None
 
 
 @contextmanager
@@ -703,6 +723,26 @@ class CpuMeter:
         return CpuSnapshot(seconds, time.monotonic())
 
 
+def commits_per_alert(before: int | None, after: int | None, alerts: int) -> float | None:
+    if before is None or after is None or alerts <= 0:
+        return None
+    return round((after - before) / alerts, 2)
+
+
+# A PostgreSQL (15+) backend reports its statistics at most once a second while busy, and
+# once it goes idle only after up to 10 s (PGSTAT_IDLE_INTERVAL); one that exits reports at
+# once. So a count read right after the workers go quiet misses their last second of commits.
+PG_STATS_IDLE_FLUSH_S = 11.0
+
+
+def settled_commits(database: Database, *, backends_exited: bool = False) -> int | None:
+    """The commit count once the backends have reported their last transactions."""
+    if database.admin is None:
+        return None
+    time.sleep(0.5 if backends_exited else PG_STATS_IDLE_FLUSH_S)
+    return database.commits()
+
+
 def cpu_between(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
     """CPU seconds per group between two snapshots, plus what the rest of the machine used:
     on a shared 2-CPU machine another job's load changes every figure, so it is shown."""
@@ -755,11 +795,15 @@ def wait_for_simulator(
     what: str,
     progress: Callable[[SimulatorCounts], int],
     on_sample: Callable[[SimulatorCounts], None] | None = None,
+    samples: list[tuple[float, int]] | None = None,
+    since: float | None = None,
 ) -> SimulatorCounts:
     """Poll the simulator until ``progress`` reaches N; fail on a dead process, on no progress
-    for STALL_TIMEOUT_S, or after --phase-timeout."""
+    for STALL_TIMEOUT_S, or after --phase-timeout. Each poll's (seconds since ``since``,
+    progress) is appended to ``samples``: whether the rate holds over the phase."""
     wanted = run.options.alerts
     started = time.monotonic()
+    since = started if since is None else since
     last_value, last_change = -1, started
     first_seen: tuple[float, int] | None = None  # for the rate, hence the time left
     while True:
@@ -769,6 +813,8 @@ def wait_for_simulator(
         if on_sample is not None:
             on_sample(counts)
         value = progress(counts)
+        if samples is not None:
+            samples.append((round(counts.observed_at - since, 2), value))
         if value >= wanted:
             return counts
         now = time.monotonic()
@@ -893,6 +939,7 @@ def phase_delivery(run: Run) -> None:
     worker = run.services.start("worker", ["worker", "--concurrency", str(options.workers)])
     first: tuple[SimulatorCounts, CpuSnapshot] | None = None
     pool_up_s: float | None = None
+    commits_before = run.database.commits()
 
     def on_sample(counts: SimulatorCounts) -> None:
         nonlocal first, pool_up_s
@@ -903,8 +950,12 @@ def phase_delivery(run: Run) -> None:
             # forking the pool, first connections), which a long-running worker pays once.
             first = (counts, run.meter.snapshot())
 
-    counts = wait_for_simulator(run, "delivery", lambda c: c.creates, on_sample)
+    progress: list[tuple[float, int]] = []
+    counts = wait_for_simulator(
+        run, "delivery", lambda c: c.creates, on_sample, progress, since=worker.started_at
+    )
     after = run.meter.snapshot()
+    commits_after = settled_commits(run.database)
     assert first is not None
     first_counts, first_cpu = first
     steady_alerts = counts.creates - first_counts.creates
@@ -926,6 +977,9 @@ def phase_delivery(run: Run) -> None:
         "steady_seconds": round(steady_seconds, 2),
         "incidents_per_s": round(steady_alerts / steady_seconds, 1) if steady_seconds else None,
         "last_poll_s": round(run.probe.last_poll_s, 3),
+        # Includes the sweeper's transactions; PostgreSQL only.
+        "database_commits_per_alert": commits_per_alert(commits_before, commits_after, wanted),
+        "progress": progress,  # (seconds since the worker started, incidents)
         "cpu_s_steady_by_process": steady_cpu,
         "cpu_s_including_worker_start_by_process": overall_cpu,
     }
@@ -951,12 +1005,16 @@ def phase_resolve(run: Run) -> None:
     wanted = run.options.alerts
     before = run.probe.counts()
     cpu_before = run.meter.snapshot()
+    commits_before = run.database.commits()
     started = time.monotonic()
     bodies = [{"alert_id": alert_id, "action": "resolved"} for alert_id in run.backlog_ids()]
     burst = post_all(run.webhook_url(), bodies, FEEDER_CONCURRENCY)
     if burst.accepted != wanted:
         raise BenchError(f"resolve: only {burst.accepted} of {wanted} accepted: {burst.errors}")
-    counts = wait_for_simulator(run, "resolve", lambda c: c.resolved - before.resolved)
+    progress: list[tuple[float, int]] = []
+    counts = wait_for_simulator(
+        run, "resolve", lambda c: c.resolved - before.resolved, None, progress, since=started
+    )
     cpu = cpu_between(cpu_before, run.meter.snapshot())
     calls = {
         f"{method} {route}": counts.calls.get((method, route), 0)
@@ -976,9 +1034,28 @@ def phase_resolve(run: Run) -> None:
         "put_calls_per_resolve": round(put_calls / wanted, 3),
         "calls_per_resolve": round(sum(calls.values()) / wanted, 3),
         "pagerduty_error_answers": counts.error_answers - before.error_answers,
+        # Completed in finish(), once the worker has stopped and its backends reported.
+        "database_commits_per_resolve": None,
+        "database_commits_before": commits_before,
         "bridge_cpu_s_per_1000_resolves": round(bridge_cpu(cpu) / wanted * 1000, 2),
+        "progress": progress,  # (seconds since the burst started, incidents resolved)
         "cpu_s_by_process": cpu,
     }
+
+
+def finish(run: Run) -> None:
+    """Read peak memory while everything still runs, then stop the worker so that its
+    database backends exit and report their last commits (the resolve phase's count)."""
+    for service in run.services.running.values():
+        service.check_alive()
+    run.results["peak_rss_mib"] = peak_memory(run)
+    run.services["worker"].stop()
+    resolve = run.results["resolve"]
+    resolve["database_commits_per_resolve"] = commits_per_alert(
+        resolve.pop("database_commits_before"),
+        settled_commits(run.database, backends_exited=True),
+        run.options.alerts,
+    )
 
 
 def peak_memory(run: Run) -> dict[str, float | None]:
@@ -1069,6 +1146,12 @@ def markdown_tables(report: dict[str, Any]) -> str:
                 f"{delivery['pagerduty_error_answers']} PagerDuty error answers",
             ),
             (
+                "Delivery: database commits per alert",
+                _fmt(delivery["database_commits_per_alert"]),
+                "pg_stat_database.xact_commit of the bench database over the phase / N "
+                "(sweeper included)",
+            ),
+            (
                 "Delivery: incidents/s incl. worker start",
                 _fmt(delivery["incidents_per_s_including_worker_start"], "/s"),
                 f"{delivery['alerts']:,} in {delivery['seconds_including_worker_start']} s; "
@@ -1089,6 +1172,11 @@ def markdown_tables(report: dict[str, Any]) -> str:
                 f"{resolve['put_calls_per_resolve']:.3f}",
                 "PUT calls / N; all calls: "
                 + ", ".join(f"{n} x{c:,}" for n, c in resolve["pagerduty_calls"].items()),
+            ),
+            (
+                "Resolve: database commits per resolve",
+                _fmt(resolve["database_commits_per_resolve"]),
+                "as for delivery",
             ),
         ]
     cost = results.get("cost")
@@ -1210,6 +1298,17 @@ def busy_percent(seconds: float) -> float:
     time.sleep(seconds)
     elapsed = time.monotonic() - started
     return (machine_busy_seconds() - before) / (elapsed * (os.cpu_count() or 1)) * 100
+
+
+def wait_for_quiet(seconds: float) -> float:
+    """Wait up to ``seconds`` for the machine to be quiet; the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        busy = busy_percent(2.0)
+        if busy < BUSY_WARNING_PERCENT:
+            break
+        print(f"[bench] machine {busy:.0f}% busy, waiting…", file=sys.stderr, flush=True)
+    return round(time.monotonic() - started, 1)
 
 
 def machine_info() -> dict[str, Any]:
@@ -1348,9 +1447,7 @@ def run_bench(options: Options, workdir: Path, report: dict[str, Any]) -> None:
         for name, phase in phases:
             print(f"[bench] {name}…", file=sys.stderr, flush=True)
             phase(run)
-        report["results"]["peak_rss_mib"] = peak_memory(run)
-        for service in services.running.values():
-            service.check_alive()
+        finish(run)
 
 
 def _interrupted(signum: int, _frame: object) -> None:
@@ -1362,6 +1459,7 @@ def _interrupted(signum: int, _frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     options = parse_options(argv)
+    waited_s = wait_for_quiet(options.wait_quiet) if options.wait_quiet > 0 else 0.0
     # Explicit handlers: a run started in the background inherits an ignored SIGINT, and the
     # default SIGTERM would skip the clean-up (processes, database) entirely.
     signal.signal(signal.SIGINT, _interrupted)
@@ -1369,7 +1467,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "revision": git_revision(),
-        "machine": machine_info(),
+        "machine": {**machine_info(), "waited_for_quiet_s": waited_s},
         "settings": {
             "alerts": options.alerts,
             "concurrency": options.concurrency,
