@@ -74,6 +74,9 @@ def migrate(
 def api(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8080,
+    workers: Annotated[
+        int | None, typer.Option(help="api processes (default PAGERBRIDGE_API_WORKERS)")
+    ] = None,
 ) -> None:
     """Serve the ingress (CoScale's Webhook and API contacts)."""
     import uvicorn
@@ -90,6 +93,19 @@ def api(
         application = build_app(settings)
     except BridgeError as exc:
         raise _fail(str(exc)) from exc
+    processes = workers or settings.api_workers
+    if processes > 1:
+        # Each process builds its own app (its own connections) from the environment.
+        uvicorn.run(
+            "worker.ingress.app:app_from_environment",
+            factory=True,
+            workers=processes,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+        )
+        return
     uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
 
 

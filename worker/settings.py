@@ -79,7 +79,8 @@ class Settings(BaseSettings):
     sweep_interval: float = Field(2.0, gt=0, description="seconds between sweeper runs")
     sweep_batch: int = Field(500, gt=0, description="alerts re-queued per sweeper run at most")
 
-    worker_concurrency: int = Field(2, gt=0)
+    worker_concurrency: int = Field(2, gt=0, description="worker processes per `worker`")
+    api_workers: int = Field(1, gt=0, description="api processes per `api`")
     beat_schedule_path: str = Field(
         "", description="beat's schedule file; empty means a file in the temp directory"
     )

@@ -440,3 +440,10 @@ def build_app(settings: Settings) -> FastAPI:
             redis_client, settings.pagerduty_token.get_secret_value(), namespace=settings.namespace
         )
     return create_app(settings, queue=queue, sessions=sessions, redis_ping=redis_ping, gate=gate)
+
+
+def app_from_environment() -> FastAPI:
+    """``uvicorn --factory`` entry point: the api of this process's settings."""
+    from worker.settings import get_settings
+
+    return build_app(get_settings())
