@@ -367,6 +367,17 @@ def replay(
         raise typer.Exit(code=1)
 
 
+@cli.command()
+def demo(
+    port: Annotated[int, typer.Option(help="api port for the demo")] = 8180,
+    simulator_port: Annotated[int, typer.Option(help="simulator port for the demo")] = 8189,
+) -> None:
+    """Watch the whole flow for a minute: simulator + bridge + a storyline of CoScale alerts."""
+    from worker.demo import run_demo
+
+    raise typer.Exit(code=run_demo(_settings().redis_url, api_port=port, sim_port=simulator_port))
+
+
 def _gate_report(settings: Settings) -> dict[str, object]:
     """What the workers' shared gate says, or why it cannot be read."""
     import redis
