@@ -5,14 +5,14 @@
                                   [--database postgres|sqlite] [--workers K] [--json PATH]
 
 Starts a PagerDuty simulator, the api, beat and (later) a worker as separate processes on free
-loopback ports, against a fresh database and Redis db 12, then runs four phases:
+loopback ports, against a fresh database and Redis db 12, then:
 
 1. ingest    C concurrent clients POST distinct CoScale triggers for S seconds, worker stopped;
-2. delivery  a backlog of N triggers is queued, the worker started, and timed until the
-             simulator holds N incidents;
-3. resolve   N resolves as a burst; timed until the simulator shows N resolved incidents;
+2. backlog   N triggers are queued through the api, worker still stopped;
+3. delivery  the worker is started and timed until the simulator holds N incidents;
+4. resolve   N resolves as a burst; timed until the simulator shows N resolved incidents;
              PagerDuty calls per resolve counted by the simulator;
-4. cost      CPU seconds (from /proc) per 1,000 alerts delivered in phase 2, peak RSS.
+5. cost      CPU seconds (from /proc) per 1,000 alerts delivered in phase 3, peak RSS.
 
 Everything it started is stopped and the database dropped at the end, whatever happens.
 See bench/README.md for what each figure means.
@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import itertools
 import json
+import math
 import os
 import platform
 import re
@@ -74,8 +76,7 @@ APPLY_EVENT_TASK = b"pagerbridge.apply_event"
 # One wrk thread drives tens of thousands of requests per second, far above what the api can
 # serve; a second thread would only take CPU from the api on this 2-core machine.
 WRK_THREADS = 1
-# Concurrency of the httpx client that queues the backlog and the resolve burst (and of the
-# ingest fallback when wrk is missing, where --concurrency is used instead).
+# Connections that send the backlog and the resolve burst (wrk, or the httpx fallback).
 FEEDER_CONCURRENCY = 16
 # /_simulator/state returns every incident (about 0.7 kB each), built under the simulator's
 # lock and encoded on its event loop: polling it often would slow the very thing measured.
@@ -95,6 +96,8 @@ ELSEWHERE_WARNING_SHARE = 0.25
 STOP_TIMEOUT_S = 15.0
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Two runs at once would flush each other's Redis db and share the CPUs: one at a time.
+LOCK_PATH = Path(tempfile.gettempdir()) / "pagerbridge-bench.lock"
 
 
 class BenchError(Exception):
@@ -295,19 +298,25 @@ class Service:
             raise BenchError(f"{self.name} exited with code {code}:\n{self.tail()}")
 
     def stop(self) -> None:
+        pid = self.process.pid
+        descendants = process_tree(pid)[1:]  # Celery's pool children
         if self.process.poll() is None:
             # SIGTERM is a warm shutdown for Celery: the pool children finish and exit.
             self.process.terminate()
             try:
                 self.process.wait(timeout=STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
-                # Started in its own session, so the group is exactly this service's processes.
+                # Started in its own session, so the group is exactly this service's
+                # processes (and, its leader still alive, the group id is still ours).
                 with suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
+                    os.killpg(pid, signal.SIGKILL)
                 self.process.wait(timeout=5)
-        # A pool child orphaned by a crashed parent keeps the group alive; end it too.
-        with suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        # A pool child may outlive a parent that crashed: end those still in our group.
+        for child in descendants:
+            fields = _stat_fields(child)
+            if fields is not None and int(fields[2]) == pid:  # stat field 5: process group
+                with suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
 
 
 class Services:
@@ -465,7 +474,7 @@ def _percentile(ordered: list[float], percent: float) -> float:
     """Nearest-rank percentile of an ascending list."""
     if not ordered:
         return float("nan")
-    rank = max(0, min(len(ordered) - 1, round(percent / 100 * len(ordered) + 0.5) - 1))
+    rank = max(0, min(len(ordered) - 1, math.ceil(percent / 100 * len(ordered)) - 1))
     return ordered[rank]
 
 
@@ -550,42 +559,70 @@ def wrk_version(wrk: str) -> str:
     return " ".join(first[0].split()[:2]) if first else "wrk"
 
 
-def ingest_with_wrk(
-    wrk: str, url: str, run_id: str, concurrency: int, duration: float, log: Path
+def run_wrk(
+    wrk: str,
+    url: str,
+    connections: int,
+    duration: float,
+    script_args: list[str],
+    log: Path,
+    done_file: Path | None = None,
 ) -> LoadResult:
+    """Run wrk with bench/webhook.lua; see the script for its modes (``script_args``).
+
+    With ``done_file``, the script creates it once every event is answered; wrk is then ended
+    with SIGINT (its main thread would otherwise sleep out the whole ``duration``).
+    """
     command = [
         wrk,
         f"--threads={WRK_THREADS}",
-        f"--connections={concurrency}",
+        f"--connections={connections}",
         f"--duration={max(1, round(duration))}s",
         "--timeout=10s",
         f"--script={WRK_SCRIPT}",
         url,
         "--",
-        run_id,
-        INGRESS_TOKEN,
+        *script_args,
+        *([str(done_file)] if done_file is not None else []),
     ]
-    # Bounded by --duration; the timeout only guards against a wrk that hangs.
-    done = subprocess.run(
-        command, capture_output=True, text=True, check=False, timeout=duration + 60
-    )
-    log.write_text(done.stdout + done.stderr)
-    line = next((text for text in done.stdout.splitlines() if text.startswith("BENCH_JSON ")), None)
-    if done.returncode != 0 or line is None:
-        raise BenchError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Bounded by --duration; the margin only guards against a wrk that hangs.
+    deadline = time.monotonic() + duration + 30
+    while process.poll() is None:
+        if done_file is not None and done_file.exists():
+            process.send_signal(signal.SIGINT)
+            break
+        if time.monotonic() > deadline:
+            process.kill()
+            break
+        time.sleep(0.05)
+    stdout, stderr = process.communicate(timeout=30)
+    with log.open("a") as handle:
+        handle.write(f"$ {' '.join(command)}\n{stdout}{stderr}\n")
+    line = next((text for text in stdout.splitlines() if text.startswith("BENCH_JSON ")), None)
+    if line is None:
+        raise BenchError(f"wrk failed ({process.returncode}):\n{stdout}\n{stderr}")
     report = json.loads(line.removeprefix("BENCH_JSON "))
     errors = {name: count for name, count in report["errors"].items() if count}
-    # wrk counts answers >= 400 as status errors; everything else it completed is a 2xx here.
-    completed = int(report["requests"])
     latency = report["latency_us"]
+    # In the fixed-list modes (those with a done file) wrk's request count includes the
+    # GET /healthz fillers: count the events' answers instead.
+    answered = int(report["events_answered"] if done_file is not None else report["requests"])
     return LoadResult(
         tool=f"{wrk_version(wrk)}, {WRK_THREADS} thread, bench/webhook.lua",
         elapsed_s=report["duration_us"] / 1e6,
-        completed=completed,
-        accepted=completed - int(report["errors"]["status"]),
+        completed=answered,
+        # wrk counts answers >= 400 as status errors (/healthz never is one); the rest are 2xx.
+        accepted=answered - int(report["errors"]["status"]),
         errors=errors,
         latency_ms={name: latency[name] / 1000 for name in ("p50", "p90", "p99", "max")},
     )
+
+
+def ingest_with_wrk(
+    wrk: str, url: str, run_id: str, concurrency: int, duration: float, log: Path
+) -> LoadResult:
+    return run_wrk(wrk, url, concurrency, duration, [run_id, INGRESS_TOKEN], log)
 
 
 def trigger_body(alert_id: str) -> dict[str, Any]:
@@ -780,6 +817,7 @@ class Run:
     probe: SimulatorProbe
     meter: CpuMeter
     api_url: str
+    wrk: str | None  # wrk's path, None: use the httpx load generator
     results: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -853,15 +891,10 @@ def note_interference(run: Run, phase: str, cpu: dict[str, float], seconds: floa
 def phase_ingest(run: Run) -> None:
     """Webhooks accepted per second with the worker stopped: the api alone on the CPUs."""
     options = run.options
-    wrk = shutil.which("wrk")
-    if options.load_generator == "wrk" and wrk is None:
-        raise BenchError("--load-generator wrk, but wrk is not on PATH (apt-get install wrk)")
-    use_wrk = wrk is not None and options.load_generator != "httpx"
     cpu_before = run.meter.snapshot()
-    if use_wrk:
-        assert wrk is not None
+    if run.wrk is not None:
         result = ingest_with_wrk(
-            wrk,
+            run.wrk,
             run.webhook_url(),
             run.run_id,
             options.concurrency,
@@ -871,8 +904,8 @@ def phase_ingest(run: Run) -> None:
     else:
         why = "wrk not found" if options.load_generator == "auto" else "--load-generator httpx"
         run.notes.append(
-            f"{why}: ingest driven by the Python httpx fallback, which takes CPU from the api "
-            "(see the CPU table), so the ingest figures are a lower bound"
+            f"{why}: load driven by the Python httpx fallback, which takes CPU from the api and "
+            "the worker (see the CPU table), so the ingest and resolve figures are lower bounds"
         )
         result = ingest_with_httpx(
             run.webhook_url(), run.run_id, options.concurrency, options.duration
@@ -908,17 +941,46 @@ def phase_ingest(run: Run) -> None:
     drop_queue(run.redis_client)
 
 
+def describe_shortfall(result: LoadResult) -> str:
+    if result.errors:
+        return f"errors: {result.errors}"
+    return f"no errors: not all were sent within --phase-timeout ({result.elapsed_s:.0f}s)"
+
+
+def feed(run: Run, action: str) -> LoadResult:
+    """Send ``action`` once for every backlog alert through the api: with wrk when there is one
+    (a Python feeder would take a good part of a CPU from the api and the worker), else httpx."""
+    ids = run.backlog_ids()
+    if run.wrk is not None:
+        return run_wrk(
+            run.wrk,
+            run.webhook_url(),
+            FEEDER_CONCURRENCY,
+            run.options.phase_timeout,
+            [run.run_id, INGRESS_TOKEN, action, str(len(ids))],
+            run.workdir / "wrk.log",
+            done_file=run.workdir / f"wrk-{action}.done",
+        )
+    if action == "resolved":
+        bodies = [{"alert_id": alert_id, "action": "resolved"} for alert_id in ids]
+    else:
+        bodies = [trigger_body(alert_id) for alert_id in ids]
+    return post_all(run.webhook_url(), bodies, FEEDER_CONCURRENCY)
+
+
 def phase_backlog(run: Run) -> None:
     """Queue N distinct triggers through the api while no worker runs."""
-    bodies = [trigger_body(alert_id) for alert_id in run.backlog_ids()]
-    result = post_all(run.webhook_url(), bodies, FEEDER_CONCURRENCY)
-    if result.accepted != len(bodies):
+    wanted = run.options.alerts
+    result = feed(run, "triggered")
+    if result.accepted != wanted:
         raise BenchError(
-            f"backlog: only {result.accepted} of {len(bodies)} triggers accepted: {result.errors}"
+            f"backlog: only {result.accepted} of {wanted} triggers accepted "
+            f"({describe_shortfall(result)})"
         )
     total, events = queued_messages(run.redis_client)
     run.results["backlog"] = {
-        "alerts": len(bodies),
+        "alerts": wanted,
+        "tool": result.tool,
         "seconds": round(result.elapsed_s, 2),
         "accepted_per_s": round(result.accepted_per_s, 1),
         "clients": FEEDER_CONCURRENCY,
@@ -1007,10 +1069,11 @@ def phase_resolve(run: Run) -> None:
     cpu_before = run.meter.snapshot()
     commits_before = run.database.commits()
     started = time.monotonic()
-    bodies = [{"alert_id": alert_id, "action": "resolved"} for alert_id in run.backlog_ids()]
-    burst = post_all(run.webhook_url(), bodies, FEEDER_CONCURRENCY)
+    burst = feed(run, "resolved")
     if burst.accepted != wanted:
-        raise BenchError(f"resolve: only {burst.accepted} of {wanted} accepted: {burst.errors}")
+        raise BenchError(
+            f"resolve: only {burst.accepted} of {wanted} accepted ({describe_shortfall(burst)})"
+        )
     progress: list[tuple[float, int]] = []
     counts = wait_for_simulator(
         run, "resolve", lambda c: c.resolved - before.resolved, None, progress, since=started
@@ -1028,6 +1091,7 @@ def phase_resolve(run: Run) -> None:
     run.results["resolve"] = {
         "alerts": wanted,
         "burst_seconds": round(burst.elapsed_s, 2),
+        "burst_tool": burst.tool,
         "seconds_to_all_resolved": round(seconds, 2),
         "resolves_per_s": round(wanted / seconds, 1),
         "pagerduty_calls": calls,
@@ -1132,7 +1196,8 @@ def markdown_tables(report: dict[str, Any]) -> str:
             (
                 "Backlog queued",
                 f"{backlog['alerts']:,} in {backlog['seconds']} s",
-                f"httpx, {backlog['clients']} clients ({_fmt(backlog['accepted_per_s'], '/s')})",
+                f"{backlog['clients']} clients ({_fmt(backlog['accepted_per_s'], '/s')}), "
+                f"worker stopped; {backlog['tool'].split(',')[0]}",
             )
         )
     delivery = results.get("delivery")
@@ -1145,11 +1210,17 @@ def markdown_tables(report: dict[str, Any]) -> str:
                 f"from the first one seen; worker --concurrency {settings['workers']}; "
                 f"{delivery['pagerduty_error_answers']} PagerDuty error answers",
             ),
-            (
-                "Delivery: database commits per alert",
-                _fmt(delivery["database_commits_per_alert"]),
-                "pg_stat_database.xact_commit of the bench database over the phase / N "
-                "(sweeper included)",
+            *(
+                [
+                    (
+                        "Delivery: database commits per alert",
+                        _fmt(delivery["database_commits_per_alert"]),
+                        "pg_stat_database.xact_commit of the bench database over the phase / N "
+                        "(sweeper included)",
+                    )
+                ]
+                if delivery["database_commits_per_alert"] is not None
+                else []
             ),
             (
                 "Delivery: incidents/s incl. worker start",
@@ -1164,7 +1235,8 @@ def markdown_tables(report: dict[str, Any]) -> str:
             (
                 "Resolve: time to all resolved",
                 _fmt(resolve["seconds_to_all_resolved"], " s"),
-                f"{resolve['alerts']:,} resolves, burst sent in {resolve['burst_seconds']} s; "
+                f"{resolve['alerts']:,} resolves, burst sent in {resolve['burst_seconds']} s "
+                f"({resolve['burst_tool'].split(',')[0]}); "
                 f"{_fmt(resolve['resolves_per_s'], '/s')}",
             ),
             (
@@ -1173,10 +1245,16 @@ def markdown_tables(report: dict[str, Any]) -> str:
                 "PUT calls / N; all calls: "
                 + ", ".join(f"{n} x{c:,}" for n, c in resolve["pagerduty_calls"].items()),
             ),
-            (
-                "Resolve: database commits per resolve",
-                _fmt(resolve["database_commits_per_resolve"]),
-                "as for delivery",
+            *(
+                [
+                    (
+                        "Resolve: database commits per resolve",
+                        _fmt(resolve["database_commits_per_resolve"]),
+                        "as for delivery",
+                    )
+                ]
+                if resolve["database_commits_per_resolve"] is not None
+                else []
             ),
         ]
     cost = results.get("cost")
@@ -1369,6 +1447,9 @@ def bridge_env(
 def run_bench(options: Options, workdir: Path, report: dict[str, Any]) -> None:
     """Set up, run every phase, tear down. Results land in ``report`` as they come, so a
     failure still leaves the figures measured so far."""
+    wrk = shutil.which("wrk") if options.load_generator != "httpx" else None
+    if options.load_generator == "wrk" and wrk is None:
+        raise BenchError("--load-generator wrk, but wrk is not on PATH (apt-get install wrk)")
     redis_client = redis.Redis.from_url(options.redis_url, socket_connect_timeout=3)
     try:
         redis_client.ping()
@@ -1435,6 +1516,7 @@ def run_bench(options: Options, workdir: Path, report: dict[str, Any]) -> None:
             probe=probe,
             meter=CpuMeter(services, database, int(redis_info.get("process_id", 0)) or None),
             api_url=api_url,
+            wrk=wrk,
             results=report["results"],
             notes=report["notes"],
         )
@@ -1457,8 +1539,27 @@ def _interrupted(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"interrupted by {signal.Signals(signum).name}")
 
 
+@contextmanager
+def single_run() -> Iterator[None]:
+    with LOCK_PATH.open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BenchError(f"another bench run holds {LOCK_PATH}; wait for it") from None
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     options = parse_options(argv)
+    try:
+        with single_run():
+            return run_and_report(options)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+
+
+def run_and_report(options: Options) -> int:
     waited_s = wait_for_quiet(options.wait_quiet) if options.wait_quiet > 0 else 0.0
     # Explicit handlers: a run started in the background inherits an ignored SIGINT, and the
     # default SIGTERM would skip the clean-up (processes, database) entirely.
