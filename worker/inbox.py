@@ -1,63 +1,86 @@
-"""The database as a second queue, for when Redis does not take an event."""
+"""The ingress's durable hand-off: every accepted event is written to the database *and* put on
+the Celery queue.
+
+The queue is the fast path: a worker applies the event within milliseconds and, in the same
+transaction, removes it from the inbox table. The inbox is the safety net for everything the
+queue can lose: a worker killed with SIGKILL while holding prefetched messages (they would stay
+invisible until the broker's visibility timeout), a Redis that was flushed or restarted without
+its data, a Redis that was down when CoScale called. The sweeper applies inbox rows that the
+queue has not applied within :data:`INBOX_GRACE`.
+
+CoScale does not retry a failed webhook (COSCALE.md), so the api answers 2xx when either store
+took the event, and 503 only when neither did.
+"""
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import InboxEvent
 from worker.errors import ServiceUnavailable
 from worker.event import AlertEventMessage
-from worker.intake import AppliedEvent, apply_event
+from worker.intake import AppliedEvent, apply_events
 from worker.queue import EventQueue, QueuedIn
 
 log = logging.getLogger(__name__)
 
+# How long the queue has to apply an event before the sweeper does it from the inbox.
+INBOX_GRACE = timedelta(seconds=10)
 
-class FallbackEventQueue:
-    """Redis first; the database when Redis is unreachable; :class:`ServiceUnavailable` (so a
-    503) only when neither takes the event."""
 
-    def __init__(self, primary: EventQueue, sessions: sessionmaker[Session]) -> None:
-        self._primary = primary
+class DurableEventQueue:
+    """The database and the queue; :class:`ServiceUnavailable` only when neither takes it."""
+
+    def __init__(self, queue: EventQueue, sessions: sessionmaker[Session]) -> None:
+        self._queue = queue
         self._sessions = sessions
 
     def publish(self, event: AlertEventMessage) -> QueuedIn:
         try:
-            return self._primary.publish(event)
+            with self._sessions.begin() as session:
+                session.add(InboxEvent(event_id=event.event_id, message=event.to_message()))
+        except SQLAlchemyError as exc:
+            database_error: SQLAlchemyError | None = exc
+            log.warning("database unavailable, event %s only on the queue", event.event_id)
+        else:
+            database_error = None
+        try:
+            self._queue.publish(event)
         except ServiceUnavailable as redis_down:
-            try:
-                with self._sessions.begin() as session:
-                    session.add(InboxEvent(event_id=event.event_id, message=event.to_message()))
-            except SQLAlchemyError as exc:
+            if database_error is not None:
                 raise ServiceUnavailable(
-                    f"neither the queue nor the database took the event ({redis_down}; {exc})"
-                ) from exc
-            log.warning("Redis unreachable: event %s kept in the database", event.event_id)
+                    f"neither the database nor the queue took the event "
+                    f"({database_error.__class__.__name__}; {redis_down})"
+                ) from redis_down
+            log.warning("queue unavailable: event %s kept in the database", event.event_id)
             return "database"
+        return "queue" if database_error is not None else "database+queue"
 
 
 def drain_inbox(
     sessions: sessionmaker[Session], now: datetime, *, limit: int
 ) -> list[AppliedEvent]:
-    """Apply events the ingress stored in the database, oldest first, then forget them.
+    """Apply inbox events the queue has not applied within the grace, oldest first.
 
-    Applying is idempotent (the event id is recorded), so two sweepers racing, or a crash
-    between applying and deleting, apply nothing twice.
+    Applying removes them from the inbox in the same transaction, and is idempotent (the event
+    id is recorded), so a racing worker or sweeper applies nothing twice.
     """
     with sessions() as session:
-        rows = session.execute(
-            select(InboxEvent.id, InboxEvent.message).order_by(InboxEvent.id).limit(limit)
+        messages = session.scalars(
+            select(InboxEvent.message)
+            .where(InboxEvent.created_at < now - INBOX_GRACE)
+            .order_by(InboxEvent.id)
+            .limit(limit)
         ).all()
-    applied = []
-    for row_id, message in rows:
-        applied.append(apply_event(sessions, AlertEventMessage.from_message(message), now))
-        with sessions.begin() as session:
-            session.execute(delete(InboxEvent).where(InboxEvent.id == row_id))
-    if applied:
-        log.info("applied %d event(s) kept in the database while Redis was down", len(applied))
+    if not messages:
+        return []
+    applied = apply_events(
+        sessions, [AlertEventMessage.from_message(message) for message in messages], now
+    )
+    log.warning("applied %d event(s) the queue had not delivered", len(applied))
     return applied

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import Alert, AlertEvent
+from models import Alert, AlertEvent, InboxEvent
 from worker.event import AlertEventMessage
 from worker.status import AlertStatus, DeliveryState, advance
 
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 # An alert changed by an event is reconciled at once by the worker that applied it; the sweeper
 # looks again only if that has not finished by then (a crash, a lost message).
-SWEEP_GRACE = timedelta(seconds=30)
+SWEEP_GRACE = timedelta(seconds=10)
 INTAKE_ATTEMPTS = 5  # concurrent first events for one alert race on the unique constraint
 
 
@@ -179,6 +179,12 @@ def _apply(session: Session, event: AlertEventMessage, now: datetime) -> Applied
     return AppliedEvent(outcome, alert.id if alert is not None else None, needs_delivery)
 
 
+def _forget_inbox(session: Session, event_ids: list[str]) -> None:
+    # In the same transaction as the apply: an event is either still in the inbox (and the
+    # sweeper will apply it) or applied, never neither.
+    session.execute(delete(InboxEvent).where(InboxEvent.event_id.in_(event_ids)))
+
+
 def apply_event(
     sessions: sessionmaker[Session], event: AlertEventMessage, now: datetime
 ) -> AppliedEvent:
@@ -187,6 +193,7 @@ def apply_event(
         try:
             with sessions.begin() as session:
                 applied = _apply(session, event, now)
+                _forget_inbox(session, [event.event_id])
         except IntegrityError:
             # Another worker opened the same cycle, or applied this same event, first.
             if attempt == INTAKE_ATTEMPTS:
@@ -216,6 +223,7 @@ def apply_events(
     try:
         with sessions.begin() as session:
             applied = [_apply(session, event, now) for event in events]
+            _forget_inbox(session, [event.event_id for event in events])
     except IntegrityError:
         return [apply_event(sessions, event, now) for event in events]
     for event, result in zip(events, applied, strict=True):

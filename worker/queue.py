@@ -11,7 +11,9 @@ from worker.celery_app import APPLY_EVENT_TASK
 from worker.errors import ServiceUnavailable
 from worker.event import AlertEventMessage
 
-QueuedIn = Literal["queue", "database"]
+# Where an accepted event was kept: the database inbox and the queue (normal), or only one of
+# them while the other is unavailable.
+QueuedIn = Literal["database+queue", "database", "queue"]
 
 
 class EventQueue(Protocol):

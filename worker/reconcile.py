@@ -305,19 +305,23 @@ class Reconciler:
             if error.status == 429 and isinstance(error, RetryableError) and gate is not None:
                 return Deferred(gate.rate_limited(error.retry_after), str(error))
             return error
-        if gate is not None and gate.succeeded():
-            log.warning("PagerDuty answers again: draining parked deliveries")
-            self._recovered = True
+        if gate is not None:
+            self._answered(gate)
         return result
 
-    @staticmethod
-    def _tell_gate(gate: DeliveryGate, error: PagerDutyError) -> None:
+    def _answered(self, gate: DeliveryGate) -> None:
+        """PagerDuty answered: if that ends an outage or a refusal, drain what was parked."""
+        if gate.succeeded():
+            log.warning("PagerDuty answers again: draining parked deliveries")
+            self._recovered = True
+
+    def _tell_gate(self, gate: DeliveryGate, error: PagerDutyError) -> None:
         if isinstance(error, CredentialsError):
             gate.refused_credentials(str(error))
         elif isinstance(error, RetryableError) and error.status != 429:
             gate.failed()
         elif not isinstance(error, RetryableError):
-            gate.succeeded()  # PagerDuty answered (with a 4xx): it is up
+            self._answered(gate)  # a 4xx is an answer: PagerDuty is up
 
     def _call(self, step: Step) -> Incident | None:
         """One PagerDuty call; ``None`` when a look-up found nothing."""

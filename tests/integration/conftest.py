@@ -54,9 +54,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh, migrated PostgreSQL database for this test session, dropped afterwards."""
+@contextlib.contextmanager
+def fresh_database() -> Iterator[str]:
+    """A new, migrated PostgreSQL database, dropped afterwards.
+
+    Every bridge a test starts needs its own: the sweeper and the recovery drain look at the
+    whole database, so two bridges sharing one would deliver each other's alerts.
+    """
     try:
         admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
@@ -74,6 +78,13 @@ def postgres_url() -> Iterator[str]:
     finally:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """The shared bridge's database for this test session."""
+    with fresh_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ from tests.integration.conftest import (
     Service,
     bridge_env,
     free_port,
+    fresh_database,
     start_service,
     wait_for,
     wait_until_up,
@@ -98,7 +99,12 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with fresh_database() as database_url:
+        yield from _stack(database_url, tmp_path_factory)
+
+
+def _stack(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if shutil.which("redis-server") is None:
         service_missing("redis-server binary (apt-get install redis-server)")
     workdir = tmp_path_factory.mktemp("private-stack")

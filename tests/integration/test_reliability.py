@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 import redis
 from sqlalchemy import select
@@ -36,19 +35,18 @@ from sqlalchemy import select
 from models import Alert, make_engine, make_session_factory, utcnow
 from tests.integration.conftest import (
     PAGERDUTY_TOKEN,
-    POSTGRES_ADMIN_URL,
     SERVICE_ID,
     Bridge,
     Service,
     _http_ok,
     bridge_env,
     free_port,
+    fresh_database,
     start_service,
     wait_until_up,
 )
 from worker.celery_app import VISIBILITY_TIMEOUT, create_celery
 from worker.event import SOURCE_COSCALE, AlertEventMessage, new_event_id
-from worker.migrate import upgrade
 from worker.pagerduty.simulator import SimulatorControl
 from worker.queue import CeleryEventQueue
 from worker.settings import Settings
@@ -285,21 +283,6 @@ def leave_shared_bridge_healthy(
     gate_keys = list(gate_redis.scan_iter(match=f"{namespace}:gate:*"))
     if gate_keys:
         gate_redis.delete(*gate_keys)
-
-
-@contextlib.contextmanager
-def fresh_database() -> Iterator[str]:
-    """A new, migrated PostgreSQL database, dropped afterwards."""
-    admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
-    name = f"pagerbridge_test_{uuid.uuid4().hex[:10]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-        upgrade(url)
-        yield url
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 @dataclass

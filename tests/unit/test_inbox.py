@@ -1,8 +1,9 @@
-"""Redis down, database up: the event is kept in the database and applied later."""
+"""Every accepted event is kept in the database and queued; the inbox catches what the queue
+loses (a killed worker's prefetched messages, a flushed Redis, a Redis that was down)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -10,16 +11,15 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import Alert, InboxEvent, make_engine, make_session_factory
+from models import Alert, InboxEvent, make_engine, make_session_factory, utcnow
 from tests.fakes import ListQueue
 from worker.errors import ServiceUnavailable
 from worker.event import SOURCE_COSCALE, AlertEventMessage, new_event_id
-from worker.inbox import FallbackEventQueue, drain_inbox
+from worker.inbox import INBOX_GRACE, DurableEventQueue, drain_inbox
 from worker.ingress.app import create_app
+from worker.intake import apply_events
 from worker.settings import Settings
 from worker.status import AlertStatus
-
-NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 
 def event(alert_id: str = "9", action: AlertStatus = AlertStatus.TRIGGERED) -> AlertEventMessage:
@@ -28,7 +28,7 @@ def event(alert_id: str = "9", action: AlertStatus = AlertStatus.TRIGGERED) -> A
         source=SOURCE_COSCALE,
         alert_id=alert_id,
         action=action,
-        received_at=NOW,
+        received_at=utcnow(),
         title="t",
         service_id="P1",
     )
@@ -39,41 +39,66 @@ def count(sessions: sessionmaker[Session], model: type[InboxEvent] | type[Alert]
         return int(session.scalar(select(func.count()).select_from(model)) or 0)
 
 
-def test_redis_up_uses_the_queue(sqlite_sessions: sessionmaker[Session]) -> None:
+def after_grace() -> datetime:
+    return utcnow() + INBOX_GRACE + timedelta(seconds=1)
+
+
+def test_event_is_kept_in_both_until_a_worker_applies_it(
+    sqlite_sessions: sessionmaker[Session],
+) -> None:
     queue = ListQueue()
-    assert FallbackEventQueue(queue, sqlite_sessions).publish(event()) == "queue"
-    assert len(queue.events) == 1 and count(sqlite_sessions, InboxEvent) == 0
+    assert DurableEventQueue(queue, sqlite_sessions).publish(event()) == "database+queue"
+    assert len(queue.events) == 1 and count(sqlite_sessions, InboxEvent) == 1
+    # The worker applies it from the queue: the inbox row goes in the same transaction
+    apply_events(sqlite_sessions, queue.events, utcnow())
+    assert count(sqlite_sessions, InboxEvent) == 0
+    assert drain_inbox(sqlite_sessions, after_grace(), limit=10) == []
+
+
+def test_queue_lost_the_message_the_inbox_delivers_it(
+    sqlite_sessions: sessionmaker[Session],
+) -> None:
+    queue = ListQueue()
+    durable = DurableEventQueue(queue, sqlite_sessions)
+    durable.publish(event("9"))
+    durable.publish(event("9", AlertStatus.RESOLVED))
+    queue.events.clear()  # a worker killed holding them, or a flushed Redis
+    # Not before the grace: the queue may still be on its way
+    assert drain_inbox(sqlite_sessions, utcnow(), limit=10) == []
+    applied = drain_inbox(sqlite_sessions, after_grace(), limit=10)
+    assert [a.outcome.value for a in applied] == ["opened", "advanced"]
+    assert count(sqlite_sessions, InboxEvent) == 0
+    with sqlite_sessions() as session:
+        assert session.scalars(select(Alert)).one().desired_status is AlertStatus.RESOLVED
 
 
 def test_redis_down_keeps_the_event_in_the_database(
     sqlite_sessions: sessionmaker[Session],
 ) -> None:
-    fallback = FallbackEventQueue(ListQueue(broken=True), sqlite_sessions)
-    first, second = event("9"), event("9", AlertStatus.RESOLVED)
-    assert fallback.publish(first) == "database"
-    assert fallback.publish(second) == "database"
-    # When the sweeper runs again, both apply, in order, and leave the inbox
-    applied = drain_inbox(sqlite_sessions, NOW, limit=10)
-    assert [a.outcome.value for a in applied] == ["opened", "advanced"]
-    assert count(sqlite_sessions, InboxEvent) == 0
-    with sqlite_sessions() as session:
-        alert = session.scalars(select(Alert)).one()
-    assert alert.desired_status is AlertStatus.RESOLVED
-    # A second drain (a racing sweeper) applies nothing twice
-    assert drain_inbox(sqlite_sessions, NOW, limit=10) == []
+    durable = DurableEventQueue(ListQueue(broken=True), sqlite_sessions)
+    assert durable.publish(event()) == "database"
+    assert count(sqlite_sessions, InboxEvent) == 1
 
 
-def test_neither_redis_nor_database_is_unavailable(tmp_path: Path) -> None:
+def test_database_down_still_queues(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'no-tables.db'}")  # no schema: inserts fail
-    fallback = FallbackEventQueue(ListQueue(broken=True), make_session_factory(engine))
-    with pytest.raises(ServiceUnavailable, match="neither the queue nor the database"):
-        fallback.publish(event())
+    queue = ListQueue()
+    assert DurableEventQueue(queue, make_session_factory(engine)).publish(event()) == "queue"
+    assert len(queue.events) == 1
+    engine.dispose()
+
+
+def test_neither_is_unavailable(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'no-tables.db'}")
+    durable = DurableEventQueue(ListQueue(broken=True), make_session_factory(engine))
+    with pytest.raises(ServiceUnavailable, match="neither the database nor the queue"):
+        durable.publish(event())
     engine.dispose()
 
 
 def test_ingress_answers_202_from_the_database(sqlite_sessions: sessionmaker[Session]) -> None:
-    settings = Settings(ingress_tokens="tok", pagerduty_service_id="P1")  # type: ignore[arg-type]
-    queue = FallbackEventQueue(ListQueue(broken=True), sqlite_sessions)
+    settings = Settings(ingress_tokens="tok", pagerduty_service_id="P1")
+    queue = DurableEventQueue(ListQueue(broken=True), sqlite_sessions)
     app = create_app(settings, queue=queue, sessions=sqlite_sessions, redis_ping=lambda: None)
     with TestClient(app) as client:
         answer = client.post(
@@ -83,4 +108,3 @@ def test_ingress_answers_202_from_the_database(sqlite_sessions: sessionmaker[Ses
         )
     assert answer.status_code == 202
     assert answer.json()["queued_in"] == "database"
-    assert count(sqlite_sessions, InboxEvent) == 1

@@ -516,3 +516,26 @@ def test_refused_credentials_park_every_delivery_and_never_fail(
     pagerduty.faults.clear()
     results = gated.reconcile_many([a.alert_pk for a in applied if a.alert_pk])
     assert set(results.values()) == {ReconcileResult.DELIVERED}
+
+
+def test_a_4xx_answer_ends_an_outage_and_drains_parked_alerts(
+    send: Send,
+    gated: Reconciler,
+    pagerduty: FakePagerDuty,
+    clock: Clock,
+    sqlite_sessions: sessionmaker[Session],
+) -> None:
+    # Given an outage parked some alerts
+    pagerduty.fail_next("create", *["503"] * 3)
+    parked = [send(T, alert_id=f"q{n}") for n in range(5)]
+    gated.reconcile_many([p.alert_pk for p in parked if p.alert_pk])
+    assert gated.gate is not None and gated.gate.status().breaker_open
+    # When the probe's answer is a permanent 4xx (a title PagerDuty refuses): PagerDuty is up
+    clock.advance(1.1)
+    refused = send(T, alert_id="too-long", title="x" * 1025)
+    assert refused.alert_pk is not None
+    assert gated.reconcile(refused.alert_pk) is ReconcileResult.FAILED
+    # Then the breaker is closed and the parked alerts are handed back at once
+    assert not gated.gate.status().breaker_open
+    drained: list[list[int]] = gated.requeue.__self__  # type: ignore[union-attr]
+    assert drained and len(drained[-1]) >= 2

@@ -421,7 +421,7 @@ def build_app(settings: Settings) -> FastAPI:
 
     from models import make_engine, make_session_factory
     from worker.celery_app import app as celery_app
-    from worker.inbox import FallbackEventQueue
+    from worker.inbox import DurableEventQueue
     from worker.queue import CeleryEventQueue
 
     settings.require("ingress_tokens")
@@ -433,7 +433,7 @@ def build_app(settings: Settings) -> FastAPI:
         redis_client.ping()
 
     sessions = make_session_factory(make_engine(settings.database_url))
-    queue = FallbackEventQueue(CeleryEventQueue(celery_app), sessions)
+    queue = DurableEventQueue(CeleryEventQueue(celery_app), sessions)
     gate = None
     if settings.pagerduty_token is not None:
         gate = DeliveryGate(

@@ -53,8 +53,8 @@ class EventAccepted(BaseModel):
     event_id: str
     action: str
     state: Literal["queued"] = "queued"
-    # "database" when Redis was unreachable: the sweeper queues it once Redis is back.
-    queued_in: Literal["queue", "database"] = "queue"
+    # "database+queue" normally; one of them alone while the other is unavailable.
+    queued_in: Literal["database+queue", "database", "queue"] = "database+queue"
     alert_url: str
 
 
