@@ -11,6 +11,8 @@ from sqlalchemy.orm import Session, sessionmaker
 # SQLite: several worker processes share one file. WAL lets readers run beside the writer, and
 # the busy timeout makes a writer wait for the lock instead of failing with "database is locked".
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+LOCK_TIMEOUT_MS = 10_000  # PostgreSQL: longest wait for a row lock
+STATEMENT_TIMEOUT_MS = 60_000  # PostgreSQL: longest statement (migrations included)
 
 
 def normalize_url(url: str) -> str:
@@ -29,7 +31,20 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         )
         _tune_sqlite(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, **kwargs)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=5,
+        # No statement of ours should wait long: a row lock held by a stuck session, or a
+        # database in trouble, becomes an error the task retries, not a worker that hangs
+        # holding its leases. Milliseconds.
+        connect_args={
+            "options": f"-c lock_timeout={LOCK_TIMEOUT_MS} "
+            f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+        },
+        **kwargs,
+    )
 
 
 def _tune_sqlite(engine: Engine) -> None:

@@ -90,8 +90,14 @@ def apply_event_task(requests: list[SimpleRequest]) -> None:
             apply_one_event_task.apply_async(args=[event.to_message()], countdown=DATABASE_RETRY)
         return
     alert_pks = [a.alert_pk for a in applied if a.needs_delivery and a.alert_pk is not None]
-    if alert_pks:
+    if not alert_pks:
+        return
+    try:
         _reconciler().reconcile_many(alert_pks)
+    except _DATABASE_DOWN as exc:
+        # The events are applied and committed; their alerts are due for the sweeper in a few
+        # seconds. Failing the batch would only hold its messages until the visibility timeout.
+        log.warning("reconcile after apply failed (%s); the sweeper will retry", exc)
 
 
 @app.task(name=APPLY_ONE_EVENT_TASK, bind=True, **_RETRY_POLICY)

@@ -660,7 +660,9 @@ def test_shuffled_events_across_workers_end_resolved(bridge: Bridge, api: httpx.
             queue.publish(event)
         time.sleep(0.3)
 
-    wait_delivered(bridge, alert_ids, "resolved", timeout=30)
+    # Up to a lease (60 s) longer than the others: a worker that stalls is replaced by the
+    # sweeper once its lease expires, and this test must see that recovery, not fail before it.
+    wait_delivered(bridge, alert_ids, "resolved", timeout=75)
     incidents = incidents_of(bridge, alert_ids)
     shown = views(api, alert_ids)
     for alert_id, found in incidents.items():
