@@ -63,10 +63,14 @@ def plan_event(latest: Alert | None, event: AlertEventMessage) -> EventOutcome:
     if event.action is AlertStatus.RESOLVED:
         return EventOutcome.UNCHANGED if desired is AlertStatus.RESOLVED else EventOutcome.ADVANCED
     if desired is AlertStatus.RESOLVED:
+        if event.action is not AlertStatus.TRIGGERED:
+            # An acknowledge for a resolved alert is late (CoScale acknowledged before it
+            # resolved, and the queue or CoScale delivered it after): only a trigger re-opens.
+            return EventOutcome.LATE
         resolved_at = latest.resolve_received_at
         if resolved_at is None or event.received_at > resolved_at:
             return EventOutcome.OPENED  # CoScale fired the alert again after resolving it
-        if event.action is AlertStatus.TRIGGERED and not latest.title_from_trigger:
+        if not latest.title_from_trigger:
             return EventOutcome.DETAILS  # a late trigger: keep its text, send nothing
         return EventOutcome.LATE
     if advance(desired, event.action) is not desired:

@@ -20,6 +20,7 @@ import functools
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -95,6 +96,47 @@ Answer = Incident | None | PagerDutyError | Parked | Deferred
 T = TypeVar("T")
 
 
+class LeaseKeeper(threading.Thread):
+    """Renews this worker's leases every third of their life while it works.
+
+    So a lease can be short (a worker killed with SIGKILL frees its alerts within
+    ``lease_seconds``) and still never expire under a live worker whose PagerDuty call is slow:
+    an expired lease would let a second worker plan the same alert, and its resolve could race
+    our acknowledge.
+    """
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        owner: str,
+        lease_seconds: float,
+        clock: Callable[[], datetime],
+    ) -> None:
+        super().__init__(name=f"lease-keeper-{owner}", daemon=True)
+        self._sessions = sessions
+        self._owner = owner
+        self._lease = timedelta(seconds=lease_seconds)
+        self._clock = clock
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self._lease.total_seconds() / 3):
+            try:
+                with self._sessions.begin() as session:
+                    session.execute(
+                        update(Alert)
+                        .where(Alert.lease_owner == self._owner)
+                        .values(lease_expires_at=self._clock() + self._lease)
+                        .execution_options(synchronize_session=False)
+                    )
+            except Exception as exc:  # the next renewal, or the lease's expiry, takes over
+                log.warning("could not renew leases of %s: %s", self._owner, exc)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join(timeout=5)
+
+
 def lease_owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -121,6 +163,8 @@ class Reconciler:
         owner = lease_owner_id()
         active = self._claim(wanted, owner)
         results = {pk: ReconcileResult.BUSY for pk in wanted if pk not in active}
+        keeper = LeaseKeeper(self.sessions, owner, self.settings.lease_seconds, self.clock)
+        keeper.start()
         try:
             for _ in range(MAX_STEPS):
                 if not active:
@@ -135,6 +179,8 @@ class Reconciler:
         except BaseException:
             self._release(active, owner, retry_in=timedelta(seconds=0))
             raise
+        finally:
+            keeper.stop()
         if self._recovered:
             self._recovered = False
             self._drain_parked()
@@ -455,13 +501,20 @@ class Reconciler:
     # -- recovery ----------------------------------------------------------------------------
 
     def _drain_parked(self) -> None:
-        """PagerDuty is back: queue every parked alert now, oldest first."""
+        """PagerDuty is back: queue every waiting alert now, oldest first.
+
+        Parked ones, and pending ones too: those whose calls opened the breaker wait out a
+        backoff that was only about the outage.
+        """
         now = self.clock()
         with self.sessions.begin() as session:
             parked = list(
                 session.scalars(
                     select(Alert.id)
-                    .where(Alert.delivery_state == DeliveryState.PARKED)
+                    .where(
+                        Alert.delivery_state.in_([DeliveryState.PARKED, DeliveryState.PENDING]),
+                        or_(Alert.lease_owner.is_(None), Alert.lease_expires_at < now),
+                    )
                     .order_by(Alert.pending_since, Alert.id)
                 )
             )

@@ -74,7 +74,10 @@ class Settings(BaseSettings):
     retry_max_backoff: float = Field(300.0, gt=0, description="cap of one retry wait, seconds")
     give_up_after: float = Field(48 * 3600.0, gt=0, description="seconds; then the alert fails")
     lease_seconds: float = Field(
-        60.0, gt=0, description="how long a worker owns an alert while reconciling it"
+        10.0,
+        gt=0,
+        description="life of a worker's claim on an alert, renewed while it works; a killed "
+        "worker's alerts are taken over after this many seconds",
     )
     sweep_interval: float = Field(2.0, gt=0, description="seconds between sweeper runs")
     sweep_batch: int = Field(500, gt=0, description="alerts re-queued per sweeper run at most")

@@ -539,3 +539,19 @@ def test_a_4xx_answer_ends_an_outage_and_drains_parked_alerts(
     assert not gated.gate.status().breaker_open
     drained: list[list[int]] = gated.requeue.__self__  # type: ignore[union-attr]
     assert drained and len(drained[-1]) >= 2
+
+
+def test_acknowledge_arriving_after_its_resolve_is_late_not_a_new_incident(
+    send: Send,
+    reconciler: Reconciler,
+    pagerduty: FakePagerDuty,
+    sqlite_sessions: sessionmaker[Session],
+) -> None:
+    deliver(reconciler, send(T, at=0))
+    deliver(reconciler, send(R, at=2))
+    # CoScale's acknowledge reaches the bridge after the resolve
+    late = send(A, at=3)
+    assert late.outcome is EventOutcome.LATE and not late.needs_delivery
+    (incident,) = pagerduty.incidents()
+    assert incident["status"] == "resolved"
+    assert alert(sqlite_sessions).cycle == 1
