@@ -16,7 +16,8 @@ from models import Alert
 from worker.status import DeliveryState
 
 # How long a swept alert stays out of the next sweeps while its message waits in the queue.
-REQUEUE_GRACE = timedelta(seconds=60)
+# Short: if the worker that prefetched the message dies, the alert is swept again this soon.
+REQUEUE_GRACE = timedelta(seconds=20)
 
 
 def due_alerts(
