@@ -67,7 +67,7 @@ class Settings(BaseSettings):
         5, gt=0, description="consecutive retryable failures that open the outage breaker"
     )
     breaker_probe_interval: float = Field(
-        1.0, gt=0, description="seconds between probes while the breaker is open"
+        1.5, gt=0, description="seconds between probes while the breaker is open"
     )
 
     retry_min_backoff: float = Field(5.0, gt=0, description="seconds before the first retry")
