@@ -1,4 +1,5 @@
-"""A PagerDuty REST API v2 simulator: the subset of the API that the bridge uses, over real HTTP.
+"""A PagerDuty simulator: the subset of the REST API v2 that the bridge uses, and the Events API
+v2 (``POST /v2/enqueue``), over real HTTP.
 
 Used by integration tests, benchmarks and ``pagerbridge run --simulate``; started on its own with
 ``pagerbridge simulate --port N`` (which calls :func:`serve`).
@@ -8,17 +9,23 @@ Layers, top to bottom:
 - :class:`SimulatedPagerDuty` — in-memory incidents and PagerDuty's rules, no HTTP. Its methods
   take decoded JSON and return plain data, or raise :class:`SimulatedError`, which carries the
   HTTP status and PagerDuty's error envelope. A ``threading.Lock`` guards the state, so tests may
-  inspect it from their own thread while uvicorn serves requests.
+  inspect it from their own thread while uvicorn serves requests. It also keeps the Events API's
+  alerts, which live apart from the incidents (the simulator does not turn alerts into
+  incidents): :meth:`SimulatedPagerDuty.enqueue_event` applies one event or raises
+  :class:`InvalidEventError`, the Events API's 400.
 - :func:`create_app` — a plain Starlette app (no FastAPI: fewer layers per request, and the
   benchmarks push thousands of requests per second through it). It checks the headers PagerDuty
   checks, decodes JSON and translates :class:`SimulatedError` into PagerDuty's envelope
   ``{"error": {"message", "code", "errors"}}``. Every PagerDuty call passes through a
   :class:`FaultPlan`, the extension point for fault injection. :class:`ConfigurableFaults`, the
   plan every app gets unless another is passed, injects the faults a :class:`FaultSettings`
-  describes: down, flaky, lost responses, latency, hangs, per-token rate limits, 401 per token.
+  describes: down, flaky, lost responses, latency, hangs, per-credential rate limits (the API
+  token for REST, the routing key for Events), 401 per token. ``POST /v2/enqueue`` goes through
+  the same plan as the REST routes.
 - A control API under ``/_simulator`` (not PagerDuty's): ``GET /_simulator/state``,
-  ``POST /_simulator/reset``, ``GET /_simulator/health``, and ``GET``/``POST /_simulator/faults``
-  and ``POST /_simulator/faults/clear`` to read and change the faults at run time.
+  ``GET /_simulator/counts`` (the counters alone, cheap to poll), ``POST /_simulator/reset``,
+  ``GET /_simulator/health``, and ``GET``/``POST /_simulator/faults`` and
+  ``POST /_simulator/faults/clear`` to read and change the faults at run time.
   :class:`SimulatorControl` is its typed client.
 
 PagerDuty's behaviour comes from ``/work/shared/PAGERDUTY.md``. Where PagerDuty documents
@@ -35,8 +42,9 @@ import random
 import string
 import threading
 import time
+import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
@@ -53,14 +61,22 @@ from starlette.routing import Route
 
 __all__ = [
     "DUPLICATE_INCIDENT_KEY_ERROR",
+    "EVENTS_ROUTE",
+    "EVENT_ACTIONS",
+    "EVENT_SEVERITIES",
     "FAULT_KINDS",
+    "INVALID_ROUTING_KEY_ERROR",
+    "MAX_EVENT_BYTES",
     "PAGERDUTY_ACCEPT",
     "ConfigurableFaults",
+    "EventAction",
+    "EventOutcome",
     "FaultKind",
     "FaultPlan",
     "FaultSettings",
     "FaultSettingsError",
     "IncidentStatus",
+    "InvalidEventError",
     "PagerDutyCall",
     "SimulatedError",
     "SimulatedPagerDuty",
@@ -68,6 +84,7 @@ __all__ = [
     "SimulatorControlError",
     "StatusChange",
     "create_app",
+    "event_outcome",
     "next_status",
     "serve",
 ]
@@ -119,6 +136,21 @@ CODE_NOT_FOUND: Final = 2100
 # ``counts.calls_per_second`` in the state covers this many seconds, at most one entry each.
 CALL_RATE_WINDOW_S: Final = 600
 
+# ---- Events API v2 (PAGERDUTY.md, "Events API v2"; PagerDuty's "Send an Alert Event" page) ----
+EventAction = Literal["trigger", "acknowledge", "resolve"]
+EVENT_ACTIONS: Final[tuple[EventAction, ...]] = ("trigger", "acknowledge", "resolve")
+EVENT_SEVERITIES: Final[tuple[str, ...]] = ("critical", "error", "warning", "info")
+# The route of the Events API, as counted in ``counts.calls`` (no Authorization header: the
+# credential is the body's routing_key).
+EVENTS_ROUTE: Final = "/v2/enqueue"
+MAX_EVENT_BYTES: Final = 512 * 1024  # "Events API payloads are limited to 512 KB"
+MAX_DEDUP_KEY_CHARS: Final = 255
+MAX_SUMMARY_CHARS: Final = 1024
+# The errors[] text for a routing key outside the accepted set (when one is configured).
+# Unconfirmed: PagerDuty documents no answer for an unknown routing key; the simulator answers
+# it like any other invalid event (400), the only refusal the Events API documents.
+INVALID_ROUTING_KEY_ERROR: Final = "Invalid routing key"
+
 _ID_ALPHABET: Final = string.ascii_uppercase + string.digits
 _UNMATCHED_ROUTE: Final = "<unmatched>"
 
@@ -160,6 +192,25 @@ def _invalid_credentials() -> SimulatedError:
         CODE_INVALID_CREDENTIALS,
         ["Send 'Authorization: Token token=<api key>' with a valid API key"],
     )
+
+
+class InvalidEventError(Exception):
+    """The Events API's refusal of an event: always 400, with its own body (not the REST
+    envelope): ``{"status": "invalid event", "message": "Event object is invalid", "errors"}``.
+    ``errors`` says what is wrong, one entry per problem found."""
+
+    status: Final = 400
+
+    def __init__(self, errors: Iterable[str]) -> None:
+        self.errors: tuple[str, ...] = tuple(errors)
+        super().__init__(f"invalid event: {list(self.errors)}")
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "status": "invalid event",
+            "message": "Event object is invalid",
+            "errors": list(self.errors),
+        }
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,6 +292,9 @@ class _Incident:
     incident_key: str | None
     details: str | None
     created_at: str
+    # Milliseconds since the epoch: PagerDuty's timestamps are to the second, too coarse for a
+    # benchmark's latency from webhook to incident.
+    created_at_ms: float = 0.0
     status: IncidentStatus = "triggered"
     history: list[StatusChange] = field(default_factory=list)
 
@@ -299,6 +353,7 @@ class _Incident:
             "details": self.details,
             "html_url": self.html_url,
             "created_at": self.created_at,
+            "created_at_ms": self.created_at_ms,
             "status_history": [change.to_json() for change in self.history],
         }
 
@@ -314,10 +369,56 @@ class _NewIncident:
     details: str | None
 
 
+@dataclass(slots=True)
+class _Alert:
+    """The simulator's record of one Events API alert. Mutated only under the simulator's lock.
+
+    ``details`` are those of the trigger that opened it: PagerDuty logs a joining trigger on the
+    alert without documenting any change to it, so the simulator only counts the joins.
+    """
+
+    alert_number: int
+    routing_key: str
+    dedup_key: str
+    details: _AlertDetails
+    created_at: str
+    created_at_ms: float = 0.0  # as for incidents
+    status: IncidentStatus = "triggered"
+    triggers_joined: int = 0
+    acknowledged_at: str | None = None
+    resolved_at: str | None = None
+    history: list[StatusChange] = field(default_factory=list)
+
+    def move_to(self, status: IncidentStatus, at: str) -> None:
+        self.history.append(StatusChange(at, self.status, status))
+        self.status = status
+        if status == "acknowledged":
+            self.acknowledged_at = at
+        elif status == "resolved":
+            self.resolved_at = at
+
+    def to_state(self) -> dict[str, Any]:
+        """The alert as the control API shows it: flat, with its status history."""
+        return {
+            "alert_number": self.alert_number,
+            "routing_key": self.routing_key,
+            "dedup_key": self.dedup_key,
+            "status": self.status,
+            **self.details.to_json(),
+            "triggers_joined": self.triggers_joined,
+            "created_at": self.created_at,
+            "created_at_ms": self.created_at_ms,
+            "acknowledged_at": self.acknowledged_at,
+            "resolved_at": self.resolved_at,
+            "status_history": [change.to_json() for change in self.history],
+        }
+
+
 class SimulatedPagerDuty:
     """PagerDuty's incidents and rules, in memory, without HTTP. Thread-safe.
 
-    Any service id is taken to exist: the simulator keeps no service registry.
+    Any service id is taken to exist: the simulator keeps no service registry. The Events API's
+    alerts are kept apart: an event never creates, changes or shows an incident.
     """
 
     def __init__(self, *, clock: Callable[[], datetime] = _utcnow, seed: int | None = None) -> None:
@@ -343,10 +444,18 @@ class SimulatedPagerDuty:
         # [unix second, calls in it], oldest first; seconds without calls have no entry, so the
         # window never needs more than one entry per second of it.
         self._calls_per_second: deque[list[int]] = deque(maxlen=CALL_RATE_WINDOW_S)
+        # Events API: every alert in creation order (resolved ones stay, as history), and the
+        # open one per (routing_key, dedup_key). Events never reopen an alert, so one is enough.
+        self._alerts: list[_Alert] = []
+        self._open_alerts: dict[tuple[str, str], _Alert] = {}
+        self._events_received: Counter[EventAction] = Counter()
+        self._triggers_joined = 0
+        self._events_dropped: Counter[EventAction] = Counter()
 
     def reset(self) -> None:
-        """Forget every incident and counter (fault counters and call rate included); incident
-        numbers start again at 1. Fault settings live in the app's fault plan, not here."""
+        """Forget every incident, alert and counter (fault counters and call rate included);
+        incident and alert numbers start again at 1. Fault settings live in the app's fault
+        plan, not here."""
         with self._lock:
             self._incidents.clear()
             self._by_key.clear()
@@ -359,6 +468,11 @@ class SimulatedPagerDuty:
             self._listings_without_incident_key = 0
             self._faults.clear()
             self._calls_per_second.clear()
+            self._alerts.clear()
+            self._open_alerts.clear()
+            self._events_received.clear()
+            self._triggers_joined = 0
+            self._events_dropped.clear()
 
     # ---- PagerDuty operations --------------------------------------------------------------
 
@@ -370,6 +484,7 @@ class SimulatedPagerDuty:
         An empty ``incident_key`` is treated as none (no de-duplication).
         """
         new = _parse_new_incident(body)
+        now = self._clock()
         with self._lock:
             if new.incident_key is not None and self._open_by_service_key.get(
                 (new.service_id, new.incident_key)
@@ -384,7 +499,8 @@ class SimulatedPagerDuty:
                 urgency=new.urgency,
                 incident_key=new.incident_key,
                 details=new.details,
-                created_at=_timestamp(self._clock()),
+                created_at=_timestamp(now),
+                created_at_ms=now.timestamp() * 1000,
             )
             incident.history.append(StatusChange(incident.created_at, None, "triggered"))
             self._next_number += 1
@@ -503,6 +619,52 @@ class SimulatedPagerDuty:
             "total": len(matching) if total else None,
         }
 
+    def enqueue_event(
+        self, body: object, *, routing_keys: Collection[str] | None = None
+    ) -> dict[str, Any]:
+        """``POST /v2/enqueue``: validate and apply one event; return the 202 body
+        ``{"status": "success", "message": "Event processed", "dedup_key"}``, or raise
+        :class:`InvalidEventError`.
+
+        ``routing_keys``: the accepted routing keys; None accepts any. Alerts are keyed by
+        (routing_key, dedup_key); :func:`event_outcome` says what an event does. A dropped event
+        is answered 202 like any other, as PagerDuty does, and counted in ``dropped``. A trigger
+        without a ``dedup_key`` gets a generated one (a UUID's hex; repeatable with ``seed``).
+        """
+        event = _parse_event(body, routing_keys)
+        now = self._clock()
+        at = _timestamp(now)
+        with self._lock:
+            self._events_received[event.action] += 1
+            dedup_key = event.dedup_key if event.dedup_key is not None else self._new_dedup_key()
+            key = (event.routing_key, dedup_key)
+            alert = self._open_alerts.get(key)
+            outcome = event_outcome(event.action, None if alert is None else alert.status)
+            if outcome == "open":
+                alert = _Alert(
+                    alert_number=len(self._alerts) + 1,
+                    routing_key=event.routing_key,
+                    dedup_key=dedup_key,
+                    details=cast(_AlertDetails, event.details),
+                    created_at=at,
+                    created_at_ms=now.timestamp() * 1000,
+                )
+                alert.history.append(StatusChange(at, None, "triggered"))
+                self._alerts.append(alert)
+                self._open_alerts[key] = alert
+            elif outcome == "drop":
+                self._events_dropped[event.action] += 1
+            elif alert is not None:  # every other outcome is about the open alert
+                if outcome == "join":
+                    alert.triggers_joined += 1
+                    self._triggers_joined += 1
+                elif outcome == "acknowledge":
+                    alert.move_to("acknowledged", at)
+                elif outcome == "resolve":
+                    alert.move_to("resolved", at)
+                    del self._open_alerts[key]
+        return {"status": "success", "message": "Event processed", "dedup_key": dedup_key}
+
     # ---- Bookkeeping and inspection --------------------------------------------------------
 
     def record_call(self, method: str, route: str, status: int) -> None:
@@ -522,42 +684,38 @@ class SimulatedPagerDuty:
             self._faults[kind] += 1
 
     def state(self) -> dict[str, Any]:
-        """A snapshot of every counter and incident; the body of ``GET /_simulator/state``.
+        """A snapshot of every counter, incident and alert; the body of ``GET /_simulator/state``:
+        ``{"counts": {...}, "incidents": [...], "events": {"counts": {...}, "alerts": [...]}}``.
 
         ``counts.faults`` counts injected faults by kind (:data:`FAULT_KINDS`).
         ``counts.calls_per_second`` is ``[{"second": unix seconds, "count": n}, ...]``, oldest
         first, for every call counted in ``counts.calls`` (faulted or not, unknown routes
         included) during the last :data:`CALL_RATE_WINDOW_S` seconds; seconds without calls are
-        left out. No API key appears anywhere in the state.
+        left out. ``events.counts`` is described at :meth:`counts`. No API key appears anywhere
+        in the state; routing keys do, on the alerts they key.
         """
-        oldest_second = int(self._clock().timestamp()) - CALL_RATE_WINDOW_S
         with self._lock:
-            by_status = dict.fromkeys(STATUSES, 0)
-            incidents = []
-            for incident in self._incidents.values():
-                by_status[incident.status] += 1
-                incidents.append(incident.to_state())
-            calls = [
-                {"method": method, "route": route, "status": status, "count": count}
-                for (method, route, status), count in sorted(self._calls.items())
-            ]
             return {
-                "counts": {
-                    "calls": calls,
-                    "creates": self._creates,
-                    "duplicate_creates_refused": self._duplicate_creates_refused,
-                    "reopened": self._reopened,
-                    "listings_without_incident_key": self._listings_without_incident_key,
-                    "incidents_by_status": by_status,
-                    "faults": {kind: self._faults[kind] for kind in FAULT_KINDS},
-                    "calls_per_second": [
-                        {"second": second, "count": count}
-                        for second, count in self._calls_per_second
-                        if second > oldest_second
-                    ],
+                "counts": self._counts(),
+                "incidents": [incident.to_state() for incident in self._incidents.values()],
+                "events": {
+                    "counts": self._event_counts(),
+                    "alerts": [alert.to_state() for alert in self._alerts],
                 },
-                "incidents": incidents,
             }
+
+    def counts(self) -> dict[str, Any]:
+        """The counters alone, the body of ``GET /_simulator/counts``: the state's ``counts``
+        plus ``"events"``, the state's ``events.counts``. No incident or alert is listed, so
+        polling it costs little however many there are.
+
+        The events counts: ``received`` (events taken, by action; invalid and fault-refused ones
+        are not taken, see ``counts.calls`` and ``counts.faults``), ``alerts_opened``,
+        ``triggers_joined``, ``dropped`` (by action) and ``alerts_by_status`` (resolved alerts
+        stay, so ``alerts_opened`` is also the number of alerts held).
+        """
+        with self._lock:
+            return {**self._counts(), "events": self._event_counts()}
 
     def call_count(
         self, method: str | None = None, route: str | None = None, status: int | None = None
@@ -573,6 +731,51 @@ class SimulatedPagerDuty:
             )
 
     # ---- Internals (call with the lock held where noted) -----------------------------------
+
+    def _counts(self) -> dict[str, Any]:
+        """The REST side's counters (see :meth:`state`). Lock held."""
+        oldest_second = int(self._clock().timestamp()) - CALL_RATE_WINDOW_S
+        by_status = dict.fromkeys(STATUSES, 0)
+        for incident in self._incidents.values():
+            by_status[incident.status] += 1
+        return {
+            "calls": [
+                {"method": method, "route": route, "status": status, "count": count}
+                for (method, route, status), count in sorted(self._calls.items())
+            ],
+            "creates": self._creates,
+            "duplicate_creates_refused": self._duplicate_creates_refused,
+            "reopened": self._reopened,
+            "listings_without_incident_key": self._listings_without_incident_key,
+            "incidents_by_status": by_status,
+            "incidents_total": len(self._incidents),
+            "faults": {kind: self._faults[kind] for kind in FAULT_KINDS},
+            "calls_per_second": [
+                {"second": second, "count": count}
+                for second, count in self._calls_per_second
+                if second > oldest_second
+            ],
+        }
+
+    def _event_counts(self) -> dict[str, Any]:
+        """The Events API's counters (see :meth:`counts`). Lock held."""
+        by_status = dict.fromkeys(STATUSES, 0)
+        for alert in self._alerts:
+            by_status[alert.status] += 1
+        return {
+            "received": {action: self._events_received[action] for action in EVENT_ACTIONS},
+            "alerts_opened": len(self._alerts),
+            "triggers_joined": self._triggers_joined,
+            "dropped": {
+                action: self._events_dropped[action] for action in ("acknowledge", "resolve")
+            },
+            "alerts_by_status": by_status,
+        }
+
+    def _new_dedup_key(self) -> str:
+        """A generated dedup_key, as PagerDuty makes one: a UUID, here as 32 hex digits. Lock
+        held (it shares the seeded generator of the ids)."""
+        return uuid.UUID(int=self._random.getrandbits(128), version=4).hex
 
     def _new_id(self) -> str:
         """A fresh id, ``Q`` + 6 uppercase alphanumerics. Lock held."""
@@ -673,25 +876,258 @@ def _parse_status_update(item: Mapping[str, Any], where: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# Events API v2: pure rules
+# --------------------------------------------------------------------------------------------
+
+# What one event does to the alerts; see :func:`event_outcome`.
+EventOutcome = Literal["open", "join", "acknowledge", "resolve", "unchanged", "drop"]
+
+
+def event_outcome(action: EventAction, open_status: IncidentStatus | None) -> EventOutcome:
+    """What an event does, given the status of the OPEN alert with its (routing_key, dedup_key),
+    None if there is none (never opened, or resolved).
+
+    ============================  ===========  ============================================
+    action, open alert            outcome      source
+    ============================  ===========  ============================================
+    trigger, none                 open         a new alert (after a resolve too: alerts are
+                                               never reopened by events)
+    trigger, any                  join         "a trigger log entry is created on an
+                                               existing alert"; its status does not change
+    acknowledge, triggered        acknowledge
+    acknowledge, acknowledged     unchanged    not documented: the alert is open, so the
+                                               event is taken, but there is nothing to do
+    resolve, any                  resolve
+    acknowledge/resolve, none     drop         still answered 202 (PAGERDUTY.md)
+    ============================  ===========  ============================================
+    """
+    if action == "trigger":
+        return "open" if open_status is None else "join"
+    if open_status is None:
+        return "drop"
+    if action == "resolve":
+        return "resolve"
+    return "acknowledge" if open_status == "triggered" else "unchanged"
+
+
+@dataclass(frozen=True, slots=True)
+class _AlertDetails:
+    """What a validated trigger event says about its alert: the payload and the context."""
+
+    summary: str
+    source: str
+    severity: str
+    timestamp: str | None
+    component: str | None
+    group: str | None
+    event_class: str | None  # payload.class
+    custom_details: Any
+    links: list[dict[str, Any]]
+    images: list[dict[str, Any]]
+    client: str | None
+    client_url: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "summary": self.summary,
+            "source": self.source,
+            "severity": self.severity,
+            "timestamp": self.timestamp,
+            "component": self.component,
+            "group": self.group,
+            "class": self.event_class,
+            "custom_details": self.custom_details,
+            "links": self.links,
+            "images": self.images,
+            "client": self.client,
+            "client_url": self.client_url,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    """A validated event. ``dedup_key`` is None only for a trigger that carried none (the
+    simulator generates one); ``details`` is set for triggers only."""
+
+    routing_key: str
+    action: EventAction
+    dedup_key: str | None
+    details: _AlertDetails | None
+
+
+def _decode_event(raw: bytes) -> object:
+    """The JSON of a ``POST /v2/enqueue`` body; :class:`InvalidEventError` if it is too large or
+    not JSON.
+
+    Too large is a 400, not a 413: PagerDuty documents only 202, 400, 429 and 5xx for the
+    Events API (PAGERDUTY.md), and a 400 is what tells a client not to retry, which is right for
+    an event that will never fit. The Content-Type is not checked: PagerDuty documents nothing
+    about it for the Events API.
+    """
+    if len(raw) > MAX_EVENT_BYTES:
+        raise InvalidEventError(
+            [f"The event is {len(raw)} bytes; at most {MAX_EVENT_BYTES} (512 KB) are accepted"]
+        )
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidEventError([f"Malformed JSON body: {exc}"]) from exc
+
+
+def _parse_event(body: object, routing_keys: Collection[str] | None = None) -> _Event:
+    """Validate a decoded event; raise :class:`InvalidEventError` naming every problem found.
+
+    ``routing_keys``: the accepted routing keys; None accepts any non-empty string. PagerDuty's
+    keys are 32 characters, but the length is not checked, so tests may use readable keys.
+    For acknowledge and resolve, ``payload`` and the context fields are ignored, not checked.
+    An empty ``dedup_key`` counts as none. Unknown fields are ignored.
+    """
+    if not isinstance(body, dict):
+        raise InvalidEventError(["The event must be a JSON object"])
+    problems: list[str] = []
+    routing_key = body.get("routing_key")
+    if not isinstance(routing_key, str) or not routing_key.strip():
+        problems.append("'routing_key' is required: a non-empty string")
+    elif routing_keys is not None and routing_key not in routing_keys:
+        problems.append(INVALID_ROUTING_KEY_ERROR)  # PagerDuty's own answer is unconfirmed
+    action = body.get("event_action")
+    if action not in EVENT_ACTIONS:
+        problems.append(f"'event_action' must be one of {', '.join(EVENT_ACTIONS)}")
+    dedup_key = body.get("dedup_key")
+    if dedup_key is not None and not isinstance(dedup_key, str):
+        problems.append("'dedup_key' must be a string")
+    elif dedup_key is not None and len(dedup_key) > MAX_DEDUP_KEY_CHARS:
+        problems.append(f"'dedup_key' must be at most {MAX_DEDUP_KEY_CHARS} characters")
+    elif not dedup_key and action in ("acknowledge", "resolve"):
+        problems.append(f"'dedup_key' is required for {action} events")
+    details = _parse_alert_details(body, problems) if action == "trigger" else None
+    if problems:
+        raise InvalidEventError(problems)
+    return _Event(
+        routing_key=cast(str, routing_key),
+        action=cast(EventAction, action),
+        dedup_key=cast("str | None", dedup_key) or None,
+        details=details,
+    )
+
+
+def _parse_alert_details(body: Mapping[str, Any], problems: list[str]) -> _AlertDetails:
+    """The payload and context of a trigger; adds what is wrong to ``problems`` (the details
+    returned are then meaningless: :func:`_parse_event` raises)."""
+    payload = body.get("payload")
+    if not isinstance(payload, dict):
+        problems.append("'payload' is required for trigger events: an object")
+        payload = {}
+    summary = _required_string(payload, "payload.summary", problems)
+    if len(summary) > MAX_SUMMARY_CHARS:
+        problems.append(f"'payload.summary' must be at most {MAX_SUMMARY_CHARS} characters")
+    source = _required_string(payload, "payload.source", problems)
+    severity = payload.get("severity")
+    if severity not in EVENT_SEVERITIES:
+        problems.append(f"'payload.severity' must be one of {', '.join(EVENT_SEVERITIES)}")
+    timestamp = _optional_string(payload, "payload.timestamp", problems)
+    if timestamp is not None:
+        try:
+            datetime.fromisoformat(timestamp)
+        except ValueError:
+            problems.append("'payload.timestamp' must be an ISO 8601 timestamp")
+    return _AlertDetails(
+        summary=summary,
+        source=source,
+        severity=str(severity),
+        timestamp=timestamp,
+        component=_optional_string(payload, "payload.component", problems),
+        group=_optional_string(payload, "payload.group", problems),
+        event_class=_optional_string(payload, "payload.class", problems),
+        # Documented as an object; PagerDuty shows whatever JSON it gets, so nothing is checked.
+        custom_details=payload.get("custom_details"),
+        links=_context_list(body, "links", "href", ("text",), problems),
+        images=_context_list(body, "images", "src", ("href", "alt"), problems),
+        client=_optional_string(body, "client", problems),
+        client_url=_optional_string(body, "client_url", problems),
+    )
+
+
+def _required_string(container: Mapping[str, Any], path: str, problems: list[str]) -> str:
+    """``container[last part of path]``, a non-blank string; "" (and a problem) otherwise."""
+    value = container.get(path.rpartition(".")[2])
+    if isinstance(value, str) and value.strip():
+        return value
+    problems.append(f"'{path}' is required: a non-empty string")
+    return ""
+
+
+def _optional_string(container: Mapping[str, Any], path: str, problems: list[str]) -> str | None:
+    """``container[last part of path]`` if it is a string, None if absent or null."""
+    value = container.get(path.rpartition(".")[2])
+    if value is None or isinstance(value, str):
+        return value
+    problems.append(f"'{path}' must be a string")
+    return None
+
+
+def _context_list(
+    body: Mapping[str, Any],
+    name: str,
+    required: str,
+    optional: tuple[str, ...],
+    problems: list[str],
+) -> list[dict[str, Any]]:
+    """``links`` or ``images``: absent, or a list of objects, each with a non-empty string
+    ``required`` field and optionally string ``optional`` fields."""
+    value = body.get(name)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        problems.append(f"'{name}' must be a list of objects")
+        return []
+    for index, item in enumerate(value):
+        where = f"{name}[{index}]"
+        if not isinstance(item, dict):
+            problems.append(f"'{where}' must be an object")
+            continue
+        _required_string(item, f"{where}.{required}", problems)
+        for field_name in optional:
+            _optional_string(item, f"{where}.{field_name}", problems)
+    return cast(list[dict[str, Any]], value)
+
+
+# --------------------------------------------------------------------------------------------
 # HTTP: fault plan hook
 # --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class PagerDutyCall:
-    """One PagerDuty API call as a :class:`FaultPlan` sees it, before any header is checked."""
+    """One PagerDuty API call as a :class:`FaultPlan` sees it, before any header is checked
+    (REST) or the event validated (Events; its body is read and decoded, though, to find the
+    routing key)."""
 
     method: str
-    route: str  # the route template, e.g. "/incidents/{id}"
-    token: str | None  # from "Authorization: Token token=<t>"; None if absent or malformed
+    route: str  # the route template, e.g. "/incidents/{id}" or EVENTS_ROUTE
+    # From "Authorization: Token token=<t>"; None if absent or malformed, and always None for
+    # the Events API, which takes no Authorization header (so unauthorized_tokens never apply).
+    token: str | None
     request: Request
     simulator: SimulatedPagerDuty  # the plan counts the faults it injects here (record_fault)
+    api: Literal["rest", "events"] = "rest"
+    routing_key: str | None = None  # Events API: the body's routing_key, if it is a string
+
+    @property
+    def credential(self) -> tuple[str, str | None]:
+        """Who a rate limit counts against: ``("rest", API token)`` or ``("events", routing
+        key)``. PagerDuty limits each separately (960/min per API key, about 120/min per
+        integration key), so one string used as both still gets two buckets."""
+        if self.api == "events":
+            return ("events", self.routing_key)
+        return ("rest", self.token)
 
 
 class FaultPlan:
     """Extension point for fault injection; this base class injects nothing.
 
-    The app consults ``app.state.fault_plan`` on every PagerDuty call (never on ``/_simulator``):
+    The app consults ``app.state.fault_plan`` on every PagerDuty call, REST or Events (never on
+    ``/_simulator``):
 
     - :meth:`before` runs first, before the headers are checked. Returning a response answers
       the call with it and leaves the simulated state untouched: that is how "down", "rate
@@ -701,7 +1137,9 @@ class FaultPlan:
       :meth:`before` answered) and may replace the response: a 5xx or a stall after the
       incident was created is the "lost response" case.
 
-    The recorded call counts use the status of the response finally sent. The plan may be
+    The recorded call counts use the status of the response finally sent. Fault answers keep
+    the REST error envelope on ``/v2/enqueue`` too: PagerDuty documents no body for the Events
+    API's 429 and 5xx, so a client must go by the status alone. The plan may be
     swapped while the app runs by assigning ``app.state.fault_plan``; the ``/_simulator/faults``
     endpoints work only while it is a :class:`ConfigurableFaults`.
     """
@@ -792,21 +1230,22 @@ class FaultSettings:
     Each PagerDuty call is checked in this order, and the first fault that applies answers it
     without acting (only ``lost`` acts first):
 
-    1. ``unauthorized_tokens`` — a call with one of these API keys → 401 / 2006.
+    1. ``unauthorized_tokens`` — a REST call with one of these API keys → 401 / 2006.
     2. ``down`` — every call → 503 / 2000.
-    3. ``rate_limit_per_minute`` — a token bucket per API key (calls without a key share one):
-       ``rate_limit_burst`` tokens at most (default: the per-minute figure / 6, rounded up, i.e.
-       10 s worth), refilled continuously at ``rate_limit_per_minute / 60`` per second; a call
-       finding no token → 429 (see :func:`_rate_limited_response` for headers and body).
-       Refused calls take no token.
+    3. ``rate_limit_per_minute`` — a token bucket per credential (:attr:`PagerDutyCall.credential`:
+       the API key of a REST call, the routing key of an event; calls without one share a
+       bucket per API): ``rate_limit_burst`` tokens at most (default: the per-minute figure / 6,
+       rounded up, i.e. 10 s worth), refilled continuously at ``rate_limit_per_minute / 60`` per
+       second; a call finding no token → 429 (see :func:`_rate_limited_response` for headers and
+       body), and is not acted on: "the event was NOT taken". Refused calls take no token.
     4. ``hang`` — the call is not answered until the client disconnects (then nothing is sent;
        the call is counted with status 499, nginx's "client closed request") or until
        ``hang_seconds`` (seconds) have passed, then 504 / 2016.
     5. ``latency_ms`` — milliseconds added to every call that got this far.
     6. ``flaky`` — that fraction of calls (0..1) → 500, 502 or 503 / 2000, at random.
-    7. the simulator acts (creates, updates, lists).
-    8. ``lost`` — that fraction (0..1) of the calls that succeeded (2xx) → 502 / 2000 instead:
-       PagerDuty did the work, the client never hears of it.
+    7. the simulator acts (creates, updates, lists, applies an event).
+    8. ``lost`` — that fraction (0..1) of the calls that succeeded (2xx, an event's 202
+       included) → 502 / 2000 instead: PagerDuty did the work, the client never hears of it.
 
     ``seed`` seeds the random choices of ``flaky`` and ``lost`` (None: unpredictable).
     Values are validated on construction; a bad one raises :class:`FaultSettingsError`.
@@ -966,7 +1405,8 @@ class ConfigurableFaults(FaultPlan):
 
     The app's control API calls :meth:`update` and :meth:`clear`; tests holding the plan may call
     them directly, from any thread. Each injected fault is counted in the simulator's state
-    (``counts.faults``). API keys are only used to pick a rate-limit bucket: none is shown.
+    (``counts.faults``). API keys and routing keys are only used to pick a rate-limit bucket:
+    none is shown.
     """
 
     def __init__(
@@ -980,7 +1420,7 @@ class ConfigurableFaults(FaultPlan):
         self._monotonic = monotonic
         self._settings = FaultSettings()
         self._random = random.Random()
-        self._buckets: dict[str | None, _TokenBucket] = {}
+        self._buckets: dict[tuple[str, str | None], _TokenBucket] = {}
         self.replace(settings if settings is not None else FaultSettings())
 
     @property
@@ -1025,7 +1465,7 @@ class ConfigurableFaults(FaultPlan):
             simulator.record_fault("down")
             return _server_error(503, "down")
         if settings.rate_limit_per_minute is not None:
-            wait_s = self._take_token(call.token, settings)
+            wait_s = self._take_token(call.credential, settings)
             if wait_s is not None:
                 simulator.record_fault("rate_limited")
                 return _rate_limited_response(settings, wait_s)
@@ -1054,20 +1494,22 @@ class ConfigurableFaults(FaultPlan):
         with self._lock:
             return self._random.choice(tuple(_SERVER_ERRORS))
 
-    def _take_token(self, token: str | None, settings: FaultSettings) -> float | None:
-        """None if ``token``'s bucket had a token (now taken), else seconds until it will."""
+    def _take_token(
+        self, credential: tuple[str, str | None], settings: FaultSettings
+    ) -> float | None:
+        """None if ``credential``'s bucket had a token (now taken), else seconds until it will."""
         per_minute = cast(int, settings.rate_limit_per_minute)
         capacity = cast(int, settings.rate_limit_capacity)
         now = self._monotonic()
         with self._lock:
-            bucket = self._buckets.get(token)
+            bucket = self._buckets.get(credential)
             if bucket is None:
                 if len(self._buckets) >= _MAX_IDLE_BUCKETS:
                     self._buckets = {
                         key: old for key, old in self._buckets.items() if not old.is_full(now)
                     }
                 bucket = _TokenBucket(capacity, per_minute / 60, capacity, now)
-                self._buckets[token] = bucket
+                self._buckets[credential] = bucket
             return bucket.take(now)
 
 
@@ -1135,11 +1577,18 @@ def _int_param(params: QueryParams, name: str, default: int) -> int:
 
 
 class _PagerDutyRoutes:
-    """The PagerDuty endpoints, bound to one simulator and one expected token."""
+    """The PagerDuty endpoints, bound to one simulator, one expected token and the accepted
+    routing keys (None: any)."""
 
-    def __init__(self, simulator: SimulatedPagerDuty, token: str | None) -> None:
+    def __init__(
+        self,
+        simulator: SimulatedPagerDuty,
+        token: str | None,
+        routing_keys: frozenset[str] | None = None,
+    ) -> None:
         self.simulator = simulator
         self.token = token
+        self.routing_keys = routing_keys
 
     async def _answer(self, request: Request, route: str) -> Response:
         """Run one PagerDuty call: fault plan, header checks, operation, envelope, counting."""
@@ -1190,6 +1639,45 @@ class _PagerDutyRoutes:
 
     async def incident(self, request: Request) -> Response:
         return await self._answer(request, "/incidents/{id}")
+
+    async def enqueue(self, request: Request) -> Response:
+        """``POST /v2/enqueue``: fault plan, then the event, answered in the Events API's shape.
+
+        The body is read and decoded before the plan runs, because the rate-limit bucket is the
+        body's routing_key. A body that is too large or not JSON is refused only once the plan
+        has let the call through, as a REST call's headers are checked after the plan: a fault
+        answers first either way.
+        """
+        raw = await request.body()
+        body: object = None
+        undecodable: InvalidEventError | None = None
+        try:
+            body = _decode_event(raw)
+        except InvalidEventError as error:
+            undecodable = error
+        routing_key = body.get("routing_key") if isinstance(body, dict) else None
+        call = PagerDutyCall(
+            request.method,
+            EVENTS_ROUTE,
+            None,
+            request,
+            self.simulator,
+            api="events",
+            routing_key=routing_key if isinstance(routing_key, str) else None,
+        )
+        plan: FaultPlan = request.app.state.fault_plan
+        response = await plan.before(call)
+        if response is None:
+            try:
+                if undecodable is not None:
+                    raise undecodable
+                accepted = self.simulator.enqueue_event(body, routing_keys=self.routing_keys)
+                response = JSONResponse(accepted, 202)
+            except InvalidEventError as error:
+                response = JSONResponse(error.body(), error.status)
+            response = await plan.after(call, response)
+        self.simulator.record_call(call.method, EVENTS_ROUTE, response.status_code)
+        return response
 
 
 def _configurable_plan(request: Request) -> ConfigurableFaults:
@@ -1259,10 +1747,13 @@ def create_app(
     token: str | None = None,
     fault_plan: FaultPlan | None = None,
     faults: FaultSettings | None = None,
+    routing_keys: Iterable[str] | None = None,
 ) -> Starlette:
     """The simulator as an ASGI app.
 
-    ``token``: the only API key accepted; None accepts any non-empty key. ``fault_plan``: see
+    ``token``: the only API key accepted; None accepts any non-empty key. ``routing_keys``: the
+    Events API routing keys accepted (any other → 400 "Invalid routing key"); None accepts any
+    non-empty key, an empty collection none. ``fault_plan``: see
     :class:`FaultPlan`; by default a :class:`ConfigurableFaults` starting with ``faults`` (no
     faults if None), which the ``/_simulator/faults`` endpoints change at run time. Pass one of
     ``fault_plan`` and ``faults``, not both. The simulator and the plan are reachable as
@@ -1271,14 +1762,19 @@ def create_app(
     if fault_plan is not None and faults is not None:
         raise ValueError("pass fault_plan or faults, not both")
     simulator = simulator if simulator is not None else SimulatedPagerDuty()
-    pagerduty = _PagerDutyRoutes(simulator, token)
+    pagerduty = _PagerDutyRoutes(
+        simulator, token, None if routing_keys is None else frozenset(routing_keys)
+    )
 
     async def state(request: Request) -> Response:
         return JSONResponse(simulator.state())
 
+    async def counts(request: Request) -> Response:
+        return JSONResponse(simulator.counts())
+
     async def reset(request: Request) -> Response:
-        """Forget incidents and counters. The fault settings (and rate-limit buckets) are left
-        as they are: ``POST /_simulator/faults/clear`` turns faults off."""
+        """Forget incidents, alerts and counters. The fault settings (and rate-limit buckets)
+        are left as they are: ``POST /_simulator/faults/clear`` turns faults off."""
         simulator.reset()
         return Response(status_code=204)
 
@@ -1300,7 +1796,9 @@ def create_app(
         routes=[
             Route("/incidents", pagerduty.incidents, methods=["GET", "POST", "PUT"]),
             Route("/incidents/{id}", pagerduty.incident, methods=["GET", "PUT"]),
+            Route(EVENTS_ROUTE, pagerduty.enqueue, methods=["POST"]),
             Route("/_simulator/state", state, methods=["GET"]),
+            Route("/_simulator/counts", counts, methods=["GET"]),
             Route("/_simulator/reset", reset, methods=["POST"]),
             Route("/_simulator/health", health, methods=["GET"]),
             Route("/_simulator/faults", _get_faults, methods=["GET"]),
@@ -1320,12 +1818,13 @@ def serve(
     token: str | None = None,
     log_level: str = "warning",
     faults: FaultSettings | None = None,
+    routing_keys: Iterable[str] | None = None,
 ) -> None:
     """Run the simulator under uvicorn until interrupted, starting with ``faults`` (see
-    :class:`FaultSettings`; None: no faults). No access log: it would dominate the cost of a
-    benchmark request."""
+    :class:`FaultSettings`; None: no faults) and accepting ``routing_keys`` on the Events API
+    (None: any). No access log: it would dominate the cost of a benchmark request."""
     uvicorn.run(
-        create_app(token=token, faults=faults),
+        create_app(token=token, faults=faults, routing_keys=routing_keys),
         host=host,
         port=port,
         log_level=log_level,
@@ -1380,12 +1879,17 @@ class SimulatorControl:
         )
 
     def state(self) -> dict[str, Any]:
-        """The simulator's counters and incidents; see :meth:`SimulatedPagerDuty.state`."""
+        """The simulator's counters, incidents and alerts; see :meth:`SimulatedPagerDuty.state`."""
         response = self._request("GET", "/_simulator/state", expected=200)
         return cast(dict[str, Any], response.json())
 
+    def counts(self) -> dict[str, Any]:
+        """The counters alone, cheap to poll; see :meth:`SimulatedPagerDuty.counts`."""
+        response = self._request("GET", "/_simulator/counts", expected=200)
+        return cast(dict[str, Any], response.json())
+
     def reset(self) -> None:
-        """Forget every incident and counter; the fault settings stay as they are."""
+        """Forget every incident, alert and counter; the fault settings stay as they are."""
         self._request("POST", "/_simulator/reset", expected=204)
 
     def faults(self) -> dict[str, Any]:
