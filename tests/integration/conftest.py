@@ -199,6 +199,8 @@ def bridge_env(
             "PAGERBRIDGE_RETRY_MIN_BACKOFF": "0.5",
             "PAGERBRIDGE_RETRY_MAX_BACKOFF": "2",
             "PAGERBRIDGE_LOG_LEVEL": "INFO",
+            # A port of its own per bridge: several run at once, and the default would clash.
+            "PAGERBRIDGE_WORKER_METRICS_PORT": str(free_port()),
         }
     )
     return env

@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 import httpx
 
+from worker import metrics
 from worker.pagerduty.classify import (
     classify_malformed_success,
     classify_response,
@@ -400,6 +401,7 @@ class PagerDutyClient:
     ) -> _Answer:
         # PAGERDUTY.md: From is required on POST and PUT /incidents; sent on every write.
         headers = {"From": self._from_email} if method != "GET" else None
+        endpoint = _endpoint(method, path)  # for metrics: counted here, the one way out
         started = time.monotonic()
         try:
             response = self._http.request(
@@ -408,9 +410,11 @@ class PagerDutyClient:
         except httpx.HTTPError as exc:
             # TransportError (timeouts, network, protocol) and the rest (e.g. a body that
             # cannot be decoded): either way the request got no usable answer.
+            metrics.observe_pagerduty_call(endpoint, None, time.monotonic() - started)
             logger.info("PagerDuty %s %s failed: %s", method, path, type(exc).__name__)
             raise classify_transport_failure(exc) from exc
 
+        metrics.observe_pagerduty_call(endpoint, response.status_code, time.monotonic() - started)
         elapsed_ms = (time.monotonic() - started) * 1000
         logger.debug(
             "PagerDuty %s %s -> %d in %.0f ms", method, path, response.status_code, elapsed_ms
@@ -430,6 +434,15 @@ class PagerDutyClient:
         error.message = error.message.replace(self._token, "[redacted]")
         error.errors = tuple(text.replace(self._token, "[redacted]") for text in error.errors)
         error.args = (error.message,)
+
+
+def _endpoint(method: str, path: str) -> str:
+    """The call's name in metrics: ``create``, ``update``, ``bulk_update`` or ``find``."""
+    if method == "POST":
+        return "create"
+    if method == "GET":
+        return "find"
+    return "bulk_update" if path == "/incidents" else "update"
 
 
 @dataclass(frozen=True, slots=True)
