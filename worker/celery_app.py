@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from celery import Celery
 
+# Imported for their Celery signal receivers: worker and beat log through our handler (format,
+# token redaction), and a worker serves its metrics port (worker/logs.py, worker/metrics.py).
+from worker import logs, metrics  # noqa: F401
 from worker.settings import Settings, get_settings
 
 APPLY_EVENT_TASK = "pagerbridge.apply_event"
 APPLY_ONE_EVENT_TASK = "pagerbridge.apply_one_event"
 RECONCILE_TASK = "pagerbridge.reconcile"
 SWEEP_TASK = "pagerbridge.sweep"
+PRUNE_TASK = "pagerbridge.prune"
+
+# How often beat runs the retention prune, seconds. Hourly: alerts are kept for days, so an
+# hour more costs nothing, and each run is short (worker/retention.py).
+PRUNE_INTERVAL = 3600
 
 # A task runs a few PagerDuty calls of at most ~15 s each; past this it is stuck.
 TASK_TIME_LIMIT = 120  # seconds
@@ -43,6 +51,7 @@ def create_celery(settings: Settings) -> Celery:
         worker_send_task_events=False,
         beat_schedule={
             "sweep-due-alerts": {"task": SWEEP_TASK, "schedule": settings.sweep_interval},
+            "prune-old-alerts": {"task": PRUNE_TASK, "schedule": PRUNE_INTERVAL},
         },
     )
     return app

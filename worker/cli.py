@@ -11,15 +11,26 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from worker.errors import BridgeError
+from worker.event import SOURCE_API, SOURCE_COSCALE
 from worker.settings import ENV_PREFIX, Settings, get_settings
+from worker.status import DeliveryState
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
 
 cli = typer.Typer(
     name="pagerbridge",
@@ -31,16 +42,16 @@ console = Console(stderr=True)
 
 SIMULATOR_TOKEN = "simulated-pagerduty-token"  # noqa: S105  (the simulator's, not a secret)
 SIMULATOR_SERVICE = "PSIMULA"
+PIPED_WIDTH = 200  # columns of a table printed to a pipe or a file
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    # One INFO line per HTTP request would double the log volume of a storm; our own delivery
-    # lines already say what was sent and what PagerDuty answered.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # PAGERBRIDGE_LOG_FORMAT (text or JSON lines) and token redaction on every record.
+    from worker.logs import configure_logging
+
+    configure_logging(settings)
+    # Python's warnings (a library's deprecation) become log lines too: same format, redacted.
+    logging.captureWarnings(True)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -143,7 +154,7 @@ def worker(
 
 @cli.command()
 def beat() -> None:
-    """Run the scheduler that sweeps due retries back onto the queue."""
+    """Run the scheduler: the sweeper of due retries, and the hourly retention prune."""
     from worker.preflight import check_redis
 
     settings = _settings()
@@ -200,8 +211,15 @@ def simulate(
     seed: Annotated[
         int | None, typer.Option(metavar="N", help="seed for the random faults")
     ] = None,
+    routing_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="KEY",
+            help="accept only this Events API routing key (repeatable; default: any)",
+        ),
+    ] = None,
 ) -> None:
-    """Serve a PagerDuty REST API simulator (no PagerDuty account needed).
+    """Serve a PagerDuty REST API and Events API v2 simulator (no PagerDuty account needed).
 
     The fault options set the faults it starts with; POST /_simulator/faults changes them while
     it runs.
@@ -227,7 +245,10 @@ def simulate(
     console.print(f"PagerDuty simulator on http://{host}:{port} (state: /_simulator/state)")
     if faults.changed():
         console.print(f"faults: {json.dumps(faults.changed())} (see /_simulator/faults)")
-    serve(host=host, port=port, token=token, faults=faults)
+    if routing_key:
+        serve(host=host, port=port, token=token, faults=faults, routing_keys=tuple(routing_key))
+    else:  # serve's default accepts any routing key; left out, serve gets only the options used
+        serve(host=host, port=port, token=token, faults=faults)
 
 
 @cli.command()
@@ -303,39 +324,135 @@ def _stop(processes: dict[str, subprocess.Popen[bytes]]) -> None:
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
-    """Alerts by delivery state, and the oldest pending delivery."""
+    """Alerts by delivery state, oldest pending, PagerDuty breaker, rate budget, last error."""
+    from models import utcnow
     from worker.report import delivery_report
 
     settings = _settings()
-    try:
-        report = delivery_report(settings.database_url)
-    except BridgeError as exc:
-        raise _fail(str(exc)) from exc
+    with _database(settings) as sessions, sessions() as session:
+        report = delivery_report(session, utcnow())
     report["pagerduty"] = _gate_report(settings)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
-    table = Table(title="pagerbridge deliveries")
-    table.add_column("state")
-    table.add_column("alerts", justify="right")
-    for state, count in report["by_state"].items():
-        table.add_row(state, str(count))
-    Console().print(table)
-    pagerduty = report["pagerduty"]
-    Console().print(
-        f"PagerDuty: breaker {pagerduty.get('breaker', 'unknown')}, "
-        f"credentials {pagerduty.get('credentials', 'unknown')}, "
-        f"rate-limit tokens left {pagerduty.get('rate_limit_tokens', 'unknown')}"
-        + (f" — {pagerduty['credentials_error']}" if pagerduty.get("credentials_error") else "")
+    _stdout().print(_status_table(report))
+
+
+@cli.command()
+def alerts(
+    state: Annotated[
+        DeliveryState | None, typer.Option(help="only alerts in this delivery state")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="show at most N alerts")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Alert cycles, newest first, with where their delivery stands."""
+    from worker.report import list_alerts
+
+    settings = _settings()
+    with _database(settings) as sessions, sessions() as session:
+        rows = list_alerts(session, state=state, limit=limit)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(
+        title=f"alerts{f' {state.value}' if state else ''}, newest first", box=box.SIMPLE_HEAD
     )
-    oldest = report["oldest_pending"]
-    if oldest:
-        Console().print(
-            f"oldest pending: {oldest['alert']} since {oldest['since']} "
-            f"({oldest['attempts']} attempts) — last error: {oldest['last_error'] or 'none'}"
+    for column in ("source", "alert id", "cycle", "desired", "confirmed", "state", "attempts"):
+        table.add_column(column, justify="right" if column in ("cycle", "attempts") else "left")
+    table.add_column("incident")
+    table.add_column("last error", overflow="fold")
+    table.add_column("updated")
+    for row in rows:
+        table.add_row(
+            row["source"],
+            escape(row["alert_id"]),
+            str(row["cycle"]),
+            row["desired_status"],
+            row["confirmed_status"] or "-",
+            _state(row["delivery_state"]),
+            str(row["attempts"]),
+            row["pagerduty_incident_id"] or "-",
+            escape(_short(row["last_error"])),
+            _when(row["updated_at"]),
         )
-    else:
-        Console().print("nothing pending")
+    _stdout().print(table if rows else "no alerts" + (f" {state.value}" if state else ""))
+
+
+class Source(StrEnum):
+    COSCALE = SOURCE_COSCALE
+    API = SOURCE_API
+
+
+@cli.command()
+def alert(
+    alert_id: Annotated[str, typer.Argument(help="CoScale's alert id, or the bridge's (API)")],
+    source: Annotated[
+        Source | None, typer.Option(help="which contact the alert came through")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """One alert: every cycle (PagerDuty incident) and the whole timeline of its events."""
+    from worker.report import alert_histories
+
+    settings = _settings()
+    with _database(settings) as sessions, sessions() as session:
+        histories = alert_histories(session, alert_id, source=source.value if source else None)
+    if not histories:
+        console.print(
+            f"no alert {escape(repr(alert_id))}{f' from {source.value}' if source else ''}: "
+            "unknown, pruned, or an event just accepted is still in the queue",
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=1)
+    if len(histories) > 1:
+        found = ", ".join(history["source"] for history in histories)
+        raise _fail(f"alert {alert_id!r} exists for sources {found}: give --source")
+    history = histories[0]
+    if as_json:
+        typer.echo(json.dumps(history, indent=2))
+        return
+    name = f"{history['source']}:{escape(alert_id)}"
+    cycles = Table(title=f"{name}: {len(history['cycles'])} cycle(s)", box=box.SIMPLE_HEAD)
+    for column in ("cycle", "desired", "confirmed", "state", "attempts", "incident"):
+        cycles.add_column(column)
+    cycles.add_column("last error", overflow="fold")
+    cycles.add_column("created")
+    cycles.add_column("updated")
+    for row in history["cycles"]:
+        incident = " ".join(
+            part for part in (row["pagerduty_incident_id"], row["pagerduty_incident_url"]) if part
+        )
+        cycles.add_row(
+            str(row["cycle"]),
+            row["desired_status"],
+            row["confirmed_status"] or "-",
+            _state(row["delivery_state"]),
+            str(row["attempts"]),
+            incident or "-",
+            escape(row["last_error"] or "-"),
+            _when(row["created_at"]),
+            _when(row["updated_at"]),
+        )
+    title = history["cycles"][-1]["title"]
+    if title:
+        cycles.caption = escape(title)
+    timeline = Table(title="timeline", box=box.SIMPLE_HEAD)
+    for column in ("at", "cycle", "kind", "action", "outcome"):
+        timeline.add_column(column)
+    timeline.add_column("detail", overflow="fold")
+    for entry in history["timeline"]:
+        timeline.add_row(
+            _when(entry["at"]),
+            str(entry["cycle"] or "-"),
+            entry["kind"],
+            entry["action"] or "-",
+            entry["outcome"],
+            escape(entry["detail"] or ""),
+        )
+    out = _stdout()
+    out.print(cycles)
+    out.print(timeline)
 
 
 @cli.command()
@@ -344,27 +461,104 @@ def replay(
     failed: Annotated[bool, typer.Option("--failed", help="replay every failed alert")] = False,
 ) -> None:
     """Put failed alerts back into delivery (the sweeper sends them within seconds)."""
-    from models import make_engine, make_session_factory, utcnow
+    from rich.progress import Progress
+
+    from models import utcnow
     from worker.replay import replay as replay_alerts
 
-    if bool(alert_ids) == failed:
-        raise _fail("give alert ids, or --failed (not both)")
+    if alert_ids and failed:
+        raise _fail("give alert ids or --failed, not both")
+    if not alert_ids and not failed:
+        raise _fail("give the alert ids to replay, or --failed for every failed alert")
     settings = _settings()
-    engine = make_engine(settings.database_url)
-    try:
+    with _database(settings) as sessions, Progress(console=console, transient=True) as bar:
+        task = bar.add_task("replaying", total=None)
         replayed = replay_alerts(
-            make_session_factory(engine), utcnow(), alert_ids=alert_ids or (), all_failed=failed
+            sessions,
+            utcnow(),
+            alert_ids=alert_ids or (),
+            all_failed=failed,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
-    finally:
-        engine.dispose()
     for name in replayed:
         typer.echo(f"replayed {name}")
     missing = set(alert_ids or ()) - {name.split(":", 1)[1] for name in replayed}
     for alert_id in sorted(missing):
-        console.print(f"[yellow]not replayed:[/] {alert_id} (unknown, or already delivered)")
+        console.print(
+            f"[yellow]not replayed:[/] {escape(alert_id)} (unknown, or already delivered)"
+        )
     typer.echo(f"{len(replayed)} alert(s) put back into delivery")
     if missing:
         raise typer.Exit(code=1)
+
+
+@cli.command()
+def prune(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="count what would be deleted, delete nothing")
+    ] = False,
+) -> None:
+    """Delete alerts delivered and resolved over PAGERBRIDGE_RETENTION_DAYS ago.
+
+    Their timelines (alert_events) go with them. Beat does this every hour.
+    """
+    from models import utcnow
+    from worker.retention import count_expired, retention_cutoff
+    from worker.retention import prune as prune_alerts
+
+    settings = _settings()
+    cutoff = retention_cutoff(utcnow(), settings.retention_days)
+    with _database(settings) as sessions:
+        result = count_expired(sessions, cutoff) if dry_run else prune_alerts(sessions, cutoff)
+    typer.echo(
+        f"{'would delete' if dry_run else 'deleted'} {result.alerts} alert(s) and "
+        f"{result.events} event(s): delivered, resolved and last updated before "
+        f"{cutoff:%Y-%m-%d %H:%M:%S} UTC ({settings.retention_days:g} days ago)"
+    )
+
+
+@cli.command("test-trigger")
+def trigger_check(
+    api_url: Annotated[
+        str | None, typer.Option(help="the api's base URL (default PAGERBRIDGE_PUBLIC_URL)")
+    ] = None,
+    timeout: Annotated[
+        float,
+        typer.Option(min=0.1, help="seconds to wait for the incident, then for its resolve"),
+    ] = 30.0,
+) -> None:
+    """CoScale's "Test trigger": a test alert's incident opened and resolved, end to end.
+
+    Sends a trigger for a new alert id to the running api, waits for the PagerDuty incident,
+    then sends its resolve and waits until PagerDuty confirms it.
+    """
+    import httpx
+
+    from worker.smoke import REQUEST_TIMEOUT, SmokeFailed, SmokeTest
+
+    settings = _settings()
+    if not settings.ingress_token_values:
+        raise _fail(
+            f"{ENV_PREFIX}INGRESS_TOKENS is unset: test-trigger calls the api with its first token"
+        )
+    url = (api_url or settings.public_url).rstrip("/")
+    with httpx.Client(base_url=url, timeout=min(REQUEST_TIMEOUT, timeout)) as client:
+        test = SmokeTest(
+            client,
+            settings.ingress_token_values[0],
+            timeout=timeout,
+            say=lambda message: console.print(escape(message), soft_wrap=True),
+        )
+        try:
+            result = test.run()
+        except SmokeFailed as exc:
+            console.print(f"[bold red]test trigger failed:[/] {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(code=1) from exc
+    typer.echo(f"incident {result.incident_id} {result.incident_url or '(no URL)'}")
+    typer.echo(
+        f"test trigger ok: alert {result.alert_id} opened its incident in "
+        f"{result.seconds_to_incident:g}s and resolved it in {result.seconds_to_resolved:g}s"
+    )
 
 
 @cli.command()
@@ -396,6 +590,131 @@ def _gate_report(settings: Settings) -> dict[str, object]:
         return {"error": f"Redis does not answer: {exc}"}
     finally:
         client.close()
+
+
+@contextmanager
+def _database(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    """Sessions on the configured database; one that cannot be used stops the command."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from models import make_engine, make_session_factory
+
+    engine = make_engine(settings.database_url)
+    try:
+        yield make_session_factory(engine)
+    except SQLAlchemyError as exc:
+        raise _fail(
+            f"cannot use the database ({exc.__class__.__name__}); is it migrated "
+            "(`pagerbridge migrate`) and up?"
+        ) from exc
+    finally:
+        engine.dispose()
+
+
+def _stdout() -> Console:
+    """The console the tables go to. Piped into a file or grep, rich would fold them to 80
+    columns; there, a wide table on long lines reads better."""
+    out = Console()
+    if not out.is_terminal and "COLUMNS" not in os.environ:
+        return Console(width=PIPED_WIDTH)
+    return out
+
+
+def _status_table(report: dict[str, Any]) -> Table:
+    table = Table(title="pagerbridge status", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value", overflow="fold")
+    for state, count in report["by_state"].items():
+        table.add_row(f"alerts {state}", _state(state, str(count)))
+    table.add_section()
+    oldest = report["oldest_pending"]
+    if oldest is None:
+        table.add_row("oldest pending", "nothing pending")
+    else:
+        age = oldest["age_seconds"]
+        table.add_row(
+            "oldest pending",
+            f"{escape(oldest['alert'])} (cycle {oldest['cycle']}, {_state(oldest['state'])}) "
+            f"for {_age(age) if age is not None else '?'}, {oldest['attempts']} attempt(s); "
+            f"last error: {escape(oldest['last_error'] or 'none')}",
+        )
+    table.add_section()
+    pagerduty = report["pagerduty"]
+    if "error" in pagerduty:
+        table.add_row("PagerDuty", escape(str(pagerduty["error"])))
+    else:
+        if pagerduty["breaker"] == "open":
+            opened = pagerduty.get("breaker_opened_at")
+            since = (
+                f" since {datetime.fromtimestamp(opened, UTC):%Y-%m-%d %H:%M:%S}" if opened else ""
+            )
+            table.add_row("breaker", f"[red]open[/]{since}: PagerDuty failing, deliveries wait")
+        else:
+            table.add_row(
+                "breaker", f"closed ({pagerduty['consecutive_failures']} consecutive failures)"
+            )
+        credentials = pagerduty["credentials"]
+        table.add_row(
+            "credentials",
+            "ok"
+            if credentials == "ok"
+            else f"[red]refused[/]: {escape(str(pagerduty['credentials_error']))}",
+        )
+        tokens = pagerduty["rate_limit_tokens"]
+        budget = "full (no call yet)" if tokens is None else f"{tokens:g} token(s) left"
+        if pagerduty["rate_limit_paused_for"]:
+            budget += f"; paused by a 429 for {pagerduty['rate_limit_paused_for']:g}s more"
+        table.add_row("rate budget", budget)
+    last = report["last_pagerduty_error"]
+    table.add_row(
+        "last PagerDuty error",
+        "none recorded"
+        if last is None
+        else f"{_when(last['at'])} {escape(last['alert'])} ({last['outcome']}): "
+        f"{escape(last['error'] or 'no detail')}",
+    )
+    return table
+
+
+_STATE_STYLE = {
+    DeliveryState.PENDING: "yellow",
+    DeliveryState.DELIVERED: "green",
+    DeliveryState.PARKED: "magenta",
+    DeliveryState.FAILED: "red",
+}
+
+
+def _state(state: str, text: str | None = None) -> str:
+    """``text`` (default: the state itself) in the colour of delivery state ``state``."""
+    style = _STATE_STYLE.get(DeliveryState(state), "")
+    return f"[{style}]{text or state}[/]" if style else text or state
+
+
+def _short(text: str | None, limit: int = 60) -> str:
+    if not text:
+        return "-"
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _when(iso: str | None) -> str:
+    """An ISO timestamp as the tables show it: UTC, to the second."""
+    return f"{datetime.fromisoformat(iso):%Y-%m-%d %H:%M:%S}" if iso else "-"
+
+
+def _age(seconds: float) -> str:
+    """``3m12s``, ``2h05m``, ``4d03h``: two units are enough to see how late."""
+    whole = int(seconds)
+    days, rest = divmod(whole, 86_400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{seconds:.1f}s"
 
 
 def main() -> None:

@@ -1,39 +1,46 @@
-"""What `pagerbridge status` reports, read from the database."""
+"""What the operator commands (`status`, `alerts`, `alert`) report, read from the database.
+
+Each function returns plain dicts of JSON types: ``--json`` prints them as they are, and the
+tables show the same fields.
+"""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
-from models import Alert, make_engine, make_session_factory
-from worker.errors import ServiceUnavailable
+from models import Alert, AlertEvent
+from worker.event import SOURCE_API, SOURCE_COSCALE
 from worker.status import DeliveryState
 
+SOURCES = (SOURCE_COSCALE, SOURCE_API)
+# Delivery outcomes the reconciler records when PagerDuty did not do what was asked
+# (worker/reconcile.py records the alert's new delivery state as the outcome).
+ERROR_OUTCOMES = tuple(
+    state.value for state in (DeliveryState.PENDING, DeliveryState.PARKED, DeliveryState.FAILED)
+)
+# `status` looks for the last PagerDuty error among this many newest events: a range of the
+# primary key, so the look-up stays quick on a large table with no error in it.
+LAST_ERROR_WINDOW = 100_000
 
-def delivery_report(database_url: str) -> dict[str, Any]:
-    engine = make_engine(database_url)
-    try:
-        with make_session_factory(engine)() as session:
-            counts: dict[DeliveryState, int] = {
-                state: count
-                for state, count in session.execute(
-                    select(Alert.delivery_state, func.count()).group_by(Alert.delivery_state)
-                )
-            }
-            oldest = session.scalars(
-                select(Alert)
-                .where(Alert.delivery_state.in_([DeliveryState.PENDING, DeliveryState.PARKED]))
-                .order_by(Alert.pending_since)
-                .limit(1)
-            ).first()
-    except SQLAlchemyError as exc:
-        raise ServiceUnavailable(
-            f"cannot read the database ({exc.__class__.__name__}); is it migrated and up?"
-        ) from exc
-    finally:
-        engine.dispose()
+
+def delivery_report(session: Session, now: datetime) -> dict[str, Any]:
+    """Alerts by delivery state, the oldest waiting delivery, the last PagerDuty error."""
+    counts: dict[DeliveryState, int] = {
+        state: count
+        for state, count in session.execute(
+            select(Alert.delivery_state, func.count()).group_by(Alert.delivery_state)
+        )
+    }
+    oldest = session.scalars(
+        select(Alert)
+        .where(Alert.delivery_state.in_([DeliveryState.PENDING, DeliveryState.PARKED]))
+        .order_by(Alert.pending_since)
+        .limit(1)
+    ).first()
     return {
         "by_state": {state.value: counts.get(state, 0) for state in DeliveryState},
         "oldest_pending": None
@@ -42,8 +49,118 @@ def delivery_report(database_url: str) -> dict[str, Any]:
             "alert": f"{oldest.source}:{oldest.source_alert_id}",
             "cycle": oldest.cycle,
             "state": oldest.delivery_state.value,
-            "since": oldest.pending_since.isoformat() if oldest.pending_since else None,
+            "since": _iso(oldest.pending_since),
+            "age_seconds": None
+            if oldest.pending_since is None
+            else round((now - oldest.pending_since).total_seconds(), 1),
             "attempts": oldest.attempts,
             "last_error": oldest.last_error,
         },
+        "last_pagerduty_error": last_pagerduty_error(session),
     }
+
+
+def last_pagerduty_error(session: Session) -> dict[str, Any] | None:
+    """The newest delivery that PagerDuty refused or did not answer, if any recent one."""
+    newest = session.scalar(select(func.max(AlertEvent.id)))
+    if newest is None:
+        return None
+    event = session.scalars(
+        select(AlertEvent)
+        .where(
+            AlertEvent.id > newest - LAST_ERROR_WINDOW,
+            AlertEvent.kind == "delivery",
+            AlertEvent.outcome.in_(ERROR_OUTCOMES),
+        )
+        .order_by(AlertEvent.id.desc())
+        .limit(1)
+    ).first()
+    if event is None:
+        return None
+    return {
+        "at": _iso(event.created_at),
+        "alert": f"{event.source}:{event.source_alert_id}",
+        "outcome": event.outcome,
+        "error": event.detail,
+    }
+
+
+def list_alerts(
+    session: Session, *, state: DeliveryState | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    """Alert cycles, newest first (by creation), optionally in one delivery state."""
+    query = select(Alert).order_by(Alert.id.desc()).limit(limit)
+    if state is not None:
+        query = query.where(Alert.delivery_state == state)
+    return [alert_row(alert) for alert in session.scalars(query)]
+
+
+def alert_histories(
+    session: Session, alert_id: str, *, source: str | None = None
+) -> list[dict[str, Any]]:
+    """Every cycle and the whole timeline of ``alert_id``, one entry per source that has it.
+
+    Usually one: CoScale's ids and the ids the bridge mints for the API contact differ.
+    """
+    cycles = list(
+        session.scalars(
+            select(Alert)
+            # IN on the leading column lets the (source, source_alert_id, cycle) index serve.
+            .where(Alert.source.in_([source] if source else SOURCES))
+            .where(Alert.source_alert_id == alert_id)
+            .order_by(Alert.source, Alert.cycle)
+        )
+    )
+    histories = []
+    for name in dict.fromkeys(alert.source for alert in cycles):
+        own = [alert for alert in cycles if alert.source == name]
+        cycle_of = {alert.id: alert.cycle for alert in own}
+        events = session.scalars(
+            select(AlertEvent)
+            .where(AlertEvent.source == name, AlertEvent.source_alert_id == alert_id)
+            .order_by(AlertEvent.id)
+        )
+        histories.append(
+            {
+                "source": name,
+                "alert_id": alert_id,
+                "cycles": [alert_row(alert) for alert in own],
+                "timeline": [
+                    {
+                        "at": _iso(event.received_at or event.created_at),
+                        "cycle": cycle_of.get(event.alert_pk) if event.alert_pk else None,
+                        "kind": event.kind,
+                        "action": event.action,
+                        "outcome": event.outcome,
+                        "detail": event.detail,
+                    }
+                    for event in events
+                ],
+            }
+        )
+    return histories
+
+
+def alert_row(alert: Alert) -> dict[str, Any]:
+    """One alert cycle as the operator commands show it."""
+    return {
+        "source": alert.source,
+        "alert_id": alert.source_alert_id,
+        "cycle": alert.cycle,
+        "title": alert.title,
+        "desired_status": alert.desired_status.value,
+        "confirmed_status": alert.confirmed_status.value if alert.confirmed_status else None,
+        "delivery_state": alert.delivery_state.value,
+        "attempts": alert.attempts,
+        "pagerduty_incident_id": alert.pagerduty_incident_id,
+        "pagerduty_incident_number": alert.pagerduty_incident_number,
+        "pagerduty_incident_url": alert.pagerduty_incident_url,
+        "next_attempt_at": _iso(alert.next_attempt_at),
+        "last_error": alert.last_error,
+        "created_at": _iso(alert.created_at),
+        "updated_at": _iso(alert.updated_at),
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None

@@ -8,7 +8,7 @@ which fails at start with the variable's name instead of at the first PagerDuty 
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     )
     sweep_interval: float = Field(2.0, gt=0, description="seconds between sweeper runs")
     sweep_batch: int = Field(500, gt=0, description="alerts re-queued per sweeper run at most")
+    retention_days: float = Field(
+        30.0,
+        gt=0,
+        description="days a delivered, resolved alert and its timeline are kept after its last "
+        "update; then the hourly prune deletes them",
+    )
 
     worker_concurrency: int = Field(2, gt=0, description="worker processes per `worker`")
     api_workers: int = Field(1, gt=0, description="api processes per `api`")
@@ -88,6 +94,23 @@ class Settings(BaseSettings):
         "", description="beat's schedule file; empty means a file in the temp directory"
     )
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="`text` lines, or `json`: one JSON object per line"
+    )
+    metrics_public: bool = Field(
+        False, description="serve the api's /metrics without the ingress token"
+    )
+    worker_metrics_port: int = Field(
+        9808,
+        ge=0,
+        le=65535,
+        description="port on which each `worker` serves its Prometheus metrics; 0: none",
+    )
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_log_format(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("ingress_tokens", mode="before")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,4 +75,4 @@ def test_status_reports_counts(env: dict[str, str], tmp_path: Path) -> None:
     assert env["PAGERBRIDGE_PAGERDUTY_TOKEN"] not in result.stdout
     table = pagerbridge("status", env=env, cwd=tmp_path)
     assert "delivered" in table.stdout and "nothing pending" in table.stdout
-    assert "breaker closed" in table.stdout
+    assert re.search(r"breaker\s+│\s+closed", table.stdout), table.stdout
