@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -92,11 +92,17 @@ class ListQueue:
     events: list[AlertEventMessage] = field(default_factory=list)
     broken: bool = False
     on_publish: Callable[[AlertEventMessage], None] | None = None
+    batches: list[int] = field(default_factory=list)  # events per publish_many call
 
     def publish(self, event: AlertEventMessage) -> QueuedIn:
+        return self.publish_many([event])
+
+    def publish_many(self, events: Sequence[AlertEventMessage]) -> QueuedIn:
         if self.broken:
             raise ServiceUnavailable("redis is down (fake)")
-        self.events.append(event)
-        if self.on_publish:
-            self.on_publish(event)
+        self.events.extend(events)
+        self.batches.append(len(events))
+        for event in events:
+            if self.on_publish:
+                self.on_publish(event)
         return "queue"

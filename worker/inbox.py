@@ -15,6 +15,7 @@ took the event, and 503 only when neither did.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import insert, select
@@ -41,29 +42,41 @@ class DurableEventQueue:
         self._sessions = sessions
 
     def publish(self, event: AlertEventMessage) -> QueuedIn:
+        return self.publish_many([event])
+
+    def publish_many(self, events: Sequence[AlertEventMessage]) -> QueuedIn:
+        if not events:
+            return "database+queue"
+        now = utcnow()
         try:
-            # A Core INSERT, not the ORM's unit of work: this runs once per webhook, on the
-            # ingest path, and the ORM's bookkeeping was most of its cost.
+            # One Core INSERT of many rows, not the ORM's unit of work: this is the ingest
+            # path, and the ORM's bookkeeping was most of its cost.
             with self._sessions.begin() as session:
                 session.execute(
-                    insert(InboxEvent).values(
-                        event_id=event.event_id, message=event.to_message(), created_at=utcnow()
-                    )
+                    insert(InboxEvent),
+                    [
+                        {
+                            "event_id": event.event_id,
+                            "message": event.to_message(),
+                            "created_at": now,
+                        }
+                        for event in events
+                    ],
                 )
         except SQLAlchemyError as exc:
             database_error: SQLAlchemyError | None = exc
-            log.warning("database unavailable, event %s only on the queue", event.event_id)
+            log.warning("database unavailable, %d event(s) only on the queue", len(events))
         else:
             database_error = None
         try:
-            self._queue.publish(event)
+            self._queue.publish_many(events)
         except ServiceUnavailable as redis_down:
             if database_error is not None:
                 raise ServiceUnavailable(
                     f"neither the database nor the queue took the event "
                     f"({database_error.__class__.__name__}; {redis_down})"
                 ) from redis_down
-            log.warning("queue unavailable: event %s kept in the database", event.event_id)
+            log.warning("queue unavailable: %d event(s) kept in the database", len(events))
             return "database"
         return "queue" if database_error is not None else "database+queue"
 

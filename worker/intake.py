@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import Alert, AlertEvent, InboxEvent
+from models import Alert, AlertEvent, InboxEvent, utcnow
 from worker.event import AlertEventMessage
 from worker.status import AlertStatus, DeliveryState, advance
 
@@ -134,53 +134,8 @@ def _open_cycle(event: AlertEventMessage, cycle: int, now: datetime) -> Alert:
 
 
 def _apply(session: Session, event: AlertEventMessage, now: datetime) -> AppliedEvent:
-    seen = session.scalar(select(AlertEvent.alert_pk).where(AlertEvent.event_id == event.event_id))
-    if seen is not None:
-        # A redelivered message: its worker may have died before reconciling. Reconciling again
-        # is idempotent, and finds nothing to do when the first worker finished.
-        return AppliedEvent(EventOutcome.DUPLICATE, seen, needs_delivery=True)
-    latest = session.scalars(
-        select(Alert)
-        .where(Alert.source == event.source, Alert.source_alert_id == event.alert_id)
-        .order_by(Alert.cycle.desc())
-        .limit(1)
-        .with_for_update()
-    ).first()
-    outcome = plan_event(latest, event)
-    alert = latest
-    needs_delivery = True
-    if outcome is EventOutcome.OPENED:
-        alert = _open_cycle(event, latest.cycle + 1 if latest else 1, now)
-        session.add(alert)
-    elif latest is not None and outcome is EventOutcome.ADVANCED:
-        latest.desired_status = advance(latest.desired_status, event.action)
-        if event.action is AlertStatus.RESOLVED:
-            latest.resolve_received_at = event.received_at
-        _fill_details(latest, event)
-        _mark_pending(latest, now)
-    elif latest is not None and outcome is EventOutcome.DETAILS:
-        _fill_details(latest, event)
-        # A trigger's text for an alert already resolved is kept for the record only.
-        needs_delivery = latest.desired_status is not AlertStatus.RESOLVED
-        if needs_delivery:
-            _mark_pending(latest, now)
-    else:
-        needs_delivery = False
-    session.flush()
-    session.add(
-        AlertEvent(
-            event_id=event.event_id,
-            alert_pk=alert.id if alert is not None else None,
-            source=event.source,
-            source_alert_id=event.alert_id,
-            kind="received",
-            action=event.action.value,
-            outcome=outcome.value,
-            received_at=event.received_at,
-            payload=event.fields or None,
-        )
-    )
-    return AppliedEvent(outcome, alert.id if alert is not None else None, needs_delivery)
+    """One event on its own (the fallback after a conflict): the batch path with one event."""
+    return _apply_batch(session, [event], now)[0]
 
 
 def _forget_inbox(session: Session, event_ids: list[str]) -> None:
@@ -220,13 +175,17 @@ def apply_events(
 ) -> list[AppliedEvent]:
     """Apply a batch of events in one transaction, in the order given.
 
-    One commit for the batch is what makes an alert storm cheap. If two workers race on a new
-    alert's first cycle (a unique-constraint conflict), the batch is applied again one event at
-    a time, each with its own retries.
+    Set-based: a fixed number of statements for the whole batch (which events were seen
+    before, the latest cycle of every alert touched, the new cycles, the timeline rows, the
+    inbox rows), not a few per event; that is what makes an alert storm cheap. If two workers
+    race on a new alert's first cycle (a unique-constraint conflict), the batch is applied
+    again one event at a time, each with its own retries.
     """
+    if not events:
+        return []
     try:
         with sessions.begin() as session:
-            applied = [_apply(session, event, now) for event in events]
+            applied = _apply_batch(session, events, now)
             _forget_inbox(session, [event.event_id for event in events])
     except IntegrityError:
         return [apply_event(sessions, event, now) for event in events]
@@ -240,3 +199,115 @@ def apply_events(
             result.outcome.value,
         )
     return applied
+
+
+# Rows per IN (...) list: well under every driver's parameter limit (SQLite's is 32,766).
+_IN_CHUNK = 500
+
+AlertKey = tuple[str, str]  # (source, source alert id)
+
+
+def _seen_events(session: Session, event_ids: list[str]) -> dict[str, int | None]:
+    """Events of this batch already applied (redelivered messages), with their alert."""
+    seen: dict[str, int | None] = {}
+    for start in range(0, len(event_ids), _IN_CHUNK):
+        chunk = event_ids[start : start + _IN_CHUNK]
+        rows = session.execute(
+            select(AlertEvent.event_id, AlertEvent.alert_pk).where(AlertEvent.event_id.in_(chunk))
+        )
+        seen.update({event_id: alert_pk for event_id, alert_pk in rows if event_id})
+    return seen
+
+
+def _latest_cycles(session: Session, keys: list[AlertKey]) -> dict[AlertKey, Alert]:
+    """The newest cycle of each alert, locked. Sorted, so concurrent batches lock rows in one
+    order and cannot deadlock on each other."""
+    latest: dict[AlertKey, Alert] = {}
+    for start in range(0, len(keys), _IN_CHUNK):
+        rows = session.scalars(
+            select(Alert)
+            .where(tuple_(Alert.source, Alert.source_alert_id).in_(keys[start : start + _IN_CHUNK]))
+            .order_by(Alert.source, Alert.source_alert_id, Alert.cycle.desc())
+            .with_for_update()
+        )
+        for alert in rows:
+            latest.setdefault((alert.source, alert.source_alert_id), alert)
+    return latest
+
+
+def _apply_batch(
+    session: Session, events: list[AlertEventMessage], now: datetime
+) -> list[AppliedEvent]:
+    seen = _seen_events(session, [event.event_id for event in events])
+    keys = sorted({(event.source, event.alert_id) for event in events})
+    latest = _latest_cycles(session, keys)
+    # (event, its alert (maybe not flushed yet), outcome, needs delivery), in batch order.
+    decided: list[tuple[AlertEventMessage, Alert | None, EventOutcome, bool]] = []
+    for event in events:
+        if event.event_id in seen:
+            decided.append((event, None, EventOutcome.DUPLICATE, True))
+            continue
+        seen[event.event_id] = None  # the same event twice in one batch
+        key = (event.source, event.alert_id)
+        alert, outcome, needs_delivery = _decide(latest.get(key), event, now)
+        if outcome is EventOutcome.OPENED and alert is not None:
+            session.add(alert)
+            latest[key] = alert
+        decided.append((event, alert, outcome, needs_delivery))
+    session.flush()  # the new cycles get their ids, in one INSERT ... RETURNING
+    timeline = [
+        {
+            "event_id": event.event_id,
+            "alert_pk": alert.id if alert is not None else None,
+            "source": event.source,
+            "source_alert_id": event.alert_id,
+            "kind": "received",
+            "action": event.action.value,
+            "outcome": outcome.value,
+            "received_at": event.received_at,
+            "payload": event.fields or None,
+            "created_at": utcnow(),
+        }
+        for event, alert, outcome, _ in decided
+        if outcome is not EventOutcome.DUPLICATE
+    ]
+    if timeline:
+        session.execute(insert(AlertEvent), timeline)
+    return [
+        AppliedEvent(
+            outcome,
+            seen.get(event.event_id) if outcome is EventOutcome.DUPLICATE else _pk(alert),
+            needs_delivery,
+        )
+        for event, alert, outcome, needs_delivery in decided
+    ]
+
+
+def _pk(alert: Alert | None) -> int | None:
+    return alert.id if alert is not None else None
+
+
+def _decide(
+    latest: Alert | None, event: AlertEventMessage, now: datetime
+) -> tuple[Alert | None, EventOutcome, bool]:
+    """Fold ``event`` into the alert whose newest cycle is ``latest``: (the alert it belongs
+    to, a new cycle when OPENED, not yet added to the session; the outcome; whether the alert
+    now needs a delivery)."""
+    outcome = plan_event(latest, event)
+    if outcome is EventOutcome.OPENED:
+        return _open_cycle(event, latest.cycle + 1 if latest else 1, now), outcome, True
+    if latest is not None and outcome is EventOutcome.ADVANCED:
+        latest.desired_status = advance(latest.desired_status, event.action)
+        if event.action is AlertStatus.RESOLVED:
+            latest.resolve_received_at = event.received_at
+        _fill_details(latest, event)
+        _mark_pending(latest, now)
+        return latest, outcome, True
+    if latest is not None and outcome is EventOutcome.DETAILS:
+        _fill_details(latest, event)
+        # A trigger's text for an alert already resolved is kept for the record only.
+        needs_delivery = latest.desired_status is not AlertStatus.RESOLVED
+        if needs_delivery:
+            _mark_pending(latest, now)
+        return latest, outcome, needs_delivery
+    return latest, outcome, False

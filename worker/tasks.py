@@ -15,6 +15,7 @@ from models import utcnow
 from worker.celery_app import (
     APPLY_EVENT_TASK,
     APPLY_ONE_EVENT_TASK,
+    PRUNE_TASK,
     RECONCILE_TASK,
     SWEEP_TASK,
     app,
@@ -34,6 +35,11 @@ RECONCILE_BATCH = 50
 # Events per apply task at most, and how long the worker waits to fill a batch (seconds): short
 # enough to add nothing noticeable to an alert's latency.
 APPLY_BATCH = 100
+# Events per transaction: the ingress packs up to 200 events in a message, so a full batch of
+# messages is tens of thousands of events, too many for one transaction's locks.
+APPLY_CHUNK = 500
+# Alerts an apply task reconciles itself; the rest of its batch goes out as reconcile tasks.
+RECONCILE_INLINE = 100
 APPLY_FLUSH_INTERVAL = 0.05
 DATABASE_RETRY = 5  # seconds before an event that met a database outage is tried again
 
@@ -74,30 +80,48 @@ def apply_event_task(requests: list[SimpleRequest]) -> None:
     events = []
     for request in requests:
         try:
-            events.append(AlertEventMessage.from_message(request.args[0]))
+            events.extend(_decoded(request.args[0]))
         except (KeyError, TypeError, ValueError, IndexError):
             # Only our ingress writes this queue; a message it could not have written is
             # logged whole (it holds no secret) rather than retried forever.
             log.error("dropping an undecodable apply_event message: %r", request.args)
     runtime = current_runtime()
-    try:
-        applied = apply_events(runtime.sessions, events, utcnow())
-    except _DATABASE_DOWN as exc:
-        # Not acknowledged as lost: each event goes back on the queue to be tried again soon,
-        # and this batch's messages are acknowledged only once those copies are queued.
-        log.warning("database unavailable (%s); requeueing %d event(s)", exc, len(events))
-        for event in events:
-            apply_one_event_task.apply_async(args=[event.to_message()], countdown=DATABASE_RETRY)
-        return
+    applied = []
+    for start in range(0, len(events), APPLY_CHUNK):
+        try:
+            applied += apply_events(runtime.sessions, events[start : start + APPLY_CHUNK], utcnow())
+        except _DATABASE_DOWN as exc:
+            # Not acknowledged as lost: each event not yet applied goes back on the queue to be
+            # tried again soon, and this batch's messages are acknowledged only once those
+            # copies are queued.
+            left = events[start:]
+            log.warning("database unavailable (%s); requeueing %d event(s)", exc, len(left))
+            for event in left:
+                apply_one_event_task.apply_async(
+                    args=[event.to_message()], countdown=DATABASE_RETRY
+                )
+            break
     alert_pks = [a.alert_pk for a in applied if a.needs_delivery and a.alert_pk is not None]
+    alert_pks = list(dict.fromkeys(alert_pks))
     if not alert_pks:
         return
+    # A storm's batch holds thousands of alerts: reconcile the first ones here and hand the
+    # rest to the queue, so every worker process shares them and no task nears its time limit.
+    queue_reconcile(alert_pks[RECONCILE_INLINE:])
     try:
-        _reconciler().reconcile_many(alert_pks)
+        _reconciler().reconcile_many(alert_pks[:RECONCILE_INLINE])
     except _DATABASE_DOWN as exc:
         # The events are applied and committed; their alerts are due for the sweeper in a few
         # seconds. Failing the batch would only hold its messages until the visibility timeout.
         log.warning("reconcile after apply failed (%s); the sweeper will retry", exc)
+
+
+def _decoded(message: dict[str, Any] | list[dict[str, Any]]) -> list[AlertEventMessage]:
+    """The events of one apply message: the ingress sends one per batch of requests (a list);
+    before it did, one per request (a dict), and a queue may still hold those."""
+    if isinstance(message, list):
+        return [AlertEventMessage.from_message(body) for body in message]
+    return [AlertEventMessage.from_message(message)]
 
 
 @app.task(name=APPLY_ONE_EVENT_TASK, bind=True, **_RETRY_POLICY)
@@ -151,3 +175,31 @@ def _on_worker_ready(**_: Any) -> None:
         return
     if woken:
         log.info("woke %d parked alert(s) at worker start", woken)
+
+
+# Seconds a scheduled prune may spend starting batches: well inside the task time limit
+# (TASK_TIME_LIMIT, 120 s), so a large first prune spreads over a few hourly runs instead of
+# being killed mid-batch.
+PRUNE_TIME_BUDGET = 60.0
+
+
+@app.task(name=PRUNE_TASK)
+def prune_task() -> dict[str, Any]:
+    """Delete alerts delivered and resolved more than PAGERBRIDGE_RETENTION_DAYS ago."""
+    from worker.retention import prune, retention_cutoff
+
+    runtime = current_runtime()
+    result = prune(
+        runtime.sessions,
+        retention_cutoff(utcnow(), runtime.settings.retention_days),
+        time_budget=PRUNE_TIME_BUDGET,
+    )
+    if result.alerts:
+        log.info(
+            "pruned %d alert(s) and %d event(s) last updated before %s%s",
+            result.alerts,
+            result.events,
+            result.cutoff.isoformat(),
+            "" if result.complete else "; more left for the next run",
+        )
+    return result.as_dict()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Request
@@ -22,6 +23,7 @@ from worker.errors import InvalidEvent, ServiceUnavailable
 from worker.event import SOURCE_API, SOURCE_COSCALE, AlertEventMessage, new_event_id
 from worker.gate import DeliveryGate
 from worker.ingress.auth import WWW_AUTHENTICATE, presented_token, token_is_valid
+from worker.ingress.handoff import GroupCommitHandoff
 from worker.ingress.schemas import (
     AlertView,
     BulkUpdateRequest,
@@ -102,7 +104,15 @@ def create_app(
 ) -> FastAPI:
     """The ingress application, wired to its queue and database (and, when the PagerDuty token
     is known here, the delivery gate whose state ``/readyz`` reports)."""
+    handoff = GroupCommitHandoff(queue)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        handoff.close()  # waits for the batch being written: its requests are answered
+
     app = FastAPI(
+        lifespan=lifespan,
         title="pagerbridge",
         summary="CoScale alert events to PagerDuty incidents, retry-safe.",
         version="0.1.0",
@@ -166,25 +176,26 @@ def create_app(
     def alert_url(alert_id: str) -> str:
         return f"{settings.public_url.rstrip('/')}/alerts/{alert_id}"
 
-    def publish(event: AlertEventMessage) -> QueuedIn:
-        where = queue.publish(event)
-        EVENTS_RECEIVED.labels(event.source, event.action.value).inc()
-        log.info(
-            "accepted event %s %s alert=%s:%s (kept in the %s)",
-            event.event_id,
-            event.action.value,
-            event.source,
-            event.alert_id,
-            where,
-        )
-        return where
+    async def publish(*events: AlertEventMessage) -> QueuedIn:
+        answers = await handoff.publish_all(events)
+        for event, where in zip(events, answers, strict=True):
+            EVENTS_RECEIVED.labels(event.source, event.action.value).inc()
+            log.info(
+                "accepted event %s %s alert=%s:%s (kept in the %s)",
+                event.event_id,
+                event.action.value,
+                event.source,
+                event.alert_id,
+                where,
+            )
+        return answers[0]
 
     # -- CoScale's Webhook contact -----------------------------------------------------------
 
     @app.post(
         "/webhooks/coscale", status_code=202, response_model=EventAccepted, dependencies=[Auth]
     )
-    def coscale_webhook(body: CoScaleWebhook) -> EventAccepted:
+    async def coscale_webhook(body: CoScaleWebhook) -> EventAccepted:
         action = parse_action(body.action)
         fields = body.model_dump(exclude_none=True, exclude={"service_id", "title", "urgency"})
         title = (
@@ -204,7 +215,7 @@ def create_app(
             urgency=body.urgency,
             fields=fields,
         )
-        where = publish(event)
+        where = await publish(event)
         return EventAccepted(
             alert_id=event.alert_id,
             event_id=event.event_id,
@@ -222,7 +233,7 @@ def create_app(
         response_model_exclude_none=True,
         dependencies=[Auth],
     )
-    def create_incident(body: CreateIncidentRequest) -> IncidentEnvelope:
+    async def create_incident(body: CreateIncidentRequest) -> IncidentEnvelope:
         incident = body.incident
         service_id = service_for(
             incident.service.id if incident.service else None, "incident.service.id"
@@ -240,7 +251,7 @@ def create_app(
             service_id=service_id,
             urgency=incident.urgency,
         )
-        publish(event)
+        await publish(event)
         return IncidentEnvelope(
             incident=IncidentAnswer(
                 id=bridge_id,
@@ -253,8 +264,8 @@ def create_app(
             )
         )
 
-    def update(incident_id: str, status: str) -> IncidentAnswer:
-        event = AlertEventMessage(
+    def status_update(incident_id: str, status: str) -> AlertEventMessage:
+        return AlertEventMessage(
             event_id=new_event_id(),
             source=SOURCE_API,
             alert_id=incident_id,
@@ -263,7 +274,8 @@ def create_app(
             # Not an id we minted: a PagerDuty incident from before the switch. Adopt it.
             incident_id=None if incident_id.startswith(BRIDGE_ID_PREFIX) else incident_id,
         )
-        publish(event)
+
+    def updated(incident_id: str, status: str) -> IncidentAnswer:
         return IncidentAnswer(id=incident_id, status=status, html_url=alert_url(incident_id))
 
     @app.put(
@@ -272,9 +284,10 @@ def create_app(
         response_model_exclude_none=True,
         dependencies=[Auth],
     )
-    def update_incidents(body: BulkUpdateRequest) -> IncidentsEnvelope:
+    async def update_incidents(body: BulkUpdateRequest) -> IncidentsEnvelope:
+        await publish(*(status_update(item.id, item.status) for item in body.incidents))
         return IncidentsEnvelope(
-            incidents=[update(item.id, item.status) for item in body.incidents]
+            incidents=[updated(item.id, item.status) for item in body.incidents]
         )
 
     @app.put(
@@ -283,10 +296,11 @@ def create_app(
         response_model_exclude_none=True,
         dependencies=[Auth],
     )
-    def update_incident(incident_id: str, body: SingleUpdateRequest) -> IncidentEnvelope:
+    async def update_incident(incident_id: str, body: SingleUpdateRequest) -> IncidentEnvelope:
         if not incident_id.replace("-", "").replace("_", "").isalnum() or len(incident_id) > 64:
             raise ApiError(422, "invalid incident id in the URL", field="incident_id")
-        return IncidentEnvelope(incident=update(incident_id, body.incident.status))
+        await publish(status_update(incident_id, body.incident.status))
+        return IncidentEnvelope(incident=updated(incident_id, body.incident.status))
 
     # -- the mapping ---------------------------------------------------------------------------
 
@@ -349,9 +363,16 @@ def create_app(
         ready = all(result["status"] != "down" for result in checks.values())
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
-    @app.get("/metrics", dependencies=[Auth])
+    # Behind the token unless PAGERBRIDGE_METRICS_PUBLIC (issue #6): it shows counts, no secret.
+    @app.get("/metrics", dependencies=[] if settings.metrics_public else [Auth])
     def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        from worker.metrics import BridgeStateCollector
+
+        if not hasattr(app.state, "bridge_state"):  # made at the first scrape
+            app.state.bridge_state = BridgeStateCollector(settings, sessions, gate=gate)
+        # This process's counters, then the shared state read now (worker/metrics.py).
+        body = generate_latest() + generate_latest(app.state.bridge_state)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return app
 
