@@ -3,12 +3,13 @@ failure does to its schedule."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from models import Alert
 from worker.backoff import retry_delay, should_give_up
-from worker.pagerduty import CredentialsError, PagerDutyError, RetryableError
+from worker.pagerduty import CredentialsError, Incident, PagerDutyError, RetryableError
 from worker.status import AlertStatus, DeliveryState, next_update
 
 # With bad credentials nothing heals by itself; look again now and then (a probe) so that a
@@ -134,3 +135,19 @@ def schedule_after_failure(
             delay = max(delay, error.retry_after)
         return Schedule(DeliveryState.PENDING, attempts, now + timedelta(seconds=delay), message)
     return Schedule(DeliveryState.FAILED, alert.attempts + 1, None, message)
+
+
+def choose_incident(found: Sequence[Incident]) -> Incident | None:
+    """Of the incidents PagerDuty lists for an alert cycle's key, the one that cycle made.
+
+    A key names one cycle, but it can come back: once retention has pruned an alert's every
+    cycle, a new trigger with the same alert id opens cycle 1 again, with the key of an incident
+    resolved long ago. The cycle's own incident is the open one (nothing of ours resolves it
+    before we know its id), else the newest (the highest number) when a person resolved it.
+    """
+    if not found:
+        return None
+    return max(
+        found,
+        key=lambda incident: (incident.status != "resolved", incident.number or 0),
+    )

@@ -61,6 +61,7 @@ class GateStatus:
     credentials_error: str | None
     paused_for: float  # seconds left of a 429 pause
     tokens: float | None  # rate-limit tokens left, None before the first call
+    learned_rate_per_minute: float | None = None  # PagerDuty's announced limit, while kept
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +72,9 @@ class GateStatus:
             "credentials_error": self.credentials_error,
             "rate_limit_paused_for": round(self.paused_for, 3),
             "rate_limit_tokens": None if self.tokens is None else round(self.tokens, 2),
+            "rate_limit_learned_per_minute": None
+            if self.learned_rate_per_minute is None
+            else round(self.learned_rate_per_minute, 1),
         }
 
 
@@ -99,6 +103,10 @@ end
 local paused = tonumber(g[3] or '0')
 if paused > now then return {'wait', paused - now} end
 local rate = tonumber(ARGV[4])
+local learned = redis.call('HMGET', KEYS[1], 'learned_rate', 'learned_until')
+if learned[1] and tonumber(learned[2]) > now then
+  rate = math.min(rate, tonumber(learned[1]))
+end
 local burst = tonumber(ARGV[5])
 local tokens = tonumber(g[4] or ARGV[5])
 local ts = tonumber(g[5] or ARGV[1])
@@ -136,7 +144,8 @@ end
 return 0
 """
 
-# KEYS: gate hash. ARGV: now_ms, pause_ms or -1 (absent: doubling backoff), base_ms, max_ms.
+# KEYS: gate hash. ARGV: now_ms, pause_ms or -1 (absent: doubling backoff), base_ms, max_ms,
+# learned rate per ms or -1 (PagerDuty did not say its limit), learned_ms (how long to keep it).
 _RATE_LIMITED = """
 local pauses = redis.call('HINCRBY', KEYS[1], 'pauses', 1)
 local pause = tonumber(ARGV[2])
@@ -145,8 +154,19 @@ if pause < 0 then
 end
 redis.call('HSET', KEYS[1], 'paused_until', tonumber(ARGV[1]) + pause, 'tokens', '0',
            'ts', ARGV[1])
+if tonumber(ARGV[5]) > 0 then
+  redis.call('HSET', KEYS[1], 'learned_rate', ARGV[5],
+             'learned_until', tonumber(ARGV[1]) + tonumber(ARGV[6]))
+end
 return pause
 """
+
+# The share of a limit PagerDuty announced that the bridge then uses: a little under it, so that
+# the clocks and windows of two token buckets never quite meet.
+LEARNED_RATE_SHARE = 0.98
+# How long an announced limit is kept: an account's limit changes seldom, but a stale one must
+# not throttle the bridge forever after someone raised it (or another tool stopped sharing it).
+LEARNED_RATE_SECONDS = 3600.0
 
 
 def _text(value: bytes | str) -> str:
@@ -240,8 +260,27 @@ class DeliveryGate:
             message,
         )
 
-    def rate_limited(self, retry_after: float | None) -> float:
-        """Record a 429; returns the pause in seconds every worker now observes."""
+    def rate_limited(
+        self, retry_after: float | None, limit_per_minute: float | None = None
+    ) -> float:
+        """Record a 429; returns the pause in seconds every worker now observes.
+
+        ``limit_per_minute``, PagerDuty's ``ratelimit-limit``: when it is below the configured
+        rate (the account's limit is lower, or other tools share it), every worker adopts it
+        for :data:`LEARNED_RATE_SECONDS`, so one 429 is not followed by a 429 a second.
+        """
+        learned = -1.0
+        if limit_per_minute is not None and limit_per_minute > 0:
+            learned = limit_per_minute * LEARNED_RATE_SHARE / 60_000
+            if learned < self.rate_per_minute / 60_000:
+                log.warning(
+                    "PagerDuty limits this token to %g calls/min, below the configured %g: "
+                    "using %g for the next %d min",
+                    limit_per_minute,
+                    self.rate_per_minute,
+                    limit_per_minute * LEARNED_RATE_SHARE,
+                    LEARNED_RATE_SECONDS // 60,
+                )
         pause_ms = self._run(
             self._rate_limited,
             keys=self._keys,
@@ -250,6 +289,8 @@ class DeliveryGate:
                 -1 if retry_after is None else math.ceil(retry_after * 1000),
                 int(self.rate_limit_backoff * 1000),
                 int(self.rate_limit_backoff_max * 1000),
+                repr(learned),
+                int(LEARNED_RATE_SECONDS * 1000),
             ],
         )
         return (float(pause_ms) if pause_ms is not None else self.rate_limit_backoff * 1000) / 1000
@@ -269,6 +310,9 @@ class DeliveryGate:
             credentials_error=fields.get("credentials"),
             paused_for=max(0, int(float(fields.get("paused_until", 0))) - now_ms) / 1000,
             tokens=float(fields["tokens"]) if "tokens" in fields else None,
+            learned_rate_per_minute=float(fields["learned_rate"]) * 60_000
+            if "learned_rate" in fields and float(fields.get("learned_until", 0)) > now_ms
+            else None,
         )
 
     def _run(self, script: Callable[..., Any], **kwargs: Any) -> Any:

@@ -33,6 +33,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, AlertEvent, utcnow
+from worker import metrics
 from worker.delivery import (
     WAIT_FOR_TRIGGER,
     Create,
@@ -42,6 +43,7 @@ from worker.delivery import (
     Step,
     Update,
     WaitForTrigger,
+    choose_incident,
     plan_delivery,
     schedule_after_failure,
 )
@@ -184,6 +186,7 @@ class Reconciler:
         if self._recovered:
             self._recovered = False
             self._drain_parked()
+        metrics.count_deliveries(results.values())
         return results
 
     # -- the lease -------------------------------------------------------------------------
@@ -270,13 +273,11 @@ class Reconciler:
             alert.pending_since = None
             alert.last_error = None
             result = ReconcileResult.DELIVERED
-            log.info(
-                "delivered alert=%s:%s incident=%s status=%s (%s)",
-                alert.source,
-                alert.source_alert_id,
-                alert.pagerduty_incident_id,
-                alert.desired_status.value,
-                step.reason,
+            _log_delivery(
+                logging.INFO,
+                "delivered",
+                alert,
+                f"status={alert.desired_status.value} ({step.reason})",
             )
         elif isinstance(step, WaitForTrigger):
             alert.next_attempt_at = now + WAIT_FOR_TRIGGER
@@ -286,7 +287,7 @@ class Reconciler:
             alert.next_attempt_at = None
             alert.last_error = step.reason
             result = ReconcileResult.FAILED
-            log.error("alert=%s:%s failed: %s", alert.source, alert.source_alert_id, step.reason)
+            _log_delivery(logging.ERROR, "failed", alert, step.reason)
         else:
             return None
         alert.lease_owner = None
@@ -349,7 +350,7 @@ class Reconciler:
             if gate is not None:
                 self._tell_gate(gate, error)
             if error.status == 429 and isinstance(error, RetryableError) and gate is not None:
-                return Deferred(gate.rate_limited(error.retry_after), str(error))
+                return Deferred(gate.rate_limited(error.retry_after, error.rate_limit), str(error))
             return error
         if gate is not None:
             self._answered(gate)
@@ -391,10 +392,11 @@ class Reconciler:
                     ) from None
                 return found[0]
         if isinstance(step, FindByKey):
-            found = self.client.find_incidents(
-                step.incident_key, include_resolved=step.include_resolved
+            return choose_incident(
+                self.client.find_incidents(
+                    step.incident_key, include_resolved=step.include_resolved
+                )
             )
-            return found[0] if found else None
         if isinstance(step, Update):
             return self.client.update_incident(step.incident_id, step.status.value)
         raise AssertionError(f"no call for {step!r}")
@@ -416,14 +418,26 @@ class Reconciler:
                 step, answer = calls[alert.id], answers[alert.id]
                 if isinstance(answer, Incident | None):
                     self._record_success(session, alert, step, answer)
-                    again.append(alert.id)
+                    # Usually that was the last call the alert needed: finish it in this
+                    # transaction rather than loading it again to find out.
+                    finished = self._finish_without_call(alert, plan_delivery(alert))
+                    if finished is None:
+                        again.append(alert.id)
+                    else:
+                        results[alert.id] = finished
                     continue
                 if isinstance(answer, Parked):
+                    # A line when the alert parks, not at each re-check while it stays parked.
+                    was_parked = alert.delivery_state is DeliveryState.PARKED
+                    level = logging.DEBUG if was_parked else logging.INFO
+                    _log_delivery(level, "parked", alert, answer.reason)
                     alert.delivery_state = DeliveryState.PARKED
                     alert.next_attempt_at = now + PARK_RECHECK
                     alert.last_error = answer.reason
                     results[alert.id] = ReconcileResult.PARKED
                 elif isinstance(answer, Deferred):
+                    detail = f"{answer.reason}; next in {answer.seconds:g} s"
+                    _log_delivery(logging.DEBUG, "waiting", alert, detail)
                     alert.next_attempt_at = now + timedelta(seconds=answer.seconds)
                     alert.last_error = answer.reason
                     results[alert.id] = ReconcileResult.WAITING
@@ -450,6 +464,7 @@ class Reconciler:
         if alert.delivery_state is DeliveryState.PARKED:
             alert.delivery_state = DeliveryState.PENDING
         self._audit(session, alert, outcome, detail=_describe(step, incident))
+        _log_delivery(logging.INFO, _CALL_DONE[outcome], alert, _describe(step, incident))
 
     def _record_failure(
         self, session: Session, alert: Alert, error: PagerDutyError
@@ -467,17 +482,15 @@ class Reconciler:
         alert.next_attempt_at = schedule.next_attempt_at
         alert.last_error = schedule.last_error
         self._audit(session, alert, schedule.state.value, detail=schedule.last_error)
-        level = logging.ERROR if schedule.state is not DeliveryState.PENDING else logging.WARNING
-        log.log(
-            level,
-            "delivery %s alert=%s:%s incident=%s attempt=%d: %s",
-            schedule.state.value,
-            alert.source,
-            alert.source_alert_id,
-            alert.pagerduty_incident_id,
-            schedule.attempts,
-            schedule.last_error,
-        )
+        if schedule.state is DeliveryState.PENDING:
+            metrics.count_retry(error.status)
+            now = self.clock()
+            wait = ((schedule.next_attempt_at or now) - now).total_seconds()
+            detail = f"attempt {schedule.attempts}, next in {wait:.0f} s: {schedule.last_error}"
+            _log_delivery(logging.WARNING, "retry", alert, detail)
+        else:
+            detail = f"attempt {schedule.attempts}: {schedule.last_error}"
+            _log_delivery(logging.ERROR, schedule.state.value, alert, detail)
         return {
             DeliveryState.PENDING: ReconcileResult.RETRY,
             DeliveryState.PARKED: ReconcileResult.PARKED,
@@ -528,6 +541,36 @@ class Reconciler:
         if parked and self.requeue is not None:
             self.requeue(parked)
         log.warning("queued %d parked alert(s) after PagerDuty recovered", len(parked))
+
+
+# What a successful call did, by the outcome _record_success audits.
+_CALL_DONE = {
+    "create": "created",
+    "update": "updated",
+    "findbykey": "adopted",
+    "not-found": "not_found",
+}
+_SAID = {"retry": "retry scheduled", "not_found": "not found"}
+
+
+def _log_delivery(level: int, outcome: str, alert: Alert, detail: str | None) -> None:
+    """One line per delivery step, naming the alert and its incident; in JSON logs they are
+    also fields of their own (``alert``, ``cycle``, ``incident``, ``outcome``)."""
+    name = f"{alert.source}:{alert.source_alert_id}"
+    log.log(
+        level,
+        "%s alert=%s incident=%s: %s",
+        _SAID.get(outcome, outcome),
+        name,
+        alert.pagerduty_incident_id,
+        detail,
+        extra={
+            "alert": name,
+            "cycle": alert.cycle,
+            "incident": alert.pagerduty_incident_id,
+            "outcome": outcome,
+        },
+    )
 
 
 def _describe(step: Step, incident: Incident | None) -> str:

@@ -128,3 +128,47 @@ def test_the_token_itself_is_never_a_key(server: fakeredis.FakeServer, clock: Cl
     keys = [key.decode() for key in fakeredis.FakeRedis(server=server).keys("*")]
     assert keys and all("pd-token" not in key for key in keys)
     assert all(token_id("pd-token") in key for key in keys)
+
+
+def admitted_in(worker: DeliveryGate, clock: Clock, seconds: int) -> int:
+    """Calls admitted over ``seconds`` of fake time, asking again when told to wait."""
+    admitted, end = 0, clock.now + seconds
+    while clock.now < end:
+        decision = worker.admit()
+        if decision.admission is Admission.GO:
+            admitted += 1
+        else:
+            clock.now += max(decision.wait, 0.001)
+    return admitted
+
+
+def test_a_429_announcing_a_lower_limit_slows_every_worker_to_it(
+    server: fakeredis.FakeServer, clock: Clock
+) -> None:
+    worker_a = gate(server, clock, rate_per_minute=900, burst=1)
+    worker_b = gate(server, clock, rate_per_minute=900, burst=1)
+    assert admitted_in(worker_b, clock, 10) == pytest.approx(150, rel=0.03)  # 900/min
+    worker_a.rate_limited(retry_after=0.5, limit_per_minute=600)
+    assert worker_b.status().learned_rate_per_minute == pytest.approx(588)
+    clock.now += 0.5
+    # 98% of 600/min: 9.8 a second, from the other worker too.
+    assert admitted_in(worker_b, clock, 10) == pytest.approx(98, rel=0.03)
+
+
+def test_a_limit_above_the_configured_rate_changes_nothing(
+    server: fakeredis.FakeServer, clock: Clock
+) -> None:
+    worker = gate(server, clock, rate_per_minute=600, burst=1)
+    worker.rate_limited(retry_after=0, limit_per_minute=960)
+    assert admitted_in(worker, clock, 10) == pytest.approx(100, rel=0.03)
+
+
+def test_a_learned_limit_is_forgotten_after_an_hour(
+    server: fakeredis.FakeServer, clock: Clock
+) -> None:
+    worker = gate(server, clock, rate_per_minute=900, burst=1)
+    worker.rate_limited(retry_after=0, limit_per_minute=60)
+    assert admitted_in(worker, clock, 10) == pytest.approx(10, abs=1)
+    clock.now += 3600
+    assert worker.status().learned_rate_per_minute is None
+    assert admitted_in(worker, clock, 10) == pytest.approx(150, rel=0.03)

@@ -14,6 +14,7 @@ from worker.pagerduty.classify import (
     classify_malformed_success,
     classify_response,
     classify_transport_failure,
+    rate_limit_per_minute,
     retry_after_seconds,
 )
 from worker.pagerduty.errors import (
@@ -396,3 +397,18 @@ def test_malformed_success_is_retryable_with_a_snippet() -> None:
 
     assert type(error) is RetryableError
     assert str(error) == "PagerDuty HTTP 201: unreadable success answer, no incident: Hi"
+
+
+@pytest.mark.parametrize(
+    ("headers", "limit"),
+    [
+        ({"ratelimit-limit": "960"}, 960.0),
+        ({"RateLimit-Limit": "600, 600;w=60"}, 600.0),
+        ({"ratelimit-limit": "0"}, None),
+        ({"ratelimit-limit": "lots"}, None),
+        ({"ratelimit-limit": "inf"}, None),
+        ({}, None),
+    ],
+)
+def test_the_rate_limit_a_429_announces(headers: dict[str, str], limit: float | None) -> None:
+    assert rate_limit_per_minute(headers) == limit

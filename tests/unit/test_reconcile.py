@@ -211,6 +211,37 @@ def test_resolve_after_lost_create_finds_and_resolves_the_incident(
     assert alert(sqlite_sessions).pagerduty_incident_id == incident["id"]
 
 
+def test_a_pruned_alerts_old_incident_is_not_taken_for_the_new_cycles(
+    send: Send,
+    reconciler: Reconciler,
+    pagerduty: FakePagerDuty,
+    sqlite_sessions: sessionmaker[Session],
+) -> None:
+    # Given an incident resolved long ago with the key cycle 1 of alert 42 will use again
+    # (retention pruned the alert's rows, so its cycles count from 1 once more)
+    old = pagerduty.simulator.create_incident(
+        {
+            "incident": {
+                "type": "incident",
+                "title": "long ago",
+                "service": {"id": "PSVC", "type": "service_reference"},
+                "incident_key": "pagerbridge/coscale/42/1",
+            }
+        }
+    )
+    pagerduty.simulator.update_incident(
+        old["id"], {"incident": {"type": "incident_reference", "status": "resolved"}}
+    )
+    # When the new trigger's create is answered but the answer lost, and a resolve follows
+    pagerduty.fail_next("create", "lost")
+    deliver(reconciler, send(T, at=0))
+    assert deliver(reconciler, send(R, at=1)) is ReconcileResult.DELIVERED
+    # Then the new incident is the one resolved, and the alert maps to it
+    new = next(i for i in pagerduty.incidents() if i["id"] != old["id"])
+    assert new["status"] == "resolved"
+    assert alert(sqlite_sessions).pagerduty_incident_id == new["id"]
+
+
 def test_retryable_errors_back_off_then_fail_after_give_up_age(
     send: Send,
     reconciler: Reconciler,

@@ -106,6 +106,7 @@ def classify_response(
             # Read for every retryable status, not just 429: a 503 with Retry-After means the
             # same thing, and an absent header simply gives None.
             retry_after=retry_after_seconds(headers, now=now),
+            rate_limit=rate_limit_per_minute(headers) if status == 429 else None,
         )
     if 400 <= status <= 499:
         return PermanentError(message, status=status, code=code, errors=errors)
@@ -119,6 +120,24 @@ def classify_response(
         errors=errors,
         retry_after=retry_after_seconds(headers, now=now),
     )
+
+
+def rate_limit_per_minute(headers: Mapping[str, str]) -> float | None:
+    """The calls per minute a 429's ``ratelimit-limit`` header allows, or ``None``.
+
+    PAGERDUTY.md: the REST API's limit is per minute (960 for one API key, shared by all of a
+    user's keys), and its 429s may carry the limit. A positive number is all we trust.
+    """
+    lowered = {name.lower(): value for name, value in headers.items()}
+    raw = lowered.get("ratelimit-limit")
+    if raw is None:
+        return None
+    try:
+        # RFC draft style "960, 960;w=60" is possible: the first number is the limit.
+        limit = float(raw.split(",")[0].split(";")[0].strip())
+    except ValueError:
+        return None
+    return limit if math.isfinite(limit) and limit > 0 else None
 
 
 def retry_after_seconds(headers: Mapping[str, str], *, now: float | None = None) -> float | None:

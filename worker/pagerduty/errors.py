@@ -89,6 +89,8 @@ class RetryableError(PagerDutyError):
     Attributes:
         retry_after: seconds to wait before the next attempt, as PagerDuty asked for it
             (``ratelimit-reset`` or ``Retry-After``); ``None`` when it did not say.
+        rate_limit: the calls per minute PagerDuty allows this token (``ratelimit-limit`` on a
+            429); ``None`` when it did not say.
     """
 
     def __init__(
@@ -99,9 +101,11 @@ class RetryableError(PagerDutyError):
         code: int | None = None,
         errors: Iterable[str] = (),
         retry_after: float | None = None,
+        rate_limit: float | None = None,
     ) -> None:
         super().__init__(message, status=status, code=code, errors=errors)
         self.retry_after = retry_after
+        self.rate_limit = rate_limit
 
     def __str__(self) -> str:
         text = super().__str__()
