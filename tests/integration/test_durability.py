@@ -144,6 +144,9 @@ def _stack(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         services["worker"] = start_service("worker", ["worker", "--concurrency", "1"], env, workdir)
         wait_until_up(services["worker"], lambda: " ready." in services["worker"].output())
         services["beat"] = start_service("beat", ["beat"], env, workdir)
+        # Up once it has sent its first sweep: a test that stops Redis at once must not catch
+        # beat in its start-up check (it refuses to start without Redis).
+        wait_until_up(services["beat"], lambda: "Sending due task" in services["beat"].output())
         yield Stack(private, api, simulator, env, services)
     finally:
         for service in reversed(list(services.values())):
