@@ -163,15 +163,16 @@ class Reconciler:
         """Reconcile a batch; every id gets a result (``BUSY`` if another worker has it)."""
         wanted = list(dict.fromkeys(alert_pks))
         owner = lease_owner_id()
-        active = self._claim(wanted, owner)
-        results = {pk: ReconcileResult.BUSY for pk in wanted if pk not in active}
+        active = wanted
+        results: dict[int, ReconcileResult] = {}
         keeper = LeaseKeeper(self.sessions, owner, self.settings.lease_seconds, self.clock)
         keeper.start()
         try:
-            for _ in range(MAX_STEPS):
+            for step in range(MAX_STEPS):
                 if not active:
                     break
-                calls = self._plan(active, owner, results)
+                # The first plan takes the leases, in the same transaction.
+                calls = self._plan(active, owner, results, claim=step == 0)
                 answers = self._deliver(calls)
                 active = self._record(calls, answers, owner, results)
             if active:
@@ -194,25 +195,6 @@ class Reconciler:
     def _lease_until(self) -> datetime:
         return self.clock() + timedelta(seconds=self.settings.lease_seconds)
 
-    def _claim(self, alert_pks: list[int], owner: str) -> list[int]:
-        now = self.clock()
-        with self.sessions.begin() as session:
-            session.execute(
-                update(Alert)
-                .where(
-                    Alert.id.in_(alert_pks),
-                    or_(Alert.lease_owner.is_(None), Alert.lease_expires_at < now),
-                )
-                .values(lease_owner=owner, lease_expires_at=self._lease_until())
-                .execution_options(synchronize_session=False)
-            )
-            claimed = set(
-                session.scalars(
-                    select(Alert.id).where(Alert.id.in_(alert_pks), Alert.lease_owner == owner)
-                )
-            )
-        return [pk for pk in alert_pks if pk in claimed]
-
     def _release(self, alert_pks: list[int], owner: str, *, retry_in: timedelta) -> None:
         if not alert_pks:
             return
@@ -228,27 +210,51 @@ class Reconciler:
                 .execution_options(synchronize_session=False)
             )
 
-    def _locked(self, session: Session, alert_pks: Sequence[int], owner: str) -> list[Alert]:
-        """The batch's rows, locked, that this worker still leases (lease extended)."""
+    def _locked(
+        self,
+        session: Session,
+        alert_pks: Sequence[int],
+        owner: str,
+        results: dict[int, ReconcileResult] | None = None,
+    ) -> list[Alert]:
+        """The batch's rows, locked, that this worker leases (lease extended).
+
+        With ``results`` it first takes the lease of every row no live worker holds (a lease
+        nobody renewed has expired: its worker died), and marks the others BUSY there.
+        """
         alerts = session.scalars(
             select(Alert).where(Alert.id.in_(alert_pks)).order_by(Alert.id).with_for_update()
         ).all()
-        mine = [alert for alert in alerts if alert.lease_owner == owner]
         until = self._lease_until()
-        for alert in mine:
-            alert.lease_expires_at = until
+        mine = []
+        for alert in alerts:
+            if results is not None and alert.lease_owner != owner:
+                expired = alert.lease_expires_at is None or alert.lease_expires_at < self.clock()
+                if alert.lease_owner is not None and not expired:
+                    results[alert.id] = ReconcileResult.BUSY
+                    continue
+                alert.lease_owner = owner
+            if alert.lease_owner == owner:
+                alert.lease_expires_at = until
+                mine.append(alert)
         return mine
 
     # -- plan --------------------------------------------------------------------------------
 
     def _plan(
-        self, alert_pks: list[int], owner: str, results: dict[int, ReconcileResult]
+        self,
+        alert_pks: list[int],
+        owner: str,
+        results: dict[int, ReconcileResult],
+        *,
+        claim: bool = False,
     ) -> dict[int, Step]:
-        """Decide each alert's next call; finish those that need none."""
+        """Decide each alert's next call; finish those that need none. With ``claim``, take
+        the alerts' leases first."""
         calls: dict[int, Step] = {}
         with self.sessions.begin() as session:
-            alerts = self._locked(session, alert_pks, owner)
-            for missing in set(alert_pks) - {alert.id for alert in alerts}:
+            alerts = self._locked(session, alert_pks, owner, results if claim else None)
+            for missing in set(alert_pks) - {alert.id for alert in alerts} - set(results):
                 results[missing] = ReconcileResult.MISSING  # deleted, or our lease expired
             for alert in alerts:
                 step = plan_delivery(alert)

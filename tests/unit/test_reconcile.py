@@ -360,7 +360,12 @@ def test_lease_keeps_a_second_worker_out(
 ) -> None:
     applied = send(T)
     assert applied.alert_pk is not None
-    assert reconciler._claim([applied.alert_pk], "other-worker") == [applied.alert_pk]
+    # Another worker holds the alert's lease
+    with sqlite_sessions.begin() as session:
+        row = session.get(Alert, applied.alert_pk)
+        assert row is not None
+        row.lease_owner = "other-worker"
+        row.lease_expires_at = clock() + timedelta(seconds=reconciler.settings.lease_seconds)
     assert reconciler.reconcile(applied.alert_pk) is ReconcileResult.BUSY
     # A lease left by a killed worker expires
     clock.advance(reconciler.settings.lease_seconds + 1)
