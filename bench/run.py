@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import itertools
 import json
 import math
@@ -42,6 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import alertmanager
 import httpx
 import redis
 from stack import (
@@ -91,10 +93,10 @@ APPLY_EVENT_TASK = b"pagerbridge.apply_event"
 WRK_THREADS = 1
 # Connections that send the backlog and the resolve burst (wrk, or the httpx fallback).
 FEEDER_CONCURRENCY = 16
-# /_simulator/state returns every incident (about 0.7 kB each), built under the simulator's
-# lock and encoded on its event loop: polling it often would slow the very thing measured.
-# So wait at least POLL_MIN_INTERVAL_S and POLL_COST_FACTOR times what the last poll took,
-# and while the end is far off, a third of the estimated time left (up to POLL_MAX_INTERVAL_S).
+# Even the counts are built under the simulator's lock, on its event loop: polling often
+# would slow the very thing measured. So wait at least POLL_MIN_INTERVAL_S and POLL_COST_FACTOR
+# times what the last poll took, and while the end is far off, a third of the estimated time
+# left (up to POLL_MAX_INTERVAL_S).
 POLL_MIN_INTERVAL_S = 0.2
 POLL_COST_FACTOR = 5.0
 POLL_MAX_INTERVAL_S = 5.0
@@ -119,6 +121,7 @@ class Options:
     duration: float
     database: str
     workers: int
+    api_workers: int
     json_path: Path
     load_generator: str
     phase_timeout: float  # seconds
@@ -127,6 +130,22 @@ class Options:
     wait_quiet: float  # seconds
     postgres_admin_url: str
     redis_url: str
+    phases: tuple[str, ...] = ()
+
+
+# The phases in the order they run; --phases picks some (a phase that needs an earlier one's
+# work says so in PHASE_NEEDS).
+PHASES = (
+    "ingest",
+    "backlog",
+    "delivery",
+    "resolve",
+    "live",
+    "latency",
+    "rate-limited",
+    "alertmanager",
+)
+PHASE_NEEDS = {"delivery": ("backlog",), "resolve": ("backlog", "delivery")}
 
 
 def parse_options(argv: list[str] | None = None) -> Options:
@@ -142,6 +161,9 @@ def parse_options(argv: list[str] | None = None) -> Options:
     )
     parser.add_argument("--database", choices=["postgres", "sqlite"], default="postgres")
     parser.add_argument("--workers", type=int, default=2, help="worker --concurrency K (default 2)")
+    parser.add_argument(
+        "--api-workers", type=int, default=1, help="api processes (api --workers; default 1)"
+    )
     parser.add_argument(
         "--json", type=Path, default=DEFAULT_JSON, dest="json_path", help="where to write JSON"
     )
@@ -179,6 +201,11 @@ def parse_options(argv: list[str] | None = None) -> Options:
         help=f"first wait up to S seconds for the machine to be under {BUSY_WARNING_PERCENT:.0f}%% "
         "busy (a shared machine); default 0: start at once",
     )
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"comma-separated phases to run (default all: {','.join(PHASES)})",
+    )
     parser.add_argument("--postgres-admin-url", default=DEFAULT_POSTGRES_ADMIN_URL)
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
     args = parser.parse_args(argv)
@@ -186,17 +213,27 @@ def parse_options(argv: list[str] | None = None) -> Options:
         args.alerts < 1
         or args.concurrency < 1
         or args.workers < 1
+        or args.api_workers < 1
         or args.duration <= 0
         or args.rate_per_minute <= 0
         or args.pagerduty_latency_ms < 0
     ):
         parser.error("counts, durations and rates must be positive")
+    phases = tuple(name.strip() for name in args.phases.split(",") if name.strip())
+    unknown = [name for name in phases if name not in PHASES]
+    if unknown:
+        parser.error(f"unknown phase(s) {', '.join(unknown)}; choose from {', '.join(PHASES)}")
+    for name in phases:
+        missing = [need for need in PHASE_NEEDS.get(name, ()) if need not in phases]
+        if missing:
+            parser.error(f"phase {name} needs {', '.join(missing)}")
     return Options(
         alerts=args.alerts,
         concurrency=args.concurrency,
         duration=args.duration,
         database=args.database,
         workers=args.workers,
+        api_workers=args.api_workers,
         json_path=args.json_path,
         load_generator=args.load_generator,
         phase_timeout=args.phase_timeout or max(120.0, args.alerts / 10),
@@ -205,6 +242,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         wait_quiet=args.wait_quiet,
         postgres_admin_url=args.postgres_admin_url,
         redis_url=args.redis_url,
+        phases=tuple(name for name in PHASES if name in phases),
     )
 
 
@@ -214,9 +252,10 @@ def parse_options(argv: list[str] | None = None) -> Options:
 
 
 def queued_messages(client: redis.Redis) -> tuple[int, int]:
-    """(all messages, apply_event messages) waiting in the Celery queue.
+    """(all messages, events in apply_event messages) waiting in the Celery queue.
 
     Kombu keeps one list per priority step ("pagerbridge", "pagerbridge\\x06\\x163", ...).
+    The api sends one apply_event message per batch of requests it stored together.
     """
     total = events = 0
     for key in client.scan_iter(match=f"{QUEUE_KEY}*"):
@@ -226,8 +265,16 @@ def queued_messages(client: redis.Redis) -> tuple[int, int]:
         total += length
         for start in range(0, length, 1000):
             chunk: list[bytes] = client.lrange(key, start, start + 999)  # type: ignore[assignment]
-            events += sum(APPLY_EVENT_TASK in message for message in chunk)
+            events += sum(events_in(message) for message in chunk if APPLY_EVENT_TASK in message)
     return total, events
+
+
+def events_in(message: bytes) -> int:
+    """Events carried by one kombu message of the apply_event task (its body is the base64 of
+    ``[args, kwargs, embed]``; ``args[0]`` is one event, or a list of them)."""
+    envelope = json.loads(message)
+    args = json.loads(base64.b64decode(envelope["body"]))[0]
+    return len(args[0]) if isinstance(args[0], list) else 1
 
 
 def drop_queue(client: redis.Redis) -> None:
@@ -356,8 +403,10 @@ def run_wrk(
     script_args: list[str],
     log: Path,
     done_file: Path | None = None,
+    target: str = "coscale",
 ) -> LoadResult:
-    """Run wrk with bench/webhook.lua; see the script for its modes (``script_args``).
+    """Run wrk with bench/webhook.lua; see the script for its modes (``script_args``) and
+    targets (``coscale``: the bridge; ``alertmanager``: the peer).
 
     With ``done_file``, the script creates it once every event is answered; wrk is then ended
     with SIGINT (its main thread would otherwise sleep out the whole ``duration``).
@@ -374,7 +423,13 @@ def run_wrk(
         *script_args,
         *([str(done_file)] if done_file is not None else []),
     ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "BENCH_TARGET": target},
+    )
     # Bounded by --duration; the margin only guards against a wrk that hangs.
     deadline = time.monotonic() + duration + 30
     while process.poll() is None:
@@ -396,13 +451,17 @@ def run_wrk(
     latency = report["latency_us"]
     # In the fixed-list modes (those with a done file) wrk's request count includes the
     # GET /healthz fillers: count the events' answers instead.
-    answered = int(report["events_answered"] if done_file is not None else report["requests"])
+    if done_file is not None:
+        answered, accepted = int(report["events_answered"]), int(report["events_accepted"])
+    else:
+        # wrk counts answers >= 400 as status errors; the rest are 2xx.
+        answered = int(report["requests"])
+        accepted = answered - int(report["errors"]["status"])
     return LoadResult(
         tool=f"{wrk_version(wrk)}, {WRK_THREADS} thread, bench/webhook.lua",
         elapsed_s=report["duration_us"] / 1e6,
         completed=answered,
-        # wrk counts answers >= 400 as status errors (/healthz never is one); the rest are 2xx.
-        accepted=answered - int(report["errors"]["status"]),
+        accepted=accepted,
         errors=errors,
         latency_ms={name: latency[name] / 1000 for name in ("p50", "p90", "p99", "max")},
     )
@@ -439,37 +498,44 @@ class SimulatorCounts:
     duplicate_creates_refused: int
     calls: dict[tuple[str, str], int]  # (method, route) -> calls, any status
     error_answers: int  # calls the simulator answered with a status >= 400
+    rate_limited: int  # calls the simulator answered 429
+    events_alerts_opened: int  # Events API v2 alerts (the peer's incidents)
     observed_at: float  # monotonic time of the snapshot (the request's midpoint)
     poll_s: float  # how long the poll took
 
 
 class SimulatorProbe:
-    """Reads /_simulator/state, keeping only the counters (the incident list is discarded)."""
+    """Reads /_simulator/counts: the counters alone, cheap whatever the number of incidents."""
 
     def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
         self._client = httpx.Client(base_url=base_url, timeout=30.0)
         self.last_poll_s = 0.0
 
     def counts(self) -> SimulatorCounts:
         sent = time.monotonic()
-        answer = self._client.get("/_simulator/state")
+        answer = self._client.get("/_simulator/counts")
         answer.raise_for_status()
         received = time.monotonic()
-        counts = answer.json()["counts"]
+        counts = answer.json()
         self.last_poll_s = received - sent
         calls: dict[tuple[str, str], int] = {}
-        error_answers = 0
+        error_answers = rate_limited = 0
         for call in counts["calls"]:
             key = (call["method"], call["route"])
             calls[key] = calls.get(key, 0) + int(call["count"])
             if int(call["status"]) >= 400:
                 error_answers += int(call["count"])
+            if int(call["status"]) == 429:
+                rate_limited += int(call["count"])
         return SimulatorCounts(
             creates=int(counts["creates"]),
             resolved=int(counts["incidents_by_status"]["resolved"]),
             duplicate_creates_refused=int(counts["duplicate_creates_refused"]),
             calls=calls,
             error_answers=error_answers,
+            rate_limited=rate_limited,
+            events_alerts_opened=int(counts["events"]["alerts_opened"]),
             observed_at=(sent + received) / 2,
             poll_s=self.last_poll_s,
         )
@@ -617,11 +683,12 @@ def wait_for_simulator(
     on_sample: Callable[[SimulatorCounts], None] | None = None,
     samples: list[tuple[float, int]] | None = None,
     since: float | None = None,
+    wanted: int | None = None,
 ) -> SimulatorCounts:
     """Poll the simulator until ``progress`` reaches N; fail on a dead process, on no progress
     for STALL_TIMEOUT_S, or after --phase-timeout. Each poll's (seconds since ``since``,
     progress) is appended to ``samples``: whether the rate holds over the phase."""
-    wanted = run.options.alerts
+    wanted = run.options.alerts if wanted is None else wanted
     started = time.monotonic()
     since = started if since is None else since
     last_value, last_change = -1, started
@@ -704,9 +771,10 @@ def phase_ingest(run: Run) -> None:
         "accepted_per_s": round(result.accepted_per_s, 1),
         "errors": result.errors,
         "latency_ms": {name: round(value, 2) for name, value in result.latency_ms.items()},
-        # The contract says 202 only once the event is in Redis: every accepted request must
-        # have left an apply_event message (a few more if the generator stopped mid-request).
-        "apply_event_messages_queued": events,
+        # The contract says 202 only once the event is stored: every accepted request must
+        # have left its event in an apply_event message (a few more if the generator stopped
+        # mid-request).
+        "events_queued": events,
         "messages_queued": total,
         # The api is one uvicorn process: near 100% of one CPU means it is the bottleneck.
         "api_cpu_share_of_one_cpu": round(cpu["api"] / result.elapsed_s, 2),
@@ -715,12 +783,13 @@ def phase_ingest(run: Run) -> None:
     }
     if events < result.accepted:
         run.notes.append(
-            f"CONTRACT: {result.accepted} webhooks answered 2xx but only {events} messages "
+            f"CONTRACT: {result.accepted} webhooks answered 2xx but only {events} events "
             "are in the queue"
         )
     # The ingested alerts are discarded rather than delivered: their number depends on the
     # ingest rate, and a fixed backlog of --alerts keeps phase 2 comparable between runs.
     drop_queue(run.redis_client)
+    run.results["ingest"]["inbox_rows_discarded"] = run.database.discard_inbox()
 
 
 def describe_shortfall(result: LoadResult) -> str:
@@ -729,19 +798,21 @@ def describe_shortfall(result: LoadResult) -> str:
     return f"no errors: not all were sent within --phase-timeout ({result.elapsed_s:.0f}s)"
 
 
-def feed(run: Run, action: str) -> LoadResult:
+def feed(run: Run, action: str, batch: str = "") -> LoadResult:
     """Send ``action`` once for every backlog alert through the api: with wrk when there is one
-    (a Python feeder would take a good part of a CPU from the api and the worker), else httpx."""
-    ids = run.backlog_ids()
+    (a Python feeder would take a good part of a CPU from the api and the worker), else httpx.
+    A ``batch`` name makes another N alerts, distinct from the backlog's."""
+    run_id = f"{run.run_id}{batch}"
+    ids = [f"{run_id}-b{index}" for index in range(run.options.alerts)]
     if run.wrk is not None:
         return run_wrk(
             run.wrk,
             run.webhook_url(),
             FEEDER_CONCURRENCY,
             run.options.phase_timeout,
-            [run.run_id, INGRESS_TOKEN, action, str(len(ids))],
+            [run_id, INGRESS_TOKEN, action, str(len(ids))],
             run.workdir / "wrk.log",
-            done_file=run.workdir / f"wrk-{action}.done",
+            done_file=run.workdir / f"wrk-{action}{batch}.done",
         )
     if action == "resolved":
         bodies = [{"alert_id": alert_id, "action": "resolved"} for alert_id in ids]
@@ -766,7 +837,7 @@ def phase_backlog(run: Run) -> None:
         "seconds": round(result.elapsed_s, 2),
         "accepted_per_s": round(result.accepted_per_s, 1),
         "clients": FEEDER_CONCURRENCY,
-        "apply_event_messages_queued": events,
+        "events_queued": events,
         "messages_queued": total,
     }
 
@@ -889,13 +960,354 @@ def phase_resolve(run: Run) -> None:
     }
 
 
+def start_worker(run: Run, env: dict[str, str] | None = None) -> Service:
+    """(Re)start the worker, waiting until its pool is up so no phase times its start."""
+    run.services.stop("worker")
+    worker = run.services.start(
+        "worker", ["worker", "--concurrency", str(run.options.workers)], env=env
+    )
+    deadline = time.monotonic() + 60
+    while pool_size(worker) < run.options.workers or time.monotonic() < worker.started_at + 3:
+        worker.check_alive()
+        if time.monotonic() > deadline:
+            raise BenchError(f"worker pool not up after 60 s:\n{worker.tail()}")
+        time.sleep(0.1)
+    return worker
+
+
+def phase_live(run: Run) -> None:
+    """N new triggers sent with the worker running: from the first webhook to the N-th
+    incident. The figure comparable with Alertmanager, which cannot hold a backlog back."""
+    wanted = run.options.alerts
+    start_worker(run)
+    before = run.probe.counts()
+    cpu_before = run.meter.snapshot()
+    started = time.monotonic()
+    sent = feed(run, "triggered", batch="-live")
+    if sent.accepted != wanted:
+        raise BenchError(f"live: only {sent.accepted} of {wanted} accepted")
+    counts = wait_for_simulator(
+        run, "live delivery", lambda c: c.creates - before.creates, since=started
+    )
+    seconds = counts.observed_at - started
+    cpu = cpu_between(cpu_before, run.meter.snapshot())
+    note_interference(run, "live delivery", cpu, seconds)
+    run.results["live"] = {
+        "alerts": wanted,
+        "send_seconds": round(sent.elapsed_s, 2),
+        "seconds_to_all_created": round(seconds, 2),
+        "incidents_per_s": round(wanted / seconds, 1),
+        "bridge_cpu_s_per_1000_alerts": round(bridge_cpu(cpu) / wanted * 1000, 2),
+        "cpu_s_by_process": cpu,
+    }
+
+
+# Latency is measured at a steady LATENCY_RATE alerts a second for LATENCY_SECONDS.
+LATENCY_RATE = 100
+LATENCY_SECONDS = 20
+LATENCY_WARM_UP = 5  # seconds
+
+
+async def _paced_triggers(url: str, ids: list[str], rate: float) -> dict[str, tuple[float, int]]:
+    """POST one trigger per id at ``rate`` a second (on a schedule, not after the previous
+    answer, so a slow answer does not slow the load); per id: (wall time sent, status)."""
+    sent: dict[str, tuple[float, int]] = {}
+    headers = {"Authorization": f"Bearer {INGRESS_TOKEN}"}
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(timeout=30.0, headers=headers, limits=limits) as client:
+
+        async def post(alert_id: str) -> None:
+            at = time.time()
+            try:
+                answer = await client.post(url, json=trigger_body(alert_id))
+                status = answer.status_code
+            except httpx.HTTPError:
+                status = 0
+            sent[alert_id] = (at, status)
+
+        start = time.monotonic()
+        tasks = []
+        for index, alert_id in enumerate(ids):
+            delay = start + index / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(post(alert_id)))
+        await asyncio.gather(*tasks)
+    return sent
+
+
+def incident_created_ms(simulator_url: str) -> dict[str, float]:
+    """incident_key -> the simulator's creation time (ms since the epoch): one read of the full
+    state, after the phase, so that it costs the measured pipeline nothing."""
+    state = httpx.get(f"{simulator_url}/_simulator/state", timeout=60.0).json()
+    return {
+        incident["incident_key"]: float(incident["created_at_ms"])
+        for incident in state["incidents"]
+        if incident.get("incident_key")
+    }
+
+
+def phase_latency(run: Run) -> None:
+    """A steady LATENCY_RATE alerts/s: from each webhook sent to its incident created."""
+    if "worker" not in run.services.running:
+        start_worker(run)
+    # A long-running bridge is warm (connections open, code paths imported): a few seconds of
+    # the same load first, not measured.
+    warm = [f"{run.run_id}-warm{index}" for index in range(LATENCY_RATE * LATENCY_WARM_UP)]
+    before = run.probe.counts()
+    asyncio.run(_paced_triggers(run.webhook_url(), warm, LATENCY_RATE))
+    wait_for_simulator(
+        run, "latency warm-up", lambda c: c.creates - before.creates, wanted=len(warm)
+    )
+    ids = [f"{run.run_id}-lat{index}" for index in range(LATENCY_RATE * LATENCY_SECONDS)]
+    before = run.probe.counts()
+    cpu_before = run.meter.snapshot()
+    sent = asyncio.run(_paced_triggers(run.webhook_url(), ids, LATENCY_RATE))
+    cpu = cpu_between(cpu_before, run.meter.snapshot())
+    note_interference(run, "latency", cpu, LATENCY_SECONDS)
+    refused = sum(1 for _, status in sent.values() if not 200 <= status < 300)
+    if refused:
+        raise BenchError(f"latency: {refused} of {len(ids)} webhooks not accepted")
+    wait_for_simulator(run, "latency", lambda c: c.creates - before.creates, wanted=len(ids))
+    created = incident_created_ms(run.probe.base_url)
+    missing = [a for a in sent if f"pagerbridge/coscale/{a}/1" not in created]
+    if missing:
+        raise BenchError(f"latency: {len(missing)} alerts without an incident, e.g. {missing[0]}")
+    latencies = sorted(
+        created[f"pagerbridge/coscale/{alert_id}/1"] - sent_at * 1000
+        for alert_id, (sent_at, _) in sent.items()
+    )
+    run.results["latency"] = {
+        "rate_per_s": LATENCY_RATE,
+        "seconds": LATENCY_SECONDS,
+        "alerts": len(ids),
+        "webhook_to_incident_ms": _summary(latencies),
+        # Per fifth of the phase: a p99 that grows over time means the bridge falls behind.
+        "p99_ms_by_fifth": [
+            _summary(
+                [
+                    created[f"pagerbridge/coscale/{alert_id}/1"] - sent[alert_id][0] * 1000
+                    for alert_id in ids[part * len(ids) // 5 : (part + 1) * len(ids) // 5]
+                ]
+            )["p99"]
+            for part in range(5)
+        ],
+        "stages_ms": latency_stages(run, sent, created),
+        "cpu_s_by_process": cpu,
+    }
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "p50": round(_percentile(ordered, 50), 1),
+        "p90": round(_percentile(ordered, 90), 1),
+        "p99": round(_percentile(ordered, 99), 1),
+        "max": round(ordered[-1], 1),
+    }
+
+
+def latency_stages(
+    run: Run, sent: dict[str, tuple[float, int]], created: dict[str, float]
+) -> dict[str, dict[str, float]]:
+    """Where the latency goes, from the bridge's audit trail: webhook sent → stamped by the
+    api (``received_at``) → applied by a worker (the event row's ``created_at``) → incident
+    created at the simulator."""
+    rows = run.database.query(
+        "SELECT source_alert_id, received_at, created_at FROM alert_events "
+        "WHERE kind = 'received' AND source_alert_id LIKE :prefix",
+        prefix=f"{run.run_id}-lat%",
+    )
+    stamped, applied, delivered = [], [], []
+    for alert_id, received_at, applied_at in rows:
+        received_ms = _epoch_ms(received_at)
+        applied_ms = _epoch_ms(applied_at)
+        stamped.append(received_ms - sent[alert_id][0] * 1000)
+        applied.append(applied_ms - received_ms)
+        delivered.append(created[f"pagerbridge/coscale/{alert_id}/1"] - applied_ms)
+    if not rows:
+        return {}
+    return {
+        "sent_to_api": _summary(stamped),
+        "api_to_applied": _summary(applied),
+        "applied_to_incident": _summary(delivered),
+    }
+
+
+def _epoch_ms(value: datetime | str) -> float:
+    """A timestamp from the bridge's tables (aware on PostgreSQL, naive UTC text on SQLite)."""
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp() * 1000
+
+
+# The rate-limited drain: the simulator allows the token RATE_LIMIT_R calls a minute, below the
+# bridge's own default (900), which the bridge is not told: it must learn it from the 429s.
+RATE_LIMIT_R = 600
+# Of backlog at R: long enough that the simulator's initial burst (R/6 calls) and the calls
+# before the first 429 (when the bridge learns R) are a small part of it.
+RATE_LIMIT_SECONDS = 90
+
+
+def phase_rate_limited(run: Run) -> None:
+    """A backlog drained against PagerDuty's rate limit: the drain rate as a share of R, and
+    the share of calls answered 429."""
+    wanted = RATE_LIMIT_R * RATE_LIMIT_SECONDS // 60
+    httpx.post(
+        f"{run.probe.base_url}/_simulator/faults",
+        json={"rate_limit_per_minute": RATE_LIMIT_R},
+        timeout=10.0,
+    ).raise_for_status()
+    before = run.probe.counts()
+    # The bridge's default rate, as a user runs it: it is not told R.
+    worker = start_worker(
+        run, env={"PAGERBRIDGE_PAGERDUTY_RATE_PER_MINUTE": f"{PRODUCTION_RATE_PER_MINUTE:g}"}
+    )
+    started = time.monotonic()
+    sent = asyncio.run(
+        _paced_triggers(
+            run.webhook_url(), [f"{run.run_id}-rl{index}" for index in range(wanted)], 1000
+        )
+    )
+    if any(not 200 <= status < 300 for _, status in sent.values()):
+        raise BenchError("rate-limited: not every webhook was accepted")
+    progress: list[tuple[float, int]] = []
+    counts = wait_for_simulator(
+        run,
+        "rate-limited drain",
+        lambda c: c.creates - before.creates,
+        None,
+        progress,
+        since=started,
+        wanted=wanted,
+    )
+    httpx.post(f"{run.probe.base_url}/_simulator/faults/clear", timeout=10.0)
+    # The steady part: from half the backlog (past the worker's start, the buckets' initial
+    # bursts and the first 429) to the end.
+    start_s, start_n = next((t, n) for t, n in progress if n >= wanted // 2)
+    end_s, end_n = progress[-1]
+    rate_per_min = (end_n - start_n) / (end_s - start_s) * 60 if end_s > start_s else None
+    calls = sum(counts.calls.values()) - sum(before.calls.values())
+    limited = counts.rate_limited - before.rate_limited
+    run.results["rate_limited"] = {
+        "limit_per_minute": RATE_LIMIT_R,
+        "bridge_rate_per_minute": PRODUCTION_RATE_PER_MINUTE,
+        "alerts": wanted,
+        "seconds": round(counts.observed_at - started, 2),
+        "drain_per_minute": round(rate_per_min, 1) if rate_per_min else None,
+        "drain_share_of_limit": round(rate_per_min / RATE_LIMIT_R, 3) if rate_per_min else None,
+        "calls": calls,
+        "answered_429": limited,
+        "share_429": round(limited / calls, 4) if calls else None,
+        "progress": progress,
+    }
+    worker.check_alive()
+
+
+def wait_for_quiet_simulator(run: Run, wanted: int, quiet_s: float = 5.0) -> int:
+    """Wait until the simulator holds ``wanted`` Events API alerts, or their count stopped
+    growing for ``quiet_s``; return the count."""
+    last, changed = -1, time.monotonic()
+    while True:
+        value = run.probe.counts().events_alerts_opened
+        if value >= wanted:
+            return value
+        if value != last:
+            last, changed = value, time.monotonic()
+        elif time.monotonic() - changed > quiet_s:
+            return value
+        time.sleep(0.5)
+
+
+def phase_alertmanager(run: Run) -> None:
+    """The peer under loads 1 and 2: Prometheus Alertmanager, its PagerDuty receiver pointed
+    at the simulator's Events API v2. The bridge is stopped first: only the peer runs."""
+    binary = alertmanager.find_binary()
+    if binary is None or run.wrk is None:
+        missing = "wrk" if binary is not None else alertmanager.INSTALL_HINT
+        run.notes.append(f"Alertmanager not measured: {missing}")
+        return
+    if "peak_rss_mib" not in run.results:
+        run.results["peak_rss_mib"] = peak_memory(run)
+    for name in ("worker", "api", "beat"):
+        run.services.stop(name)
+    options = run.options
+    service, url = alertmanager.start(run.services, run.workdir, binary, run.probe.base_url)
+    results: dict[str, Any] = {"version": alertmanager.version(binary)}
+    run.results["alertmanager"] = results
+
+    cpu_before = run.meter.snapshot()
+    ingest = run_wrk(
+        run.wrk,
+        f"{url}/api/v2/alerts",
+        options.concurrency,
+        options.duration,
+        [f"{run.run_id}-am"],
+        run.workdir / "wrk.log",
+        target="alertmanager",
+    )
+    cpu = cpu_between(cpu_before, run.meter.snapshot())
+    results["ingest"] = {
+        "clients": options.concurrency,
+        "seconds": round(ingest.elapsed_s, 2),
+        "requests": ingest.completed,
+        "accepted": ingest.accepted,
+        "accepted_per_s": round(ingest.accepted_per_s, 1),
+        "errors": ingest.errors,
+        "latency_ms": {name: round(value, 2) for name, value in ingest.latency_ms.items()},
+        # Unlike the bridge's api, Alertmanager sends what it takes at once: this CPU
+        # includes its deliveries to the simulator during the phase.
+        "cpu_s_per_1000_alerts": round(
+            cpu.get("alertmanager", 0.0) / max(1, ingest.accepted) * 1000, 2
+        ),
+        "cpu_s_by_process": cpu,
+    }
+    # Let it send what it took, so the delivery figure starts from a quiet peer.
+    results["ingest"]["delivered_after"] = wait_for_quiet_simulator(run, ingest.accepted)
+
+    before = run.probe.counts()
+    cpu_before = run.meter.snapshot()
+    started = time.monotonic()
+    sent = run_wrk(
+        run.wrk,
+        f"{url}/api/v2/alerts",
+        FEEDER_CONCURRENCY,
+        options.phase_timeout,
+        [f"{run.run_id}-amlive", "", "triggered", str(options.alerts)],
+        run.workdir / "wrk.log",
+        done_file=run.workdir / "wrk-alertmanager.done",
+        target="alertmanager",
+    )
+    if sent.accepted != options.alerts:
+        raise BenchError(f"alertmanager: only {sent.accepted} of {options.alerts} accepted")
+    counts = wait_for_simulator(
+        run,
+        "alertmanager delivery",
+        lambda c: c.events_alerts_opened - before.events_alerts_opened,
+        since=started,
+    )
+    seconds = counts.observed_at - started
+    cpu = cpu_between(cpu_before, run.meter.snapshot())
+    results["live"] = {
+        "alerts": options.alerts,
+        "send_seconds": round(sent.elapsed_s, 2),
+        "seconds_to_all_created": round(seconds, 2),
+        "incidents_per_s": round(options.alerts / seconds, 1),
+        "cpu_s_per_1000_alerts": round(cpu.get("alertmanager", 0.0) / options.alerts * 1000, 2),
+        "cpu_s_by_process": cpu,
+    }
+    results["peak_rss_mib"] = peak_rss_mib(service.process.pid)
+    service.check_alive()
+
+
 def finish(run: Run) -> None:
     """Read peak memory while everything still runs, then stop the worker so that its
     database backends exit and report their last commits (the resolve phase's count)."""
     for service in run.services.running.values():
         service.check_alive()
     run.results["peak_rss_mib"] = peak_memory(run)
-    run.services["worker"].stop()
+    run.services.stop("worker")
     resolve = run.results["resolve"]
     resolve["database_commits_per_resolve"] = commits_per_alert(
         resolve.pop("database_commits_before"),
@@ -962,8 +1374,8 @@ def markdown_tables(report: dict[str, Any]) -> str:
                 "Ingest: requests / non-2xx or errors",
                 f"{ingest['requests']:,} / {ingest['requests'] - ingest['accepted']:,}",
                 f"errors {ingest['errors'] or 'none'}; "
-                f"{ingest['apply_event_messages_queued']:,} apply_event messages in Redis "
-                "after (then discarded)",
+                f"{ingest['events_queued']:,} events in "
+                f"{ingest['messages_queued']:,} queue messages after (then discarded)",
             ),
             (
                 "Ingest: api CPU",
@@ -1039,6 +1451,52 @@ def markdown_tables(report: dict[str, Any]) -> str:
                 else []
             ),
         ]
+    live = results.get("live")
+    if live:
+        rows.append(
+            (
+                "Live delivery: incidents/s",
+                _fmt(live["incidents_per_s"], "/s"),
+                f"{live['alerts']:,} triggers sent ({FEEDER_CONCURRENCY} clients, "
+                f"{live['send_seconds']} s) with the worker running: first webhook to last "
+                f"incident {live['seconds_to_all_created']} s; "
+                f"{_fmt(live['bridge_cpu_s_per_1000_alerts'], ' CPU s')} per 1,000",
+            )
+        )
+    latency = results.get("latency")
+    if latency:
+        figures = latency["webhook_to_incident_ms"]
+        rows += [
+            (
+                f"Latency at {latency['rate_per_s']}/s: p50",
+                _fmt(figures["p50"], " ms"),
+                f"webhook sent → incident created (simulator's clock), "
+                f"{latency['alerts']:,} alerts over {latency['seconds']} s",
+            ),
+            (
+                f"Latency at {latency['rate_per_s']}/s: p99",
+                _fmt(figures["p99"], " ms"),
+                f"p90 {_fmt(figures['p90'], ' ms')}, max {_fmt(figures['max'], ' ms')}",
+            ),
+        ]
+    limited = results.get("rate_limited")
+    if limited:
+        share = limited["drain_share_of_limit"]
+        share_429 = limited["share_429"]
+        rows += [
+            (
+                f"Rate-limited drain (R = {limited['limit_per_minute']}/min)",
+                f"{share * 100:.1f}% of R" if share is not None else "n/a",
+                f"{_fmt(limited['drain_per_minute'], '/min')} steady; {limited['alerts']} "
+                f"alerts in {limited['seconds']} s; bridge at its default "
+                f"{limited['bridge_rate_per_minute']:.0f}/min, not told R",
+            ),
+            (
+                "Rate-limited drain: calls answered 429",
+                f"{share_429 * 100:.2f}%" if share_429 is not None else "n/a",
+                f"{limited['answered_429']} of {limited['calls']} calls",
+            ),
+        ]
     cost = results.get("cost")
     if cost:
         database_cpu = cost["database_cpu_s_per_1000_alerts"]
@@ -1087,8 +1545,62 @@ def markdown_tables(report: dict[str, Any]) -> str:
         )
     lines = ["| figure | value | note |", "|---|---|---|"]
     lines += [f"| {figure} | {value} | {note} |" for figure, value, note in rows]
+    lines += _peer_table(results)
     lines += _cpu_table(results)
     return "\n".join(lines)
+
+
+def _ratio(ours: float | None, theirs: float | None) -> str:
+    return f"{ours / theirs:.2f}x" if ours and theirs else "n/a"
+
+
+def _peer_table(results: dict[str, Any]) -> list[str]:
+    """The bridge and Alertmanager side by side, under the same loads."""
+    peer = results.get("alertmanager")
+    if not peer or "ingest" not in peer:
+        return []
+    ingest, theirs = results.get("ingest", {}), peer["ingest"]
+    lines = [
+        "",
+        f"Side by side with {peer['version']} (same machine, same run, same simulator; "
+        "ratio = pagerbridge / Alertmanager, higher is better for rates):",
+        "",
+        "| figure | pagerbridge | Alertmanager | ratio |",
+        "|---|---|---|---|",
+        f"| ingest: accepted/s (32 clients, one alert per request) "
+        f"| {_fmt(ingest.get('accepted_per_s'), '/s')} | {_fmt(theirs['accepted_per_s'], '/s')} "
+        f"| {_ratio(ingest.get('accepted_per_s'), theirs['accepted_per_s'])} |",
+        f"| ingest: latency p50 / p99 "
+        f"| {_fmt(ingest.get('latency_ms', {}).get('p50'), ' ms')} / "
+        f"{_fmt(ingest.get('latency_ms', {}).get('p99'), ' ms')} "
+        f"| {_fmt(theirs['latency_ms']['p50'], ' ms')} / {_fmt(theirs['latency_ms']['p99'], ' ms')}"
+        " | |",
+    ]
+    live, their_live = results.get("live"), peer.get("live")
+    if live and their_live:
+        lines += [
+            f"| delivery: incidents/s, {live['alerts']:,} alerts sent with everything running "
+            f"| {_fmt(live['incidents_per_s'], '/s')} "
+            f"| {_fmt(their_live['incidents_per_s'], '/s')} "
+            f"| {_ratio(live['incidents_per_s'], their_live['incidents_per_s'])} |",
+            f"| delivery: CPU s per 1,000 alerts "
+            f"| {_fmt(live['bridge_cpu_s_per_1000_alerts'], ' s')} "
+            f"| {_fmt(their_live['cpu_s_per_1000_alerts'], ' s')} | |",
+        ]
+    delivery = results.get("delivery")
+    if delivery and their_live:
+        lines.append(
+            f"| delivery: pagerbridge draining a queued backlog (steady) "
+            f"| {_fmt(delivery['incidents_per_s'], '/s')} | (no equivalent) "
+            f"| {_ratio(delivery['incidents_per_s'], their_live['incidents_per_s'])} |"
+        )
+    rss = results.get("peak_rss_mib") or {}
+    bridge_rss = sum(value or 0.0 for name, value in rss.items() if name != "simulator")
+    lines.append(
+        f"| peak RSS, all processes | {_fmt(bridge_rss, ' MiB')} "
+        f"| {_fmt(peer.get('peak_rss_mib'), ' MiB')} | |"
+    )
+    return lines
 
 
 def _cpu_table(results: dict[str, Any]) -> list[str]:
@@ -1201,7 +1713,9 @@ def run_bench(options: Options, workdir: Path, report: dict[str, Any]) -> None:
         # overlaps the api's instead of landing in the ingest phase's CPU figures.
         beat = services.start("beat", ["beat"])
         api_url = f"http://127.0.0.1:{api_port}"
-        api = services.start("api", ["api", "--port", str(api_port)])
+        api = services.start(
+            "api", ["api", "--port", str(api_port), "--workers", str(options.api_workers)]
+        )
         wait_until(api, lambda: http_ok(f"{api_url}/healthz"))
         time.sleep(1.0)
         beat.check_alive()
@@ -1221,16 +1735,24 @@ def run_bench(options: Options, workdir: Path, report: dict[str, Any]) -> None:
             results=report["results"],
             notes=report["notes"],
         )
-        phases: list[tuple[str, Callable[[Run], None]]] = [
-            ("ingest", phase_ingest),
-            ("backlog", phase_backlog),
-            ("delivery", phase_delivery),
-            ("resolve", phase_resolve),
-        ]
-        for name, phase in phases:
+        phases: dict[str, Callable[[Run], None]] = {
+            "ingest": phase_ingest,
+            "backlog": phase_backlog,
+            "delivery": phase_delivery,
+            "resolve": phase_resolve,
+            "live": phase_live,
+            "latency": phase_latency,
+            "rate-limited": phase_rate_limited,
+            "alertmanager": phase_alertmanager,
+        }
+        for name in options.phases:
             print(f"[bench] {name}…", file=sys.stderr, flush=True)
-            phase(run)
-        finish(run)
+            phases[name](run)
+            if name == "resolve":
+                # Stops the worker, so that the resolve phase's commits can be counted.
+                finish(run)
+        if "peak_rss_mib" not in run.results:
+            run.results["peak_rss_mib"] = peak_memory(run)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1256,10 +1778,12 @@ def run_and_report(options: Options) -> int:
             "duration_s": options.duration,
             "database": options.database,
             "workers": options.workers,
+            "api_workers": options.api_workers,
             "load_generator": options.load_generator,
             "pagerduty_rate_per_minute": options.rate_per_minute,
             "pagerduty_latency_ms": options.pagerduty_latency_ms,
             "phase_timeout_s": options.phase_timeout,
+            "phases": list(options.phases),
             "redis_url": options.redis_url,
             "feeder_concurrency": FEEDER_CONCURRENCY,
             "wrk_threads": WRK_THREADS,

@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import sqlalchemy
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -183,12 +184,18 @@ class Services:
         self.workdir = workdir
         self.running: dict[str, Service] = {}
 
-    def start(self, name: str, args: list[str]) -> Service:
+    def start(self, name: str, args: list[str], env: Mapping[str, str] | None = None) -> Service:
+        """A ``pagerbridge`` command (``env`` adds to the run's environment)."""
+        return self.start_program(name, [sys.executable, "-m", "worker.cli", *args], env)
+
+    def start_program(
+        self, name: str, argv: list[str], env: Mapping[str, str] | None = None
+    ) -> Service:
         log = self.workdir / f"{name}.log"
         with log.open("wb") as handle:
             process = subprocess.Popen(
-                [sys.executable, "-m", "worker.cli", *args],
-                env=self.env,
+                argv,
+                env={**self.env, **(env or {})},
                 # Not the repository: a developer's .env there must not change the settings.
                 cwd=self.workdir,
                 stdout=handle,
@@ -198,6 +205,12 @@ class Services:
         service = Service(name, process, log, time.monotonic())
         self.running[name] = service
         return service
+
+    def stop(self, name: str) -> None:
+        """Stop one service, if it was started, and forget it."""
+        service = self.running.pop(name, None)
+        if service is not None:
+            service.stop()
 
     def stop_all(self) -> None:
         for service in reversed(list(self.running.values())):
@@ -266,6 +279,8 @@ def bridge_env(
             "PAGERBRIDGE_PAGERDUTY_RATE_PER_MINUTE": f"{rate_per_minute:g}",
             # Per run, so two runs (or a developer's beat) never share a schedule file.
             "PAGERBRIDGE_BEAT_SCHEDULE_PATH": str(workdir / "beat-schedule"),
+            # Metrics on, as in production, on a port no other run (or bridge) holds.
+            "PAGERBRIDGE_WORKER_METRICS_PORT": str(free_port()),
             **(extra or {}),
         }
     )
@@ -293,6 +308,30 @@ class Database:
             "SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.name,)
         ).fetchall()
         return [int(row[0]) for row in rows]
+
+    def discard_inbox(self) -> int:
+        """Delete the api's inbox rows (events it stored for the sweeper to apply if the queue
+        loses them): a phase that discards the queue's events must discard these too, or the
+        sweeper delivers them during the next phase."""
+        engine = sqlalchemy.create_engine(
+            self.url.replace("postgresql://", "postgresql+psycopg://", 1)
+        )
+        try:
+            with engine.begin() as connection:
+                return connection.execute(sqlalchemy.text("DELETE FROM inbox_events")).rowcount
+        finally:
+            engine.dispose()
+
+    def query(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+        """Rows of one read-only query on the bench database (the bridge's own tables)."""
+        engine = sqlalchemy.create_engine(
+            self.url.replace("postgresql://", "postgresql+psycopg://", 1)
+        )
+        try:
+            with engine.connect() as connection:
+                return [tuple(row) for row in connection.execute(sqlalchemy.text(sql), params)]
+        finally:
+            engine.dispose()
 
     def commits(self) -> int | None:
         """Transactions committed in the bench database so far (PostgreSQL's statistics,

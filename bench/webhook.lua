@@ -20,6 +20,11 @@
 -- wrk calls request() once in the first thread, right after init(), only to check the request
 -- it returns; that call must not use up an alert id (setup() flags the thread it will happen in).
 --
+-- With BENCH_TARGET=alertmanager in the environment, the same modes send Prometheus
+-- Alertmanager's alerts instead (POST /api/v2/alerts, one alert per request, the alert id as a
+-- label): the peer bench/alertmanager.py measures under the same load. Alertmanager answers an
+-- alert with 200, like a filler would, so there the fillers ask a path it answers 404.
+--
 -- done() prints one line starting with "BENCH_JSON " that run.py parses; wrk's own text report
 -- is printed too, for a human reading the raw output.
 
@@ -34,6 +39,15 @@ end
 -- Globals, not locals: done() reads them from each thread with thread:get().
 events_sent = 0
 events_answered = 0
+events_accepted = 0
+
+local target = os.getenv("BENCH_TARGET") or "coscale"
+local filler_path = "/healthz"
+local filler_status = 200
+if target == "alertmanager" then
+  filler_path = "/bench-filler"
+  filler_status = 404
+end
 
 local counter = 0
 local run_id = "run"
@@ -52,7 +66,18 @@ function init(args)
   wrk.headers["Authorization"] = "Bearer " .. token
 end
 
+local function alertmanager_body(alert_id, summary)
+  return string.format(
+    '[{"labels":{"alertname":"bench","alert_id":"%s","subject":"server bench"},'
+      .. '"annotations":{"summary":"%s","metric":"cpu/used"}}]',
+    alert_id, summary
+  )
+end
+
 local function ingest_body()
+  if target == "alertmanager" then
+    return alertmanager_body(string.format("%s-t%d-%d", run_id, thread_number, counter), "bench ingest")
+  end
   return string.format(
     '{"alert_id":"%s-t%d-%d","action":"triggered","message":"bench ingest",'
       .. '"metric":"cpu/used","subject":"server bench-%d","app":"bench","host":"bench-host"}',
@@ -61,6 +86,9 @@ local function ingest_body()
 end
 
 local function backlog_body(index)
+  if target == "alertmanager" then
+    return alertmanager_body(string.format("%s-b%d", run_id, index), "bench backlog")
+  end
   if mode == "resolved" then
     return string.format('{"alert_id":"%s-b%d","action":"resolved"}', run_id, index)
   end
@@ -74,7 +102,7 @@ end
 function request()
   if expect_check_call then
     expect_check_call = false
-    return wrk.format("GET", "/healthz")
+    return wrk.format("GET", filler_path)
   end
   counter = counter + 1
   if mode == "ingest" then
@@ -85,7 +113,7 @@ function request()
     events_sent = counter
     return wrk.format(nil, nil, nil, backlog_body(counter - 1))
   end
-  return wrk.format("GET", "/healthz")
+  return wrk.format("GET", filler_path)
 end
 
 function delay()
@@ -98,9 +126,12 @@ function delay()
 end
 
 function response(status, headers, body)
-  -- /healthz answers 200; a webhook answers 202, or an error status.
-  if mode ~= "ingest" and status ~= 200 then
+  -- A filler answers filler_status; an event anything else (2xx, or an error status).
+  if mode ~= "ingest" and status ~= filler_status then
     events_answered = events_answered + 1
+    if status >= 200 and status < 300 then
+      events_accepted = events_accepted + 1
+    end
     if events_answered >= total then
       if done_file then
         local marker = io.open(done_file, "w")
@@ -114,17 +145,19 @@ function response(status, headers, body)
 end
 
 function done(summary, latency, requests)
-  local sent, answered = 0, 0
+  local sent, answered, accepted = 0, 0, 0
   for _, thread in ipairs(threads) do
     sent = sent + thread:get("events_sent")
     answered = answered + thread:get("events_answered")
+    accepted = accepted + thread:get("events_accepted")
   end
   local errors = summary.errors
   io.write(string.format(
-    'BENCH_JSON {"requests":%d,"events_sent":%d,"events_answered":%d,"duration_us":%d,'
+    'BENCH_JSON {"requests":%d,"events_sent":%d,"events_answered":%d,"events_accepted":%d,'
+      .. '"duration_us":%d,'
       .. '"bytes":%d,"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},'
       .. '"latency_us":{"p50":%d,"p90":%d,"p99":%d,"max":%d,"mean":%.1f}}\n',
-    summary.requests, sent, answered, summary.duration, summary.bytes,
+    summary.requests, sent, answered, accepted, summary.duration, summary.bytes,
     errors.connect, errors.read, errors.write, errors.status, errors.timeout,
     latency:percentile(50), latency:percentile(90), latency:percentile(99),
     latency.max, latency.mean
