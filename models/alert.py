@@ -8,8 +8,9 @@ trigger overwriting the incident id.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import BigInteger, Enum, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Enum, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, UTCDateTime, utcnow
@@ -44,7 +45,9 @@ class Alert(Base):
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
-    source: Mapped[str] = mapped_column(String(16))
+    # "coscale" or "api" on the default route; "coscale:<route>" for a named route's webhook,
+    # so that one CoScale alert sent to two routes is two alerts, each with its own incident.
+    source: Mapped[str] = mapped_column(String(80))
     source_alert_id: Mapped[str] = mapped_column(String(255))
     cycle: Mapped[int] = mapped_column(Integer, default=1)
     incident_key: Mapped[str] = mapped_column(String(255))
@@ -56,6 +59,16 @@ class Alert(Base):
     # Whether title/details came from a trigger; an acknowledge seen first fills them in
     # provisionally and the trigger, when it comes before the create, replaces them.
     title_from_trigger: Mapped[bool] = mapped_column(default=False)
+
+    # Where it goes: the route's name ("default": the PAGERBRIDGE_PAGERDUTY_* settings), its
+    # backend ("rest": incidents; "events": Events API v2, incident_key is the dedup_key), and
+    # which credential (a hash of the API token or integration key, never the key itself).
+    route: Mapped[str] = mapped_column(String(64), default="default", server_default="default")
+    backend: Mapped[str] = mapped_column(String(8), default="rest", server_default="rest")
+    credential_id: Mapped[str | None] = mapped_column(String(16))
+    # Events backend: the trigger as the route built it at the ingress (no routing key, no
+    # dedup_key: the worker adds both when it sends).
+    event_payload: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     pagerduty_incident_id: Mapped[str | None] = mapped_column(String(64))
     pagerduty_incident_number: Mapped[int | None] = mapped_column(Integer)

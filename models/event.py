@@ -25,7 +25,7 @@ class AlertEvent(Base):
     alert_pk: Mapped[int | None] = mapped_column(
         Id, ForeignKey("alerts.id", ondelete="SET NULL"), index=True
     )
-    source: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(80))
     source_alert_id: Mapped[str] = mapped_column(String(255))
     kind: Mapped[str] = mapped_column(String(16))  # "received" | "delivery"
     action: Mapped[str | None] = mapped_column(String(16))

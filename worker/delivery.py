@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from models import Alert
 from worker.backoff import retry_delay, should_give_up
+from worker.event import BACKEND_EVENTS
 from worker.pagerduty import CredentialsError, Incident, PagerDutyError, RetryableError
 from worker.status import AlertStatus, DeliveryState, next_update
 
@@ -62,11 +64,29 @@ class Misconfigured:
     reason: str
 
 
-Step = Done | Create | FindByKey | Update | WaitForTrigger | Misconfigured
+@dataclass(frozen=True, slots=True)
+class SendEvent:
+    """Events API v2: one event for the alert's dedup_key. ``event`` is the whole body but for
+    the routing key, which the client adds."""
+
+    action: AlertStatus
+    event: dict[str, Any]
+
+
+Step = Done | Create | FindByKey | Update | WaitForTrigger | Misconfigured | SendEvent
+
+# The Events API's name for each status an event sets.
+EVENT_ACTIONS = {
+    AlertStatus.TRIGGERED: "trigger",
+    AlertStatus.ACKNOWLEDGED: "acknowledge",
+    AlertStatus.RESOLVED: "resolve",
+}
 
 
 def plan_delivery(alert: Alert) -> Step:
-    """The next PagerDuty call that brings the incident closer to the alert's desired status."""
+    """The next PagerDuty call that brings PagerDuty closer to the alert's desired status."""
+    if alert.backend == BACKEND_EVENTS:
+        return plan_event(alert)
     desired = alert.desired_status
     if alert.pagerduty_incident_id is None:
         if desired is AlertStatus.RESOLVED:
@@ -92,6 +112,35 @@ def plan_delivery(alert: Alert) -> Step:
     if wanted is None:
         return Done(f"incident {alert.pagerduty_incident_id} is {desired.value}")
     return Update(alert.pagerduty_incident_id, wanted)
+
+
+def plan_event(alert: Alert) -> Step:
+    """The next Events API v2 event for an alert.
+
+    Simpler than incidents: the dedup_key makes a repeated trigger join the open alert (so no
+    look-up after a lost answer), and PagerDuty drops an acknowledge or resolve for a key it
+    does not know. The same rules as for incidents hold: nothing is sent for an alert resolved
+    before its trigger was sent, and an acknowledge is never sent once the alert is resolved.
+    """
+    desired, confirmed = alert.desired_status, alert.confirmed_status
+    key = alert.incident_key
+    if confirmed is None:
+        if desired is AlertStatus.RESOLVED:
+            if alert.create_sent_at is None:
+                return Done("resolved before it was delivered; nothing sent")
+            # The trigger may have landed with its answer lost: resolving an unknown key is
+            # dropped by PagerDuty, so this is safe either way.
+            return SendEvent(desired, {"event_action": "resolve", "dedup_key": key})
+        if alert.event_payload is None:
+            return WaitForTrigger()
+        return SendEvent(
+            AlertStatus.TRIGGERED,
+            {**alert.event_payload, "event_action": "trigger", "dedup_key": key},
+        )
+    wanted = next_update(desired, confirmed)
+    if wanted is None:
+        return Done(f"alert {key} is {desired.value}")
+    return SendEvent(wanted, {"event_action": EVENT_ACTIONS[wanted], "dedup_key": key})
 
 
 @dataclass(frozen=True, slots=True)

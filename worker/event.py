@@ -15,6 +15,19 @@ from worker.status import AlertStatus
 
 SOURCE_COSCALE = "coscale"  # CoScale's Webhook contact: the alert id is CoScale's {ALERT_ID}
 SOURCE_API = "api"  # the PagerDuty-shaped API contact: the alert id is one the bridge minted
+# Set to "true" in an event's ``fields`` (and so in its timeline entry) when its body was not
+# valid JSON and the ingress repaired it (worker/ingress/body.py).
+REPAIRED = "repaired"
+
+DEFAULT_ROUTE = "default"  # the PAGERBRIDGE_PAGERDUTY_* settings (worker.routes.DEFAULT_ROUTE_NAME)
+BACKEND_REST = "rest"  # PagerDuty's REST API: incidents
+BACKEND_EVENTS = "events"  # PagerDuty's Events API v2: alerts by dedup_key
+
+
+def route_source(source: str, route: str) -> str:
+    """The alert identity's source part: a named route's webhook alerts are apart from the
+    default route's (one CoScale alert sent to two routes is two alerts, two incidents)."""
+    return source if route == DEFAULT_ROUTE or source != SOURCE_COSCALE else f"{source}:{route}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +50,13 @@ class AlertEventMessage:
     urgency: str | None = None
     incident_id: str | None = None
     fields: dict[str, str] = field(default_factory=dict)
+    # The route that took it and that route's backend; for the Events backend, the trigger the
+    # route built (no routing key: messages hold no secret). Older messages have none of these:
+    # the defaults are the default route's.
+    route: str = DEFAULT_ROUTE
+    backend: str = BACKEND_REST
+    credential_id: str | None = None
+    event_payload: dict[str, Any] | None = None
 
     def to_message(self) -> dict[str, Any]:
         body = asdict(self)

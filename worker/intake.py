@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, AlertEvent, InboxEvent, utcnow
 from worker.event import AlertEventMessage
+from worker.pagerduty.events import dedup_key
 from worker.status import AlertStatus, DeliveryState, advance
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def incident_key(source: str, alert_id: str, cycle: int) -> str:
     Deterministic so that a create retried after a lost answer collides with the incident the
     first attempt made, and PagerDuty refuses the duplicate instead of paging twice.
     """
-    return f"pagerbridge/{source}/{alert_id}/{cycle}"[:255]
+    return dedup_key(source, alert_id, cycle)
 
 
 def plan_event(latest: Alert | None, event: AlertEventMessage) -> EventOutcome:
@@ -97,6 +98,7 @@ def _fill_details(alert: Alert, event: AlertEventMessage) -> None:
     alert.details = event.details
     alert.urgency = event.urgency
     alert.service_id = event.service_id or alert.service_id
+    alert.event_payload = event.event_payload or alert.event_payload
     alert.title_from_trigger = event.action is AlertStatus.TRIGGERED
 
 
@@ -122,6 +124,10 @@ def _open_cycle(event: AlertEventMessage, cycle: int, now: datetime) -> Alert:
         title_from_trigger=False,
         opened_at=event.received_at,
         resolve_received_at=(event.received_at if event.action is AlertStatus.RESOLVED else None),
+        route=event.route,
+        backend=event.backend,
+        credential_id=event.credential_id,
+        event_payload=event.event_payload,
     )
     if event.incident_id:
         # The API contact named a PagerDuty incident opened before the bridge: adopt it, so

@@ -35,11 +35,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from models import Alert, AlertEvent, utcnow
 from worker import metrics
 from worker.delivery import (
+    EVENT_ACTIONS,
     WAIT_FOR_TRIGGER,
     Create,
     Done,
     FindByKey,
     Misconfigured,
+    SendEvent,
     Step,
     Update,
     WaitForTrigger,
@@ -47,6 +49,7 @@ from worker.delivery import (
     plan_delivery,
     schedule_after_failure,
 )
+from worker.event import DEFAULT_ROUTE
 from worker.gate import Admission, DeliveryGate
 from worker.pagerduty import (
     CredentialsError,
@@ -57,6 +60,7 @@ from worker.pagerduty import (
     PermanentError,
     RetryableError,
 )
+from worker.pagerduty.events import EventsClient
 from worker.settings import Settings
 from worker.status import AlertStatus, DeliveryState
 
@@ -94,7 +98,24 @@ class Deferred:
     reason: str
 
 
-Answer = Incident | None | PagerDutyError | Parked | Deferred
+@dataclass(frozen=True, slots=True)
+class EventSent:
+    """The Events API took the event (202)."""
+
+    action: AlertStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """Where one route's alerts go: the client of its backend, and the gate of its
+    credential (each API token and each integration key has its own breaker and budget)."""
+
+    rest: PagerDutyClient | None = None
+    events: EventsClient | None = None
+    gate: DeliveryGate | None = None
+
+
+Answer = Incident | None | EventSent | PagerDutyError | Parked | Deferred
 T = TypeVar("T")
 
 
@@ -146,7 +167,7 @@ def lease_owner_id() -> str:
 @dataclass
 class Reconciler:
     sessions: sessionmaker[Session]
-    client: PagerDutyClient
+    client: PagerDutyClient | None
     settings: Settings
     gate: DeliveryGate | None = None
     clock: Callable[[], datetime] = utcnow
@@ -154,7 +175,16 @@ class Reconciler:
     # alerts the moment PagerDuty is back.
     requeue: Callable[[list[int]], None] | None = None
     sleep: Callable[[float], None] = time.sleep
+    # The backend of a named route; None for one the routes file no longer has. Without it,
+    # every alert goes to ``client`` through ``gate`` (the default route).
+    backends: Callable[[str], Backend | None] | None = None
     _recovered: bool = field(default=False, init=False)
+
+    def _backend(self, route: str) -> Backend | None:
+        if route == DEFAULT_ROUTE or self.backends is None:
+            # None when only routes are configured and an alert still names the default.
+            return Backend(rest=self.client, gate=self.gate) if self.client else None
+        return self.backends(route)
 
     def reconcile(self, alert_pk: int) -> ReconcileResult:
         return self.reconcile_many([alert_pk])[alert_pk]
@@ -165,6 +195,7 @@ class Reconciler:
         owner = lease_owner_id()
         active = wanted
         results: dict[int, ReconcileResult] = {}
+        routes: dict[int, str] = {}  # alert -> its route, as the plans find them
         keeper = LeaseKeeper(self.sessions, owner, self.settings.lease_seconds, self.clock)
         keeper.start()
         try:
@@ -172,8 +203,8 @@ class Reconciler:
                 if not active:
                     break
                 # The first plan takes the leases, in the same transaction.
-                calls = self._plan(active, owner, results, claim=step == 0)
-                answers = self._deliver(calls)
+                calls = self._plan(active, owner, results, routes, claim=step == 0)
+                answers = self._deliver(calls, routes)
                 active = self._record(calls, answers, owner, results)
             if active:
                 # Events kept arriving; let the sweeper carry on soon rather than hog the worker.
@@ -246,6 +277,7 @@ class Reconciler:
         alert_pks: list[int],
         owner: str,
         results: dict[int, ReconcileResult],
+        routes: dict[int, str],
         *,
         claim: bool = False,
     ) -> dict[int, Step]:
@@ -263,7 +295,9 @@ class Reconciler:
                     results[alert.id] = finished
                     continue
                 calls[alert.id] = step
-                if isinstance(step, Create) and alert.create_sent_at is None:
+                routes[alert.id] = alert.route
+                sends_trigger = isinstance(step, SendEvent) and step.action is AlertStatus.TRIGGERED
+                if (isinstance(step, Create) or sends_trigger) and alert.create_sent_at is None:
                     # Committed before the call: from now on "no incident id" means "maybe
                     # created, answer lost" (even if the worker dies mid-call), and a resolve
                     # looks the incident up by key instead of assuming there is none. If the
@@ -302,27 +336,40 @@ class Reconciler:
 
     # -- deliver -----------------------------------------------------------------------------
 
-    def _deliver(self, calls: dict[int, Step]) -> dict[int, Answer]:
+    def _deliver(self, calls: dict[int, Step], routes: dict[int, str]) -> dict[int, Answer]:
         """Make the calls: bulk updates first (a resolve burst is the common backlog), then the
-        rest one by one. Every call passes the gate."""
+        rest one by one. Every call passes its route's gate."""
         answers: dict[int, Answer] = {}
-        updates: dict[AlertStatus, list[tuple[int, Update]]] = {}
+        backends = {route: self._backend(route) for route in set(routes.values())}
+        for pk in calls:
+            if backends[routes[pk]] is None:
+                answers[pk] = Parked(
+                    f"route {routes[pk]!r} is not in the routes file; restore it and restart "
+                    "the workers"
+                )
+        updates: dict[tuple[str, AlertStatus], list[tuple[int, Update]]] = {}
         for pk, step in calls.items():
-            if isinstance(step, Update):
-                updates.setdefault(step.status, []).append((pk, step))
-        for group in updates.values():
-            if len(group) < 2:
+            if isinstance(step, Update) and pk not in answers:
+                updates.setdefault((routes[pk], step.status), []).append((pk, step))
+        for (route, _), group in updates.items():
+            backend = backends[route]
+            if len(group) < 2 or backend is None or backend.rest is None:
                 continue
             for start in range(0, len(group), BULK_LIMIT):
-                answers.update(self._bulk_update(group[start : start + BULK_LIMIT]))
+                answers.update(self._bulk_update(group[start : start + BULK_LIMIT], backend))
         for pk, step in calls.items():
-            if pk not in answers:
-                answers[pk] = self._through_gate(functools.partial(self._call, step))
+            backend = backends[routes[pk]]
+            if pk not in answers and backend is not None:
+                answers[pk] = self._through_gate(
+                    functools.partial(self._call, step, backend), backend.gate
+                )
         return answers
 
-    def _bulk_update(self, chunk: list[tuple[int, Update]]) -> dict[int, Answer]:
+    def _bulk_update(self, chunk: list[tuple[int, Update]], backend: Backend) -> dict[int, Answer]:
         pairs = [(step.incident_id, step.status.value) for _, step in chunk]
-        answer = self._through_gate(lambda: self.client.update_incidents(pairs))
+        client = backend.rest
+        assert client is not None
+        answer = self._through_gate(lambda: client.update_incidents(pairs), backend.gate)
         if isinstance(answer, PermanentError):
             # A bulk update is all or nothing: one unknown or already-resolved incident refuses
             # the whole request. Send those one by one, and learn which one it was.
@@ -335,9 +382,10 @@ class Reconciler:
             }
         return {pk: answer for pk, _ in chunk}  # the same failure, parking or wait for all
 
-    def _through_gate(self, call: Callable[[], T]) -> T | PagerDutyError | Parked | Deferred:
+    def _through_gate(
+        self, call: Callable[[], T], gate: DeliveryGate | None
+    ) -> T | PagerDutyError | Parked | Deferred:
         """One PagerDuty call, if the gate admits it; its failures are returned, not raised."""
-        gate = self.gate
         while gate is not None:
             decision = gate.admit()
             if decision.may_call:
@@ -376,11 +424,19 @@ class Reconciler:
         elif not isinstance(error, RetryableError):
             self._answered(gate)  # a 4xx is an answer: PagerDuty is up
 
-    def _call(self, step: Step) -> Incident | None:
+    def _call(self, step: Step, backend: Backend) -> Incident | EventSent | None:
         """One PagerDuty call; ``None`` when a look-up found nothing."""
+        if isinstance(step, SendEvent):
+            if backend.events is None:
+                raise PermanentError("this route sends no Events API events")
+            backend.events.send(step.event)
+            return EventSent(step.action)
+        client = backend.rest
+        if client is None:
+            raise PermanentError("this route has no REST API client")
         if isinstance(step, Create):
             try:
-                return self.client.create_incident(
+                return client.create_incident(
                     title=step.title,
                     service_id=step.service_id,
                     incident_key=step.incident_key,
@@ -389,7 +445,7 @@ class Reconciler:
                 )
             except DuplicateIncidentKeyError:
                 # An earlier attempt created it and its answer was lost: adopt that incident.
-                found = self.client.find_incidents(step.incident_key)
+                found = client.find_incidents(step.incident_key)
                 if not found:
                     raise RetryableError(
                         "duplicate incident_key refused, but no open incident has it; "
@@ -399,12 +455,10 @@ class Reconciler:
                 return found[0]
         if isinstance(step, FindByKey):
             return choose_incident(
-                self.client.find_incidents(
-                    step.incident_key, include_resolved=step.include_resolved
-                )
+                client.find_incidents(step.incident_key, include_resolved=step.include_resolved)
             )
         if isinstance(step, Update):
-            return self.client.update_incident(step.incident_id, step.status.value)
+            return client.update_incident(step.incident_id, step.status.value)
         raise AssertionError(f"no call for {step!r}")
 
     # -- record ------------------------------------------------------------------------------
@@ -422,7 +476,7 @@ class Reconciler:
         with self.sessions.begin() as session:
             for alert in self._locked(session, list(answers), owner):
                 step, answer = calls[alert.id], answers[alert.id]
-                if isinstance(answer, Incident | None):
+                if answer is None or isinstance(answer, Incident | EventSent):
                     self._record_success(session, alert, step, answer)
                     # Usually that was the last call the alert needed: finish it in this
                     # transaction rather than loading it again to find out.
@@ -454,9 +508,12 @@ class Reconciler:
         return again
 
     def _record_success(
-        self, session: Session, alert: Alert, step: Step, incident: Incident | None
+        self, session: Session, alert: Alert, step: Step, incident: Incident | EventSent | None
     ) -> None:
-        if incident is None:
+        if isinstance(incident, EventSent):
+            alert.confirmed_status = incident.action
+            outcome = EVENT_ACTIONS[incident.action]
+        elif incident is None:
             # Looked up by key after a lost create and PagerDuty has no such incident:
             # the create never landed. The alert is resolved, so nothing is owed.
             alert.create_sent_at = None
@@ -555,6 +612,9 @@ _CALL_DONE = {
     "update": "updated",
     "findbykey": "adopted",
     "not-found": "not_found",
+    "trigger": "triggered",
+    "acknowledge": "acknowledged",
+    "resolve": "resolved",
 }
 _SAID = {"retry": "retry scheduled", "not_found": "not found"}
 
@@ -579,7 +639,9 @@ def _log_delivery(level: int, outcome: str, alert: Alert, detail: str | None) ->
     )
 
 
-def _describe(step: Step, incident: Incident | None) -> str:
+def _describe(step: Step, incident: Incident | EventSent | None) -> str:
+    if isinstance(incident, EventSent):
+        return f"{EVENT_ACTIONS[incident.action]} event taken for {step_key(step)}"
     if incident is None:
         return "no incident with this key: the create never landed"
     if isinstance(step, Create):
@@ -587,3 +649,7 @@ def _describe(step: Step, incident: Incident | None) -> str:
     if isinstance(step, FindByKey):
         return f"adopted incident {incident.id} ({incident.status}) found by key"
     return f"incident {incident.id} is now {incident.status}"
+
+
+def step_key(step: Step) -> str:
+    return str(step.event.get("dedup_key")) if isinstance(step, SendEvent) else ""

@@ -16,9 +16,12 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import make_engine, make_session_factory
+from worker.event import DEFAULT_ROUTE
 from worker.gate import DeliveryGate
 from worker.pagerduty import PagerDutyClient
-from worker.reconcile import Reconciler
+from worker.pagerduty.events import EventsClient
+from worker.reconcile import Backend, Reconciler
+from worker.routes import Route, RouteTable, credential_key, load_route_table
 from worker.settings import Settings, get_settings
 
 
@@ -26,6 +29,8 @@ from worker.settings import Settings, get_settings
 class Runtime:
     settings: Settings
     _reconciler: Reconciler | None = field(default=None, init=False)
+    _gates: dict[str, DeliveryGate] = field(default_factory=dict, init=False)
+    _backends: dict[str, Backend] = field(default_factory=dict, init=False)
 
     @cached_property
     def engine(self) -> Engine:
@@ -71,14 +76,93 @@ class Runtime:
             burst=max(1.0, settings.pagerduty_rate_per_minute / 30),
         )
 
+    @cached_property
+    def routes(self) -> RouteTable:
+        """The routes file's routes (none without PAGERBRIDGE_ROUTES_FILE)."""
+        return load_route_table(self.settings)
+
+    def gate_for(self, route: Route) -> DeliveryGate:
+        """The gate of the route's credential: routes that share an API token or integration
+        key share its breaker and rate budget, and one broken key stalls only its routes."""
+        settings = self.settings
+        key = credential_key(route)
+        if route.events is not None:
+            # PAGERDUTY.md: after an Events API 429, wait minutes rather than seconds.
+            rate, backoff = route.events.rate_per_minute, EVENTS_RATE_LIMIT_BACKOFF
+        else:
+            rate, backoff = settings.pagerduty_rate_per_minute, REST_RATE_LIMIT_BACKOFF
+        if key not in self._gates:
+            self._gates[key] = DeliveryGate(
+                self.redis,
+                key,
+                namespace=settings.namespace,
+                failure_threshold=settings.breaker_threshold,
+                probe_interval=settings.breaker_probe_interval,
+                rate_per_minute=rate,
+                burst=max(1.0, rate / 30),
+                rate_limit_backoff=backoff,
+            )
+        return self._gates[key]
+
+    def backend(self, name: str) -> Backend | None:
+        """The clients and gate of a named route; None if the routes file has no such route."""
+        if name in self._backends:
+            return self._backends[name]
+        route = self.routes.by_name(name)
+        if route is None:
+            return None
+        settings = self.settings
+        connect, read = settings.pagerduty_connect_timeout, settings.pagerduty_read_timeout
+        if route.rest is not None:
+            backend = Backend(
+                rest=PagerDutyClient(
+                    str(route.rest.api_url).rstrip("/"),
+                    route.rest.api_token.get_secret_value(),
+                    route.rest.from_email,
+                    connect_timeout=connect,
+                    read_timeout=read,
+                ),
+                gate=self.gate_for(route),
+            )
+        else:
+            assert route.events is not None
+            backend = Backend(
+                events=EventsClient(
+                    route.events.routing_key.get_secret_value(),
+                    url=str(route.events.events_url),
+                    connect_timeout=connect,
+                    read_timeout=read,
+                ),
+                gate=self.gate_for(route),
+            )
+        self._backends[name] = backend
+        return backend
+
+    def gates(self) -> dict[str, DeliveryGate]:
+        """Every route's gate by route name, the default route's too when it is configured."""
+        gates = {route.name: self.gate_for(route) for route in self.routes}
+        if self.settings.pagerduty_token is not None:
+            gates[DEFAULT_ROUTE] = self.gate
+        return gates
+
     def reconciler(self, requeue: Callable[[list[int]], None] | None = None) -> Reconciler:
         if self._reconciler is None:
+            default_configured = self.settings.pagerduty_token is not None or not len(self.routes)
             self._reconciler = Reconciler(
-                self.sessions, self.pagerduty, self.settings, gate=self.gate, requeue=requeue
+                self.sessions,
+                self.pagerduty if default_configured else None,
+                self.settings,
+                gate=self.gate if default_configured else None,
+                requeue=requeue,
+                backends=self.backend,
             )
         return self._reconciler
 
     def close(self) -> None:
+        for backend in self._backends.values():
+            for client in (backend.rest, backend.events):
+                if client is not None:
+                    client.close()
         if "pagerduty" in self.__dict__:
             self.pagerduty.close()
         if "redis" in self.__dict__:
@@ -86,6 +170,10 @@ class Runtime:
         if "engine" in self.__dict__:
             self.engine.dispose()
 
+
+# The first pause after a 429 that names no reset time.
+REST_RATE_LIMIT_BACKOFF = 5.0
+EVENTS_RATE_LIMIT_BACKOFF = 30.0
 
 _runtime: tuple[int, Runtime] | None = None
 

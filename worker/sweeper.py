@@ -7,9 +7,10 @@ data would lose it. So anything pending survives a flushed Redis; the sweeper fi
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert
@@ -21,24 +22,30 @@ REQUEUE_GRACE = timedelta(seconds=20)
 
 
 def due_alerts(
-    sessions: sessionmaker[Session], now: datetime, *, limit: int, gate_open: bool = True
+    sessions: sessionmaker[Session],
+    now: datetime,
+    *,
+    limit: int,
+    closed_routes: Collection[str] = (),
 ) -> list[int]:
     """Ids of alerts due for another attempt, oldest first, marked as queued.
 
-    While the gate is closed (an outage, refused credentials) parked alerts stay where they are
-    but for the oldest one, which goes to probe PagerDuty; the gate's recovery drains the rest.
-    Re-parking thousands of alerts every sweep would only churn the database.
+    While a route's gate is closed (an outage, refused credentials) its parked alerts stay where
+    they are but for the oldest one, which goes to probe PagerDuty; the gate's recovery drains
+    the rest. Re-parking thousands of alerts every sweep would only churn the database. Each
+    route has its own gate: one route's outage holds back only that route's alerts.
     """
-    states = [DeliveryState.PENDING]
-    if gate_open:
-        states.append(DeliveryState.PARKED)
+    free = or_(Alert.lease_owner.is_(None), Alert.lease_expires_at < now)
+    parked_here = Alert.delivery_state == DeliveryState.PARKED
+    if closed_routes:
+        parked_here = and_(parked_here, Alert.route.not_in(list(closed_routes)))
     with sessions.begin() as session:
         query = (
             select(Alert)
             .where(
-                Alert.delivery_state.in_(states),
+                or_(Alert.delivery_state == DeliveryState.PENDING, parked_here),
                 Alert.next_attempt_at <= now,
-                or_(Alert.lease_owner.is_(None), Alert.lease_expires_at < now),
+                free,
             )
             .order_by(Alert.next_attempt_at)
             .limit(limit)
@@ -47,17 +54,14 @@ def due_alerts(
             # Two beats by mistake, or a slow sweep overlapping the next: neither queues twice.
             query = query.with_for_update(skip_locked=True)
         alerts = list(session.scalars(query))
-        if not gate_open:
+        for route in sorted(closed_routes):
             probe = session.scalars(
                 select(Alert)
-                .where(
-                    Alert.delivery_state == DeliveryState.PARKED,
-                    or_(Alert.lease_owner.is_(None), Alert.lease_expires_at < now),
-                )
+                .where(Alert.delivery_state == DeliveryState.PARKED, Alert.route == route, free)
                 .order_by(Alert.pending_since, Alert.id)
                 .limit(1)
             ).first()
-            if probe is not None:
+            if probe is not None and probe not in alerts:
                 alerts.append(probe)
         for alert in alerts:
             alert.next_attempt_at = now + REQUEUE_GRACE

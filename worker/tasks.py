@@ -142,11 +142,14 @@ def reconcile_task(self: Task, alert_pks: list[int] | int) -> None:
 @app.task(name=SWEEP_TASK, bind=True)
 def sweep_task(self: Task) -> int:
     runtime = current_runtime()
-    try:
-        status = runtime.gate.status()
-        gate_open = not (status.breaker_open or status.credentials_error)
-    except redis.RedisError:
-        gate_open = True
+    closed_routes = set()
+    for route, gate in runtime.gates().items():
+        try:
+            status = gate.status()
+        except redis.RedisError:
+            continue  # as if open: the gate lets calls through while Redis is away
+        if status.breaker_open or status.credentials_error:
+            closed_routes.add(route)
     from_inbox = [
         applied.alert_pk
         for applied in drain_inbox(runtime.sessions, utcnow(), limit=runtime.settings.sweep_batch)
@@ -154,7 +157,7 @@ def sweep_task(self: Task) -> int:
     ]
     queue_reconcile(list(dict.fromkeys(from_inbox)))
     alert_pks = due_alerts(
-        runtime.sessions, utcnow(), limit=runtime.settings.sweep_batch, gate_open=gate_open
+        runtime.sessions, utcnow(), limit=runtime.settings.sweep_batch, closed_routes=closed_routes
     )
     queue_reconcile(alert_pks)
     if alert_pks:
@@ -168,7 +171,8 @@ def _on_worker_ready(**_: Any) -> None:
     every parked alert again now, instead of at the next credentials probe."""
     runtime = current_runtime()
     try:
-        runtime.gate.forget_credentials()
+        for gate in runtime.gates().values():
+            gate.forget_credentials()
         woken = wake_parked(runtime.sessions, utcnow())
     except Exception:  # a start-up nicety; the sweeper and probes cover it anyway
         log.exception("could not wake parked alerts at start")
