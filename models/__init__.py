@@ -5,12 +5,14 @@ from models.base import Base, utcnow
 from models.db import make_engine, make_session_factory
 from models.event import AlertEvent
 from models.inbox import InboxEvent
+from models.quarantine import QuarantinedRequest
 
 __all__ = [
     "Alert",
     "AlertEvent",
     "Base",
     "InboxEvent",
+    "QuarantinedRequest",
     "make_engine",
     "make_session_factory",
     "utcnow",

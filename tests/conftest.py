@@ -6,16 +6,106 @@ missing; elsewhere it is skipped with a message saying what to start.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterator
+import traceback
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Base, make_engine, make_session_factory
+from worker.logs import extra_fields
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+#: The tokens the suite configures (PagerDuty's and the ingress's). No log line a test produces,
+#: in this process or in a pagerbridge process it starts (tests/integration/conftest.py), may
+#: hold one: README, "Hostile input". tests/unit/test_suite_secrets.py checks that the modules
+#: defining them still use these values.
+SUITE_SECRETS = (
+    "integration-ingress-token",  # tests/integration/conftest.py
+    "integration-pagerduty-token",
+    "ingress-secret-1",  # tests/unit/test_ingress.py
+    "unit-test-pagerduty-token",  # tests/fakes.py
+    "u+Secr3tT0kenValue_xyz",  # tests/unit/test_pagerduty_client.py
+    "pd-Secr3t-token-value",  # tests/unit/test_logs.py: logged on purpose, through redaction
+    "ingress-one-secret",
+    "ingress-two-secret",
+    "hostile-ingress-token-7f3a9c",  # tests/unit/test_hostile_input.py
+    "hostile-rotated-token-91c2e4",
+    "hostile-pagerduty-token-5d8b",
+)
+
+
+def secrets_in(lines: Iterable[str]) -> list[str]:
+    """The lines that hold a suite secret, each cut around the first one found."""
+    found = []
+    for line in lines:
+        for secret in SUITE_SECRETS:
+            at = line.find(secret)
+            if at != -1:
+                found.append(line[max(0, at - 80) : at + len(secret) + 20])
+                break
+    return found
+
+
+class _Collector(logging.Handler):
+    """Keeps every record logged during a test. They are read after the test, when every
+    handler (the redacting one of worker/logs.py among them) has seen them."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.NOTSET)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _as_written(record: logging.LogRecord) -> str:
+    """All of a record a handler could write: message, fields, traceback, stack."""
+    try:
+        parts = [record.getMessage()]
+    except Exception:  # a malformed logging call: its parts, as they are
+        parts = [str(record.msg), repr(record.args)]
+    parts += [str(value) for value in extra_fields(record).values()]
+    if record.exc_text:  # what the redacting filter left, when one ran
+        parts.append(record.exc_text)
+    elif record.exc_info:
+        parts.append("".join(traceback.format_exception(*record.exc_info)))
+    if record.stack_info:
+        parts.append(record.stack_info)
+    return "\n".join(parts)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _log_at_info() -> Iterator[None]:
+    """The suite's processes log at INFO, as the services do by default: lines below WARNING
+    are produced too, and so checked for secrets. SQLAlchemy stays at WARNING (at INFO it logs
+    every statement)."""
+    root, sqlalchemy = logging.getLogger(), logging.getLogger("sqlalchemy")
+    levels = root.level, sqlalchemy.level
+    root.setLevel(logging.INFO)
+    sqlalchemy.setLevel(logging.WARNING)
+    yield
+    root.setLevel(levels[0])
+    sqlalchemy.setLevel(levels[1])
+
+
+@pytest.fixture(autouse=True)
+def _no_secret_in_logs() -> Iterator[None]:
+    """Fails the test (at teardown) whose log lines hold a suite secret."""
+    collector = _Collector()
+    root = logging.getLogger()
+    root.addHandler(collector)
+    try:
+        yield
+    finally:
+        root.removeHandler(collector)
+    leaked = secrets_in(_as_written(record) for record in collector.records)
+    if leaked:
+        pytest.fail(f"a log line holds a token: {leaked[:3]}", pytrace=False)
 
 
 def service_missing(message: str) -> None:

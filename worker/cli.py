@@ -88,27 +88,43 @@ def api(
     workers: Annotated[
         int | None, typer.Option(help="api processes (default PAGERBRIDGE_API_WORKERS)")
     ] = None,
+    insecure_no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-no-auth",
+            help="serve every endpoint without an ingress token (a local try-out only; refused "
+            f"while {ENV_PREFIX}INGRESS_TOKENS is set)",
+        ),
+    ] = False,
 ) -> None:
     """Serve the ingress (CoScale's Webhook and API contacts)."""
     import uvicorn
 
-    from worker.ingress.app import build_app
+    from worker.ingress.app import INSECURE_WARNING, build_app
     from worker.preflight import check_database, check_redis
 
     settings = _settings()
     _configure_logging(settings)
     try:
-        settings.require("ingress_tokens")
+        if insecure_no_auth:
+            if settings.ingress_tokens:
+                raise _fail(
+                    f"--insecure-no-auth while {ENV_PREFIX}INGRESS_TOKENS is set: drop one of them"
+                )
+            console.print(f"[bold red]{INSECURE_WARNING}[/]", soft_wrap=True)
+        else:
+            _require_ingress_token(settings)
         check_redis(settings.redis_url)
         check_database(settings.database_url)
-        application = build_app(settings)
+        application = build_app(settings, insecure_no_auth=insecure_no_auth)
     except BridgeError as exc:
         raise _fail(str(exc)) from exc
     processes = workers or settings.api_workers
     if processes > 1:
         # Each process builds its own app (its own connections) from the environment.
+        factory = "insecure_app_from_environment" if insecure_no_auth else "app_from_environment"
         uvicorn.run(
-            "worker.ingress.app:app_from_environment",
+            f"worker.ingress.app:{factory}",
             factory=True,
             workers=processes,
             host=host,
@@ -118,6 +134,17 @@ def api(
         )
         return
     uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
+
+
+def _require_ingress_token(settings: Settings) -> None:
+    """The api refuses to start without a token: an ingress anyone can post to pages people."""
+    try:
+        settings.require("ingress_tokens")
+    except BridgeError as exc:
+        raise BridgeError(
+            f"{exc}; the api needs one (to serve without a token on a machine of your own: "
+            "--insecure-no-auth)"
+        ) from exc
 
 
 @cli.command()
@@ -490,6 +517,108 @@ def replay(
     typer.echo(f"{len(replayed)} alert(s) put back into delivery")
     if missing:
         raise typer.Exit(code=1)
+
+
+@cli.command()
+def rejected(
+    replay: Annotated[
+        int | None,
+        typer.Option(
+            "--replay",
+            metavar="ID",
+            help="send rejected request ID through the ingress's checks again and queue it "
+            "(in this process: no running api needed, no token: you vouch for it)",
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="with --replay: replay a request replayed before")
+    ] = False,
+    show: Annotated[
+        int | None,
+        typer.Option("--show", metavar="ID", help="print rejected request ID and its body"),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="list at most N requests")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Requests the ingress rejected (4xx), newest first, kept with why; replay one once fixed."""
+    from worker.quarantine import listing
+
+    if replay is not None and show is not None:
+        raise _fail("give --replay or --show, not both")
+    settings = _settings()
+    if replay is not None:
+        _replay_rejected(settings, replay, force=force)
+        return
+    if show is not None:
+        _show_rejected(settings, show, as_json=as_json)
+        return
+    with _database(settings) as sessions, sessions() as session:
+        rows = listing(session, limit=limit)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="rejected requests, newest first", box=box.SIMPLE_HEAD)
+    for column in ("id", "received", "request", "answer"):
+        table.add_column(column, justify="right" if column == "id" else "left")
+    table.add_column("reason", overflow="fold")
+    table.add_column("bytes", justify="right")
+    table.add_column("replayed")
+    for row in rows:
+        replayed = "-"
+        if row["replayed_at"]:
+            replayed = f"{row['replay_status']} at {_when(row['replayed_at'])}"
+        table.add_row(
+            str(row["id"]),
+            _when(row["received_at"]),
+            escape(f"{row['method']} {row['path']}"),
+            str(row["status"]),
+            escape(_short(row["reason"], 120)),
+            f"{row['size']}{'' if row['complete'] else ' (cut)'}",
+            replayed,
+        )
+    _stdout().print(table if rows else "no rejected requests")
+
+
+def _show_rejected(settings: Settings, request_id: int, *, as_json: bool) -> None:
+    from models import QuarantinedRequest
+    from worker.quarantine import describe
+
+    with _database(settings) as sessions, sessions() as session:
+        row = session.get(QuarantinedRequest, request_id)
+        if row is None:
+            console.print(f"no rejected request #{request_id} (unknown, or aged out)")
+            raise typer.Exit(code=1)
+        details, body = describe(row), row.body
+    text = body.decode("utf-8", errors="replace")
+    if as_json:
+        typer.echo(json.dumps({**details, "body": text}, indent=2))
+        return
+    for key, value in details.items():
+        typer.echo(f"{key}: {value}")
+    typer.echo("body:")
+    typer.echo(text)
+
+
+def _replay_rejected(settings: Settings, request_id: int, *, force: bool) -> None:
+    from worker.celery_app import app as celery_app
+    from worker.inbox import DurableEventQueue
+    from worker.ingress.resubmit import NotReplayable, replay_rejected
+    from worker.queue import CeleryEventQueue
+
+    with _database(settings) as sessions:
+        queue = DurableEventQueue(CeleryEventQueue(celery_app), sessions)
+        try:
+            answer = replay_rejected(settings, sessions, request_id, queue=queue, force=force)
+        except NotReplayable as exc:
+            console.print(f"[yellow]not replayed:[/] {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(code=1) from exc
+    if not answer.accepted:
+        console.print(
+            f"[bold red]rejected again ({answer.status}):[/] {escape(answer.outcome)}",
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=1)
+    typer.echo(f"replayed #{request_id}: {answer.status}, {answer.outcome}")
 
 
 @cli.command()

@@ -52,9 +52,28 @@ class Settings(BaseSettings):
     # NoDecode: a comma-separated list, not the JSON pydantic-settings expects for lists.
     ingress_tokens: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     title_template: str = SEED_TITLE_TEMPLATE
+    routes_file: str | None = Field(
+        None,
+        description="a TOML file of routes (routes.example.toml); unset: only the default route",
+    )
     public_url: str = Field(
         "http://localhost:8080",
         description="how CoScale reaches the api; used in links the bridge hands out",
+    )
+    max_body_bytes: int = Field(
+        256 * 1024,
+        ge=1024,
+        description="bytes: the largest request body the api reads; a larger one is answered 413 "
+        "without being read (Content-Length checked first, then the bytes as they arrive)",
+    )
+    quarantine_max_rows: int = Field(
+        1000,
+        gt=0,
+        description="rejected requests kept for `pagerbridge rejected` at most; the oldest go "
+        "first",
+    )
+    quarantine_max_age_days: float = Field(
+        14.0, gt=0, description="days a rejected request is kept for `pagerbridge rejected`"
     )
 
     pagerduty_rate_per_minute: float = Field(

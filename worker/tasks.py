@@ -189,10 +189,23 @@ PRUNE_TIME_BUDGET = 60.0
 
 @app.task(name=PRUNE_TASK)
 def prune_task() -> dict[str, Any]:
-    """Delete alerts delivered and resolved more than PAGERBRIDGE_RETENTION_DAYS ago."""
+    """Delete alerts delivered and resolved more than PAGERBRIDGE_RETENTION_DAYS ago, and keep
+    the quarantine of rejected requests within its bounds (each write also does)."""
+    from worker import quarantine
     from worker.retention import prune, retention_cutoff
 
     runtime = current_runtime()
+    settings = runtime.settings
+    with runtime.sessions.begin() as session:
+        rejected = quarantine.prune(
+            session,
+            quarantine.QuarantineBounds(
+                settings.quarantine_max_rows, settings.quarantine_max_age_days
+            ),
+            utcnow(),
+        )
+    if rejected:
+        log.info("pruned %d rejected request(s) past the quarantine's bounds", rejected)
     result = prune(
         runtime.sessions,
         retention_cutoff(utcnow(), runtime.settings.retention_days),
@@ -206,4 +219,4 @@ def prune_task() -> dict[str, Any]:
             result.cutoff.isoformat(),
             "" if result.complete else "; more left for the next run",
         )
-    return result.as_dict()
+    return {**result.as_dict(), "rejected_requests": rejected}

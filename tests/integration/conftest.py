@@ -21,7 +21,7 @@ import redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import make_engine, make_session_factory
-from tests.conftest import service_missing
+from tests.conftest import secrets_in, service_missing
 from worker.migrate import upgrade
 from worker.pagerduty.simulator import SimulatorControl
 
@@ -125,8 +125,27 @@ class Service:
                 self.process.wait(timeout=5)
 
 
+#: The log file of every pagerbridge process the tests started: none may hold a token. (The
+#: simulator's are left out: it is PagerDuty's stand-in, and is told the token it accepts.)
+SERVICE_LOGS: list[Path] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_secret_in_service_logs() -> Iterator[None]:
+    yield
+    leaked = {
+        str(path): found[:3]
+        for path in SERVICE_LOGS
+        if path.exists() and (found := secrets_in(path.read_text(errors="replace").splitlines()))
+    }
+    if leaked:
+        pytest.fail(f"pagerbridge processes logged a token: {leaked}", pytrace=False)
+
+
 def start_service(name: str, args: list[str], env: dict[str, str], logs: Path) -> Service:
     log = logs / f"{name}.log"
+    if name != "simulator":
+        SERVICE_LOGS.append(log)
     handle = log.open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "worker.cli", *args],

@@ -1,6 +1,9 @@
+from hypothesis import given
+from hypothesis import strategies as st
+
 from worker.coscale import incident_details, incident_title
 from worker.settings import SEED_TITLE_TEMPLATE
-from worker.title import TITLE_LIMIT, render_title
+from worker.title import TITLE_LIMIT, render_title, truncate
 
 
 def test_seed_template_renders_like_coscale() -> None:
@@ -58,3 +61,32 @@ def test_html_stays_text() -> None:
 def test_details_list_present_fields() -> None:
     details = incident_details({"message": "disk full", "host": "db1", "alert_id": "7"})
     assert details.splitlines() == ["Message: disk full", "Host: db1", "CoScale alert id: 7"]
+
+
+# -- properties ---------------------------------------------------------------------------------
+
+_NAMES = st.sampled_from(["MSG", "METRIC", "SUBJECT", "APP_NAME", "LINK", "ACTION", "ALERT_ID"])
+_LITERAL = st.text(alphabet=st.characters(exclude_characters="{}"), max_size=20)
+# Values may hold anything, placeholders and format fields included.
+_VALUE = st.text(max_size=300) | st.sampled_from(["{MSG}", "{0}", "%s", "{{MSG}}", "<b>x</b>"])
+
+
+@given(
+    parts=st.lists(st.tuples(_LITERAL, _NAMES), max_size=8),
+    tail=_LITERAL,
+    values=st.dictionaries(_NAMES, _VALUE),
+)
+def test_property_every_placeholder_is_filled_once_and_the_title_fits(
+    parts: list[tuple[str, str]], tail: str, values: dict[str, str]
+) -> None:
+    # Given a template built from literal text and placeholders, and any values
+    template = "".join(f"{literal}{{{name}}}" for literal, name in parts) + tail
+    # When rendered
+    title = render_title(template, values)
+    # Then it is the template with each placeholder replaced by its value once (never read
+    # again, whatever the value holds), cut to PagerDuty's limit
+    expected = (
+        "".join(literal + values.get(name, "{" + name + "}") for literal, name in parts) + tail
+    )
+    assert title == truncate(expected.strip(), TITLE_LIMIT)
+    assert len(title) <= TITLE_LIMIT

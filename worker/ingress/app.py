@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -20,11 +22,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from models import Alert, AlertEvent, utcnow
 from worker.coscale import incident_details, incident_title
 from worker.errors import InvalidEvent, ServiceUnavailable
-from worker.event import SOURCE_API, SOURCE_COSCALE, AlertEventMessage, new_event_id
+from worker.event import REPAIRED, SOURCE_API, SOURCE_COSCALE, AlertEventMessage, new_event_id
 from worker.gate import DeliveryGate
 from worker.ingress.auth import WWW_AUTHENTICATE, presented_token, token_is_valid
+from worker.ingress.body import MalformedBody, is_json_media_type, parse_json_body
+from worker.ingress.guard import IngressGuard, RejectionSink
 from worker.ingress.handoff import GroupCommitHandoff
+from worker.ingress.quarantine import QuarantineWriter
 from worker.ingress.schemas import (
+    ALERT_ID_MAX,
+    ALERT_ID_PATTERN,
+    INCIDENT_ID_MAX,
+    INCIDENT_ID_PATTERN,
     AlertView,
     BulkUpdateRequest,
     CoScaleWebhook,
@@ -34,10 +43,11 @@ from worker.ingress.schemas import (
     IncidentAnswer,
     IncidentEnvelope,
     IncidentsEnvelope,
-    ServiceReference,
+    ServiceAnswer,
     SingleUpdateRequest,
     TimelineEntry,
 )
+from worker.quarantine import QuarantineBounds
 from worker.queue import EventQueue, QueuedIn
 from worker.settings import Settings
 from worker.status import AlertStatus, parse_action
@@ -47,6 +57,11 @@ log = logging.getLogger(__name__)
 
 EVENTS_RECEIVED = Counter(
     "pagerbridge_events_received_total", "Events accepted by the ingress", ["source", "action"]
+)
+BODIES_REPAIRED = Counter(
+    "pagerbridge_bodies_repaired_total",
+    "Request bodies that were not valid JSON (CoScale's unescaped placeholders) and were read "
+    "as CoScale meant them",
 )
 
 # Ids the bridge mints for the API contact start with this, so a later PUT tells them apart
@@ -85,13 +100,59 @@ def _error(
     errors: list[str] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    body = ErrorAnswer.model_validate(
-        {"error": {"message": message, "errors": errors or [message], "field": field}}
-    )
+    body = ErrorAnswer.of(message, field=field, errors=errors)
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
 ReadinessCheck = Callable[[], None]
+Body = TypeVar("Body", bound=BaseModel)
+
+# The endpoints whose requests carry events, by method: a rejected one is kept in the quarantine.
+_EVENT_PATHS = {
+    # /webhooks/coscale/<name>: per-route webhooks; one for an unknown route is kept too (the
+    # operator adds the route, then replays).
+    "POST": re.compile(r"^/(?:webhooks/coscale(?:/[^/]+)?|incidents)$"),
+    "PUT": re.compile(r"^/incidents(?:/[^/]*)?$"),
+}
+# Where a validation error's location starts; the rest names the field.
+_LOCATIONS = frozenset({"body", "path", "query", "header", "cookie"})
+ERROR = {"model": ErrorAnswer}
+# Every answer but success an endpoint that takes a body can give (schemathesis reads these).
+BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorAnswer, "description": "not JSON, and not repairable"},
+    413: {"model": ErrorAnswer, "description": "body over PAGERBRIDGE_MAX_BODY_BYTES"},
+    415: {"model": ErrorAnswer, "description": "Content-Type is not JSON"},
+    503: {"model": ErrorAnswer, "description": "neither the database nor Redis took the event"},
+}
+
+
+def carries_events(method: str, path: str) -> bool:
+    """Whether a request is one whose rejection the quarantine keeps."""
+    paths = _EVENT_PATHS.get(method)
+    return paths is not None and paths.match(path) is not None
+
+
+def _json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` declaring ``model`` as the JSON body of an endpoint that reads its body
+    itself (to repair it): the schema inlined, since it is not among FastAPI's components."""
+    schema = model.model_json_schema(ref_template="#/$defs/{model}")
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(definitions[node["$ref"].rsplit("/", 1)[1]])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": inline(schema)}},
+        }
+    }
 
 
 def create_app(
@@ -101,27 +162,55 @@ def create_app(
     sessions: sessionmaker[Session],
     redis_ping: ReadinessCheck,
     gate: DeliveryGate | None = None,
+    authenticate: bool = True,
+    rejections: RejectionSink | None = None,
 ) -> FastAPI:
     """The ingress application, wired to its queue and database (and, when the PagerDuty token
-    is known here, the delivery gate whose state ``/readyz`` reports)."""
+    is known here, the delivery gate whose state ``/readyz`` reports).
+
+    ``authenticate=False`` serves every endpoint without a token (``api --insecure-no-auth``,
+    and the replay of a quarantined request, which an operator vouches for). ``rejections``
+    receives every rejected event-carrying request; by default they are written to the
+    quarantine table.
+    """
     handoff = GroupCommitHandoff(queue)
+    writer = None
+    if rejections is None:
+        writer = QuarantineWriter(
+            sessions,
+            QuarantineBounds(settings.quarantine_max_rows, settings.quarantine_max_age_days),
+        )
+        rejections = writer.keep
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
         handoff.close()  # waits for the batch being written: its requests are answered
+        if writer is not None:
+            writer.close()
 
     app = FastAPI(
         lifespan=lifespan,
         title="pagerbridge",
         summary="CoScale alert events to PagerDuty incidents, retry-safe.",
         version="0.1.0",
-        responses={401: {"model": ErrorAnswer}, 422: {"model": ErrorAnswer}},
+        responses={401: ERROR, 422: ERROR},
+        # The schema is served behind the token like everything but /healthz (below); the
+        # browsable docs, which fetch it without one, are not served.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.add_middleware(
+        IngressGuard,
+        max_body_bytes=settings.max_body_bytes,
+        keep=rejections,
+        carries_events=carries_events,
     )
     valid_tokens = settings.ingress_token_values
 
     def authenticated(authorization: Annotated[str | None, Header()] = None) -> None:
-        if not token_is_valid(presented_token(authorization), valid_tokens):
+        if authenticate and not token_is_valid(presented_token(authorization), valid_tokens):
             raise ApiError(
                 401,
                 "missing or invalid ingress token: send 'Authorization: Token token=<token>' "
@@ -153,9 +242,12 @@ def create_app(
         problems = []
         first_field = None
         for error in exc.errors():
-            location = ".".join(str(part) for part in error["loc"] if part != "body")
-            first_field = first_field or location or None
-            problems.append(f"{location or 'body'}: {error['msg']}")
+            parts = list(error["loc"])
+            if parts and parts[0] in _LOCATIONS:
+                parts = parts[1:]
+            location = ".".join(str(part) for part in parts) or "body"
+            first_field = first_field or location
+            problems.append(f"{location}: {error['msg']}")
         return _error(
             422, "invalid request: " + "; ".join(problems), field=first_field, errors=problems
         )
@@ -163,6 +255,39 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        # A bug, not the caller's fault: the traceback goes to the log (redacted there), the
+        # caller gets the one error shape and nothing of the exception's text.
+        log.error("unexpected error answering a request", exc_info=exc)
+        return _error(500, "internal error; the bridge's log has the details")
+
+    async def read_body(request: Request, model: type[Body]) -> tuple[Body, bool]:
+        """The request's JSON body as ``model``, and whether it had to be repaired.
+
+        Read here rather than by FastAPI, which would answer an unescaped CoScale value 422:
+        strict ``json.loads`` first, the repair only when that fails (``worker/ingress/body.py``).
+        """
+        content_type = request.headers.get("content-type")
+        if content_type is not None and not is_json_media_type(content_type):
+            raise ApiError(
+                415,
+                f"Content-Type {content_type[:100]!r} is not JSON: send "
+                "'Content-Type: application/json'",
+                field="Content-Type",
+            )
+        try:
+            parsed = parse_json_body(await request.body())
+        except MalformedBody as exc:
+            raise ApiError(400, str(exc), field="body") from None
+        try:
+            body = model.model_validate(parsed.document)
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors(include_url=False)) from None
+        if parsed.repaired:
+            BODIES_REPAIRED.inc()
+        return body, parsed.repaired
 
     def service_for(service_id: str | None, field: str) -> str:
         chosen = service_id or settings.pagerduty_service_id
@@ -181,23 +306,35 @@ def create_app(
         for event, where in zip(events, answers, strict=True):
             EVENTS_RECEIVED.labels(event.source, event.action.value).inc()
             log.info(
-                "accepted event %s %s alert=%s:%s (kept in the %s)",
+                "accepted event %s %s alert=%s:%s (kept in the %s)%s",
                 event.event_id,
                 event.action.value,
                 event.source,
                 event.alert_id,
                 where,
+                "; its body was repaired" if event.fields.get(REPAIRED) else "",
             )
         return answers[0]
+
+    def audit(repaired: bool) -> dict[str, str]:
+        return {REPAIRED: "true"} if repaired else {}
 
     # -- CoScale's Webhook contact -----------------------------------------------------------
 
     @app.post(
-        "/webhooks/coscale", status_code=202, response_model=EventAccepted, dependencies=[Auth]
+        "/webhooks/coscale",
+        status_code=202,
+        response_model=EventAccepted,
+        dependencies=[Auth],
+        responses=BODY_ERRORS,
+        openapi_extra=_json_body(CoScaleWebhook),
     )
-    async def coscale_webhook(body: CoScaleWebhook) -> EventAccepted:
+    async def coscale_webhook(request: Request) -> EventAccepted:
+        body, repaired = await read_body(request, CoScaleWebhook)
         action = parse_action(body.action)
         fields = body.model_dump(exclude_none=True, exclude={"service_id", "title", "urgency"})
+        # The values are placed in the title in one pass and never read as a template, format
+        # string or markup again (worker/title.py); the database sees them as bound parameters.
         title = (
             truncate(body.title, TITLE_LIMIT)
             if body.title
@@ -213,7 +350,7 @@ def create_app(
             details=incident_details(fields),
             service_id=service_for(body.service_id, "service_id"),
             urgency=body.urgency,
-            fields=fields,
+            fields={**fields, **audit(repaired)},
         )
         where = await publish(event)
         return EventAccepted(
@@ -222,6 +359,7 @@ def create_app(
             action=action.value,
             queued_in=where,
             alert_url=alert_url(event.alert_id),
+            repaired=repaired,
         )
 
     # -- the seed's API contact: PagerDuty's own endpoints, answered at once ----------------
@@ -232,8 +370,11 @@ def create_app(
         response_model=IncidentEnvelope,
         response_model_exclude_none=True,
         dependencies=[Auth],
+        responses=BODY_ERRORS,
+        openapi_extra=_json_body(CreateIncidentRequest),
     )
-    async def create_incident(body: CreateIncidentRequest) -> IncidentEnvelope:
+    async def create_incident(request: Request) -> IncidentEnvelope:
+        body, repaired = await read_body(request, CreateIncidentRequest)
         incident = body.incident
         service_id = service_for(
             incident.service.id if incident.service else None, "incident.service.id"
@@ -250,6 +391,7 @@ def create_app(
             details=incident.body.details if incident.body else None,
             service_id=service_id,
             urgency=incident.urgency,
+            fields=audit(repaired),
         )
         await publish(event)
         return IncidentEnvelope(
@@ -258,13 +400,13 @@ def create_app(
                 status="triggered",
                 title=title,
                 summary=title,
-                service=ServiceReference(id=service_id),
+                service=ServiceAnswer(id=service_id),
                 urgency=incident.urgency,
                 html_url=alert_url(bridge_id),
             )
         )
 
-    def status_update(incident_id: str, status: str) -> AlertEventMessage:
+    def status_update(incident_id: str, status: str, repaired: bool) -> AlertEventMessage:
         return AlertEventMessage(
             event_id=new_event_id(),
             source=SOURCE_API,
@@ -273,6 +415,7 @@ def create_app(
             received_at=utcnow(),
             # Not an id we minted: a PagerDuty incident from before the switch. Adopt it.
             incident_id=None if incident_id.startswith(BRIDGE_ID_PREFIX) else incident_id,
+            fields=audit(repaired),
         )
 
     def updated(incident_id: str, status: str) -> IncidentAnswer:
@@ -283,9 +426,12 @@ def create_app(
         response_model=IncidentsEnvelope,
         response_model_exclude_none=True,
         dependencies=[Auth],
+        responses=BODY_ERRORS,
+        openapi_extra=_json_body(BulkUpdateRequest),
     )
-    async def update_incidents(body: BulkUpdateRequest) -> IncidentsEnvelope:
-        await publish(*(status_update(item.id, item.status) for item in body.incidents))
+    async def update_incidents(request: Request) -> IncidentsEnvelope:
+        body, repaired = await read_body(request, BulkUpdateRequest)
+        await publish(*(status_update(item.id, item.status, repaired) for item in body.incidents))
         return IncidentsEnvelope(
             incidents=[updated(item.id, item.status) for item in body.incidents]
         )
@@ -295,17 +441,32 @@ def create_app(
         response_model=IncidentEnvelope,
         response_model_exclude_none=True,
         dependencies=[Auth],
+        responses=BODY_ERRORS,
+        openapi_extra=_json_body(SingleUpdateRequest),
     )
-    async def update_incident(incident_id: str, body: SingleUpdateRequest) -> IncidentEnvelope:
-        if not incident_id.replace("-", "").replace("_", "").isalnum() or len(incident_id) > 64:
-            raise ApiError(422, "invalid incident id in the URL", field="incident_id")
-        await publish(status_update(incident_id, body.incident.status))
+    async def update_incident(
+        incident_id: Annotated[
+            str, Path(min_length=1, max_length=INCIDENT_ID_MAX, pattern=INCIDENT_ID_PATTERN)
+        ],
+        request: Request,
+    ) -> IncidentEnvelope:
+        body, repaired = await read_body(request, SingleUpdateRequest)
+        await publish(status_update(incident_id, body.incident.status, repaired))
         return IncidentEnvelope(incident=updated(incident_id, body.incident.status))
 
     # -- the mapping ---------------------------------------------------------------------------
 
-    @app.get("/alerts/{alert_id}", response_model=AlertView, dependencies=[Auth])
-    def show_alert(alert_id: str, source: str | None = None) -> AlertView:
+    @app.get(
+        "/alerts/{alert_id}", response_model=AlertView, dependencies=[Auth], responses={404: ERROR}
+    )
+    def show_alert(
+        alert_id: Annotated[
+            str, Path(min_length=1, max_length=ALERT_ID_MAX, pattern=ALERT_ID_PATTERN)
+        ],
+        source: Annotated[
+            str | None, Query(min_length=1, max_length=80, pattern=ALERT_ID_PATTERN)
+        ] = None,
+    ) -> AlertView:
         with sessions() as session:
             query = select(Alert).where(Alert.source_alert_id == alert_id)
             if source:
@@ -333,6 +494,10 @@ def create_app(
                 .limit(TIMELINE_LIMIT)
             ).all()
             return _alert_view(alert, int(cycles or 1), list(reversed(events)))
+
+    @app.get("/openapi.json", dependencies=[Auth], include_in_schema=False)
+    def openapi_schema() -> JSONResponse:
+        return JSONResponse(app.openapi())
 
     # -- health --------------------------------------------------------------------------------
 
@@ -364,7 +529,12 @@ def create_app(
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
     # Behind the token unless PAGERBRIDGE_METRICS_PUBLIC (issue #6): it shows counts, no secret.
-    @app.get("/metrics", dependencies=[] if settings.metrics_public else [Auth])
+    @app.get(
+        "/metrics",
+        dependencies=[] if settings.metrics_public else [Auth],
+        response_class=PlainTextResponse,
+        responses={200: {"description": "Prometheus text format"}},
+    )
     def metrics() -> Response:
         from worker.metrics import BridgeStateCollector
 
@@ -403,6 +573,12 @@ def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def _repaired_note(event: AlertEvent) -> str | None:
+    if event.payload and event.payload.get(REPAIRED) == "true":
+        return "body repaired: the JSON had unescaped characters in a value"
+    return None
+
+
 def _alert_view(alert: Alert, cycles: int, events: list[AlertEvent]) -> AlertView:
     return AlertView(
         source=alert.source,
@@ -429,15 +605,19 @@ def _alert_view(alert: Alert, cycles: int, events: list[AlertEvent]) -> AlertVie
                 kind=event.kind,
                 action=event.action,
                 outcome=event.outcome,
-                detail=event.detail,
+                detail=event.detail or _repaired_note(event),
             )
             for event in events
         ],
     )
 
 
-def build_app(settings: Settings) -> FastAPI:
-    """The ingress wired to the real Redis, Celery and database of ``settings``."""
+def build_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI:
+    """The ingress wired to the real Redis, Celery and database of ``settings``.
+
+    It needs an ingress token unless ``insecure_no_auth`` (``api --insecure-no-auth``), which
+    serves every endpoint to anyone.
+    """
     import redis
 
     from models import make_engine, make_session_factory
@@ -445,7 +625,10 @@ def build_app(settings: Settings) -> FastAPI:
     from worker.inbox import DurableEventQueue
     from worker.queue import CeleryEventQueue
 
-    settings.require("ingress_tokens")
+    if insecure_no_auth:
+        log.warning(INSECURE_WARNING)
+    else:
+        settings.require("ingress_tokens")
     redis_client = redis.Redis.from_url(
         settings.redis_url, socket_timeout=2, socket_connect_timeout=2
     )
@@ -460,7 +643,20 @@ def build_app(settings: Settings) -> FastAPI:
         gate = DeliveryGate(
             redis_client, settings.pagerduty_token.get_secret_value(), namespace=settings.namespace
         )
-    return create_app(settings, queue=queue, sessions=sessions, redis_ping=redis_ping, gate=gate)
+    return create_app(
+        settings,
+        queue=queue,
+        sessions=sessions,
+        redis_ping=redis_ping,
+        gate=gate,
+        authenticate=not insecure_no_auth,
+    )
+
+
+INSECURE_WARNING = (
+    "INSECURE: the api runs with --insecure-no-auth: every endpoint answers anyone, without an "
+    "ingress token. Never expose it beyond this machine; set PAGERBRIDGE_INGRESS_TOKENS instead."
+)
 
 
 def app_from_environment() -> FastAPI:
@@ -468,3 +664,10 @@ def app_from_environment() -> FastAPI:
     from worker.settings import get_settings
 
     return build_app(get_settings())
+
+
+def insecure_app_from_environment() -> FastAPI:
+    """``uvicorn --factory`` entry point of ``api --insecure-no-auth --workers N``."""
+    from worker.settings import get_settings
+
+    return build_app(get_settings(), insecure_no_auth=True)

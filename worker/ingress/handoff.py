@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from worker.event import AlertEventMessage
 from worker.queue import EventQueue, QueuedIn
@@ -30,70 +31,97 @@ log = logging.getLogger(__name__)
 # second of work for a worker, and a few hundred kB for Redis.
 MAX_BATCH = 200
 
+Item = TypeVar("Item")
+Answer = TypeVar("Answer")
+
 
 @dataclass
-class _Lane:
-    """The events waiting on one event loop, and whether a flush is under way there."""
+class _Lane(Generic[Item, Answer]):
+    """The items waiting on one event loop, and whether a flush is under way there."""
 
-    waiting: list[tuple[AlertEventMessage, asyncio.Future[QueuedIn]]] = field(default_factory=list)
+    waiting: list[tuple[Item, asyncio.Future[Answer]]] = field(default_factory=list)
     flushing: asyncio.Task[None] | None = None
 
 
-class GroupCommitHandoff:
-    """Hands events to an :class:`EventQueue` from async code, batching concurrent ones.
+class GroupCommit(Generic[Item, Answer]):
+    """Hands items to a blocking ``write_many`` from async code, batching concurrent ones.
 
-    The store is called in one background thread, so the event loop keeps taking requests while
-    a batch is written. Its errors (``ServiceUnavailable`` when neither the database nor Redis
-    took the batch) are raised in every request of that batch.
+    ``write_many`` gets a batch and answers one value per item, in order. It is called in one
+    background thread, so the event loop keeps taking requests while a batch is written; its
+    errors are raised in every request of that batch.
     """
 
-    def __init__(self, queue: EventQueue, *, max_batch: int = MAX_BATCH) -> None:
-        self._queue = queue
+    def __init__(
+        self,
+        write_many: Callable[[Sequence[Item]], Sequence[Answer]],
+        *,
+        max_batch: int = MAX_BATCH,
+        thread_name: str = "group-commit",
+    ) -> None:
+        self._write_many = write_many
         self._max_batch = max_batch
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer")
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
         # One lane per event loop: uvicorn runs one, but a test client may start a loop per
         # request, and a future must be resolved on the loop that awaits it.
-        self._lanes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Lane] = (
+        self._lanes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Lane[Item, Answer]] = (
             weakref.WeakKeyDictionary()
         )
 
-    async def publish(self, event: AlertEventMessage) -> QueuedIn:
-        return (await self.publish_all([event]))[0]
+    async def submit(self, item: Item) -> Answer:
+        return (await self.submit_all([item]))[0]
 
-    async def publish_all(self, events: Sequence[AlertEventMessage]) -> list[QueuedIn]:
-        """Store ``events`` (in one batch or more, with others') and say where each went."""
+    async def submit_all(self, items: Sequence[Item]) -> list[Answer]:
+        """Write ``items`` (in one batch or more, with others') and give each one's answer."""
         loop = asyncio.get_running_loop()
         lane = self._lanes.setdefault(loop, _Lane())
-        futures: list[asyncio.Future[QueuedIn]] = []
-        for event in events:
-            future: asyncio.Future[QueuedIn] = loop.create_future()
-            lane.waiting.append((event, future))
+        futures: list[asyncio.Future[Answer]] = []
+        for item in items:
+            future: asyncio.Future[Answer] = loop.create_future()
+            lane.waiting.append((item, future))
             futures.append(future)
         if lane.flushing is None:
             lane.flushing = loop.create_task(self._flush(lane))
         return list(await asyncio.gather(*futures))
 
-    async def _flush(self, lane: _Lane) -> None:
+    async def _flush(self, lane: _Lane[Item, Answer]) -> None:
         loop = asyncio.get_running_loop()
         try:
             while lane.waiting:
                 batch = lane.waiting[: self._max_batch]
                 del lane.waiting[: self._max_batch]
-                events = [event for event, _ in batch]
+                items = [item for item, _ in batch]
                 try:
-                    where = await loop.run_in_executor(
-                        self._writer, self._queue.publish_many, events
-                    )
+                    answers = await loop.run_in_executor(self._writer, self._write_many, items)
                 except Exception as exc:  # every request of the batch answers with it
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(exc)
                 else:
-                    for _, future in batch:
+                    for (_, future), answer in zip(batch, answers, strict=True):
                         if not future.done():  # its request may have been cancelled
-                            future.set_result(where)
+                            future.set_result(answer)
         finally:
             lane.flushing = None
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)
+
+
+class GroupCommitHandoff(GroupCommit[AlertEventMessage, QueuedIn]):
+    """Hands events to an :class:`EventQueue`: concurrent requests share one database write and
+    one queue message. ``ServiceUnavailable`` (neither the database nor Redis took the batch)
+    is raised in every request of that batch."""
+
+    def __init__(self, queue: EventQueue, *, max_batch: int = MAX_BATCH) -> None:
+        def publish_many(events: Sequence[AlertEventMessage]) -> list[QueuedIn]:
+            where = queue.publish_many(events)
+            return [where] * len(events)
+
+        super().__init__(publish_many, max_batch=max_batch, thread_name="ingest-writer")
+
+    async def publish(self, event: AlertEventMessage) -> QueuedIn:
+        return await self.submit(event)
+
+    async def publish_all(self, events: Sequence[AlertEventMessage]) -> list[QueuedIn]:
+        """Store ``events`` (in one batch or more, with others') and say where each went."""
+        return await self.submit_all(events)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 
 def _text(value: Any) -> Any:
@@ -17,13 +17,60 @@ def _text(value: Any) -> Any:
 
 
 FIELD_MAX = 8192
-Text = Annotated[str, BeforeValidator(_text), Field(max_length=FIELD_MAX)]
+# No NUL: PostgreSQL's text cannot hold one, and an event the worker cannot store would sit in
+# the inbox for ever. (Lone surrogates, which UTF-8 cannot hold either, pydantic refuses itself.)
+NO_NUL = r"^[^\x00]*$"
+
+
+def _or_scalar(text_schema: dict[str, Any]) -> WithJsonSchema:
+    """The OpenAPI schema of a text field that also takes a number or a boolean (``_text``)."""
+    return WithJsonSchema({"anyOf": [text_schema, {"type": "number"}, {"type": "boolean"}]})
+
+
+Text = Annotated[
+    str,
+    BeforeValidator(_text),
+    Field(max_length=FIELD_MAX, pattern=NO_NUL),
+    _or_scalar({"type": "string", "maxLength": FIELD_MAX, "pattern": NO_NUL}),
+]
+NonEmptyText = Annotated[str, Field(min_length=1, max_length=FIELD_MAX, pattern=NO_NUL)]
+ALERT_ID_MAX = 200
+# No control characters (C0, DEL, C1): the id is shown in tables, logs and URLs.
+ALERT_ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]+$"
 AlertId = Annotated[
     str,
     BeforeValidator(_text),
-    Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$"),
+    Field(min_length=1, max_length=ALERT_ID_MAX, pattern=ALERT_ID_PATTERN),
+    _or_scalar(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": ALERT_ID_MAX,
+            "pattern": ALERT_ID_PATTERN,
+        }
+    ),
 ]
+# PagerDuty's ids are short and alphanumeric (PXFL9LI).
+ServiceId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+# A `type` field PagerDuty's bodies carry; read, never used.
+TypeName = Annotated[str, Field(max_length=64)]
 Urgency = Literal["high", "low"]
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{char.lower()}{char.upper()}]" for char in word)
+
+
+# What worker.status.parse_action accepts, for the OpenAPI schema only: parse_action's own 422
+# ("unknown action 'x': expected ...") says more than a pattern mismatch would.
+ACTION_PATTERN = (
+    r"^\s*(?:"
+    + "|".join(
+        _any_case(word)
+        for word in ("triggered", "trigger", "acknowledged", "acknowledge", "resolved", "resolve")
+    )
+    + r")\s*$"
+)
 
 
 class CoScaleWebhook(BaseModel):
@@ -32,7 +79,7 @@ class CoScaleWebhook(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     alert_id: AlertId
-    action: Annotated[str, Field(max_length=40)]
+    action: Annotated[str, Field(max_length=40, json_schema_extra={"pattern": ACTION_PATTERN})]
     message: Text | None = None
     metric: Text | None = None
     subject: Text | None = None
@@ -43,7 +90,7 @@ class CoScaleWebhook(BaseModel):
     time: Text | None = None
     host: Text | None = None
     timestamp: Text | None = None
-    service_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    service_id: ServiceId | None = None
     title: Text | None = None
     urgency: Urgency | None = None
 
@@ -56,6 +103,9 @@ class EventAccepted(BaseModel):
     # "database+queue" normally; one of them alone while the other is unavailable.
     queued_in: Literal["database+queue", "database", "queue"] = "database+queue"
     alert_url: str
+    # True when the body was not valid JSON and the bridge read it as CoScale meant it (a value
+    # held an unescaped quote, backslash or newline; README "Hostile input").
+    repaired: bool = False
 
 
 # -- the PagerDuty-shaped API contact (the seed's configuration) ---------------------------------
@@ -63,20 +113,20 @@ class EventAccepted(BaseModel):
 
 class ServiceReference(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    id: Annotated[str, Field(min_length=1, max_length=64)]
-    type: str = "service_reference"
+    id: ServiceId
+    type: TypeName = "service_reference"
 
 
 class IncidentBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    type: str = "incident_body"
+    type: TypeName = "incident_body"
     details: Text | None = None
 
 
 class NewIncident(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    type: str = "incident"
-    title: Annotated[str, Field(min_length=1, max_length=FIELD_MAX)]
+    type: TypeName = "incident"
+    title: NonEmptyText
     service: ServiceReference | None = None
     urgency: Urgency | None = None
     body: IncidentBody | None = None
@@ -88,13 +138,17 @@ class CreateIncidentRequest(BaseModel):
 
 
 UpdateStatus = Literal["acknowledged", "resolved"]
-IncidentId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+INCIDENT_ID_MAX = 64
+INCIDENT_ID_PATTERN = r"^[A-Za-z0-9_-]+$"
+IncidentId = Annotated[
+    str, Field(min_length=1, max_length=INCIDENT_ID_MAX, pattern=INCIDENT_ID_PATTERN)
+]
 
 
 class IncidentReference(BaseModel):
     model_config = ConfigDict(extra="ignore")
     id: IncidentId
-    type: str = "incident_reference"
+    type: TypeName = "incident_reference"
     status: UpdateStatus
 
 
@@ -106,13 +160,20 @@ class BulkUpdateRequest(BaseModel):
 
 class SingleUpdate(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    type: str = "incident_reference"
+    type: TypeName = "incident_reference"
     status: UpdateStatus
 
 
 class SingleUpdateRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     incident: SingleUpdate
+
+
+class ServiceAnswer(BaseModel):
+    """The service in an answer: whatever the bridge was configured with."""
+
+    id: str
+    type: str = "service_reference"
 
 
 class IncidentAnswer(BaseModel):
@@ -124,7 +185,7 @@ class IncidentAnswer(BaseModel):
     title: str | None = None
     summary: str | None = None
     incident_key: str | None = None
-    service: ServiceReference | None = None
+    service: ServiceAnswer | None = None
     urgency: str | None = None
     html_url: str | None = None
 
@@ -180,3 +241,9 @@ class ErrorAnswer(BaseModel):
     """One error shape for every endpoint; ``message`` and ``errors`` as PagerDuty's envelope."""
 
     error: ErrorDetail
+
+    @classmethod
+    def of(
+        cls, message: str, *, field: str | None = None, errors: list[str] | None = None
+    ) -> ErrorAnswer:
+        return cls(error=ErrorDetail(message=message, errors=errors or [message], field=field))
