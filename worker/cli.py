@@ -155,11 +155,15 @@ def worker(
 ) -> None:
     """Run a Celery worker that delivers events to PagerDuty."""
     from worker.preflight import check_database, check_redis
+    from worker.routes import load_route_table
 
     settings = _settings()
     _configure_logging(settings)
     try:
-        settings.require("pagerduty_token", "pagerduty_from")
+        # The routes file is read (and refused, naming route and field) before anything starts;
+        # with routes, the default route's PagerDuty settings are optional.
+        if not len(load_route_table(settings)):
+            settings.require("pagerduty_token", "pagerduty_from")
         check_redis(settings.redis_url)
         check_database(settings.database_url)
     except BridgeError as exc:

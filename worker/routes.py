@@ -97,7 +97,8 @@ MIN_INGRESS_TOKEN_CHARS = 16
 #: requires a non-empty ``payload.source``.
 FALLBACK_SOURCE = "coscale"
 
-_SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
+ROUTE_NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
+_SLUG = re.compile(ROUTE_NAME_PATTERN)
 # Wider than title.py's placeholder pattern on purpose: "{msg}" would be sent literally there,
 # so it is caught here as an unknown placeholder.
 _ANY_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")

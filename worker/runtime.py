@@ -147,7 +147,12 @@ class Runtime:
 
     def reconciler(self, requeue: Callable[[list[int]], None] | None = None) -> Reconciler:
         if self._reconciler is None:
-            default_configured = self.settings.pagerduty_token is not None or not len(self.routes)
+            settings = self.settings
+            # With a routes file the default route is optional: without its token its alerts
+            # (if any) park, saying so; without routes it is required (and refused if missing).
+            default_configured = not len(self.routes) or (
+                settings.pagerduty_token is not None and settings.pagerduty_from is not None
+            )
             self._reconciler = Reconciler(
                 self.sessions,
                 self.pagerduty if default_configured else None,

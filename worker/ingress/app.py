@@ -22,7 +22,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from models import Alert, AlertEvent, utcnow
 from worker.coscale import incident_details, incident_title
 from worker.errors import InvalidEvent, ServiceUnavailable
-from worker.event import REPAIRED, SOURCE_API, SOURCE_COSCALE, AlertEventMessage, new_event_id
+from worker.event import (
+    BACKEND_EVENTS,
+    BACKEND_REST,
+    DEFAULT_ROUTE,
+    REPAIRED,
+    SOURCE_API,
+    SOURCE_COSCALE,
+    AlertEventMessage,
+    new_event_id,
+    route_source,
+)
 from worker.gate import DeliveryGate
 from worker.ingress.auth import WWW_AUTHENTICATE, presented_token, token_is_valid
 from worker.ingress.body import MalformedBody, is_json_media_type, parse_json_body
@@ -49,6 +59,7 @@ from worker.ingress.schemas import (
 )
 from worker.quarantine import QuarantineBounds
 from worker.queue import EventQueue, QueuedIn
+from worker.routes import ROUTE_NAME_PATTERN, Route, RouteTable, credential_id, load_route_table
 from worker.settings import Settings
 from worker.status import AlertStatus, parse_action
 from worker.title import TITLE_LIMIT, truncate
@@ -164,6 +175,7 @@ def create_app(
     gate: DeliveryGate | None = None,
     authenticate: bool = True,
     rejections: RejectionSink | None = None,
+    routes: RouteTable | None = None,
 ) -> FastAPI:
     """The ingress application, wired to its queue and database (and, when the PagerDuty token
     is known here, the delivery gate whose state ``/readyz`` reports).
@@ -208,17 +220,37 @@ def create_app(
         carries_events=carries_events,
     )
     valid_tokens = settings.ingress_token_values
+    table = routes if routes is not None else RouteTable(())
+
+    def refused() -> ApiError:
+        return ApiError(
+            401,
+            "missing or invalid ingress token: send 'Authorization: Token token=<token>' "
+            "or 'Authorization: Bearer <token>'",
+            headers={"WWW-Authenticate": WWW_AUTHENTICATE},
+        )
+
+    def default_token(presented: str | None) -> bool:
+        return token_is_valid(presented, valid_tokens)
+
+    def any_token(presented: str | None) -> bool:
+        # Every comparison is made, whichever matches: the time says nothing about which.
+        matches = [default_token(presented)]
+        matches += [table.token_allowed(route, presented) for route in table]
+        return any(matches)
 
     def authenticated(authorization: Annotated[str | None, Header()] = None) -> None:
-        if authenticate and not token_is_valid(presented_token(authorization), valid_tokens):
-            raise ApiError(
-                401,
-                "missing or invalid ingress token: send 'Authorization: Token token=<token>' "
-                "or 'Authorization: Bearer <token>'",
-                headers={"WWW-Authenticate": WWW_AUTHENTICATE},
-            )
+        if authenticate and not default_token(presented_token(authorization)):
+            raise refused()
+
+    def authenticated_any(authorization: Annotated[str | None, Header()] = None) -> None:
+        """A token of the default route or of any route (the PagerDuty-shaped API, whose route
+        is known only from the body)."""
+        if authenticate and not any_token(presented_token(authorization)):
+            raise refused()
 
     Auth = Depends(authenticated)
+    AnyRouteAuth = Depends(authenticated_any)
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
@@ -298,8 +330,9 @@ def create_app(
             )
         return chosen
 
-    def alert_url(alert_id: str) -> str:
-        return f"{settings.public_url.rstrip('/')}/alerts/{alert_id}"
+    def alert_url(alert_id: str, source: str | None = None) -> str:
+        url = f"{settings.public_url.rstrip('/')}/alerts/{alert_id}"
+        return f"{url}?source={source}" if source and source != SOURCE_COSCALE else url
 
     async def publish(*events: AlertEventMessage) -> QueuedIn:
         answers = await handoff.publish_all(events)
@@ -321,6 +354,61 @@ def create_app(
 
     # -- CoScale's Webhook contact -----------------------------------------------------------
 
+    async def accept_webhook(request: Request, route: Route | None) -> EventAccepted:
+        """A CoScale event for ``route`` (None: the default route, the PAGERDUTY_* settings)."""
+        body, repaired = await read_body(request, CoScaleWebhook)
+        action = parse_action(body.action)
+        fields = body.model_dump(exclude_none=True, exclude={"service_id", "title", "urgency"})
+        # The values are placed in the title in one pass and never read as a template, format
+        # string or markup again (worker/title.py); the database sees them as bound parameters.
+        routed: dict[str, Any] = {}
+        if route is None:
+            template, service_id = (
+                settings.title_template,
+                service_for(body.service_id, "service_id"),
+            )
+            urgency = body.urgency
+        elif route.rest is not None:
+            template, service_id = route.rest.title_template, route.rest.service_id
+            urgency = body.urgency or route.rest.urgency_for(fields)
+            routed = {"route": route.name, "backend": BACKEND_REST}
+        else:
+            assert route.events is not None
+            template, service_id, urgency = route.events.summary_template, None, None
+            trigger = route.events.build("trigger", "-", fields)
+            # The worker adds the cycle's dedup_key and the action when it sends.
+            del trigger["dedup_key"], trigger["event_action"]
+            routed = {"route": route.name, "backend": BACKEND_EVENTS, "event_payload": trigger}
+        if route is not None:
+            routed["credential_id"] = credential_id(route)
+        title = (
+            truncate(body.title, TITLE_LIMIT) if body.title else incident_title(template, fields)
+        )
+        if routed.get("event_payload") is not None and body.title:
+            routed["event_payload"]["payload"]["summary"] = title
+        event = AlertEventMessage(
+            event_id=new_event_id(),
+            source=route_source(SOURCE_COSCALE, route.name if route else DEFAULT_ROUTE),
+            alert_id=body.alert_id,
+            action=action,
+            received_at=utcnow(),
+            title=title,
+            details=incident_details(fields),
+            service_id=service_id,
+            urgency=urgency,
+            fields={**fields, **audit(repaired)},
+            **routed,
+        )
+        where = await publish(event)
+        return EventAccepted(
+            alert_id=event.alert_id,
+            event_id=event.event_id,
+            action=action.value,
+            queued_in=where,
+            alert_url=alert_url(event.alert_id, event.source),
+            repaired=repaired,
+        )
+
     @app.post(
         "/webhooks/coscale",
         status_code=202,
@@ -330,37 +418,31 @@ def create_app(
         openapi_extra=_json_body(CoScaleWebhook),
     )
     async def coscale_webhook(request: Request) -> EventAccepted:
-        body, repaired = await read_body(request, CoScaleWebhook)
-        action = parse_action(body.action)
-        fields = body.model_dump(exclude_none=True, exclude={"service_id", "title", "urgency"})
-        # The values are placed in the title in one pass and never read as a template, format
-        # string or markup again (worker/title.py); the database sees them as bound parameters.
-        title = (
-            truncate(body.title, TITLE_LIMIT)
-            if body.title
-            else incident_title(settings.title_template, fields)
-        )
-        event = AlertEventMessage(
-            event_id=new_event_id(),
-            source=SOURCE_COSCALE,
-            alert_id=body.alert_id,
-            action=action,
-            received_at=utcnow(),
-            title=title,
-            details=incident_details(fields),
-            service_id=service_for(body.service_id, "service_id"),
-            urgency=body.urgency,
-            fields={**fields, **audit(repaired)},
-        )
-        where = await publish(event)
-        return EventAccepted(
-            alert_id=event.alert_id,
-            event_id=event.event_id,
-            action=action.value,
-            queued_in=where,
-            alert_url=alert_url(event.alert_id),
-            repaired=repaired,
-        )
+        return await accept_webhook(request, None)
+
+    @app.post(
+        "/webhooks/coscale/{route_name}",
+        status_code=202,
+        response_model=EventAccepted,
+        # First some valid token (before the path is even checked), then the route's own.
+        dependencies=[AnyRouteAuth],
+        responses={**BODY_ERRORS, 404: ERROR},
+        openapi_extra=_json_body(CoScaleWebhook),
+    )
+    async def routed_webhook(
+        route_name: Annotated[str, Path(min_length=1, max_length=63, pattern=ROUTE_NAME_PATTERN)],
+        request: Request,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> EventAccepted:
+        """CoScale's Webhook contact for a route of the routes file (its own tokens)."""
+        presented = presented_token(authorization)
+        route = table.by_name(route_name)
+        if route is None:
+            # Only a caller holding some valid token gets this far.
+            raise ApiError(404, f"no route {route_name!r} in the routes file", field="route_name")
+        if authenticate and not table.token_allowed(route, presented):
+            raise refused()
+        return await accept_webhook(request, route)
 
     # -- the seed's API contact: PagerDuty's own endpoints, answered at once ----------------
 
@@ -369,16 +451,31 @@ def create_app(
         status_code=201,
         response_model=IncidentEnvelope,
         response_model_exclude_none=True,
-        dependencies=[Auth],
+        dependencies=[AnyRouteAuth],
         responses=BODY_ERRORS,
         openapi_extra=_json_body(CreateIncidentRequest),
     )
-    async def create_incident(request: Request) -> IncidentEnvelope:
+    async def create_incident(
+        request: Request, authorization: Annotated[str | None, Header()] = None
+    ) -> IncidentEnvelope:
         body, repaired = await read_body(request, CreateIncidentRequest)
         incident = body.incident
         service_id = service_for(
             incident.service.id if incident.service else None, "incident.service.id"
         )
+        route = table.for_service_id(service_id)
+        presented = presented_token(authorization)
+        if authenticate and not (
+            default_token(presented) or (route and table.token_allowed(route, presented))
+        ):
+            raise refused()
+        routed: dict[str, Any] = {}
+        if route is not None:
+            routed = {
+                "route": route.name,
+                "backend": BACKEND_REST,
+                "credential_id": credential_id(route),
+            }
         bridge_id = mint_bridge_id()
         title = truncate(incident.title, TITLE_LIMIT)
         event = AlertEventMessage(
@@ -392,6 +489,7 @@ def create_app(
             service_id=service_id,
             urgency=incident.urgency,
             fields=audit(repaired),
+            **routed,
         )
         await publish(event)
         return IncidentEnvelope(
@@ -425,7 +523,7 @@ def create_app(
         "/incidents",
         response_model=IncidentsEnvelope,
         response_model_exclude_none=True,
-        dependencies=[Auth],
+        dependencies=[AnyRouteAuth],
         responses=BODY_ERRORS,
         openapi_extra=_json_body(BulkUpdateRequest),
     )
@@ -440,7 +538,7 @@ def create_app(
         "/incidents/{incident_id}",
         response_model=IncidentEnvelope,
         response_model_exclude_none=True,
-        dependencies=[Auth],
+        dependencies=[AnyRouteAuth],
         responses=BODY_ERRORS,
         openapi_extra=_json_body(SingleUpdateRequest),
     )
@@ -585,6 +683,9 @@ def _alert_view(alert: Alert, cycles: int, events: list[AlertEvent]) -> AlertVie
         alert_id=alert.source_alert_id,
         cycle=alert.cycle,
         cycles=cycles,
+        route=alert.route,
+        backend=alert.backend,
+        credential_id=alert.credential_id,
         incident_key=alert.incident_key,
         service_id=alert.service_id,
         title=alert.title,
@@ -625,9 +726,10 @@ def build_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI:
     from worker.inbox import DurableEventQueue
     from worker.queue import CeleryEventQueue
 
+    routes = load_route_table(settings)
     if insecure_no_auth:
         log.warning(INSECURE_WARNING)
-    else:
+    elif not len(routes):
         settings.require("ingress_tokens")
     redis_client = redis.Redis.from_url(
         settings.redis_url, socket_timeout=2, socket_connect_timeout=2
@@ -650,6 +752,7 @@ def build_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI:
         redis_ping=redis_ping,
         gate=gate,
         authenticate=not insecure_no_auth,
+        routes=routes,
     )
 
 

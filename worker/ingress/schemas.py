@@ -214,6 +214,10 @@ class AlertView(BaseModel):
     alert_id: str
     cycle: int
     cycles: int
+    route: str = "default"
+    # "rest" (incidents) or "events" (Events API v2; incident_key is then the dedup_key)
+    backend: str = "rest"
+    credential_id: str | None = None  # a hash of the API token or integration key, never it
     incident_key: str
     service_id: str | None
     title: str | None
