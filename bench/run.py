@@ -1595,7 +1595,12 @@ def _peer_table(results: dict[str, Any]) -> list[str]:
             f"| {_ratio(delivery['incidents_per_s'], their_live['incidents_per_s'])} |"
         )
     rss = results.get("peak_rss_mib") or {}
-    bridge_rss = sum(value or 0.0 for name, value in rss.items() if name != "simulator")
+    # The pool's children are in "worker (pool, sum)"; the largest child is one of them.
+    bridge_rss = sum(
+        value or 0.0
+        for name, value in rss.items()
+        if name not in ("simulator", "worker (pool, largest child)")
+    )
     lines.append(
         f"| peak RSS, all processes | {_fmt(bridge_rss, ' MiB')} "
         f"| {_fmt(peer.get('peak_rss_mib'), ' MiB')} | |"
