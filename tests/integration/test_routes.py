@@ -286,6 +286,13 @@ def test_one_route_failing_leaves_the_other_delivering(routed: Bridge) -> None:
         what=f"the web alert parked\n{routed.logs()}",
     )
     assert "401" in parked["last_error"] and WEB_API_TOKEN not in parked["last_error"]
+    # /readyz names the route whose token is refused, and says the other is fine
+    ready = httpx.get(f"{routed.api_url}/readyz", headers=routed.headers, timeout=10)
+    checks = ready.json()["checks"]
+    assert ready.status_code == 503
+    assert checks["pagerduty_credentials (web)"]["status"] == "down"
+    assert checks["pagerduty_credentials (db)"]["status"] == "ok"
+    assert WEB_API_TOKEN not in ready.text and DB_ROUTING_KEY not in ready.text
     # And once the token is accepted again (and a worker restarted), the web alert goes too
     routed.simulator.clear_faults()
     routed.services["worker"].stop()

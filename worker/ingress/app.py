@@ -59,7 +59,14 @@ from worker.ingress.schemas import (
 )
 from worker.quarantine import QuarantineBounds
 from worker.queue import EventQueue, QueuedIn
-from worker.routes import ROUTE_NAME_PATTERN, Route, RouteTable, credential_id, load_route_table
+from worker.routes import (
+    ROUTE_NAME_PATTERN,
+    Route,
+    RouteTable,
+    credential_id,
+    credential_key,
+    load_route_table,
+)
 from worker.settings import Settings
 from worker.status import AlertStatus, parse_action
 from worker.title import TITLE_LIMIT, truncate
@@ -173,6 +180,7 @@ def create_app(
     sessions: sessionmaker[Session],
     redis_ping: ReadinessCheck,
     gate: DeliveryGate | None = None,
+    route_gates: dict[str, DeliveryGate] | None = None,
     authenticate: bool = True,
     rejections: RejectionSink | None = None,
     routes: RouteTable | None = None,
@@ -623,6 +631,16 @@ def create_app(
         check("database", database)
         if gate is not None and checks["redis"]["status"] == "ok":
             checks.update(_gate_checks(gate))
+        if checks["redis"]["status"] == "ok":
+            # Each route's token or key: a refused one makes the bridge not ready, as for the
+            # default route's (someone must act); the check names the route, never the key.
+            for name, route_gate in (route_gates or {}).items():
+                checks.update(
+                    {
+                        f"{check} ({name})": result
+                        for check, result in _gate_checks(route_gate).items()
+                    }
+                )
         ready = all(result["status"] != "down" for result in checks.values())
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
@@ -745,12 +763,17 @@ def build_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI:
         gate = DeliveryGate(
             redis_client, settings.pagerduty_token.get_secret_value(), namespace=settings.namespace
         )
+    route_gates = {
+        route.name: DeliveryGate(redis_client, credential_key(route), namespace=settings.namespace)
+        for route in routes
+    }
     return create_app(
         settings,
         queue=queue,
         sessions=sessions,
         redis_ping=redis_ping,
         gate=gate,
+        route_gates=route_gates,
         authenticate=not insecure_no_auth,
         routes=routes,
     )
