@@ -225,25 +225,30 @@ def bridge_env(
     return env
 
 
-@pytest.fixture(scope="session")
-def bridge(
-    postgres_url: str, redis_url: str, namespace: str, tmp_path_factory: pytest.TempPathFactory
+@contextlib.contextmanager
+def running_bridge(
+    database_url: str,
+    redis_url: str,
+    namespace: str,
+    logs: Path,
+    *,
+    settings: Callable[[str], dict[str, str]] | None = None,
+    simulator_args: tuple[str, ...] = ("--token", PAGERDUTY_TOKEN),
 ) -> Iterator[Bridge]:
-    """Simulator + api + a 2-process Celery worker, on loopback, against PostgreSQL."""
-    logs = tmp_path_factory.mktemp("bridge-logs")
+    """Simulator + api + a 2-process Celery worker + beat, on loopback, as a user starts them;
+    stopped at the end. ``settings(simulator_url)`` adds to the environment."""
     sim_port, api_port = free_port(), free_port()
-    env = bridge_env(postgres_url, redis_url, f"http://127.0.0.1:{sim_port}", namespace)
-    simulator = SimulatorControl(f"http://127.0.0.1:{sim_port}")
-    engine = make_engine(postgres_url)
+    simulator_url = f"http://127.0.0.1:{sim_port}"
+    env = bridge_env(database_url, redis_url, simulator_url, namespace)
+    env.update(settings(simulator_url) if settings else {})
+    simulator = SimulatorControl(simulator_url)
+    engine = make_engine(database_url)
     bridge = Bridge(
         f"http://127.0.0.1:{api_port}", simulator, make_session_factory(engine), env=env
     )
     try:
         sim = start_service(
-            "simulator",
-            ["simulate", "--port", str(sim_port), "--token", PAGERDUTY_TOKEN],
-            env,
-            logs,
+            "simulator", ["simulate", "--port", str(sim_port), *simulator_args], env, logs
         )
         bridge.services["simulator"] = sim
         wait_until_up(sim, lambda: bool(simulator.state() is not None))
@@ -260,13 +265,25 @@ def bridge(
             logs,
         )
         bridge.services["beat"] = beat
-        wait_until_up(beat, lambda: "beat: Starting" in beat.output())
+        # Up once it has sent its first sweep (it refuses to start without Redis).
+        wait_until_up(beat, lambda: "Sending due task" in beat.output())
         yield bridge
     finally:
         for service in reversed(list(bridge.services.values())):
             service.stop()
         simulator.close()
         engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def bridge(
+    postgres_url: str, redis_url: str, namespace: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Bridge]:
+    """The shared bridge of the test session, against PostgreSQL."""
+    with running_bridge(
+        postgres_url, redis_url, namespace, tmp_path_factory.mktemp("bridge-logs")
+    ) as bridge:
+        yield bridge
 
 
 def _http_ok(url: str) -> bool:

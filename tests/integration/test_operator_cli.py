@@ -4,6 +4,7 @@ test-trigger against a running bridge."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -40,9 +41,10 @@ def sessions(database: tuple[str, sessionmaker[Session]]) -> sessionmaker[Sessio
 
 
 @pytest.fixture
-def env(
-    database: tuple[str, sessionmaker[Session]], redis_url: str, namespace: str
-) -> dict[str, str]:
+def env(database: tuple[str, sessionmaker[Session]], redis_url: str) -> dict[str, str]:
+    # A namespace of its own: the gate's state (rate budget, breaker) must be this test's, not
+    # what the session's shared bridge left there.
+    namespace = f"pagerbridge-cli-{uuid.uuid4().hex[:8]}"
     # COLUMNS: rich draws the tables this wide, so a cell's text is not folded across lines.
     return {
         **bridge_env(database[0], redis_url, "http://127.0.0.1:9", namespace),

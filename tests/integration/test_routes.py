@@ -16,18 +16,15 @@ from typing import Any
 import httpx
 import pytest
 
-from models import make_engine, make_session_factory
 from tests.integration.conftest import (
     Bridge,
     Service,
-    bridge_env,
     free_port,
     fresh_database,
+    running_bridge,
     start_service,
     wait_for,
-    wait_until_up,
 )
-from worker.pagerduty.simulator import SimulatorControl
 
 pytestmark = pytest.mark.integration
 
@@ -77,49 +74,25 @@ def routes_file(pagerduty_url: str) -> str:
 def routed(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bridge]:
     """A bridge with a routes file, on a database and a Celery queue of its own."""
     logs = tmp_path_factory.mktemp("routed-logs")
-    with fresh_database() as database_url:
-        sim_port, api_port = free_port(), free_port()
+
+    def with_routes(simulator_url: str) -> dict[str, str]:
         routes = logs / "routes.toml"
-        routes.write_text(routes_file(f"http://127.0.0.1:{sim_port}"))
+        routes.write_text(routes_file(simulator_url))
         routes.chmod(0o600)
-        namespace = f"pagerbridge-routes-{uuid.uuid4().hex[:8]}"
-        env = bridge_env(database_url, redis_url, f"http://127.0.0.1:{sim_port}", namespace)
-        env["PAGERBRIDGE_ROUTES_FILE"] = str(routes)
-        env["PAGERBRIDGE_BREAKER_PROBE_INTERVAL"] = "0.5"
-        simulator = SimulatorControl(f"http://127.0.0.1:{sim_port}")
-        engine = make_engine(database_url)
-        bridge = Bridge(
-            f"http://127.0.0.1:{api_port}", simulator, make_session_factory(engine), env=env
-        )
-        try:
-            sim = start_service(
-                "simulator",
-                ["simulate", "--port", str(sim_port), "--routing-key", DB_ROUTING_KEY],
-                env,
-                logs,
-            )
-            bridge.services["simulator"] = sim
-            wait_until_up(sim, lambda: simulator.state() is not None)
-            start(bridge, "api", ["api", "--port", str(api_port)], logs)
-            wait_until_up(
-                bridge.services["api"], lambda: httpx.get(f"{bridge.api_url}/healthz").is_success
-            )
-            start(bridge, "worker", ["worker", "--concurrency", "2"], logs)
-            wait_until_up(
-                bridge.services["worker"], lambda: " ready." in bridge.services["worker"].output()
-            )
-            env_beat = {**env, "PAGERBRIDGE_BEAT_SCHEDULE_PATH": str(logs / "beat-schedule")}
-            bridge.services["beat"] = start_service("beat", ["beat"], env_beat, logs)
-            wait_until_up(
-                bridge.services["beat"],
-                lambda: "Sending due task" in bridge.services["beat"].output(),
-            )
-            yield bridge
-        finally:
-            for service in reversed(list(bridge.services.values())):
-                service.stop()
-            simulator.close()
-            engine.dispose()
+        return {"PAGERBRIDGE_ROUTES_FILE": str(routes), "PAGERBRIDGE_BREAKER_PROBE_INTERVAL": "0.5"}
+
+    with (
+        fresh_database() as database_url,
+        running_bridge(
+            database_url,
+            redis_url,
+            f"pagerbridge-routes-{uuid.uuid4().hex[:8]}",
+            logs,
+            settings=with_routes,
+            simulator_args=("--routing-key", DB_ROUTING_KEY),
+        ) as bridge,
+    ):
+        yield bridge
 
 
 def start(bridge: Bridge, name: str, args: list[str], logs: Path) -> Service:

@@ -19,8 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -32,6 +31,7 @@ from worker.pagerduty.classify import (
     classify_transport_failure,
 )
 from worker.pagerduty.errors import PagerDutyError, PermanentError
+from worker.pagerduty.pool import PooledClient
 
 __all__ = [
     "MAX_BULK_UPDATES",
@@ -96,7 +96,7 @@ class Incident:
     incident_key: str | None = None
 
 
-class PagerDutyClient:
+class PagerDutyClient(PooledClient):
     """A synchronous PagerDuty REST API v2 client holding one keep-alive connection pool.
 
     Create one per worker process at start and ``close()`` it at shutdown (or use it as a
@@ -355,21 +355,6 @@ class PagerDutyClient:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Close the connection pool. The client cannot be used afterwards."""
-        self._http.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
     # -- one request -----------------------------------------------------------------------
 
     def _call(
@@ -431,9 +416,7 @@ class PagerDutyClient:
         values are validated so httpx cannot fail echoing one), but error text also comes from
         the far end and from library exceptions, so check instead of trusting.
         """
-        error.message = error.message.replace(self._token, "[redacted]")
-        error.errors = tuple(text.replace(self._token, "[redacted]") for text in error.errors)
-        error.args = (error.message,)
+        error.redact(self._token)
 
 
 def _endpoint(method: str, path: str) -> str:

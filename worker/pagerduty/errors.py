@@ -65,6 +65,12 @@ class PagerDutyError(Exception):
         self.code = code
         self.errors: tuple[str, ...] = tuple(errors)
 
+    def redact(self, secret: str) -> None:
+        """Remove ``secret`` (a token, an integration key) from the error's text."""
+        self.message = self.message.replace(secret, "[redacted]")
+        self.errors = tuple(text.replace(secret, "[redacted]") for text in self.errors)
+        self.args = (self.message,)
+
     def __str__(self) -> str:
         head = f"PagerDuty HTTP {self.status}" if self.status is not None else "PagerDuty"
         text = f"{head}: {self.message}"

@@ -36,8 +36,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from types import TracebackType
-from typing import Any, Final, Literal, Self, get_args
+from typing import Any, Final, Literal, get_args
 
 import httpx
 
@@ -49,6 +48,7 @@ from worker.pagerduty.errors import (
     PermanentError,
     one_line,
 )
+from worker.pagerduty.pool import PooledClient
 from worker.title import truncate
 
 __all__ = [
@@ -304,7 +304,7 @@ def classify_event_response(
 # -- the client -------------------------------------------------------------------------------
 
 
-class EventsClient:
+class EventsClient(PooledClient):
     """A synchronous Events API v2 client for one integration (routing key).
 
     Create one per routing key at worker start and ``close()`` it at shutdown (or use it as a
@@ -402,21 +402,6 @@ class EventsClient:
             raise  # keeps the ``from exc`` cause set in _post
         return key
 
-    def close(self) -> None:
-        """Close the connection pool. The client cannot be used afterwards."""
-        self._http.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def _post(self, action: str, content: bytes) -> None:
         endpoint = f"events_{action}"  # the metrics label: events_trigger, ...
         started = time.monotonic()
@@ -441,6 +426,4 @@ class EventsClient:
         PagerDuty's answers and library exceptions are text we do not control; some clients'
         error bodies echo the request, so check rather than trust.
         """
-        error.message = error.message.replace(self._routing_key, "[redacted]")
-        error.errors = tuple(text.replace(self._routing_key, "[redacted]") for text in error.errors)
-        error.args = (error.message,)
+        error.redact(self._routing_key)
