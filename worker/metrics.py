@@ -37,7 +37,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -51,6 +51,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, utcnow
+from worker.event import DEFAULT_ROUTE
 from worker.gate import DeliveryGate
 from worker.settings import Settings, get_settings
 from worker.status import DeliveryState
@@ -176,6 +177,7 @@ class BridgeStateCollector(Collector):
         sessions: sessionmaker[Session],
         *,
         gate: DeliveryGate | None = None,
+        route_gates: Mapping[str, DeliveryGate] | None = None,
         redis_client: redis.Redis | None = None,
         timeout: float = SCRAPE_TIMEOUT,
         clock: Callable[[], datetime] = utcnow,
@@ -183,6 +185,7 @@ class BridgeStateCollector(Collector):
         self._settings = settings
         self._sessions = sessions
         self._gate = gate
+        self._route_gates = dict(route_gates or {})
         self._redis = redis_client or (gate.redis if gate is not None else None)
         self._timeout = timeout
         self._clock = clock
@@ -222,6 +225,8 @@ class BridgeStateCollector(Collector):
         ]
 
     def _pagerduty_gate(self) -> list[Metric]:
+        """The gate of every route's token or key, labelled with the route's name (``default``:
+        the PAGERBRIDGE_PAGERDUTY_* settings)."""
         gate = self._gate
         if gate is None and self._settings.pagerduty_token is not None:
             gate = self._gate = DeliveryGate(
@@ -229,36 +234,37 @@ class BridgeStateCollector(Collector):
                 self._settings.pagerduty_token.get_secret_value(),
                 namespace=self._settings.namespace,
             )
-        if gate is None:
+        gates = {**({DEFAULT_ROUTE: gate} if gate is not None else {}), **self._route_gates}
+        if not gates:
             return []  # no PagerDuty token in this process: the gate's key is unknown
-        status = gate.status()
-        gauges: list[Metric] = [
-            GaugeMetricFamily(
-                "pagerbridge_breaker_open",
-                "1 while the outage breaker is open (PagerDuty failing: deliveries park)",
-                value=float(status.breaker_open),
-            ),
-            GaugeMetricFamily(
-                "pagerbridge_pagerduty_credentials_refused",
-                "1 while PagerDuty refuses the API token (deliveries park)",
-                value=float(status.credentials_error is not None),
-            ),
-            GaugeMetricFamily(
-                "pagerbridge_rate_limit_paused_seconds",
-                "Seconds left of the pause every worker observes after a 429",
-                value=status.paused_for,
-            ),
-        ]
-        if status.tokens is not None:  # None until the first call
-            gauges.append(
-                GaugeMetricFamily(
-                    "pagerbridge_rate_limit_tokens",
-                    "Calls the shared rate limit still allowed at once, as the last call left "
-                    "it (it refills at PAGERBRIDGE_PAGERDUTY_RATE_PER_MINUTE)",
-                    value=status.tokens,
-                )
-            )
-        return gauges
+        breaker = GaugeMetricFamily(
+            "pagerbridge_breaker_open",
+            "1 while the outage breaker is open (PagerDuty failing: deliveries park)",
+            labels=["route"],
+        )
+        refused = GaugeMetricFamily(
+            "pagerbridge_pagerduty_credentials_refused",
+            "1 while PagerDuty refuses the route's API token or integration key (deliveries park)",
+            labels=["route"],
+        )
+        paused = GaugeMetricFamily(
+            "pagerbridge_rate_limit_paused_seconds",
+            "Seconds left of the pause every worker observes after a 429",
+            labels=["route"],
+        )
+        tokens = GaugeMetricFamily(
+            "pagerbridge_rate_limit_tokens",
+            "Calls the route's shared rate limit still allowed at once, as the last call left it",
+            labels=["route"],
+        )
+        for route, route_gate in gates.items():
+            status = route_gate.status()
+            breaker.add_metric([route], float(status.breaker_open))
+            refused.add_metric([route], float(status.credentials_error is not None))
+            paused.add_metric([route], status.paused_for)
+            if status.tokens is not None:  # None until the first call
+                tokens.add_metric([route], status.tokens)
+        return [breaker, refused, paused, tokens]
 
     def _database(self) -> list[Metric]:
         owed = [DeliveryState.PENDING, DeliveryState.PARKED]

@@ -71,8 +71,8 @@ def test_api_metrics_read_the_shared_state(bridge: Bridge, api: httpx.Client) ->
     assert answer.status_code == 200
     found = samples(answer.text)
     assert "pagerbridge_queue_depth" in found
-    assert found["pagerbridge_breaker_open"] == 0
-    assert found["pagerbridge_pagerduty_credentials_refused"] == 0
+    assert found['pagerbridge_breaker_open{route="default"}'] == 0
+    assert found['pagerbridge_pagerduty_credentials_refused{route="default"}'] == 0
     assert 'pagerbridge_alerts{state="pending"}' in found
     assert "pagerbridge_oldest_pending_seconds" in found
     for part in ("queue", "pagerduty_gate", "database"):

@@ -266,6 +266,10 @@ def test_one_route_failing_leaves_the_other_delivering(routed: Bridge) -> None:
     assert checks["pagerduty_credentials (web)"]["status"] == "down"
     assert checks["pagerduty_credentials (db)"]["status"] == "ok"
     assert WEB_API_TOKEN not in ready.text and DB_ROUTING_KEY not in ready.text
+    # and /metrics, by route
+    scraped = httpx.get(f"{routed.api_url}/metrics", headers=routed.headers, timeout=10).text
+    assert 'pagerbridge_pagerduty_credentials_refused{route="web"} 1.0' in scraped
+    assert 'pagerbridge_pagerduty_credentials_refused{route="db"} 0.0' in scraped
     # And once the token is accepted again (and a worker restarted), the web alert goes too
     routed.simulator.clear_faults()
     routed.services["worker"].stop()

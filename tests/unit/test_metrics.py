@@ -337,10 +337,10 @@ def test_collector_reads_queue_alerts_oldest_pending_and_gate(
         'pagerbridge_alerts{state="parked"}': 0,
         'pagerbridge_alerts{state="failed"}': 1,
         "pagerbridge_oldest_pending_seconds": 90,
-        "pagerbridge_breaker_open": 1,
-        "pagerbridge_pagerduty_credentials_refused": 0,
-        "pagerbridge_rate_limit_paused_seconds": 0,
-        "pagerbridge_rate_limit_tokens": 9,
+        'pagerbridge_breaker_open{route="default"}': 1,
+        'pagerbridge_pagerduty_credentials_refused{route="default"}': 0,
+        'pagerbridge_rate_limit_paused_seconds{route="default"}': 0,
+        'pagerbridge_rate_limit_tokens{route="default"}': 9,
         'pagerbridge_scrape_errors_total{part="queue"}': gauges[
             'pagerbridge_scrape_errors_total{part="queue"}'
         ],

@@ -655,7 +655,9 @@ def create_app(
         from worker.metrics import BridgeStateCollector
 
         if not hasattr(app.state, "bridge_state"):  # made at the first scrape
-            app.state.bridge_state = BridgeStateCollector(settings, sessions, gate=gate)
+            app.state.bridge_state = BridgeStateCollector(
+                settings, sessions, gate=gate, route_gates=route_gates
+            )
         # This process's counters, then the shared state read now (worker/metrics.py).
         body = generate_latest() + generate_latest(app.state.bridge_state)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
