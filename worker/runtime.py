@@ -61,19 +61,14 @@ class Runtime:
 
     @cached_property
     def gate(self) -> DeliveryGate:
+        """The default route's gate (the PAGERBRIDGE_PAGERDUTY_TOKEN's)."""
         settings = self.settings
         settings.require("pagerduty_token")
         assert settings.pagerduty_token is not None
-        return DeliveryGate(
-            self.redis,
+        return self._gate(
             settings.pagerduty_token.get_secret_value(),
-            namespace=settings.namespace,
-            failure_threshold=settings.breaker_threshold,
-            probe_interval=settings.breaker_probe_interval,
-            rate_per_minute=settings.pagerduty_rate_per_minute,
-            # A burst of 2 s worth: bulk updates make bursts rare, and PagerDuty counts per
-            # minute, so a small bucket keeps every minute under its limit.
-            burst=max(1.0, settings.pagerduty_rate_per_minute / 30),
+            settings.pagerduty_rate_per_minute,
+            REST_RATE_LIMIT_BACKOFF,
         )
 
     @cached_property
@@ -84,22 +79,29 @@ class Runtime:
     def gate_for(self, route: Route) -> DeliveryGate:
         """The gate of the route's credential: routes that share an API token or integration
         key share its breaker and rate budget, and one broken key stalls only its routes."""
-        settings = self.settings
-        key = credential_key(route)
         if route.events is not None:
             # PAGERDUTY.md: after an Events API 429, wait minutes rather than seconds.
-            rate, backoff = route.events.rate_per_minute, EVENTS_RATE_LIMIT_BACKOFF
-        else:
-            rate, backoff = settings.pagerduty_rate_per_minute, REST_RATE_LIMIT_BACKOFF
+            return self._gate(
+                credential_key(route), route.events.rate_per_minute, EVENTS_RATE_LIMIT_BACKOFF
+            )
+        return self._gate(
+            credential_key(route), self.settings.pagerduty_rate_per_minute, REST_RATE_LIMIT_BACKOFF
+        )
+
+    def _gate(self, key: str, rate_per_minute: float, backoff: float) -> DeliveryGate:
+        """One gate object per credential in this process."""
         if key not in self._gates:
+            settings = self.settings
             self._gates[key] = DeliveryGate(
                 self.redis,
                 key,
                 namespace=settings.namespace,
                 failure_threshold=settings.breaker_threshold,
                 probe_interval=settings.breaker_probe_interval,
-                rate_per_minute=rate,
-                burst=max(1.0, rate / 30),
+                rate_per_minute=rate_per_minute,
+                # A burst of 2 s worth: bulk updates make bursts rare, and PagerDuty counts per
+                # minute, so a small bucket keeps every minute under its limit.
+                burst=max(1.0, rate_per_minute / 30),
                 rate_limit_backoff=backoff,
             )
         return self._gates[key]

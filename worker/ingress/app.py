@@ -370,30 +370,28 @@ def create_app(
         # The values are placed in the title in one pass and never read as a template, format
         # string or markup again (worker/title.py); the database sees them as bound parameters.
         routed: dict[str, Any] = {}
+        given_title = truncate(body.title, TITLE_LIMIT) if body.title else None
+        urgency: str | None
         if route is None:
-            template, service_id = (
-                settings.title_template,
-                service_for(body.service_id, "service_id"),
-            )
+            service_id: str | None = service_for(body.service_id, "service_id")
             urgency = body.urgency
+            title = given_title or incident_title(settings.title_template, fields)
         elif route.rest is not None:
-            template, service_id = route.rest.title_template, route.rest.service_id
+            service_id = route.rest.service_id
             urgency = body.urgency or route.rest.urgency_for(fields)
+            title = given_title or route.rest.title(fields)
             routed = {"route": route.name, "backend": BACKEND_REST}
         else:
             assert route.events is not None
-            template, service_id, urgency = route.events.summary_template, None, None
             trigger = route.events.build("trigger", "-", fields)
             # The worker adds the cycle's dedup_key and the action when it sends.
             del trigger["dedup_key"], trigger["event_action"]
+            if given_title:
+                trigger["payload"]["summary"] = given_title
+            title, service_id, urgency = trigger["payload"]["summary"], None, None
             routed = {"route": route.name, "backend": BACKEND_EVENTS, "event_payload": trigger}
         if route is not None:
             routed["credential_id"] = credential_id(route)
-        title = (
-            truncate(body.title, TITLE_LIMIT) if body.title else incident_title(template, fields)
-        )
-        if routed.get("event_payload") is not None and body.title:
-            routed["event_payload"]["payload"]["summary"] = title
         event = AlertEventMessage(
             event_id=new_event_id(),
             source=route_source(SOURCE_COSCALE, route.name if route else DEFAULT_ROUTE),

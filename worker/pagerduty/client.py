@@ -31,7 +31,7 @@ from worker.pagerduty.classify import (
     classify_transport_failure,
 )
 from worker.pagerduty.errors import PagerDutyError, PermanentError
-from worker.pagerduty.pool import PooledClient
+from worker.pagerduty.pool import PooledClient, http_url, open_pool
 
 __all__ = [
     "MAX_BULK_UPDATES",
@@ -68,13 +68,6 @@ _ALREADY_IN_STATE: Mapping[str, tuple[int, str]] = {
     "resolved": (1001, "already resolved"),
     "acknowledged": (1002, "already acknowledged"),
 }
-
-# Connection pool: PagerDuty advises serial requests per token (PAGERDUTY.md, rate limits), so
-# the bridge never needs many sockets. Idle connections are dropped after 30 s, below the 60 s
-# idle timeout common to load balancers, so a reused connection is rarely one the far end has
-# already closed (that shows up as RetryableError "connection closed by server").
-_MAX_CONNECTIONS = 4
-_KEEPALIVE_EXPIRY_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,22 +133,11 @@ class PagerDutyClient(PooledClient):
         _require_header_value("user_agent", user_agent)
         if "@" not in from_email:
             raise ValueError("from_email must be the email address of a PagerDuty user")
-        for name, seconds in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
-            if not seconds > 0:
-                raise ValueError(f"{name} must be a positive number of seconds, got {seconds!r}")
-        try:
-            url = httpx.URL(base_url)
-        except httpx.InvalidURL as exc:
-            raise ValueError(f"base_url is not a valid URL: {base_url!r}") from exc
-        if url.scheme not in ("http", "https") or not url.host:
-            # Checked here so httpx.UnsupportedProtocol (a configuration error that retrying
-            # cannot fix) never reaches classify_transport_failure as a "retryable" failure.
-            raise ValueError(f"base_url must be an http(s) URL with a host, got {base_url!r}")
-
+        url = http_url(base_url, "base_url")
         self._base_url = base_url
         self._from_email = from_email
         self._token = token
-        self._http = httpx.Client(
+        self._http = open_pool(
             base_url=url,
             headers={
                 # PAGERDUTY.md: every request carries these four.
@@ -164,18 +146,9 @@ class PagerDutyClient(PooledClient):
                 "Content-Type": "application/json",
                 "User-Agent": user_agent,
             },
-            timeout=httpx.Timeout(
-                connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout
-            ),
-            limits=httpx.Limits(
-                max_connections=_MAX_CONNECTIONS,
-                max_keepalive_connections=_MAX_CONNECTIONS,
-                keepalive_expiry=_KEEPALIVE_EXPIRY_S,
-            ),
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
             transport=transport,
-            # A redirect is not part of PagerDuty's API; classify it rather than follow it with
-            # the token attached.
-            follow_redirects=False,
         )
 
     def __repr__(self) -> str:

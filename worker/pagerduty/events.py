@@ -48,7 +48,7 @@ from worker.pagerduty.errors import (
     PermanentError,
     one_line,
 )
-from worker.pagerduty.pool import PooledClient
+from worker.pagerduty.pool import PooledClient, http_url, open_pool
 from worker.title import truncate
 
 __all__ = [
@@ -93,10 +93,6 @@ TRIMMED_NOTE: Final = "pagerbridge_trimmed"
 # the two answers above, "Invalid routing key" (robusta-dev/robusta#571). Not in PagerDuty's
 # reference, which documents no answer for an unknown key.
 _ROUTING_KEY_REFUSAL = re.compile(r"routing[ _]?key", re.IGNORECASE)
-
-# As client.py: PagerDuty advises serial requests per credential; idle sockets go after 30 s.
-_MAX_CONNECTIONS = 4
-_KEEPALIVE_EXPIRY_S = 30.0
 
 
 # -- pure policy ------------------------------------------------------------------------------
@@ -340,31 +336,13 @@ class EventsClient(PooledClient):
             raise ValueError(f"routing_key must be {ROUTING_KEY_CHARS} letters or digits")
         if not user_agent or not all(" " <= ch <= "~" for ch in user_agent):
             raise ValueError("user_agent must be non-empty printable ASCII")
-        for name, seconds in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
-            if not seconds > 0:
-                raise ValueError(f"{name} must be a positive number of seconds, got {seconds!r}")
-        try:
-            parsed = httpx.URL(url)
-        except httpx.InvalidURL as exc:
-            raise ValueError(f"url is not a valid URL: {url!r}") from exc
-        if parsed.scheme not in ("http", "https") or not parsed.host:
-            # Refused here so httpx.UnsupportedProtocol never reaches the "retryable" path.
-            raise ValueError(f"url must be an http(s) URL with a host, got {url!r}")
-
-        self._url = parsed
+        self._url = http_url(url, "url")
         self._routing_key = routing_key
-        self._http = httpx.Client(
+        self._http = open_pool(
             headers={"Content-Type": "application/json", "User-Agent": user_agent},
-            timeout=httpx.Timeout(
-                connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout
-            ),
-            limits=httpx.Limits(
-                max_connections=_MAX_CONNECTIONS,
-                max_keepalive_connections=_MAX_CONNECTIONS,
-                keepalive_expiry=_KEEPALIVE_EXPIRY_S,
-            ),
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
             transport=transport,
-            follow_redirects=False,  # a redirect is not part of the API: classify it
         )
 
     def __repr__(self) -> str:
