@@ -14,9 +14,11 @@ One gate per PagerDuty API token (keyed by a hash of it, never the token itself)
 - the **rate limit**: a token bucket below PagerDuty's 960 requests/minute per API key, and a
   pause until ``ratelimit-reset`` / ``Retry-After`` (or a doubling backoff) after a 429.
 
-Each decision is one Lua script: atomic across workers, one round trip. If Redis does not answer
-the gate lets the call through (and logs it): the gate protects PagerDuty, it must never be the
-reason an alert is not delivered.
+Each decision is one Lua script: atomic across workers, one round trip. A worker with several
+calls to make asks for up to :data:`MAX_ADMIT` rate-limit tokens at once, so the round trip is
+shared by those calls, and a breaker another worker opened is seen within that many calls.
+If Redis does not answer the gate lets the call through (and logs it): the gate protects
+PagerDuty, it must never be the reason an alert is not delivered.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class Admission(StrEnum):
 class Decision:
     admission: Admission
     wait: float = 0.0  # seconds, for WAIT
+    granted: int = 1  # calls admitted (GO: up to the number asked for; PROBE: one)
 
     @property
     def may_call(self) -> bool:
@@ -78,7 +81,8 @@ class GateStatus:
         }
 
 
-# KEYS: gate hash. ARGV: now_ms, probe_ms, credentials_probe_ms, rate_per_ms, burst.
+# KEYS: gate hash. ARGV: now_ms, probe_ms, credentials_probe_ms, rate_per_ms, burst, wanted.
+# Returns {admission, wait_ms, calls granted}.
 # The probe slot is a time in the hash (not a key with a TTL) so that every decision uses the
 # workers' clock, the one the tests can drive.
 _ADMIT = """
@@ -89,19 +93,19 @@ local probe_free = tonumber(g[6] or '0') <= now
 if g[1] then
   if probe_free then
     redis.call('HSET', KEYS[1], 'probe_until', now + tonumber(ARGV[3]))
-    return {'probe', 0}
+    return {'probe', 0, 1}
   end
-  return {'credentials', 0}
+  return {'credentials', 0, 0}
 end
 if g[2] == '1' then
   if probe_free then
     redis.call('HSET', KEYS[1], 'probe_until', now + tonumber(ARGV[2]))
-    return {'probe', 0}
+    return {'probe', 0, 1}
   end
-  return {'outage', 0}
+  return {'outage', 0, 0}
 end
 local paused = tonumber(g[3] or '0')
-if paused > now then return {'wait', paused - now} end
+if paused > now then return {'wait', paused - now, 0} end
 local rate = tonumber(ARGV[4])
 local learned = redis.call('HMGET', KEYS[1], 'learned_rate', 'learned_until')
 if learned[1] and tonumber(learned[2]) > now then
@@ -112,11 +116,12 @@ local tokens = tonumber(g[4] or ARGV[5])
 local ts = tonumber(g[5] or ARGV[1])
 tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
 if tokens >= 1 then
-  redis.call('HSET', KEYS[1], 'tokens', tostring(tokens - 1), 'ts', now)
-  return {'go', 0}
+  local granted = math.min(tonumber(ARGV[6]), math.floor(tokens))
+  redis.call('HSET', KEYS[1], 'tokens', tostring(tokens - granted), 'ts', now)
+  return {'go', 0, granted}
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
-return {'wait', math.ceil((1 - tokens) / rate)}
+return {'wait', math.ceil((1 - tokens) / rate), 0}
 """
 
 # KEYS: gate hash. Returns 1 when this success closed an open breaker or cleared a credentials
@@ -160,6 +165,10 @@ if tonumber(ARGV[5]) > 0 then
 end
 return pause
 """
+
+# The most calls one admission lets through: the gate's round trip is shared by up to this many
+# calls, and a worker goes on for at most this many calls after another worker opened the breaker.
+MAX_ADMIT = 10
 
 # The share of a limit PagerDuty announced that the bridge then uses: a little under it, so that
 # the clocks and windows of two token buckets never quite meet.
@@ -205,10 +214,10 @@ class DeliveryGate:
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    def admit(self) -> Decision:
-        """May a call to PagerDuty go now?"""
+    def admit(self, calls: int = 1) -> Decision:
+        """May calls to PagerDuty go now, and how many of ``calls`` (at most MAX_ADMIT)?"""
         try:
-            kind, wait_ms = self._admit(
+            kind, wait_ms, granted = self._admit(
                 keys=self._keys,
                 args=[
                     self._now_ms(),
@@ -216,13 +225,16 @@ class DeliveryGate:
                     int(self.credentials_probe_interval * 1000),
                     self.rate_per_minute / 60_000,
                     self.burst,
+                    max(1, min(calls, MAX_ADMIT)),
                 ],
             )
         except redis.RedisError as exc:
             log.warning("delivery gate unavailable, letting the call through: %s", exc)
             return Decision(Admission.GO)
         return Decision(
-            Admission(kind.decode() if isinstance(kind, bytes) else kind), int(wait_ms) / 1000
+            Admission(kind.decode() if isinstance(kind, bytes) else kind),
+            int(wait_ms) / 1000,
+            int(granted),
         )
 
     def succeeded(self) -> bool:

@@ -50,7 +50,7 @@ from worker.delivery import (
     schedule_after_failure,
 )
 from worker.event import DEFAULT_ROUTE
-from worker.gate import Admission, DeliveryGate
+from worker.gate import Admission, Decision, DeliveryGate
 from worker.pagerduty import (
     CredentialsError,
     DuplicateIncidentKeyError,
@@ -357,12 +357,19 @@ class Reconciler:
                 continue
             for start in range(0, len(group), BULK_LIMIT):
                 answers.update(self._bulk_update(group[start : start + BULK_LIMIT], backend))
-        for pk, step in calls.items():
-            backend = backends[routes[pk]]
-            if pk not in answers and backend is not None:
-                answers[pk] = self._through_gate(
-                    functools.partial(self._call, step, backend), backend.gate
+        singles: dict[str, list[int]] = {}
+        for pk in calls:
+            if pk not in answers and backends[routes[pk]] is not None:
+                singles.setdefault(routes[pk], []).append(pk)
+        for route, pks in singles.items():
+            backend = backends[route]
+            assert backend is not None
+            answers.update(
+                self._calls_through_gate(
+                    [(pk, functools.partial(self._call, calls[pk], backend)) for pk in pks],
+                    backend.gate,
                 )
+            )
         return answers
 
     def _bulk_update(self, chunk: list[tuple[int, Update]], backend: Backend) -> dict[int, Answer]:
@@ -386,29 +393,77 @@ class Reconciler:
         self, call: Callable[[], T], gate: DeliveryGate | None
     ) -> T | PagerDutyError | Parked | Deferred:
         """One PagerDuty call, if the gate admits it; its failures are returned, not raised."""
-        while gate is not None:
-            decision = gate.admit()
-            if decision.may_call:
-                break
-            if decision.admission is Admission.OUTAGE:
-                return Parked("PagerDuty outage: breaker open, waiting for a probe to succeed")
-            if decision.admission is Admission.CREDENTIALS:
-                status = gate.status()
-                return Parked(f"PagerDuty refused the API token: {status.credentials_error}")
-            if decision.wait > MAX_RATE_LIMIT_SLEEP:
-                return Deferred(decision.wait, "rate limit: waiting for PagerDuty's budget")
-            self.sleep(decision.wait)
-        try:
-            result = call()
-        except PagerDutyError as error:
-            if gate is not None:
-                self._tell_gate(gate, error)
-            if error.status == 429 and isinstance(error, RetryableError) and gate is not None:
-                return Deferred(gate.rate_limited(error.retry_after, error.rate_limit), str(error))
+        return self._calls_through_gate([(0, call)], gate)[0]
+
+    def _calls_through_gate(
+        self, calls: list[tuple[int, Callable[[], T]]], gate: DeliveryGate | None
+    ) -> dict[int, T | PagerDutyError | Parked | Deferred]:
+        """Calls one after the other (PagerDuty asks for serial requests per credential), each
+        only once the gate admitted it; failures are returned, not raised.
+
+        The gate admits several calls per round trip to Redis, and hears of the successes once
+        per admission. A failure other than a refusal of that one call hands the calls not made
+        yet back to the gate: a PagerDuty that starts failing opens the breaker and parks them,
+        instead of being called again.
+        """
+        answers: dict[int, T | PagerDutyError | Parked | Deferred] = {}
+        pending = list(calls)
+        while pending:
+            granted = len(pending)
+            while gate is not None:
+                decision = gate.admit(len(pending))
+                if decision.may_call:
+                    granted = decision.granted
+                    break
+                refusal = self._refusal(decision, gate)
+                if refusal is not None:
+                    answers.update((pk, refusal) for pk, _ in pending)
+                    return answers
+                self.sleep(decision.wait)
+            admitted, pending = pending[:granted], pending[granted:]
+            answered = False
+            for index, (pk, call) in enumerate(admitted):
+                try:
+                    answers[pk] = call()
+                except PagerDutyError as error:
+                    if answered and gate is not None:
+                        # In the order they happened: a success, then this failure, counts one
+                        # failure in a row, not none.
+                        self._answered(gate)
+                        answered = False
+                    answers[pk] = self._failed_call(error, gate)
+                    if not isinstance(error, PermanentError):
+                        # PagerDuty failing, refusing the token or limiting the rate: the gate
+                        # decides on the calls not made yet.
+                        pending = admitted[index + 1 :] + pending
+                        break
+                else:
+                    answered = True
+            if answered and gate is not None:
+                self._answered(gate)
+        return answers
+
+    @staticmethod
+    def _refusal(decision: Decision, gate: DeliveryGate) -> Parked | Deferred | None:
+        """Why the gate sends no call now, or None for a short rate-limit wait (sleep it)."""
+        if decision.admission is Admission.OUTAGE:
+            return Parked("PagerDuty outage: breaker open, waiting for a probe to succeed")
+        if decision.admission is Admission.CREDENTIALS:
+            status = gate.status()
+            return Parked(f"PagerDuty refused the API token: {status.credentials_error}")
+        if decision.wait > MAX_RATE_LIMIT_SLEEP:
+            return Deferred(decision.wait, "rate limit: waiting for PagerDuty's budget")
+        return None
+
+    def _failed_call(
+        self, error: PagerDutyError, gate: DeliveryGate | None
+    ) -> PagerDutyError | Deferred:
+        if gate is None:
             return error
-        if gate is not None:
-            self._answered(gate)
-        return result
+        self._tell_gate(gate, error)
+        if error.status == 429 and isinstance(error, RetryableError):
+            return Deferred(gate.rate_limited(error.retry_after, error.rate_limit), str(error))
+        return error
 
     def _answered(self, gate: DeliveryGate) -> None:
         """PagerDuty answered: if that ends an outage or a refusal, drain what was parked."""

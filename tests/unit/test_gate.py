@@ -172,3 +172,26 @@ def test_a_learned_limit_is_forgotten_after_an_hour(
     clock.now += 3600
     assert worker.status().learned_rate_per_minute is None
     assert admitted_in(worker, clock, 10) == pytest.approx(150, rel=0.03)
+
+
+def test_one_admission_lets_several_calls_through(
+    server: fakeredis.FakeServer, clock: Clock
+) -> None:
+    from worker.gate import MAX_ADMIT
+
+    worker = gate(server, clock, rate_per_minute=60, burst=18)
+    assert worker.admit(4).granted == 4
+    assert worker.admit(100).granted == MAX_ADMIT  # capped: a breaker opened elsewhere shows soon
+    assert worker.status().tokens == pytest.approx(18 - 4 - MAX_ADMIT, abs=0.01)
+    assert worker.admit(100).granted == 18 - 4 - MAX_ADMIT  # no more than the bucket holds
+    assert worker.admit(3).admission is Admission.WAIT
+
+
+def test_a_probe_admits_one_call_however_many_are_asked(
+    server: fakeredis.FakeServer, clock: Clock
+) -> None:
+    worker = gate(server, clock, failure_threshold=1)
+    worker.failed()
+    clock.now += 1.01
+    decision = worker.admit(8)
+    assert (decision.admission, decision.granted) == (Admission.PROBE, 1)

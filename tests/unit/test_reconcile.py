@@ -469,6 +469,40 @@ def test_outage_parks_without_calls_then_drains_on_recovery(
     assert len(pagerduty.incidents()) == 20
 
 
+def test_the_gate_is_asked_once_per_several_calls(
+    send: Send, gated: Reconciler, pagerduty: FakePagerDuty
+) -> None:
+    from worker.gate import MAX_ADMIT
+
+    gate = gated.gate
+    assert gate is not None
+    asked: list[int] = []
+    told: list[bool] = []
+    admit, succeeded = gate.admit, gate.succeeded
+    gate.admit = lambda calls=1: asked.append(calls) or admit(calls)  # type: ignore[method-assign]
+    gate.succeeded = lambda: told.append(True) or succeeded()  # type: ignore[method-assign]
+    applied = [send(T, alert_id=f"g{n}", at=n) for n in range(25)]
+    results = gated.reconcile_many([a.alert_pk for a in applied if a.alert_pk])
+    assert set(results.values()) == {ReconcileResult.DELIVERED}
+    assert len(pagerduty.calls) == 25
+    # 25 creates: three round trips to admit them (10, 10, 5) and three to report success
+    assert asked == [25, 15, 5] and len(asked) == -(-25 // MAX_ADMIT)
+    assert len(told) == 3
+
+
+def test_a_failure_hands_the_admitted_calls_back_to_the_gate(
+    send: Send, gated: Reconciler, pagerduty: FakePagerDuty
+) -> None:
+    # PagerDuty answers four creates, then fails: the breaker (three in a row) opens and the
+    # calls admitted with the failing ones park instead of being made.
+    pagerduty.fail_next("create", *["ok"] * 4, *["503"] * 1000)
+    applied = [send(T, alert_id=f"h{n}", at=n) for n in range(20)]
+    results = gated.reconcile_many([a.alert_pk for a in applied if a.alert_pk])
+    assert len(pagerduty.calls) == 4 + 3
+    assert list(results.values()).count(ReconcileResult.DELIVERED) == 4
+    assert list(results.values()).count(ReconcileResult.PARKED) >= 20 - 4 - 3
+
+
 def test_resolve_burst_goes_out_in_bulk(
     send: Send,
     gated: Reconciler,
