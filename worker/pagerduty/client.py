@@ -31,7 +31,7 @@ from worker.pagerduty.classify import (
     classify_transport_failure,
 )
 from worker.pagerduty.errors import PagerDutyError, PermanentError
-from worker.pagerduty.pool import PooledClient, http_url, open_pool
+from worker.pagerduty.pool import PooledClient, http_url, json_content, open_pool
 
 __all__ = [
     "MAX_BULK_UPDATES",
@@ -362,8 +362,11 @@ class PagerDutyClient(PooledClient):
         endpoint = _endpoint(method, path)  # for metrics: counted here, the one way out
         started = time.monotonic()
         try:
-            response = self._http.request(
-                method, path, json=payload, params=params, headers=headers
+            response = self._http.send(
+                method,
+                self._http.url(path, params),
+                content=None if payload is None else json_content(payload),
+                headers=headers,
             )
         except httpx.HTTPError as exc:
             # TransportError (timeouts, network, protocol) and the rest (e.g. a body that

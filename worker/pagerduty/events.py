@@ -48,7 +48,7 @@ from worker.pagerduty.errors import (
     PermanentError,
     one_line,
 )
-from worker.pagerduty.pool import PooledClient, http_url, open_pool
+from worker.pagerduty.pool import PooledClient, http_url, json_content, open_pool
 from worker.title import truncate
 
 __all__ = [
@@ -220,7 +220,7 @@ def _link(link: Mapping[str, str]) -> dict[str, str]:
 
 def _encode(body: Mapping[str, Any]) -> bytes:
     """The bytes sent; also what the 512 KB limit is measured on."""
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    return json_content(body)
 
 
 def _event_bytes(event: Mapping[str, Any]) -> int:
@@ -339,6 +339,7 @@ class EventsClient(PooledClient):
         self._url = http_url(url, "url")
         self._routing_key = routing_key
         self._http = open_pool(
+            base_url=self._url,
             headers={"Content-Type": "application/json", "User-Agent": user_agent},
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
@@ -384,7 +385,7 @@ class EventsClient(PooledClient):
         endpoint = f"events_{action}"  # the metrics label: events_trigger, ...
         started = time.monotonic()
         try:
-            response = self._http.post(self._url, content=content)
+            response = self._http.send("POST", self._url, content=content)
         except httpx.HTTPError as exc:
             metrics.observe_pagerduty_call(endpoint, None, time.monotonic() - started)
             logger.info("PagerDuty Events %s failed: %s", action, type(exc).__name__)
