@@ -249,6 +249,7 @@ def _apply_batch(
     latest = _latest_cycles(session, keys)
     # (event, its alert (maybe not flushed yet), outcome, needs delivery), in batch order.
     decided: list[tuple[AlertEventMessage, Alert | None, EventOutcome, bool]] = []
+    opened: list[Alert] = []
     for event in events:
         if event.event_id in seen:
             decided.append((event, None, EventOutcome.DUPLICATE, True))
@@ -257,10 +258,10 @@ def _apply_batch(
         key = (event.source, event.alert_id)
         alert, outcome, needs_delivery = _decide(latest.get(key), event, now)
         if outcome is EventOutcome.OPENED and alert is not None:
-            session.add(alert)
+            opened.append(alert)
             latest[key] = alert
         decided.append((event, alert, outcome, needs_delivery))
-    session.flush()  # the new cycles get their ids, in one INSERT ... RETURNING
+    _insert_cycles(session, opened)
     timeline = [
         {
             "event_id": event.event_id,
@@ -287,6 +288,44 @@ def _apply_batch(
         )
         for event, alert, outcome, needs_delivery in decided
     ]
+
+
+def _insert_cycles(session: Session, alerts: list[Alert]) -> None:
+    """Insert the batch's new cycles in one INSERT ... RETURNING and give each its id.
+
+    Core, not the session: the cycles are new and complete (a later event of the same batch
+    has already been folded into them), so the unit of work has nothing to track, and adding
+    them as ORM objects cost more CPU than the rest of applying their events. They stay
+    transient: nothing reads them through this session again.
+    """
+    if not alerts:
+        return
+    rows = [_column_values(alert) for alert in alerts]
+    # Every row names the same columns (executemany needs one shape): unset ones are NULL.
+    columns = {name for row in rows for name in row}
+    shaped = [{name: row.get(name) for name in columns} for row in rows]
+    ids = session.scalars(
+        insert(Alert).returning(Alert.id, sort_by_parameter_order=True), shaped
+    ).all()
+    for alert, pk in zip(alerts, ids, strict=True):
+        alert.id = pk
+
+
+def _column_values(alert: Alert) -> dict[str, object]:
+    """The column values set on a new (transient) alert, with the columns' own defaults
+    for those left unset."""
+    values = {name: value for name, value in vars(alert).items() if name in _ALERT_COLUMNS}
+    for name, default in _ALERT_DEFAULTS.items():
+        values.setdefault(name, default())
+    return values
+
+
+_ALERT_COLUMNS = frozenset(column.key for column in Alert.__table__.columns) - {"id"}
+_ALERT_DEFAULTS = {
+    column.key: (lambda d=column.default: d.arg(None) if d.is_callable else d.arg)
+    for column in Alert.__table__.columns
+    if column.default is not None and column.key != "id"
+}
 
 
 def _pk(alert: Alert | None) -> int | None:
