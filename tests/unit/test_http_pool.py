@@ -94,3 +94,14 @@ def test_the_environments_proxy_is_used_as_httpx_client_would(
     )
     open_pool(base_url=api, headers={}, connect_timeout=1, read_timeout=1, transport=None)
     assert made[0]["proxy"] == "http://proxy.internal:3128"
+
+
+def test_urls_are_made_once_per_recent_path() -> None:
+    from worker.pagerduty.pool import MAX_CACHED_URLS
+
+    pool = _pool(lambda request: httpx.Response(200))
+    assert pool.url("/incidents") is pool.url("/incidents")
+    for n in range(MAX_CACHED_URLS * 3):  # single updates, each its own path
+        assert str(pool.url(f"/incidents/P{n}")) == f"http://pd.test/prefix/incidents/P{n}"
+    assert len(pool._urls) == MAX_CACHED_URLS
+    assert str(pool.url("/incidents")) == "http://pd.test/prefix/incidents"

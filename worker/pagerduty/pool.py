@@ -17,6 +17,7 @@ import httpx
 # end has already closed (that shows up as RetryableError "connection closed by server").
 MAX_CONNECTIONS = 4
 KEEPALIVE_EXPIRY_S = 30.0
+MAX_CACHED_URLS = 16  # paths whose URL a pool keeps made: /incidents and a few more
 
 
 def json_content(body: Mapping[str, Any]) -> bytes:
@@ -109,12 +110,22 @@ class HttpPool:
             raw_path=raw_path if raw_path.endswith(b"/") else raw_path + b"/"
         )
         self._headers = httpx.Headers(headers)
+        self._urls: dict[str, httpx.URL] = {}
         self._extensions = {"timeout": timeout.as_dict()}
         self._transport = transport
 
     def url(self, path: str, params: Sequence[tuple[str, Any]] | None = None) -> httpx.URL:
         """``path`` under the base URL, with ``params`` as its query."""
-        url = self._base_url.copy_with(raw_path=self._base_url.raw_path + path.lstrip("/").encode())
+        url = self._urls.get(path)
+        if url is None:
+            # Parsing a URL costs more than the rest of building a request, and a storm's
+            # creates all go to one path: the latest paths' URLs are kept (the oldest goes).
+            url = self._base_url.copy_with(
+                raw_path=self._base_url.raw_path + path.lstrip("/").encode()
+            )
+            if len(self._urls) >= MAX_CACHED_URLS:
+                del self._urls[next(iter(self._urls))]
+            self._urls[path] = url
         return url.copy_merge_params(params) if params else url
 
     def send(
