@@ -77,6 +77,8 @@ from stack import (
     write_json,
 )
 
+from worker.settings import Settings
+
 BENCH_DIR = REPO / "bench"
 WRK_SCRIPT = BENCH_DIR / "webhook.lua"
 DEFAULT_JSON = BENCH_DIR / "results" / "latest.json"
@@ -145,6 +147,8 @@ PHASES = (
     "rate-limited",
     "alertmanager",
 )
+# The worker as deployed: the bridge's own default process count (PAGERBRIDGE_WORKER_CONCURRENCY).
+BRIDGE_WORKERS: int = Settings.model_fields["worker_concurrency"].default
 PHASE_NEEDS = {"delivery": ("backlog",), "resolve": ("backlog", "delivery")}
 
 
@@ -160,7 +164,12 @@ def parse_options(argv: list[str] | None = None) -> Options:
         "--duration", type=float, default=10.0, help="ingest seconds S (default 10)"
     )
     parser.add_argument("--database", choices=["postgres", "sqlite"], default="postgres")
-    parser.add_argument("--workers", type=int, default=2, help="worker --concurrency K (default 2)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=BRIDGE_WORKERS,
+        help="worker --concurrency K (default: the bridge's, 4)",
+    )
     parser.add_argument(
         "--api-workers", type=int, default=1, help="api processes (api --workers; default 1)"
     )
