@@ -413,7 +413,7 @@ class Reconciler:
             while gate is not None:
                 decision = gate.admit(len(pending))
                 if decision.may_call:
-                    granted = decision.granted
+                    granted = max(1, decision.granted)  # always progress
                     break
                 refusal = self._refusal(decision, gate)
                 if refusal is not None:
