@@ -81,6 +81,8 @@ class GroupCommit(Generic[Item, Answer]):
             futures.append(future)
         if lane.flushing is None:
             lane.flushing = loop.create_task(self._flush(lane))
+        if len(futures) == 1:  # a webhook's one event: no gather() to set up per request
+            return [await futures[0]]
         return list(await asyncio.gather(*futures))
 
     async def _flush(self, lane: _Lane[Item, Answer]) -> None:
