@@ -72,6 +72,7 @@ from stack import (
     migrate,
     peak_rss_mib,
     process_tree,
+    pss_mib,
     single_run,
     wait_until,
     write_json,
@@ -1238,7 +1239,7 @@ def phase_alertmanager(run: Run) -> None:
         run.notes.append(f"Alertmanager not measured: {missing}")
         return
     if "peak_rss_mib" not in run.results:
-        run.results["peak_rss_mib"] = peak_memory(run)
+        read_memory(run)
     for name in ("worker", "api", "beat"):
         run.services.stop(name)
     options = run.options
@@ -1307,6 +1308,7 @@ def phase_alertmanager(run: Run) -> None:
         "cpu_s_by_process": cpu,
     }
     results["peak_rss_mib"] = peak_rss_mib(service.process.pid)
+    results["pss_mib"] = pss_mib(service.process.pid)
     service.check_alive()
 
 
@@ -1315,7 +1317,7 @@ def finish(run: Run) -> None:
     database backends exit and report their last commits (the resolve phase's count)."""
     for service in run.services.running.values():
         service.check_alive()
-    run.results["peak_rss_mib"] = peak_memory(run)
+    read_memory(run)
     run.services.stop("worker")
     resolve = run.results["resolve"]
     resolve["database_commits_per_resolve"] = commits_per_alert(
@@ -1325,19 +1327,26 @@ def finish(run: Run) -> None:
     )
 
 
-def peak_memory(run: Run) -> dict[str, float | None]:
-    """VmHWM per process, read before stopping them. The pool figure sums the children's
-    peaks, which counts pages shared with the parent after fork() more than once."""
+def read_memory(run: Run) -> None:
+    """Each process's memory, read before stopping them: VmHWM (peak RSS) and PSS now.
+
+    The pool's peak RSS sums the children's peaks, which counts the pages they share with the
+    parent after fork() once per child; PSS divides shared pages among their sharers, so the
+    PSS total is what the bridge occupies."""
     peaks: dict[str, float | None] = {}
+    shares: dict[str, float | None] = {}
     for name, service in run.services.running.items():
         pid = service.process.pid
         peaks[name] = _round(peak_rss_mib(pid))
+        shares[name] = _round(pss_mib(pid))
         if name == "worker":
             children = [child for child in process_tree(pid) if child != pid]
             child_peaks = [peak_rss_mib(child) or 0.0 for child in children]
             peaks["worker (pool, sum)"] = _round(sum(child_peaks))
             peaks["worker (pool, largest child)"] = _round(max(child_peaks, default=0.0))
-    return peaks
+            shares["worker (pool, sum)"] = _round(sum(pss_mib(c) or 0.0 for c in children))
+    run.results["peak_rss_mib"] = peaks
+    run.results["pss_mib"] = shares
 
 
 def _round(value: float | None, digits: int = 1) -> float | None:
@@ -1533,6 +1542,16 @@ def markdown_tables(report: dict[str, Any]) -> str:
         )
     for name, value in (results.get("peak_rss_mib") or {}).items():
         rows.append((f"Peak RSS: {name}", _fmt(value, " MiB"), "VmHWM"))
+    shares = results.get("pss_mib") or {}
+    if shares:
+        rows.append(
+            (
+                "Memory (PSS) at the end, all bridge processes",
+                _fmt(_bridge_total(shares), " MiB"),
+                "shared pages divided among their sharers: "
+                + ", ".join(f"{name} {_fmt(value, '')}" for name, value in shares.items()),
+            )
+        )
     rate = settings["pagerduty_rate_per_minute"]
     rows.append(
         (
@@ -1603,18 +1622,28 @@ def _peer_table(results: dict[str, Any]) -> list[str]:
             f"| {_fmt(delivery['incidents_per_s'], '/s')} | (no equivalent) "
             f"| {_ratio(delivery['incidents_per_s'], their_live['incidents_per_s'])} |"
         )
-    rss = results.get("peak_rss_mib") or {}
-    # The pool's children are in "worker (pool, sum)"; the largest child is one of them.
-    bridge_rss = sum(
-        value or 0.0
-        for name, value in rss.items()
-        if name not in ("simulator", "worker (pool, largest child)")
-    )
     lines.append(
-        f"| peak RSS, all processes | {_fmt(bridge_rss, ' MiB')} "
+        f"| peak RSS, all processes | {_fmt(_bridge_total(results.get('peak_rss_mib')), ' MiB')} "
         f"| {_fmt(peer.get('peak_rss_mib'), ' MiB')} | |"
     )
+    lines.append(
+        f"| memory (PSS) at the end, all processes | "
+        f"{_fmt(_bridge_total(results.get('pss_mib')), ' MiB')} "
+        f"| {_fmt(peer.get('pss_mib'), ' MiB')} | |"
+    )
     return lines
+
+
+def _bridge_total(per_process: dict[str, float | None] | None) -> float | None:
+    """The bridge's processes together (not the simulator). The pool's children are in
+    "worker (pool, sum)"; the largest child is one of them."""
+    if not per_process:
+        return None
+    return sum(
+        value or 0.0
+        for name, value in per_process.items()
+        if name not in ("simulator", "worker (pool, largest child)")
+    )
 
 
 def _cpu_table(results: dict[str, Any]) -> list[str]:
@@ -1766,7 +1795,7 @@ def run_bench(options: Options, workdir: Path, report: dict[str, Any]) -> None:
                 # Stops the worker, so that the resolve phase's commits can be counted.
                 finish(run)
         if "peak_rss_mib" not in run.results:
-            run.results["peak_rss_mib"] = peak_memory(run)
+            read_memory(run)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -116,6 +116,18 @@ def peak_rss_mib(pid: int) -> float | None:
     return int(match.group(1)) / 1024 if match else None
 
 
+def pss_mib(pid: int) -> float | None:
+    """The process's proportional set size now, in MiB: its private pages plus its share of
+    the pages it shares (a prefork pool's children share most of theirs with the parent, which
+    a sum of their RSS counts once per child). None if the process is gone."""
+    try:
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^Pss:\s+(\d+) kB", rollup, re.MULTILINE)
+    return int(match.group(1)) / 1024 if match else None
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds all CPUs have spent busy since boot (/proc/stat: all but idle and iowait)."""
     values = [int(value) for value in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
