@@ -145,6 +145,7 @@ class Options:
     json_path: Path
     postgres_admin_url: str
     redis_url: str
+    workers: int = WORKER_CONCURRENCY
 
 
 def parse_options(argv: list[str] | None = None) -> Options:
@@ -155,6 +156,12 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument(
         "--json", type=Path, default=DEFAULT_JSON, dest="json_path", help="where to write JSON"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=WORKER_CONCURRENCY,
+        help=f"processes of each worker (default {WORKER_CONCURRENCY}, the bridge's default)",
+    )
     parser.add_argument("--postgres-admin-url", default=DEFAULT_POSTGRES_ADMIN_URL)
     parser.add_argument(
         "--redis-url",
@@ -164,7 +171,11 @@ def parse_options(argv: list[str] | None = None) -> Options:
     args = parser.parse_args(argv)
     if args.alerts < 3:
         parser.error("--alerts must be at least 3")
-    return Options(args.alerts, args.json_path, args.postgres_admin_url, args.redis_url)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    return Options(
+        args.alerts, args.json_path, args.postgres_admin_url, args.redis_url, args.workers
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,6 +221,7 @@ class Bridge:
     database: psycopg.Connection[Any]
     redis_client: redis.Redis
     namespace: str
+    concurrency: int = WORKER_CONCURRENCY
     workers: list[Service] = field(default_factory=list)
     killed: list[Service] = field(default_factory=list)
 
@@ -219,7 +231,7 @@ class Bridge:
 
     def start_worker(self) -> Service:
         name = "worker" if not self.workers else f"worker-{len(self.workers) + 1}"
-        worker = self.services.start(name, ["worker", "--concurrency", str(WORKER_CONCURRENCY)])
+        worker = self.services.start(name, ["worker", "--concurrency", str(self.concurrency)])
         self.workers.append(worker)
         return worker
 
@@ -318,7 +330,7 @@ def start_bridge(options: Options, workdir: Path, cleanup: ExitStack) -> Bridge:
         base_url=api_url, headers={"Authorization": f"Bearer {INGRESS_TOKEN}"}, timeout=10.0
     )
     cleanup.callback(api.close)
-    bridge = Bridge(services, simulator, api, connection, redis_client, namespace)
+    bridge = Bridge(services, simulator, api, connection, redis_client, namespace, options.workers)
     worker = bridge.start_worker()
     wait_until(worker, lambda: log_contains(worker, " ready."))
     return bridge
@@ -926,7 +938,7 @@ def run_and_report(options: Options) -> int:
             "ack_share": ACK_SHARE,
             "late_ack_share": LATE_ACK_SHARE,
             "order_seed": ORDER_SEED,
-            "worker_concurrency": WORKER_CONCURRENCY,
+            "worker_concurrency": options.workers,
             "bridge_env": {
                 "PAGERBRIDGE_SWEEP_INTERVAL": SWEEP_INTERVAL_S,
                 "PAGERBRIDGE_PAGERDUTY_RATE_PER_MINUTE": LIFTED_RATE_PER_MINUTE,

@@ -108,9 +108,11 @@ class Settings(BaseSettings):
     )
 
     # Each worker process makes one PagerDuty call at a time, and PagerDuty answers in about
-    # 100-300 ms: four keep a 900/min budget busy at up to ~250 ms a call, where two reached 87%
-    # of it at 150 ms (bench/run.py --pagerduty-latency-ms 150 --rate-per-minute 900).
-    worker_concurrency: int = Field(4, gt=0, description="worker processes per `worker`")
+    # 100-300 ms: two reached 87% of a 900/min budget at 150 ms a call, four all of it (bench/run.py
+    # --pagerduty-latency-ms 150 --rate-per-minute 900). Two by default all the same: a worker
+    # killed with SIGKILL strands every alert its processes hold leased for one lease, and with
+    # four that pushed bench/reliability.py's recovery past its 10 s target (15.5 s, twice).
+    worker_concurrency: int = Field(2, gt=0, description="worker processes per `worker`")
     api_workers: int = Field(1, gt=0, description="api processes per `api`")
     beat_schedule_path: str = Field(
         "", description="beat's schedule file; empty means a file in the temp directory"
