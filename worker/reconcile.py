@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -51,6 +48,7 @@ from worker.delivery import (
 )
 from worker.event import DEFAULT_ROUTE
 from worker.gate import Admission, Decision, DeliveryGate
+from worker.leases import lease_owner_id
 from worker.pagerduty import (
     CredentialsError,
     DuplicateIncidentKeyError,
@@ -158,10 +156,6 @@ class LeaseKeeper(threading.Thread):
     def stop(self) -> None:
         self._stopped.set()
         self.join(timeout=5)
-
-
-def lease_owner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 @dataclass

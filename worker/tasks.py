@@ -23,6 +23,7 @@ from worker.celery_app import (
 from worker.event import AlertEventMessage
 from worker.inbox import drain_inbox
 from worker.intake import apply_events
+from worker.leases import release_dead_leases
 from worker.reconcile import Reconciler
 from worker.runtime import current_runtime
 from worker.sweeper import due_alerts, wake_parked
@@ -174,6 +175,9 @@ def _on_worker_ready(**_: Any) -> None:
         for gate in runtime.gates().values():
             gate.forget_credentials()
         woken = wake_parked(runtime.sessions, utcnow())
+        # A worker killed outright on this machine (the one this start replaces, often) left
+        # its alerts leased: hand them out now rather than when the leases expire.
+        queue_reconcile(release_dead_leases(runtime.sessions, utcnow()))
     except Exception:  # a start-up nicety; the sweeper and probes cover it anyway
         log.exception("could not wake parked alerts at start")
         return

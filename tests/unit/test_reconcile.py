@@ -372,6 +372,56 @@ def test_lease_keeps_a_second_worker_out(
     assert reconciler.reconcile(applied.alert_pk) is ReconcileResult.DELIVERED
 
 
+def test_a_dead_workers_leases_on_this_machine_are_taken_back_at_once(
+    send: Send,
+    reconciler: Reconciler,
+    sqlite_sessions: sessionmaker[Session],
+    clock: Clock,
+) -> None:
+    from worker.leases import release_dead_leases
+
+    dead, alive, elsewhere = (send(T, alert_id=f"l{n}").alert_pk for n in range(3))
+    owners = {dead: "host:node1234:4001:aaaa", alive: "host:node1234:4002:bbbb"}
+    owners[elsewhere] = "host:othernod:4001:cccc"  # another machine's pid 4001: unknowable
+    until = clock() + timedelta(seconds=reconciler.settings.lease_seconds)
+    with sqlite_sessions.begin() as session:
+        for pk, owner in owners.items():
+            row = session.get(Alert, pk)
+            assert row is not None
+            row.lease_owner, row.lease_expires_at = owner, until
+    # Every lease is held: no worker may reconcile these alerts
+    assert {reconciler.reconcile(pk) for pk in owners} == {ReconcileResult.BUSY}  # type: ignore[arg-type]
+
+    # A worker starting on node1234, where process 4001 is gone and 4002 runs
+    released = release_dead_leases(
+        sqlite_sessions, clock(), node="node1234", alive=lambda pid: pid == 4002
+    )
+
+    assert released == [dead]
+    assert reconciler.reconcile(dead) is ReconcileResult.DELIVERED  # type: ignore[arg-type]
+    # The live process's lease and the other machine's stay until they expire
+    assert reconciler.reconcile(alive) is ReconcileResult.BUSY  # type: ignore[arg-type]
+    assert reconciler.reconcile(elsewhere) is ReconcileResult.BUSY  # type: ignore[arg-type]
+
+
+def test_a_lease_owner_fits_its_column_and_names_this_machine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+    import socket
+
+    from worker import leases
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "h:" + "x" * 250)
+    owner = leases.lease_owner_id()
+    assert len(owner) <= Alert.__table__.c.lease_owner.type.length  # type: ignore[attr-defined]
+    node = leases.node_id()
+    assert node is not None  # Linux: /proc says
+    assert leases.owner_pid(owner, node) == os.getpid()
+    assert leases.owner_pid(owner, "othernod") is None
+    assert leases.owner_pid("other-worker", node) is None  # an owner of before this format
+
+
 def test_every_step_is_in_the_timeline(
     send: Send,
     reconciler: Reconciler,

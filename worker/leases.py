@@ -1,0 +1,122 @@
+"""Who holds an alert's lease, and taking back the leases of workers that are provably dead.
+
+A reconcile takes a lease on its alerts (``alerts.lease_owner`` and ``lease_expires_at``) and
+renews it while it works. A worker killed outright (SIGKILL, the OOM killer, a crashed host)
+renews nothing, and its alerts wait until their leases expire. That wait is the price of
+safety, since a second worker must never reconcile an alert a live one is still calling
+PagerDuty for. But when a worker starts on the same machine as the one that died, it can
+*prove* the owner dead, and give the alerts back at once.
+
+The owner names where it runs: the host name, a short id of this kernel's boot and this PID
+namespace (two containers on one host share the first, never the second), the process id, and
+a random part (the lease of one reconcile). Only an owner with this process's own node id can
+be checked: its PID means the same process here. A PID that exists (even one reused by an
+unrelated process) counts as alive, so a doubt keeps the lease, and the owner's alerts wait for
+the expiry as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from models import Alert
+from worker.status import DeliveryState
+
+log = logging.getLogger(__name__)
+
+# alerts.lease_owner is String(64): host part (at most this long), node id (8), pid, random (8).
+HOST_CHARS = 32
+
+
+@cache
+def node_id() -> str | None:
+    """This kernel boot and PID namespace, as 8 hex digits; None where Linux's /proc does not
+    say (then no lease is ever taken back early)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+    return hashlib.sha256(f"{boot}/{namespace}".encode()).hexdigest()[:8]
+
+
+def lease_owner_id() -> str:
+    """A new owner for one reconcile's leases."""
+    host = socket.gethostname()[:HOST_CHARS].replace(":", "-") or "host"
+    return f"{host}:{node_id() or '-'}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def owner_pid(owner: str, node: str) -> int | None:
+    """The PID in ``owner`` if it was made on ``node``; else None (nothing to check here)."""
+    parts = owner.rsplit(":", 3)
+    if len(parts) != 4 or parts[1] != node or not parts[2].isdigit():
+        return None
+    return int(parts[2])
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True
+
+
+def release_dead_leases(
+    sessions: sessionmaker[Session],
+    now: datetime,
+    *,
+    node: str | None = None,
+    alive: Callable[[int], bool] = process_exists,
+) -> list[int]:
+    """Give back the alerts leased by processes of this node that no longer exist, due now;
+    returns their ids (to queue them at once)."""
+    node = node if node is not None else node_id()
+    if node is None:
+        return []
+    with sessions.begin() as session:
+        owners = session.scalars(
+            select(Alert.lease_owner)
+            .where(
+                # Only unfinished alerts hold leases (ix_alerts_due's leading column).
+                Alert.delivery_state.in_([DeliveryState.PENDING, DeliveryState.PARKED]),
+                Alert.lease_owner.like(f"%:{node}:%"),
+                Alert.lease_expires_at > now,
+            )
+            .distinct()
+        ).all()
+        dead = []
+        for owner in owners:
+            pid = owner_pid(owner, node) if owner else None
+            if pid is not None and pid != os.getpid() and not alive(pid):
+                dead.append(owner)
+        if not dead:
+            return []
+        released = list(
+            session.scalars(
+                update(Alert)
+                .where(Alert.lease_owner.in_(dead))
+                .values(lease_owner=None, lease_expires_at=None, next_attempt_at=now)
+                .returning(Alert.id)
+                .execution_options(synchronize_session=False)
+            )
+        )
+    log.warning(
+        "took back %d alert(s) leased by %d process(es) of this machine that no longer exist",
+        len(released),
+        len(dead),
+    )
+    return sorted(released)
