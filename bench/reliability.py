@@ -160,7 +160,8 @@ def parse_options(argv: list[str] | None = None) -> Options:
         "--workers",
         type=int,
         default=WORKER_CONCURRENCY,
-        help=f"processes of each worker (default {WORKER_CONCURRENCY}, the bridge's default)",
+        help=f"processes of each worker (default {WORKER_CONCURRENCY}, as in every report so "
+        "far; the bridge's default is 4)",
     )
     parser.add_argument("--postgres-admin-url", default=DEFAULT_POSTGRES_ADMIN_URL)
     parser.add_argument(

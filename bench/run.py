@@ -169,7 +169,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         "--workers",
         type=int,
         default=BRIDGE_WORKERS,
-        help="worker --concurrency K (default: the bridge's, 2)",
+        help="worker --concurrency K (default: the bridge's, 4)",
     )
     parser.add_argument(
         "--api-workers", type=int, default=1, help="api processes (api --workers; default 1)"

@@ -109,10 +109,10 @@ class Settings(BaseSettings):
 
     # Each worker process makes one PagerDuty call at a time, and PagerDuty answers in about
     # 100-300 ms: two reached 87% of a 900/min budget at 150 ms a call, four all of it (bench/run.py
-    # --pagerduty-latency-ms 150 --rate-per-minute 900). Two by default all the same: a worker
-    # killed with SIGKILL strands every alert its processes hold leased for one lease, and with
-    # four that pushed bench/reliability.py's recovery past its 10 s target (15.5 s, twice).
-    worker_concurrency: int = Field(2, gt=0, description="worker processes per `worker`")
+    # --pagerduty-latency-ms 150 --rate-per-minute 900). A worker killed outright strands what its
+    # processes hold leased; the worker that replaces it takes those back (worker/leases.py), so
+    # four keep bench/reliability.py's recovery within its 10 s target (6.3 s and 7.1 s).
+    worker_concurrency: int = Field(4, gt=0, description="worker processes per `worker`")
     api_workers: int = Field(1, gt=0, description="api processes per `api`")
     beat_schedule_path: str = Field(
         "", description="beat's schedule file; empty means a file in the temp directory"
