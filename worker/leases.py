@@ -66,13 +66,22 @@ def owner_pid(owner: str, node: str) -> int | None:
 
 
 def process_exists(pid: int) -> bool:
+    """Whether ``pid`` is a running process. A killed process that nobody has reaped yet (a
+    zombie: its parent died with it, and init reaps orphans when it gets to them) has stopped
+    running for good, so it does not count; when /proc cannot tell, the process counts."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process: it exists
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return True
-    return True
+    # Fields after the command name (which may hold spaces and parentheses): state first.
+    fields = stat.rpartition(")")[2].split()
+    return not fields or fields[0] not in ("Z", "X")
 
 
 def release_dead_leases(

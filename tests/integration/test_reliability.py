@@ -735,3 +735,40 @@ def test_sigkill_of_a_worker_during_a_drain(
     )
     assert_one_incident_each(bridge, own.api, alert_ids, "triggered")
     assert len(bridge.simulator.state()["incidents"]) == len(alert_ids)
+
+
+def test_a_worker_started_after_a_sigkill_takes_back_the_dead_workers_leases(
+    own_bridge: Callable[..., OwnBridge],
+) -> None:
+    # Leases far longer than the test may wait: only taking them back can deliver in time
+    own = own_bridge(
+        start_worker=False,
+        PAGERBRIDGE_LEASE_SECONDS="300",
+        PAGERBRIDGE_PAGERDUTY_RATE_PER_MINUTE="60000",
+    )
+    bridge = own.bridge
+    bridge.simulator.set_faults(latency_ms=50)  # calls slow enough to kill a worker mid-batch
+    alert_ids = new_alert_ids(200)
+    send(own.api, alert_ids, "triggered")
+
+    worker = own.start_worker("worker")
+    eventually(
+        lambda: len(bridge.simulator.state()["incidents"]) >= 30,
+        timeout=30,
+        what="30 incidents created by the first worker",
+        diagnose=bridge.logs,
+    )
+    os.killpg(worker.process.pid, signal.SIGKILL)
+    worker.process.wait(timeout=10)
+    leased = [row for row in alert_rows(bridge, alert_ids).values() if row.lease_owner is not None]
+    assert leased, "the SIGKILL left no alert leased: nothing to take back"
+
+    replacement = own.start_worker("worker-2")
+    eventually(
+        lambda: all_delivered(bridge, alert_ids, "triggered"),
+        timeout=60,
+        what="all 200 alerts delivered, long before the killed worker's 300 s leases expire",
+        diagnose=lambda: describe_alerts(bridge, alert_ids),
+    )
+    assert "took back" in replacement.output()
+    assert_one_incident_each(bridge, own.api, alert_ids, "triggered")

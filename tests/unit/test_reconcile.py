@@ -677,3 +677,28 @@ def test_acknowledge_arriving_after_its_resolve_is_late_not_a_new_incident(
     (incident,) = pagerduty.incidents()
     assert incident["status"] == "resolved"
     assert alert(sqlite_sessions).cycle == 1
+
+
+def test_a_killed_process_not_yet_reaped_is_not_alive() -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from worker.leases import process_exists
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert process_exists(child.pid)
+        os.kill(child.pid, signal.SIGKILL)
+        # Not reaped yet (no wait): a zombie, which os.kill(pid, 0) alone would call alive
+        for _ in range(100):
+            if not process_exists(child.pid):
+                break
+            time.sleep(0.02)
+        assert not process_exists(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    assert process_exists(os.getpid())
