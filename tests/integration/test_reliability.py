@@ -691,16 +691,11 @@ def test_shuffled_events_across_workers_end_resolved(bridge: Bridge, api: httpx.
 # ---------------------------------------------------------------------------------------------
 
 
-def test_sigkill_of_a_worker_during_a_drain(
-    own_bridge: Callable[..., OwnBridge], gate_redis: redis.Redis
-) -> None:
-    own = own_bridge(
-        start_worker=False,
-        PAGERBRIDGE_LEASE_SECONDS="5",
-        PAGERBRIDGE_PAGERDUTY_RATE_PER_MINUTE="60000",
-    )
+def _sigkill_a_worker_mid_drain(own: OwnBridge) -> list[str]:
+    """200 triggers queued while no worker runs; a worker started, and killed with SIGKILL (its
+    whole process group) once it has created 30 incidents. Returns the alert ids."""
     bridge = own.bridge
-    bridge.simulator.set_faults(latency_ms=50)
+    bridge.simulator.set_faults(latency_ms=50)  # calls slow enough to kill a worker mid-batch
     alert_ids = new_alert_ids(200)
     send(own.api, alert_ids, "triggered")  # queued while no worker runs
 
@@ -713,6 +708,19 @@ def test_sigkill_of_a_worker_during_a_drain(
     )
     os.killpg(worker.process.pid, signal.SIGKILL)
     worker.process.wait(timeout=10)
+    return alert_ids
+
+
+def test_sigkill_of_a_worker_during_a_drain(
+    own_bridge: Callable[..., OwnBridge], gate_redis: redis.Redis
+) -> None:
+    own = own_bridge(
+        start_worker=False,
+        PAGERBRIDGE_LEASE_SECONDS="5",
+        PAGERBRIDGE_PAGERDUTY_RATE_PER_MINUTE="60000",
+    )
+    bridge = own.bridge
+    alert_ids = _sigkill_a_worker_mid_drain(own)
     killed_with = {
         "incidents": len(bridge.simulator.state()["incidents"]),
         "alerts in SQL": len(alert_rows(bridge, alert_ids)),
@@ -747,19 +755,7 @@ def test_a_worker_started_after_a_sigkill_takes_back_the_dead_workers_leases(
         PAGERBRIDGE_PAGERDUTY_RATE_PER_MINUTE="60000",
     )
     bridge = own.bridge
-    bridge.simulator.set_faults(latency_ms=50)  # calls slow enough to kill a worker mid-batch
-    alert_ids = new_alert_ids(200)
-    send(own.api, alert_ids, "triggered")
-
-    worker = own.start_worker("worker")
-    eventually(
-        lambda: len(bridge.simulator.state()["incidents"]) >= 30,
-        timeout=30,
-        what="30 incidents created by the first worker",
-        diagnose=bridge.logs,
-    )
-    os.killpg(worker.process.pid, signal.SIGKILL)
-    worker.process.wait(timeout=10)
+    alert_ids = _sigkill_a_worker_mid_drain(own)
     leased = [row for row in alert_rows(bridge, alert_ids).values() if row.lease_owner is not None]
     assert leased, "the SIGKILL left no alert leased: nothing to take back"
 
