@@ -300,31 +300,35 @@ def _insert_cycles(session: Session, alerts: list[Alert]) -> None:
     """
     if not alerts:
         return
-    rows = [_column_values(alert) for alert in alerts]
-    # Every row names the same columns (executemany needs one shape): unset ones are NULL.
-    columns = {name for row in rows for name in row}
-    shaped = [{name: row.get(name) for name in columns} for row in rows]
     ids = session.scalars(
-        insert(Alert).returning(Alert.id, sort_by_parameter_order=True), shaped
+        insert(Alert).returning(Alert.id, sort_by_parameter_order=True),
+        [_column_values(alert) for alert in alerts],
     ).all()
     for alert, pk in zip(alerts, ids, strict=True):
         alert.id = pk
 
 
 def _column_values(alert: Alert) -> dict[str, object]:
-    """The column values set on a new (transient) alert, with the columns' own defaults
-    for those left unset."""
-    values = {name: value for name, value in vars(alert).items() if name in _ALERT_COLUMNS}
-    for name, default in _ALERT_DEFAULTS.items():
-        values.setdefault(name, default())
-    return values
+    """Every column of a new (transient) alert, as executemany needs rows of one shape: the
+    value set on it, else the column's own default, else NULL."""
+    given = vars(alert)
+    return {
+        name: given[name] if name in given else default()
+        for name, default in _ALERT_COLUMNS.items()
+    }
 
 
-_ALERT_COLUMNS = frozenset(column.key for column in Alert.__table__.columns) - {"id"}
-_ALERT_DEFAULTS = {
-    column.key: (lambda d=column.default: d.arg(None) if d.is_callable else d.arg)
+def _no_default() -> None:
+    return None
+
+
+# Column → its default (a callable); the id is the database's to give.
+_ALERT_COLUMNS = {
+    column.key: _no_default
+    if column.default is None
+    else (lambda d=column.default: d.arg(None) if d.is_callable else d.arg)
     for column in Alert.__table__.columns
-    if column.default is not None and column.key != "id"
+    if column.key != "id"
 }
 
 
