@@ -11,12 +11,14 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import cast
 
-from sqlalchemy import delete, insert, select, tuple_
+from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, AlertEvent, InboxEvent, utcnow
+from models.bulk import insert_rows, is_one_of, keys_one_of
 from worker.event import AlertEventMessage
 from worker.pagerduty.events import dedup_key
 from worker.status import AlertStatus, DeliveryState, advance
@@ -147,7 +149,7 @@ def _apply(session: Session, event: AlertEventMessage, now: datetime) -> Applied
 def _forget_inbox(session: Session, event_ids: list[str]) -> None:
     # In the same transaction as the apply: an event is either still in the inbox (and the
     # sweeper will apply it) or applied, never neither.
-    session.execute(delete(InboxEvent).where(InboxEvent.event_id.in_(event_ids)))
+    session.execute(delete(InboxEvent).where(is_one_of(InboxEvent.event_id, event_ids, session)))
 
 
 def apply_event(
@@ -219,7 +221,9 @@ def _seen_events(session: Session, event_ids: list[str]) -> dict[str, int | None
     for start in range(0, len(event_ids), _IN_CHUNK):
         chunk = event_ids[start : start + _IN_CHUNK]
         rows = session.execute(
-            select(AlertEvent.event_id, AlertEvent.alert_pk).where(AlertEvent.event_id.in_(chunk))
+            select(AlertEvent.event_id, AlertEvent.alert_pk).where(
+                is_one_of(AlertEvent.event_id, chunk, session)
+            )
         )
         seen.update({event_id: alert_pk for event_id, alert_pk in rows if event_id})
     return seen
@@ -232,7 +236,11 @@ def _latest_cycles(session: Session, keys: list[AlertKey]) -> dict[AlertKey, Ale
     for start in range(0, len(keys), _IN_CHUNK):
         rows = session.scalars(
             select(Alert)
-            .where(tuple_(Alert.source, Alert.source_alert_id).in_(keys[start : start + _IN_CHUNK]))
+            .where(
+                keys_one_of(
+                    (Alert.source, Alert.source_alert_id), keys[start : start + _IN_CHUNK], session
+                )
+            )
             .order_by(Alert.source, Alert.source_alert_id, Alert.cycle.desc())
             .with_for_update()
         )
@@ -300,10 +308,13 @@ def _insert_cycles(session: Session, alerts: list[Alert]) -> None:
     """
     if not alerts:
         return
-    ids = session.scalars(
-        insert(Alert).returning(Alert.id, sort_by_parameter_order=True),
+    ids = insert_rows(
+        session,
+        cast(Table, Alert.__table__),
         [_column_values(alert) for alert in alerts],
-    ).all()
+        returning="id",
+        key=("source", "source_alert_id", "cycle"),
+    )
     for alert, pk in zip(alerts, ids, strict=True):
         alert.id = pk
 

@@ -30,6 +30,7 @@ from sqlalchemy import insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, AlertEvent, utcnow
+from models.bulk import is_one_of
 from worker import metrics
 from worker.delivery import (
     EVENT_ACTIONS,
@@ -226,7 +227,7 @@ class Reconciler:
         with self.sessions.begin() as session:
             session.execute(
                 update(Alert)
-                .where(Alert.id.in_(alert_pks), Alert.lease_owner == owner)
+                .where(is_one_of(Alert.id, alert_pks, session), Alert.lease_owner == owner)
                 .values(
                     lease_owner=None,
                     lease_expires_at=None,
@@ -248,7 +249,10 @@ class Reconciler:
         nobody renewed has expired: its worker died), and marks the others BUSY there.
         """
         alerts = session.scalars(
-            select(Alert).where(Alert.id.in_(alert_pks)).order_by(Alert.id).with_for_update()
+            select(Alert)
+            .where(is_one_of(Alert.id, alert_pks, session))
+            .order_by(Alert.id)
+            .with_for_update()
         ).all()
         until = self._lease_until()
         mine = []
@@ -642,7 +646,7 @@ class Reconciler:
             if parked:
                 session.execute(
                     update(Alert)
-                    .where(Alert.id.in_(parked))
+                    .where(is_one_of(Alert.id, parked, session))
                     .values(next_attempt_at=now)
                     .execution_options(synchronize_session=False)
                 )

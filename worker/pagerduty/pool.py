@@ -126,7 +126,7 @@ class HttpPool:
             if len(self._urls) >= MAX_CACHED_URLS:
                 del self._urls[next(iter(self._urls))]
             self._urls[path] = url
-        return url.copy_merge_params(params) if params else url
+        return url.copy_merge_params(list(params)) if params else url
 
     def send(
         self,

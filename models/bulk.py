@@ -1,0 +1,130 @@
+"""Multi-row statements whose SQL text does not grow with the batch, on PostgreSQL.
+
+A multi-row ``INSERT ... VALUES (...), (...)`` or an ``IN (...)`` list has one placeholder per
+value, so every batch size is new SQL: psycopg parses a query of more than 50 parameters again
+at every execution (its cache stops there) and the server plans it again. Measured on the
+worker, the parse of the new cycles' INSERT alone cost more CPU than the rest of applying their
+events. On PostgreSQL the rows go as one array per column (``unnest``) and the list as one
+array (``= ANY``): a few parameters whatever the batch, the same SQL every time, prepared once
+per connection. Other databases (SQLite, in tests and small set-ups) keep the portable forms.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    ColumnElement,
+    Table,
+    any_,
+    bindparam,
+    func,
+    insert,
+    select,
+    text,
+    tuple_,
+)
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import QueryableAttribute, Session
+from sqlalchemy.sql.elements import BindParameter
+
+
+def on_postgresql(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def insert_rows(
+    session: Session,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    returning: str,
+    key: tuple[str, ...],
+) -> list[Any]:
+    """Insert ``rows`` (dicts of one shape) and give the ``returning`` column of each, in the
+    rows' order. ``key`` names columns that tell the new rows apart (a unique constraint):
+    PostgreSQL promises no order for RETURNING, so its rows are matched by it."""
+    if not rows:
+        return []
+    if not on_postgresql(session):
+        statement = insert(table).returning(table.c[returning], sort_by_parameter_order=True)
+        return list(session.scalars(statement, list(rows)).all())
+    names = tuple(table.c[name].key for name in rows[0])  # KeyError for a stranger
+    params = {
+        f"p{i}": _array(table.c[name], [row[name] for row in rows]) for i, name in enumerate(names)
+    }
+    returned = {
+        tuple(found[1:]): found[0]
+        for found in session.execute(text(_unnest_insert_sql(table, names, returning, key)), params)
+    }
+    return [returned[tuple(row[name] for name in key)] for row in rows]
+
+
+Column_ = ColumnElement[Any] | QueryableAttribute[Any]
+
+
+def is_one_of(column: Column_, values: Sequence[Any], session: Session) -> ColumnElement[bool]:
+    """``column IN values``: one array parameter on PostgreSQL, the expanding list elsewhere."""
+    if on_postgresql(session):
+        return column == any_(_array_param(column, list(values)))
+    return column.in_(values)
+
+
+def keys_one_of(
+    columns: Sequence[Column_], keys: Sequence[tuple[Any, ...]], session: Session
+) -> ColumnElement[bool]:
+    """``(a, b) IN keys``: one array parameter per column on PostgreSQL (zipped back together
+    by ``unnest``), the expanding list of tuples elsewhere."""
+    if on_postgresql(session):
+        arrays = [
+            func.unnest(_array_param(column, [key[i] for key in keys]))
+            for i, column in enumerate(columns)
+        ]
+        return tuple_(*columns).in_(select(*arrays))
+    return tuple_(*columns).in_(keys)
+
+
+def _array_param(column: Column_, values: list[Any]) -> BindParameter[Any]:
+    element = column.expression if isinstance(column, QueryableAttribute) else column
+    return bindparam(None, values, type_=postgresql.ARRAY(element.type))
+
+
+_PG = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+
+@functools.cache
+def _unnest_insert_sql(
+    table: Table, names: tuple[str, ...], returning: str, key: tuple[str, ...]
+) -> str:
+    arrays = ", ".join(
+        f"CAST(:p{i} AS {_array_type(table.c[name])})" for i, name in enumerate(names)
+    )
+    # JSON travels as text (psycopg would need a wrapper object per value) and is cast back.
+    picked = ", ".join(
+        f"CAST({name} AS JSON)" if isinstance(table.c[name].type, JSON) else name for name in names
+    )
+    columns = ", ".join(names)
+    # Every name here is a column of ``table`` (rows are checked against it); values only ever
+    # travel as parameters.
+    return (
+        f"INSERT INTO {table.name} ({columns}) SELECT {picked} FROM unnest({arrays})"  # noqa: S608
+        f" AS given({columns}) RETURNING {returning}, {', '.join(key)}"
+    )
+
+
+def _array_type(column: Column[Any]) -> str:
+    if isinstance(column.type, JSON):
+        return "TEXT[]"
+    return f"{column.type.compile(dialect=_PG)}[]"
+
+
+def _array(column: Column[Any], values: list[Any]) -> list[Any]:
+    if isinstance(column.type, JSON):
+        return [None if value is None else json.dumps(value) for value in values]
+    return [value.value if isinstance(value, enum.Enum) else value for value in values]

@@ -1,0 +1,217 @@
+"""models.bulk on a real PostgreSQL (arrays, unnest) and on SQLite (the portable forms): the
+same rows and the same answers on both, and on PostgreSQL SQL that does not grow with the
+batch."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any, cast
+
+import pytest
+from sqlalchemy import Table, event, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from models import Alert, make_engine, make_session_factory, utcnow
+from models.bulk import insert_rows, is_one_of, keys_one_of
+from tests.integration.conftest import fresh_database
+from worker.event import AlertEventMessage
+from worker.intake import EventOutcome, apply_events
+from worker.status import AlertStatus, DeliveryState
+
+pytestmark = pytest.mark.integration
+
+ALERTS = cast(Table, Alert.__table__)
+
+
+@pytest.fixture(scope="module")
+def postgres_sessions() -> Iterator[sessionmaker[Session]]:
+    with fresh_database() as url:
+        engine = make_engine(url)
+        yield make_session_factory(engine)
+        engine.dispose()
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def sessions(
+    request: pytest.FixtureRequest, postgres_sessions: sessionmaker[Session]
+) -> sessionmaker[Session]:
+    if request.param == "postgresql":
+        return postgres_sessions
+    return cast(sessionmaker[Session], request.getfixturevalue("sqlite_sessions"))
+
+
+def _row(alert_id: str, **given: Any) -> dict[str, Any]:
+    now = utcnow()
+    values: dict[str, Any] = {
+        "source": "coscale",
+        "source_alert_id": alert_id,
+        "cycle": 1,
+        "incident_key": f"key-{alert_id}",
+        "service_id": None,
+        "title": f"title of {alert_id}",
+        "details": None,
+        "urgency": None,
+        "title_from_trigger": True,
+        "route": "default",
+        "backend": "rest",
+        "credential_id": None,
+        "event_payload": None,
+        "pagerduty_incident_id": None,
+        "pagerduty_incident_number": None,
+        "pagerduty_incident_url": None,
+        "desired_status": AlertStatus.TRIGGERED,
+        "confirmed_status": None,
+        "delivery_state": DeliveryState.PENDING,
+        "attempts": 0,
+        "next_attempt_at": now + timedelta(seconds=10),
+        "last_error": None,
+        "create_sent_at": None,
+        "pending_since": now,
+        "opened_at": now,
+        "resolve_received_at": None,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "created_at": now,
+        "updated_at": now,
+    }
+    values.update(given)
+    return values
+
+
+def test_inserted_rows_read_back_as_given_and_ids_follow_the_rows_order(
+    sessions: sessionmaker[Session],
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    payload = {"summary": "disk full", "custom_details": {"used": [97, "%"], "ünï": None}}
+    # Keys in descending order, so an answer in the database's own order would not fit.
+    rows = [
+        _row(
+            f"{run}-{n:03d}",
+            event_payload=payload if n % 2 else None,
+            desired_status=AlertStatus.RESOLVED if n % 3 == 0 else AlertStatus.TRIGGERED,
+            cycle=1 + n % 2,
+        )
+        for n in reversed(range(120))
+    ]
+    with sessions.begin() as session:
+        ids = insert_rows(
+            session, ALERTS, rows, returning="id", key=("source", "source_alert_id", "cycle")
+        )
+    assert len(set(ids)) == len(rows)
+    with sessions() as session:
+        stored = {
+            alert.id: alert for alert in session.scalars(select(Alert).where(Alert.id.in_(ids)))
+        }
+    for pk, row in zip(ids, rows, strict=True):
+        alert = stored[pk]
+        assert (alert.source_alert_id, alert.cycle) == (row["source_alert_id"], row["cycle"])
+        assert alert.event_payload == row["event_payload"]
+        assert alert.desired_status is row["desired_status"]
+        assert alert.delivery_state is DeliveryState.PENDING
+        assert alert.confirmed_status is None and alert.lease_owner is None
+        assert alert.opened_at == row["opened_at"]
+
+
+def test_one_of_selects_exactly_the_rows_named(sessions: sessionmaker[Session]) -> None:
+    run = uuid.uuid4().hex[:8]
+    rows = [_row(f"{run}-{n}", source="coscale" if n % 2 else "api") for n in range(80)]
+    with sessions.begin() as session:
+        ids = insert_rows(
+            session, ALERTS, rows, returning="id", key=("source", "source_alert_id", "cycle")
+        )
+    wanted_ids = ids[::3]
+    # (source, id) pairs: crossing a source with another row's id must not match.
+    wanted_keys = [(r["source"], r["source_alert_id"]) for r in rows[::5]]
+    crossed = [("api", rows[1]["source_alert_id"]), ("coscale", rows[0]["source_alert_id"])]
+    with sessions() as session:
+        by_id = set(
+            session.scalars(select(Alert.id).where(is_one_of(Alert.id, wanted_ids, session)))
+        )
+        by_key = {
+            tuple(row)
+            for row in session.execute(
+                select(Alert.source, Alert.source_alert_id).where(
+                    keys_one_of(
+                        (Alert.source, Alert.source_alert_id), wanted_keys + crossed, session
+                    )
+                )
+            )
+        }
+    assert by_id == set(wanted_ids)
+    assert by_key == set(wanted_keys)
+
+
+def _events(run: str, count: int, action: AlertStatus) -> list[AlertEventMessage]:
+    return [
+        AlertEventMessage(
+            event_id=f"{run}-{action.value}-{n}",
+            source="coscale",
+            alert_id=f"{run}-{n % (count // 2 or 1)}",
+            action=action,
+            received_at=utcnow(),
+            title=f"CPU high on web-{n}",
+            details="cpu > 90%",
+            service_id="PSERVICE",
+        )
+        for n in range(count)
+    ]
+
+
+def test_a_batch_applies_alike_on_postgresql_and_sqlite(
+    postgres_sessions: sessionmaker[Session], sqlite_sessions: sessionmaker[Session]
+) -> None:
+    """The same batches (new alerts, repeats in one batch, redelivered events, acknowledges
+    and resolves of alerts seen before) give the same outcomes on both databases."""
+    run = uuid.uuid4().hex[:8]
+    triggers = _events(run, 300, AlertStatus.TRIGGERED)
+    later = _events(run, 90, AlertStatus.RESOLVED) + _events(run, 60, AlertStatus.ACKNOWLEDGED)
+    outcomes = {}
+    for name, sessions in (("postgresql", postgres_sessions), ("sqlite", sqlite_sessions)):
+        first = apply_events(sessions, triggers, utcnow())
+        second = apply_events(sessions, triggers[:40] + later, utcnow())
+        outcomes[name] = [(applied.outcome, applied.needs_delivery) for applied in first + second]
+        with sessions() as session:
+            pks = {a.alert_pk for a in first + second}
+            assert None not in pks
+            assert (
+                session.scalar(
+                    select(Alert.id).where(Alert.id.in_(pks)).order_by(Alert.id.desc()).limit(1)
+                )
+                is not None
+            )
+    assert outcomes["postgresql"] == outcomes["sqlite"]
+    counted = {outcome: 0 for outcome in EventOutcome}
+    for outcome, _ in outcomes["postgresql"]:
+        counted[outcome] += 1
+    assert counted[EventOutcome.OPENED] == 150
+    assert counted[EventOutcome.DUPLICATE] == 40
+    assert counted[EventOutcome.ADVANCED] > 0
+
+
+def test_postgresql_sends_the_same_sql_whatever_the_batch_size(
+    postgres_sessions: sessionmaker[Session],
+) -> None:
+    """The point of the module: a query whose text changes with the batch size is parsed by
+    psycopg and planned by the server again at each execution."""
+    statements: list[str] = []
+    engine = postgres_sessions.kw["bind"]
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        for size in (2, 30, 170):
+            apply_events(
+                postgres_sessions,
+                _events(uuid.uuid4().hex[:8], size, AlertStatus.TRIGGERED),
+                utcnow(),
+            )
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    inserts = {s for s in statements if s.startswith("INSERT INTO alerts")}
+    selects = {s for s in statements if s.startswith("SELECT alerts.id")}
+    assert len(inserts) == 1, inserts
+    assert len(selects) == 1, selects
