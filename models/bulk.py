@@ -27,10 +27,10 @@ from sqlalchemy import (
     func,
     insert,
     select,
-    text,
     tuple_,
 )
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import QueryableAttribute, Session
 from sqlalchemy.sql.elements import BindParameter
 
@@ -39,7 +39,18 @@ def on_postgresql(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-def insert_rows(
+def insert_rows(session: Session, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert ``rows`` (dicts of one shape) in one statement."""
+    if not rows:
+        return
+    if not on_postgresql(session):
+        session.execute(insert(table), list(rows))
+        return
+    names = _names(table, rows[0])
+    _execute(session, _unnest_insert_sql(table, names, ()), _arrays(table, names, rows))
+
+
+def insert_rows_returning(
     session: Session,
     table: Table,
     rows: Sequence[Mapping[str, Any]],
@@ -55,15 +66,31 @@ def insert_rows(
     if not on_postgresql(session):
         statement = insert(table).returning(table.c[returning], sort_by_parameter_order=True)
         return list(session.scalars(statement, list(rows)).all())
-    names = tuple(table.c[name].key for name in rows[0])  # KeyError for a stranger
-    params = {
-        f"p{i}": _array(table.c[name], [row[name] for row in rows]) for i, name in enumerate(names)
-    }
-    returned = {
-        tuple(found[1:]): found[0]
-        for found in session.execute(text(_unnest_insert_sql(table, names, returning, key)), params)
+    names = _names(table, rows[0])
+    sql = _unnest_insert_sql(table, names, (returning, *key))
+    returned: dict[tuple[Any, ...], Any] = {
+        tuple(found[1:]): found[0] for found in _execute(session, sql, _arrays(table, names, rows))
     }
     return [returned[tuple(row[name] for name in key)] for row in rows]
+
+
+def _execute(session: Session, sql: str, arrays: dict[str, list[Any]]) -> CursorResult[Any]:
+    # Straight to psycopg: its placeholders can ask for the binary format (``%b``), in which
+    # an array of strings needs no escaping. In text format psycopg escapes every quote of
+    # every value one regex callback at a time, and JSON is mostly quotes.
+    return session.connection().exec_driver_sql(sql, arrays)
+
+
+def _names(table: Table, row: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(table.c[name].key for name in row)  # KeyError for a column not in the table
+
+
+def _arrays(
+    table: Table, names: tuple[str, ...], rows: Sequence[Mapping[str, Any]]
+) -> dict[str, list[Any]]:
+    return {
+        f"p{i}": _array(table.c[name], [row[name] for row in rows]) for i, name in enumerate(names)
+    }
 
 
 Column_ = ColumnElement[Any] | QueryableAttribute[Any]
@@ -99,11 +126,9 @@ _PG = postgresql.dialect()  # type: ignore[no-untyped-call]
 
 
 @functools.cache
-def _unnest_insert_sql(
-    table: Table, names: tuple[str, ...], returning: str, key: tuple[str, ...]
-) -> str:
+def _unnest_insert_sql(table: Table, names: tuple[str, ...], returning: tuple[str, ...]) -> str:
     arrays = ", ".join(
-        f"CAST(:p{i} AS {_array_type(table.c[name])})" for i, name in enumerate(names)
+        f"CAST(%(p{i})b AS {_array_type(table.c[name])})" for i, name in enumerate(names)
     )
     # JSON travels as text (psycopg would need a wrapper object per value) and is cast back.
     picked = ", ".join(
@@ -114,7 +139,7 @@ def _unnest_insert_sql(
     # travel as parameters.
     return (
         f"INSERT INTO {table.name} ({columns}) SELECT {picked} FROM unnest({arrays})"  # noqa: S608
-        f" AS given({columns}) RETURNING {returning}, {', '.join(key)}"
+        f" AS given({columns})" + (f" RETURNING {', '.join(returning)}" if returning else "")
     )
 
 

@@ -17,12 +17,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import insert, select
+from sqlalchemy import Table, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import InboxEvent, utcnow
+from models.bulk import insert_rows
 from worker.errors import ServiceUnavailable
 from worker.event import AlertEventMessage
 from worker.intake import AppliedEvent, apply_events
@@ -52,8 +54,9 @@ class DurableEventQueue:
             # One Core INSERT of many rows, not the ORM's unit of work: this is the ingest
             # path, and the ORM's bookkeeping was most of its cost.
             with self._sessions.begin() as session:
-                session.execute(
-                    insert(InboxEvent),
+                insert_rows(
+                    session,
+                    cast(Table, InboxEvent.__table__),
                     [
                         {
                             "event_id": event.event_id,

@@ -13,12 +13,12 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import cast
 
-from sqlalchemy import Table, delete, insert, select
+from sqlalchemy import Table, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, AlertEvent, InboxEvent, utcnow
-from models.bulk import insert_rows, is_one_of, keys_one_of
+from models.bulk import insert_rows, insert_rows_returning, is_one_of, keys_one_of
 from worker.event import AlertEventMessage
 from worker.pagerduty.events import dedup_key
 from worker.status import AlertStatus, DeliveryState, advance
@@ -209,6 +209,9 @@ def apply_events(
     return applied
 
 
+_ALERTS = cast(Table, Alert.__table__)
+_ALERT_EVENTS = cast(Table, AlertEvent.__table__)
+
 # Rows per IN (...) list: well under every driver's parameter limit (SQLite's is 32,766).
 _IN_CHUNK = 500
 
@@ -286,8 +289,7 @@ def _apply_batch(
         for event, alert, outcome, _ in decided
         if outcome is not EventOutcome.DUPLICATE
     ]
-    if timeline:
-        session.execute(insert(AlertEvent), timeline)
+    insert_rows(session, _ALERT_EVENTS, timeline)
     return [
         AppliedEvent(
             outcome,
@@ -308,9 +310,9 @@ def _insert_cycles(session: Session, alerts: list[Alert]) -> None:
     """
     if not alerts:
         return
-    ids = insert_rows(
+    ids = insert_rows_returning(
         session,
-        cast(Table, Alert.__table__),
+        _ALERTS,
         [_column_values(alert) for alert in alerts],
         returning="id",
         key=("source", "source_alert_id", "cycle"),

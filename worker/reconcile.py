@@ -24,13 +24,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import Table, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, AlertEvent, utcnow
-from models.bulk import is_one_of
+from models.bulk import insert_rows, is_one_of
 from worker import metrics
 from worker.delivery import (
     EVENT_ACTIONS,
@@ -559,10 +559,9 @@ class Reconciler:
                     results[alert.id] = self._record_failure(timeline, alert, answer)
                 alert.lease_owner = None
                 alert.lease_expires_at = None
-            if timeline:
-                # One statement for the batch's timeline rows (each row an ORM object cost
-                # about as much as the rest of recording its answer).
-                session.execute(insert(AlertEvent), timeline)
+            # One statement for the batch's timeline rows (each row an ORM object cost about as
+            # much as the rest of recording its answer).
+            insert_rows(session, cast(Table, AlertEvent.__table__), timeline)
         return again
 
     def _record_success(

@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import Table, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import Alert, make_engine, make_session_factory, utcnow
-from models.bulk import insert_rows, is_one_of, keys_one_of
+from models import Alert, AlertEvent, make_engine, make_session_factory, utcnow
+from models.bulk import insert_rows, insert_rows_returning, is_one_of, keys_one_of
 from tests.integration.conftest import fresh_database
 from worker.event import AlertEventMessage
 from worker.intake import EventOutcome, apply_events
@@ -96,7 +96,7 @@ def test_inserted_rows_read_back_as_given_and_ids_follow_the_rows_order(
         for n in reversed(range(120))
     ]
     with sessions.begin() as session:
-        ids = insert_rows(
+        ids = insert_rows_returning(
             session, ALERTS, rows, returning="id", key=("source", "source_alert_id", "cycle")
         )
     assert len(set(ids)) == len(rows)
@@ -114,11 +114,43 @@ def test_inserted_rows_read_back_as_given_and_ids_follow_the_rows_order(
         assert alert.opened_at == row["opened_at"]
 
 
+def test_rows_without_returning_read_back_as_given(sessions: sessionmaker[Session]) -> None:
+    run = uuid.uuid4().hex[:8]
+    rows = [
+        {
+            "event_id": f"{run}-{n}",
+            "alert_pk": None,
+            "source": "coscale",
+            "source_alert_id": f"{run}-{n}",
+            "kind": "received",
+            "action": "triggered",
+            "outcome": "opened",
+            "detail": None if n % 2 else "a 'quoted' detail, with {braces}",
+            "payload": {"n": n, "tags": ["a", "b"]} if n % 3 else None,
+            "received_at": utcnow(),
+            "created_at": utcnow(),
+        }
+        for n in range(75)
+    ]
+    with sessions.begin() as session:
+        insert_rows(session, cast(Table, AlertEvent.__table__), rows)
+    with sessions() as session:
+        stored = {
+            e.event_id: e
+            for e in session.scalars(select(AlertEvent).where(AlertEvent.event_id.like(f"{run}-%")))
+        }
+    assert len(stored) == len(rows)
+    for row in rows:
+        event = stored[row["event_id"]]
+        assert (event.detail, event.payload) == (row["detail"], row["payload"])
+        assert event.received_at == row["received_at"]
+
+
 def test_one_of_selects_exactly_the_rows_named(sessions: sessionmaker[Session]) -> None:
     run = uuid.uuid4().hex[:8]
     rows = [_row(f"{run}-{n}", source="coscale" if n % 2 else "api") for n in range(80)]
     with sessions.begin() as session:
-        ids = insert_rows(
+        ids = insert_rows_returning(
             session, ALERTS, rows, returning="id", key=("source", "source_alert_id", "cycle")
         )
     wanted_ids = ids[::3]
