@@ -74,6 +74,37 @@ def insert_rows_returning(
     return [returned[tuple(row[name] for name in key)] for row in rows]
 
 
+def update_rows(
+    session: Session, table: Table, rows: Sequence[Mapping[str, Any]], *, key: str
+) -> None:
+    """Set each row's columns (dicts of one shape) where ``key`` has the row's value, in one
+    statement on PostgreSQL (``UPDATE ... FROM unnest(...)``), as executemany elsewhere."""
+    if not rows:
+        return
+    names = _names(table, rows[0])
+    if not on_postgresql(session):
+        statement = (
+            table.update()
+            .where(table.c[key] == bindparam("key_", type_=table.c[key].type))
+            .values(
+                {
+                    name: bindparam(f"v_{name}", type_=table.c[name].type)
+                    for name in names
+                    if name != key
+                }
+            )
+        )
+        session.execute(
+            statement,
+            [
+                {"key_": row[key], **{f"v_{name}": row[name] for name in names if name != key}}
+                for row in rows
+            ],
+        )
+        return
+    _execute(session, _unnest_update_sql(table, names, key), _arrays(table, names, rows))
+
+
 def _execute(session: Session, sql: str, arrays: dict[str, list[Any]]) -> CursorResult[Any]:
     # Straight to psycopg: its placeholders can ask for the binary format (``%b``), in which
     # an array of strings needs no escaping. In text format psycopg escapes every quote of
@@ -140,6 +171,25 @@ def _unnest_insert_sql(table: Table, names: tuple[str, ...], returning: tuple[st
     return (
         f"INSERT INTO {table.name} ({columns}) SELECT {picked} FROM unnest({arrays})"  # noqa: S608
         f" AS given({columns})" + (f" RETURNING {', '.join(returning)}" if returning else "")
+    )
+
+
+@functools.cache
+def _unnest_update_sql(table: Table, names: tuple[str, ...], key: str) -> str:
+    arrays = ", ".join(
+        f"CAST(%(p{i})b AS {_array_type(table.c[name])})" for i, name in enumerate(names)
+    )
+    assigned = ", ".join(
+        f"{name} = CAST(given.{name} AS JSON)"
+        if isinstance(table.c[name].type, JSON)
+        else f"{name} = given.{name}"
+        for name in names
+        if name != key
+    )
+    # As in _unnest_insert_sql, only the table's own column names are spliced in.
+    return (
+        f"UPDATE {table.name} SET {assigned} FROM unnest({arrays})"  # noqa: S608
+        f" AS given({', '.join(names)}) WHERE {table.name}.{key} = given.{key}"
     )
 
 

@@ -14,7 +14,7 @@ from sqlalchemy import Table, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, AlertEvent, make_engine, make_session_factory, utcnow
-from models.bulk import insert_rows, insert_rows_returning, is_one_of, keys_one_of
+from models.bulk import insert_rows, insert_rows_returning, is_one_of, keys_one_of, update_rows
 from tests.integration.conftest import fresh_database
 from worker.event import AlertEventMessage
 from worker.intake import EventOutcome, apply_events
@@ -144,6 +144,42 @@ def test_rows_without_returning_read_back_as_given(sessions: sessionmaker[Sessio
         event = stored[row["event_id"]]
         assert (event.detail, event.payload) == (row["detail"], row["payload"])
         assert event.received_at == row["received_at"]
+
+
+def test_updated_rows_change_only_the_columns_named(sessions: sessionmaker[Session]) -> None:
+    run = uuid.uuid4().hex[:8]
+    rows = [_row(f"{run}-{n}") for n in range(60)]
+    with sessions.begin() as session:
+        ids = insert_rows_returning(
+            session, ALERTS, rows, returning="id", key=("source", "source_alert_id", "cycle")
+        )
+    later = utcnow() + timedelta(minutes=5)
+    changes = [
+        {
+            "id": pk,
+            "delivery_state": DeliveryState.DELIVERED if n % 2 else DeliveryState.PARKED,
+            "pagerduty_incident_id": f"P{n}" if n % 2 else None,
+            "pagerduty_incident_number": n if n % 2 else None,
+            "next_attempt_at": None if n % 2 else later,
+            "last_error": None if n % 2 else 'PagerDuty said "no"',
+        }
+        for n, pk in enumerate(ids)
+        if n % 3  # a third of the rows are left alone
+    ]
+    with sessions.begin() as session:
+        update_rows(session, ALERTS, list(reversed(changes)), key="id")
+    with sessions() as session:
+        stored = {a.id: a for a in session.scalars(select(Alert).where(Alert.id.in_(ids)))}
+    changed = {change["id"]: change for change in changes}
+    for pk, row in zip(ids, rows, strict=True):
+        alert = stored[pk]
+        assert alert.title == row["title"] and alert.desired_status is AlertStatus.TRIGGERED
+        wanted = changed.get(pk, row)
+        assert alert.delivery_state is wanted["delivery_state"]
+        assert alert.pagerduty_incident_id == wanted["pagerduty_incident_id"]
+        assert alert.pagerduty_incident_number == wanted["pagerduty_incident_number"]
+        assert alert.next_attempt_at == wanted["next_attempt_at"]
+        assert alert.last_error == wanted["last_error"]
 
 
 def test_one_of_selects_exactly_the_rows_named(sessions: sessionmaker[Session]) -> None:
