@@ -21,6 +21,7 @@ from sqlalchemy import (
     JSON,
     Column,
     ColumnElement,
+    String,
     Table,
     any_,
     bindparam,
@@ -194,7 +195,10 @@ def _unnest_update_sql(table: Table, names: tuple[str, ...], key: str) -> str:
 
 
 def _array_type(column: Column[Any]) -> str:
-    if isinstance(column.type, JSON):
+    # Strings as unbounded TEXT: an explicit CAST to VARCHAR(n) would cut a value that is too
+    # long without a word, where storing it in the column (an assignment) refuses it, as a
+    # plain INSERT does.
+    if isinstance(column.type, JSON | String):
         return "TEXT[]"
     return f"{column.type.compile(dialect=_PG)}[]"
 

@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import pytest
 from sqlalchemy import Table, event, select
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, AlertEvent, make_engine, make_session_factory, utcnow
@@ -283,3 +284,20 @@ def test_postgresql_sends_the_same_sql_whatever_the_batch_size(
     selects = {s for s in statements if s.startswith("SELECT alerts.id")}
     assert len(inserts) == 1, inserts
     assert len(selects) == 1, selects
+
+
+def test_a_value_too_long_for_its_column_is_refused_not_cut(
+    postgres_sessions: sessionmaker[Session],
+) -> None:
+    """As a plain INSERT or UPDATE: the arrays travel as unbounded text, so the column's own
+    length applies (an explicit cast to VARCHAR(n) would truncate silently)."""
+    too_long = "x" * 300  # source_alert_id is VARCHAR(255)
+    with pytest.raises(DataError), postgres_sessions.begin() as session:
+        insert_rows(session, ALERTS, [_row(too_long)])
+    run = uuid.uuid4().hex[:8]
+    with postgres_sessions.begin() as session:
+        (pk,) = insert_rows_returning(
+            session, ALERTS, [_row(run)], returning="id", key=("source", "source_alert_id", "cycle")
+        )
+    with pytest.raises(DataError), postgres_sessions.begin() as session:
+        update_rows(session, ALERTS, [{"id": pk, "lease_owner": too_long}], key="id")
