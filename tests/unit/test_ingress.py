@@ -289,3 +289,29 @@ def test_readiness_reports_refused_credentials_and_breaker(
     assert refused.status_code == 503
     assert "401" in refused.json()["checks"]["pagerduty_credentials"]["reason"]
     assert "pd-token" not in refused.text
+
+
+def test_the_schema_says_which_operations_need_the_ingress_token(client: TestClient) -> None:
+    schema = client.get("/openapi.json", headers=AUTH).json()
+    assert schema["components"]["securitySchemes"]["IngressToken"] == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "Authorization",
+        "description": "An ingress token: 'Token token=<token>' or 'Bearer <token>'.",
+    }
+    secured = {
+        (path, method)
+        for path, operations in schema["paths"].items()
+        for method, operation in operations.items()
+        if operation.get("security") == [{"IngressToken": []}]
+    }
+    every = {
+        (path, method) for path, operations in schema["paths"].items() for method in operations
+    }
+    assert every - secured == {("/healthz", "get")}
+    assert {("/webhooks/coscale", "post"), ("/incidents", "post"), ("/metrics", "get")} <= secured
+    # The token is not also a header parameter of its own
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            names = {p["name"].lower() for p in operation.get("parameters", [])}
+            assert "authorization" not in names
