@@ -21,6 +21,7 @@ from sqlalchemy import (
     JSON,
     Column,
     ColumnElement,
+    Enum,
     String,
     Table,
     any_,
@@ -206,4 +207,6 @@ def _array_type(column: Column[Any]) -> str:
 def _array(column: Column[Any], values: list[Any]) -> list[Any]:
     if isinstance(column.type, JSON):
         return [None if value is None else json.dumps(value) for value in values]
-    return [value.value if isinstance(value, enum.Enum) else value for value in values]
+    if isinstance(column.type, Enum):
+        return [value.value if isinstance(value, enum.Enum) else value for value in values]
+    return values
