@@ -1,6 +1,6 @@
 """SQLAlchemy 2.0 models and the engine/session factory."""
 
-from models.alert import Alert
+from models.alert import Alert, AlertLike, AlertRecord
 from models.base import Base, utcnow
 from models.db import make_engine, make_session_factory
 from models.event import AlertEvent
@@ -10,6 +10,8 @@ from models.quarantine import QuarantinedRequest
 __all__ = [
     "Alert",
     "AlertEvent",
+    "AlertLike",
+    "AlertRecord",
     "Base",
     "InboxEvent",
     "QuarantinedRequest",

@@ -7,8 +7,9 @@ trigger overwriting the incident id.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Self
 
 from sqlalchemy import JSON, BigInteger, Enum, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
@@ -105,3 +106,98 @@ class Alert(Base):
             f"desired={self.desired_status} confirmed={self.confirmed_status} "
             f"state={self.delivery_state} incident={self.pagerduty_incident_id}>"
         )
+
+
+def _no_default() -> None:
+    return None
+
+
+def _default_of(column: Any) -> Callable[[], Any]:
+    default = column.default
+    if default is None:
+        return _no_default
+    if default.is_callable:
+        return lambda: default.arg(None)
+    return lambda: default.arg
+
+
+# Column → its default (a callable); the id is the database's to give.
+ALERT_COLUMN_DEFAULTS: dict[str, Callable[[], Any]] = {
+    column.key: _default_of(column) for column in Alert.__table__.columns if column.key != "id"
+}
+
+
+class AlertRecord:
+    """An alerts row as plain attributes: a cycle the intake opens (not inserted yet), or a row
+    a reconcile has locked and reads, decides on and writes back itself.
+
+    Not an :class:`Alert`: the ORM tracks every attribute read and set on its instances for a
+    unit of work, and builds an identity map of them, which neither of those paths uses (they
+    write with Core statements). That bookkeeping was the costliest part of opening a cycle,
+    and a good part of reconciling one. Code that decides on an alert reads and writes the
+    same attributes on either (:data:`AlertLike`).
+    """
+
+    id: int  # set once inserted
+    source: str
+    source_alert_id: str
+    cycle: int
+    incident_key: str
+    service_id: str | None
+    title: str | None
+    details: str | None
+    urgency: str | None
+    title_from_trigger: bool
+    route: str
+    backend: str
+    credential_id: str | None
+    event_payload: dict[str, Any] | None
+    pagerduty_incident_id: str | None
+    pagerduty_incident_number: int | None
+    pagerduty_incident_url: str | None
+    desired_status: AlertStatus
+    confirmed_status: AlertStatus | None
+    delivery_state: DeliveryState
+    attempts: int
+    next_attempt_at: datetime | None
+    last_error: str | None
+    create_sent_at: datetime | None
+    pending_since: datetime | None
+    opened_at: datetime
+    resolve_received_at: datetime | None
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    def __init__(self, **columns: Any) -> None:
+        """A new row: the columns given, the others at their defaults; no id until inserted."""
+        unknown = set(columns) - set(ALERT_COLUMN_DEFAULTS)
+        if unknown:
+            raise TypeError(f"not columns of alerts: {sorted(unknown)}")
+        values = {name: default() for name, default in ALERT_COLUMN_DEFAULTS.items()}
+        values.update(columns)
+        self.__dict__.update(values)
+
+    @classmethod
+    def of_row(cls, row: Mapping[Any, Any]) -> Self:
+        """A stored row, as a select of every column of ``alerts`` gave it."""
+        record = cls.__new__(cls)
+        record.__dict__.update(row)
+        return record
+
+    def column_values(self) -> dict[str, Any]:
+        """Every column but the id, as one row of a multi-row INSERT."""
+        given = self.__dict__
+        return {name: given[name] for name in ALERT_COLUMN_DEFAULTS}
+
+    def __repr__(self) -> str:
+        return (
+            f"<AlertRecord {self.source}:{self.source_alert_id}#{self.cycle} "
+            f"desired={self.desired_status} confirmed={self.confirmed_status} "
+            f"state={self.delivery_state} incident={self.pagerduty_incident_id}>"
+        )
+
+
+# An alert cycle as deciding or reconciling sees it: an ORM instance or a plain record.
+AlertLike = Alert | AlertRecord

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from models import Alert
+from models import AlertLike
 from worker.backoff import retry_delay, should_give_up
 from worker.event import BACKEND_EVENTS
 from worker.pagerduty import CredentialsError, Incident, PagerDutyError, RetryableError
@@ -83,7 +83,7 @@ EVENT_ACTIONS = {
 }
 
 
-def plan_delivery(alert: Alert) -> Step:
+def plan_delivery(alert: AlertLike) -> Step:
     """The next PagerDuty call that brings PagerDuty closer to the alert's desired status."""
     if alert.backend == BACKEND_EVENTS:
         return plan_event(alert)
@@ -114,7 +114,7 @@ def plan_delivery(alert: Alert) -> Step:
     return Update(alert.pagerduty_incident_id, wanted)
 
 
-def plan_event(alert: Alert) -> Step:
+def plan_event(alert: AlertLike) -> Step:
     """The next Events API v2 event for an alert.
 
     Simpler than incidents: the dedup_key makes a repeated trigger join the open alert (so no
@@ -154,7 +154,7 @@ class Schedule:
 
 
 def schedule_after_failure(
-    alert: Alert,
+    alert: AlertLike,
     error: PagerDutyError,
     now: datetime,
     *,

@@ -11,13 +11,13 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, cast
+from typing import cast
 
 from sqlalchemy import Table, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import Alert, AlertEvent, InboxEvent, utcnow
+from models import Alert, AlertEvent, AlertLike, AlertRecord, InboxEvent, utcnow
 from models.bulk import insert_rows, insert_rows_returning, is_one_of, keys_one_of
 from worker.event import AlertEventMessage
 from worker.pagerduty.events import dedup_key
@@ -56,65 +56,7 @@ def incident_key(source: str, alert_id: str, cycle: int) -> str:
     return dedup_key(source, alert_id, cycle)
 
 
-def _no_default() -> None:
-    return None
-
-
-# Column → its default (a callable); the id is the database's to give.
-_ALERT_COLUMNS = {
-    column.key: _no_default
-    if column.default is None
-    else (lambda d=column.default: d.arg(None) if d.is_callable else d.arg)
-    for column in Alert.__table__.columns
-    if column.key != "id"
-}
-
-
-class NewCycle:
-    """A cycle this batch opens, not inserted yet: every column of its row as a plain
-    attribute (the column's default unless given), the id once inserted.
-
-    Not an :class:`Alert`: the ORM would track each attribute set on it for a unit of work
-    that never sees it (the cycles go in with one Core INSERT), and that bookkeeping was the
-    costliest part of opening a cycle. Deciding an event reads and writes the same attributes
-    on a stored Alert or on a NewCycle (:data:`Cycle`).
-    """
-
-    id: int | None
-    source: str
-    source_alert_id: str
-    cycle: int
-    desired_status: AlertStatus
-    delivery_state: DeliveryState
-    attempts: int
-    title: str | None
-    details: str | None
-    urgency: str | None
-    service_id: str | None
-    event_payload: dict[str, Any] | None
-    title_from_trigger: bool
-    opened_at: datetime
-    resolve_received_at: datetime | None
-    create_sent_at: datetime | None
-    pending_since: datetime | None
-    next_attempt_at: datetime | None
-    last_error: str | None
-    pagerduty_incident_id: str | None
-
-    def __init__(self, **columns: Any) -> None:
-        unknown = set(columns) - set(_ALERT_COLUMNS)
-        if unknown:
-            raise TypeError(f"not columns of alerts: {sorted(unknown)}")
-        values = {name: default() for name, default in _ALERT_COLUMNS.items()}
-        values.update(columns)
-        self.__dict__.update(values, id=None)
-
-
-# An alert cycle as deciding an event sees it: stored (locked) or opened by this batch.
-Cycle = Alert | NewCycle
-
-
-def plan_event(latest: Cycle | None, event: AlertEventMessage) -> EventOutcome:
+def plan_event(latest: AlertLike | None, event: AlertEventMessage) -> EventOutcome:
     """What ``event`` does to the alert whose newest cycle is ``latest`` (pure)."""
     if latest is None:
         return EventOutcome.OPENED
@@ -141,7 +83,7 @@ def plan_event(latest: Cycle | None, event: AlertEventMessage) -> EventOutcome:
     return EventOutcome.UNCHANGED
 
 
-def _takes_trigger_details(alert: Cycle, event: AlertEventMessage) -> bool:
+def _takes_trigger_details(alert: AlertLike, event: AlertEventMessage) -> bool:
     # The trigger's text wins over an acknowledge's, but only until the incident exists.
     return (
         event.action is AlertStatus.TRIGGERED
@@ -151,7 +93,7 @@ def _takes_trigger_details(alert: Cycle, event: AlertEventMessage) -> bool:
     ) or (alert.title is None and event.title is not None)
 
 
-def _fill_details(alert: Cycle, event: AlertEventMessage) -> None:
+def _fill_details(alert: AlertLike, event: AlertEventMessage) -> None:
     if not _takes_trigger_details(alert, event):
         return
     alert.title = event.title
@@ -162,7 +104,7 @@ def _fill_details(alert: Cycle, event: AlertEventMessage) -> None:
     alert.title_from_trigger = event.action is AlertStatus.TRIGGERED
 
 
-def _mark_pending(alert: Cycle, now: datetime) -> None:
+def _mark_pending(alert: AlertLike, now: datetime) -> None:
     if alert.delivery_state is not DeliveryState.PENDING or alert.pending_since is None:
         alert.attempts = 0
         alert.pending_since = now
@@ -171,8 +113,8 @@ def _mark_pending(alert: Cycle, now: datetime) -> None:
     alert.last_error = None
 
 
-def _open_cycle(event: AlertEventMessage, cycle: int, now: datetime) -> NewCycle:
-    alert = NewCycle(
+def _open_cycle(event: AlertEventMessage, cycle: int, now: datetime) -> AlertRecord:
+    alert = AlertRecord(
         source=event.source,
         source_alert_id=event.alert_id,
         cycle=cycle,
@@ -290,10 +232,10 @@ def _seen_events(session: Session, event_ids: list[str]) -> dict[str, int | None
     return seen
 
 
-def _latest_cycles(session: Session, keys: list[AlertKey]) -> dict[AlertKey, Cycle]:
+def _latest_cycles(session: Session, keys: list[AlertKey]) -> dict[AlertKey, AlertLike]:
     """The newest cycle of each alert, locked. Sorted, so concurrent batches lock rows in one
     order and cannot deadlock on each other."""
-    latest: dict[AlertKey, Cycle] = {}
+    latest: dict[AlertKey, AlertLike] = {}
     for start in range(0, len(keys), _IN_CHUNK):
         rows = session.scalars(
             select(Alert)
@@ -317,8 +259,8 @@ def _apply_batch(
     keys = sorted({(event.source, event.alert_id) for event in events})
     latest = _latest_cycles(session, keys)
     # (event, its alert (maybe not flushed yet), outcome, needs delivery), in batch order.
-    decided: list[tuple[AlertEventMessage, Cycle | None, EventOutcome, bool]] = []
-    opened: list[NewCycle] = []
+    decided: list[tuple[AlertEventMessage, AlertLike | None, EventOutcome, bool]] = []
+    opened: list[AlertRecord] = []
     for event in events:
         if event.event_id in seen:
             decided.append((event, None, EventOutcome.DUPLICATE, True))
@@ -326,7 +268,7 @@ def _apply_batch(
         seen[event.event_id] = None  # the same event twice in one batch
         key = (event.source, event.alert_id)
         alert, outcome, needs_delivery = _decide(latest.get(key), event, now)
-        if isinstance(alert, NewCycle) and outcome is EventOutcome.OPENED:
+        if isinstance(alert, AlertRecord) and outcome is EventOutcome.OPENED:
             opened.append(alert)
             latest[key] = alert
         decided.append((event, alert, outcome, needs_delivery))
@@ -358,7 +300,7 @@ def _apply_batch(
     ]
 
 
-def _insert_cycles(session: Session, alerts: list[NewCycle]) -> None:
+def _insert_cycles(session: Session, alerts: list[AlertRecord]) -> None:
     """Insert the batch's new cycles in one INSERT ... RETURNING and give each its id.
 
     Core, not the session: the cycles are new and complete (a later event of the same batch
@@ -370,7 +312,7 @@ def _insert_cycles(session: Session, alerts: list[NewCycle]) -> None:
     ids = insert_rows_returning(
         session,
         _ALERTS,
-        [_column_values(alert) for alert in alerts],
+        [alert.column_values() for alert in alerts],
         returning="id",
         key=("source", "source_alert_id", "cycle"),
     )
@@ -378,19 +320,13 @@ def _insert_cycles(session: Session, alerts: list[NewCycle]) -> None:
         alert.id = pk
 
 
-def _column_values(alert: NewCycle) -> dict[str, object]:
-    """Every column of a new cycle, as one row of the multi-row INSERT."""
-    given = vars(alert)
-    return {name: given[name] for name in _ALERT_COLUMNS}
-
-
-def _pk(alert: Cycle | None) -> int | None:
+def _pk(alert: AlertLike | None) -> int | None:
     return alert.id if alert is not None else None
 
 
 def _decide(
-    latest: Cycle | None, event: AlertEventMessage, now: datetime
-) -> tuple[Cycle | None, EventOutcome, bool]:
+    latest: AlertLike | None, event: AlertEventMessage, now: datetime
+) -> tuple[AlertLike | None, EventOutcome, bool]:
     """Fold ``event`` into the alert whose newest cycle is ``latest``: (the alert it belongs
     to, a new cycle when OPENED, not yet added to the session; the outcome; whether the alert
     now needs a delivery)."""

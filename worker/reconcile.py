@@ -29,7 +29,7 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import Table, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import Alert, AlertEvent, utcnow
+from models import Alert, AlertEvent, AlertLike, AlertRecord, utcnow
 from models.bulk import insert_rows, is_one_of, update_rows
 from worker import metrics
 from worker.delivery import (
@@ -242,22 +242,24 @@ class Reconciler:
         alert_pks: Sequence[int],
         owner: str,
         results: dict[int, ReconcileResult] | None = None,
-    ) -> list[Alert]:
+    ) -> list[AlertRecord]:
         """The batch's rows, locked, that this worker leases (lease extended).
 
         With ``results`` it first takes the lease of every row no live worker holds (a lease
         nobody renewed has expired: its worker died), and marks the others BUSY there.
         """
-        alerts = session.scalars(
-            select(Alert)
-            .where(is_one_of(Alert.id, alert_pks, session))
-            .order_by(Alert.id)
-            .with_for_update()
-        ).all()
-        # Values from here on, not objects the session tracks: the caller writes what it
-        # decided back in one statement (_write_back). The unit of work's flush of the same
-        # changes was a sixth of the worker's CPU in an alert storm.
-        session.expunge_all()
+        # Plain records, not ORM instances: the caller writes what it decided back in one
+        # statement (_write_back). The unit of work's flush of the same changes was a sixth
+        # of the worker's CPU in an alert storm, and loading instances for it most of the rest.
+        alerts = [
+            AlertRecord.of_row(row)
+            for row in session.execute(
+                select(*_ALERTS.columns)
+                .where(is_one_of(Alert.id, alert_pks, session))
+                .order_by(Alert.id)
+                .with_for_update()
+            ).mappings()
+        ]
         until = self._lease_until()
         mine = []
         for alert in alerts:
@@ -308,7 +310,7 @@ class Reconciler:
             _write_back(session, alerts, self.clock())
         return calls
 
-    def _finish_without_call(self, alert: Alert, step: Step) -> ReconcileResult | None:
+    def _finish_without_call(self, alert: AlertLike, step: Step) -> ReconcileResult | None:
         now = self.clock()
         if isinstance(step, Done):
             alert.delivery_state = DeliveryState.DELIVERED
@@ -574,7 +576,7 @@ class Reconciler:
     def _record_success(
         self,
         timeline: list[dict[str, Any]],
-        alert: Alert,
+        alert: AlertLike,
         step: Step,
         incident: Incident | EventSent | None,
     ) -> None:
@@ -598,7 +600,7 @@ class Reconciler:
         _log_delivery(logging.INFO, _CALL_DONE[outcome], alert, _describe(step, incident))
 
     def _record_failure(
-        self, timeline: list[dict[str, Any]], alert: Alert, error: PagerDutyError
+        self, timeline: list[dict[str, Any]], alert: AlertLike, error: PagerDutyError
     ) -> ReconcileResult:
         schedule = schedule_after_failure(
             alert,
@@ -680,7 +682,7 @@ _RECONCILED = (
 _ALERTS = cast(Table, Alert.__table__)
 
 
-def _write_back(session: Session, alerts: Sequence[Alert], now: datetime) -> None:
+def _write_back(session: Session, alerts: Sequence[AlertLike], now: datetime) -> None:
     """Write the reconcile's columns of ``alerts`` (locked by this transaction, so nothing
     else changed them meanwhile) in one statement."""
     update_rows(
@@ -711,7 +713,7 @@ _CALL_DONE = {
 _SAID = {"retry": "retry scheduled", "not_found": "not found"}
 
 
-def _audit(alert: Alert, outcome: str, *, detail: str | None) -> dict[str, Any]:
+def _audit(alert: AlertLike, outcome: str, *, detail: str | None) -> dict[str, Any]:
     """The alert's timeline row for a delivery step."""
     return {
         "alert_pk": alert.id,
@@ -724,7 +726,7 @@ def _audit(alert: Alert, outcome: str, *, detail: str | None) -> dict[str, Any]:
     }
 
 
-def _log_delivery(level: int, outcome: str, alert: Alert, detail: str | None) -> None:
+def _log_delivery(level: int, outcome: str, alert: AlertLike, detail: str | None) -> None:
     """One line per delivery step, naming the alert and its incident; in JSON logs they are
     also fields of their own (``alert``, ``cycle``, ``incident``, ``outcome``)."""
     name = f"{alert.source}:{alert.source_alert_id}"
