@@ -8,6 +8,7 @@ moves forward); events are placed in cycles by the time the ingress received the
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -18,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, AlertEvent, AlertLike, AlertRecord, InboxEvent, utcnow
-from models.bulk import insert_rows, insert_rows_returning, is_one_of, keys_one_of
+from models.bulk import insert_rows, insert_rows_returning, is_one_of, keys_one_of, update_rows
 from worker.event import AlertEventMessage
 from worker.pagerduty.events import dedup_key
 from worker.status import AlertStatus, DeliveryState, advance
@@ -232,13 +233,14 @@ def _seen_events(session: Session, event_ids: list[str]) -> dict[str, int | None
     return seen
 
 
-def _latest_cycles(session: Session, keys: list[AlertKey]) -> dict[AlertKey, AlertLike]:
-    """The newest cycle of each alert, locked. Sorted, so concurrent batches lock rows in one
-    order and cannot deadlock on each other."""
-    latest: dict[AlertKey, AlertLike] = {}
+def _latest_cycles(session: Session, keys: list[AlertKey]) -> dict[AlertKey, AlertRecord]:
+    """The newest cycle of each alert, locked (every cycle of it is), as a record the batch
+    decides on and _write_back stores. Sorted, so concurrent batches lock rows in one order
+    and cannot deadlock on each other."""
+    latest: dict[AlertKey, AlertRecord] = {}
     for start in range(0, len(keys), _IN_CHUNK):
-        rows = session.scalars(
-            select(Alert)
+        rows = session.execute(
+            select(*_ALERTS.columns)
             .where(
                 keys_one_of(
                     (Alert.source, Alert.source_alert_id), keys[start : start + _IN_CHUNK], session
@@ -246,10 +248,50 @@ def _latest_cycles(session: Session, keys: list[AlertKey]) -> dict[AlertKey, Ale
             )
             .order_by(Alert.source, Alert.source_alert_id, Alert.cycle.desc())
             .with_for_update()
-        )
-        for alert in rows:
-            latest.setdefault((alert.source, alert.source_alert_id), alert)
+        ).mappings()
+        for row in rows:
+            key = (row["source"], row["source_alert_id"])
+            if key not in latest:
+                latest[key] = AlertRecord.of_row(row)
     return latest
+
+
+# What applying an event may change in a stored cycle; the rest is the reconcile's.
+_INTAKE_COLUMNS = (
+    "desired_status",
+    "resolve_received_at",
+    "title",
+    "details",
+    "urgency",
+    "service_id",
+    "event_payload",
+    "title_from_trigger",
+    "delivery_state",
+    "attempts",
+    "pending_since",
+    "next_attempt_at",
+    "last_error",
+)
+# Outcomes that change a stored cycle (an OPENED one is inserted whole).
+_CHANGED = frozenset({EventOutcome.ADVANCED, EventOutcome.DETAILS})
+
+
+def _write_back(session: Session, alerts: Iterable[AlertRecord], now: datetime) -> None:
+    """Store what the batch's events changed in cycles that were already stored (locked by
+    this transaction), in one statement."""
+    update_rows(
+        session,
+        _ALERTS,
+        [
+            {
+                "id": alert.id,
+                **{name: getattr(alert, name) for name in _INTAKE_COLUMNS},
+                "updated_at": now,
+            }
+            for alert in alerts
+        ],
+        key="id",
+    )
 
 
 def _apply_batch(
@@ -257,9 +299,9 @@ def _apply_batch(
 ) -> list[AppliedEvent]:
     seen = _seen_events(session, [event.event_id for event in events])
     keys = sorted({(event.source, event.alert_id) for event in events})
-    latest = _latest_cycles(session, keys)
-    # (event, its alert (maybe not flushed yet), outcome, needs delivery), in batch order.
-    decided: list[tuple[AlertEventMessage, AlertLike | None, EventOutcome, bool]] = []
+    latest: dict[AlertKey, AlertRecord] = _latest_cycles(session, keys)
+    # (event, its alert (maybe not stored yet), outcome, needs delivery), in batch order.
+    decided: list[tuple[AlertEventMessage, AlertRecord | None, EventOutcome, bool]] = []
     opened: list[AlertRecord] = []
     for event in events:
         if event.event_id in seen:
@@ -268,11 +310,18 @@ def _apply_batch(
         seen[event.event_id] = None  # the same event twice in one batch
         key = (event.source, event.alert_id)
         alert, outcome, needs_delivery = _decide(latest.get(key), event, now)
-        if isinstance(alert, AlertRecord) and outcome is EventOutcome.OPENED:
+        if alert is not None and outcome is EventOutcome.OPENED:
             opened.append(alert)
             latest[key] = alert
         decided.append((event, alert, outcome, needs_delivery))
     _insert_cycles(session, opened)
+    new = {id(alert) for alert in opened}
+    changed = {
+        id(alert): alert
+        for _, alert, outcome, _ in decided
+        if alert is not None and outcome in _CHANGED and id(alert) not in new
+    }
+    _write_back(session, changed.values(), now)
     timeline = [
         {
             "event_id": event.event_id,
@@ -325,8 +374,8 @@ def _pk(alert: AlertLike | None) -> int | None:
 
 
 def _decide(
-    latest: AlertLike | None, event: AlertEventMessage, now: datetime
-) -> tuple[AlertLike | None, EventOutcome, bool]:
+    latest: AlertRecord | None, event: AlertEventMessage, now: datetime
+) -> tuple[AlertRecord | None, EventOutcome, bool]:
     """Fold ``event`` into the alert whose newest cycle is ``latest``: (the alert it belongs
     to, a new cycle when OPENED, not yet added to the session; the outcome; whether the alert
     now needs a delivery)."""
