@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -702,3 +703,30 @@ def test_a_killed_process_not_yet_reaped_is_not_alive() -> None:
         child.kill()
         child.wait()
     assert process_exists(os.getpid())
+
+
+def test_an_event_applied_during_the_call_is_kept_and_delivered_next(
+    send: Send, sqlite_sessions: sessionmaker[Session], clock: Clock
+) -> None:
+    """The reconcile writes back only its own decisions, on the row as it is when the answer
+    comes: a resolve applied while the create was in flight is neither lost nor overwritten."""
+    pagerduty = FakePagerDuty()
+    forward = pagerduty.handle
+    during: list[AppliedEvent] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and not during:
+            during.append(send(R, at=1))  # CoScale resolves while the create is in flight
+        return forward(request)
+
+    pagerduty.handle = handle  # type: ignore[method-assign]
+    settings = Settings(retry_min_backoff=5, retry_max_backoff=300, give_up_after=3600)
+    reconciler = Reconciler(sqlite_sessions, pagerduty.client(), settings, clock=clock)
+    assert deliver(reconciler, send(T, at=0)) is ReconcileResult.DELIVERED
+    assert during[0].outcome is EventOutcome.ADVANCED
+    row = alert(sqlite_sessions)
+    assert (row.desired_status, row.resolve_received_at) == (R, START + timedelta(seconds=1))
+    assert (row.confirmed_status, row.delivery_state) == (R, DeliveryState.DELIVERED)
+    assert row.lease_owner is None and row.title == "CPU high"
+    (incident,) = pagerduty.incidents()
+    assert incident["status"] == "resolved" and row.pagerduty_incident_id == incident["id"]
