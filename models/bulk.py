@@ -158,6 +158,11 @@ def _array_param(column: Column_, values: list[Any]) -> BindParameter[Any]:
 _PG = postgresql.dialect()  # type: ignore[no-untyped-call]
 
 
+def _quoted(name: str) -> str:
+    # A column named like a reserved word ("order", "user") must be quoted to be spliced in.
+    return str(_PG.identifier_preparer.quote(name))
+
+
 @functools.cache
 def _unnest_insert_sql(table: Table, names: tuple[str, ...], returning: tuple[str, ...]) -> str:
     arrays = ", ".join(
@@ -165,14 +170,17 @@ def _unnest_insert_sql(table: Table, names: tuple[str, ...], returning: tuple[st
     )
     # JSON travels as text (psycopg would need a wrapper object per value) and is cast back.
     picked = ", ".join(
-        f"CAST({name} AS JSON)" if isinstance(table.c[name].type, JSON) else name for name in names
+        f"CAST({_quoted(name)} AS JSON)" if isinstance(table.c[name].type, JSON) else _quoted(name)
+        for name in names
     )
-    columns = ", ".join(names)
-    # Every name here is a column of ``table`` (rows are checked against it); values only ever
-    # travel as parameters.
+    columns = ", ".join(_quoted(name) for name in names)
+    returned = ", ".join(_quoted(name) for name in returning)
+    # Every name here is a column of ``table`` (rows are checked against it), quoted; values
+    # only ever travel as parameters.
     return (
-        f"INSERT INTO {table.name} ({columns}) SELECT {picked} FROM unnest({arrays})"  # noqa: S608
-        f" AS given({columns})" + (f" RETURNING {', '.join(returning)}" if returning else "")
+        f"INSERT INTO {_quoted(table.name)} ({columns}) SELECT {picked}"  # noqa: S608
+        f" FROM unnest({arrays}) AS given({columns})"
+        + (f" RETURNING {returned}" if returning else "")
     )
 
 
@@ -181,17 +189,19 @@ def _unnest_update_sql(table: Table, names: tuple[str, ...], key: str) -> str:
     arrays = ", ".join(
         f"CAST(%(p{i})b AS {_array_type(table.c[name])})" for i, name in enumerate(names)
     )
+    target = _quoted(table.name)
     assigned = ", ".join(
-        f"{name} = CAST(given.{name} AS JSON)"
+        f"{_quoted(name)} = CAST(given.{_quoted(name)} AS JSON)"
         if isinstance(table.c[name].type, JSON)
-        else f"{name} = given.{name}"
+        else f"{_quoted(name)} = given.{_quoted(name)}"
         for name in names
         if name != key
     )
-    # As in _unnest_insert_sql, only the table's own column names are spliced in.
+    # As in _unnest_insert_sql, only the table's own names are spliced in, quoted.
     return (
-        f"UPDATE {table.name} SET {assigned} FROM unnest({arrays})"  # noqa: S608
-        f" AS given({', '.join(names)}) WHERE {table.name}.{key} = given.{key}"
+        f"UPDATE {target} SET {assigned} FROM unnest({arrays})"  # noqa: S608
+        f" AS given({', '.join(_quoted(name) for name in names)})"
+        f" WHERE {target}.{_quoted(key)} = given.{_quoted(key)}"
     )
 
 

@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Any, cast
 
 import pytest
-from sqlalchemy import Table, event, select
+from sqlalchemy import Column, Integer, MetaData, String, Table, UniqueConstraint, event, select
 from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -301,3 +301,32 @@ def test_a_value_too_long_for_its_column_is_refused_not_cut(
         )
     with pytest.raises(DataError), postgres_sessions.begin() as session:
         update_rows(session, ALERTS, [{"id": pk, "lease_owner": too_long}], key="id")
+
+
+def test_columns_named_like_reserved_words_are_quoted(sessions: sessionmaker[Session]) -> None:
+    metadata = MetaData()
+    table = Table(
+        f"bulk_reserved_{uuid.uuid4().hex[:8]}",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("order", String(20)),
+        Column("user", String(20)),
+        UniqueConstraint("order"),
+    )
+    engine = sessions.kw["bind"]
+    metadata.create_all(engine)
+    try:
+        with sessions.begin() as session:
+            ids = insert_rows_returning(
+                session,
+                table,
+                [{"order": "b", "user": "x"}, {"order": "a", "user": "y"}],
+                returning="id",
+                key=("order",),
+            )
+            update_rows(session, table, [{"id": ids[1], "user": "z"}], key="id")
+        with sessions() as session:
+            rows = session.execute(select(table.c.order, table.c.user).order_by(table.c.order))
+            assert [tuple(row) for row in rows] == [("a", "z"), ("b", "x")]
+    finally:
+        metadata.drop_all(engine)
