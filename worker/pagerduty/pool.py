@@ -303,7 +303,7 @@ def _as_httpx_errors() -> Iterator[None]:
 
 
 class PooledClient:
-    """Owns an ``httpx.Client`` (one connection pool per process and API, made at start):
+    """Owns an :class:`HttpPool` (one connection pool per process and API, made at start):
     ``close()`` it at shutdown, or use the client as a context manager."""
 
     _http: HttpPool
