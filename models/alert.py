@@ -7,14 +7,25 @@ trigger overwriting the incident id.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from typing import Any, Self
+from typing import Any, Self, cast
 
-from sqlalchemy import JSON, BigInteger, Enum, Index, Integer, String, Text, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Enum,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base, UTCDateTime, utcnow
+from models.bulk import update_rows
 from worker.status import AlertStatus, DeliveryState
 
 # Integer on SQLite so the primary key is the rowid alias and autoincrements.
@@ -201,3 +212,22 @@ class AlertRecord:
 
 # An alert cycle as deciding or reconciling sees it: an ORM instance or a plain record.
 AlertLike = Alert | AlertRecord
+
+ALERTS_TABLE = cast(Table, Alert.__table__)
+
+
+def write_back(
+    session: Session, alerts: Iterable[AlertLike], columns: Iterable[str], now: datetime
+) -> None:
+    """Store ``columns`` of ``alerts`` (rows this transaction has locked, so nothing else
+    changed them meanwhile) and their ``updated_at``, in one statement."""
+    names = tuple(columns)
+    update_rows(
+        session,
+        ALERTS_TABLE,
+        [
+            {"id": alert.id, **{name: getattr(alert, name) for name in names}, "updated_at": now}
+            for alert in alerts
+        ],
+        key="id",
+    )

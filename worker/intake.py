@@ -8,18 +8,18 @@ moves forward); events are placed in cycles by the time the ingress received the
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import cast
 
-from sqlalchemy import Table, delete, select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, AlertEvent, AlertLike, AlertRecord, InboxEvent, utcnow
-from models.bulk import insert_rows, insert_rows_returning, is_one_of, keys_one_of, update_rows
+from models.alert import ALERTS_TABLE, write_back
+from models.bulk import insert_rows, insert_rows_returning, is_one_of, keys_one_of
+from models.event import ALERT_EVENTS_TABLE
 from worker.event import AlertEventMessage
 from worker.pagerduty.events import dedup_key
 from worker.status import AlertStatus, DeliveryState, advance
@@ -210,9 +210,6 @@ def apply_events(
     return applied
 
 
-_ALERTS = cast(Table, Alert.__table__)
-_ALERT_EVENTS = cast(Table, AlertEvent.__table__)
-
 # Rows per IN (...) list: well under every driver's parameter limit (SQLite's is 32,766).
 _IN_CHUNK = 500
 
@@ -235,12 +232,12 @@ def _seen_events(session: Session, event_ids: list[str]) -> dict[str, int | None
 
 def _latest_cycles(session: Session, keys: list[AlertKey]) -> dict[AlertKey, AlertRecord]:
     """The newest cycle of each alert, locked (every cycle of it is), as a record the batch
-    decides on and _write_back stores. Sorted, so concurrent batches lock rows in one order
+    decides on and write_back stores. Sorted, so concurrent batches lock rows in one order
     and cannot deadlock on each other."""
     latest: dict[AlertKey, AlertRecord] = {}
     for start in range(0, len(keys), _IN_CHUNK):
         rows = session.execute(
-            select(*_ALERTS.columns)
+            select(*ALERTS_TABLE.columns)
             .where(
                 keys_one_of(
                     (Alert.source, Alert.source_alert_id), keys[start : start + _IN_CHUNK], session
@@ -276,24 +273,6 @@ _INTAKE_COLUMNS = (
 _CHANGED = frozenset({EventOutcome.ADVANCED, EventOutcome.DETAILS})
 
 
-def _write_back(session: Session, alerts: Iterable[AlertRecord], now: datetime) -> None:
-    """Store what the batch's events changed in cycles that were already stored (locked by
-    this transaction), in one statement."""
-    update_rows(
-        session,
-        _ALERTS,
-        [
-            {
-                "id": alert.id,
-                **{name: getattr(alert, name) for name in _INTAKE_COLUMNS},
-                "updated_at": now,
-            }
-            for alert in alerts
-        ],
-        key="id",
-    )
-
-
 def _apply_batch(
     session: Session, events: list[AlertEventMessage], now: datetime
 ) -> list[AppliedEvent]:
@@ -321,7 +300,7 @@ def _apply_batch(
         for _, alert, outcome, _ in decided
         if alert is not None and outcome in _CHANGED and id(alert) not in new
     }
-    _write_back(session, changed.values(), now)
+    write_back(session, changed.values(), _INTAKE_COLUMNS, now)
     timeline = [
         {
             "event_id": event.event_id,
@@ -338,7 +317,7 @@ def _apply_batch(
         for event, alert, outcome, _ in decided
         if outcome is not EventOutcome.DUPLICATE
     ]
-    insert_rows(session, _ALERT_EVENTS, timeline)
+    insert_rows(session, ALERT_EVENTS_TABLE, timeline)
     return [
         AppliedEvent(
             outcome,
@@ -360,7 +339,7 @@ def _insert_cycles(session: Session, alerts: list[AlertRecord]) -> None:
         return
     ids = insert_rows_returning(
         session,
-        _ALERTS,
+        ALERTS_TABLE,
         [alert.column_values() for alert in alerts],
         returning="id",
         key=("source", "source_alert_id", "cycle"),

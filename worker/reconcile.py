@@ -24,13 +24,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
-from sqlalchemy import Table, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import Alert, AlertEvent, AlertLike, AlertRecord, utcnow
-from models.bulk import insert_rows, is_one_of, update_rows
+from models import Alert, AlertLike, AlertRecord, utcnow
+from models.alert import ALERTS_TABLE, write_back
+from models.bulk import insert_rows, is_one_of
+from models.event import ALERT_EVENTS_TABLE
 from worker import metrics
 from worker.delivery import (
     EVENT_ACTIONS,
@@ -249,12 +251,12 @@ class Reconciler:
         nobody renewed has expired: its worker died), and marks the others BUSY there.
         """
         # Plain records, not ORM instances: the caller writes what it decided back in one
-        # statement (_write_back). The unit of work's flush of the same changes was a sixth
+        # statement (write_back). The unit of work's flush of the same changes was a sixth
         # of the worker's CPU in an alert storm, and loading instances for it most of the rest.
         alerts = [
             AlertRecord.of_row(row)
             for row in session.execute(
-                select(*_ALERTS.columns)
+                select(*ALERTS_TABLE.columns)
                 .where(is_one_of(Alert.id, alert_pks, session))
                 .order_by(Alert.id)
                 .with_for_update()
@@ -307,7 +309,7 @@ class Reconciler:
                     # looks the incident up by key instead of assuming there is none. If the
                     # gate then parks the call, the cost is one look-up, never an open incident.
                     alert.create_sent_at = self.clock()
-            _write_back(session, alerts, self.clock())
+            write_back(session, alerts, _RECONCILED, self.clock())
         return calls
 
     def _finish_without_call(self, alert: AlertLike, step: Step) -> ReconcileResult | None:
@@ -567,10 +569,10 @@ class Reconciler:
                     results[alert.id] = self._record_failure(timeline, alert, answer)
                 alert.lease_owner = None
                 alert.lease_expires_at = None
-            _write_back(session, alerts, now)
+            write_back(session, alerts, _RECONCILED, now)
             # One statement for the batch's timeline rows (each row an ORM object cost about as
             # much as the rest of recording its answer).
-            insert_rows(session, cast(Table, AlertEvent.__table__), timeline)
+            insert_rows(session, ALERT_EVENTS_TABLE, timeline)
         return again
 
     def _record_success(
@@ -679,25 +681,6 @@ _RECONCILED = (
     "pagerduty_incident_number",
     "pagerduty_incident_url",
 )
-_ALERTS = cast(Table, Alert.__table__)
-
-
-def _write_back(session: Session, alerts: Sequence[AlertLike], now: datetime) -> None:
-    """Write the reconcile's columns of ``alerts`` (locked by this transaction, so nothing
-    else changed them meanwhile) in one statement."""
-    update_rows(
-        session,
-        _ALERTS,
-        [
-            {
-                "id": alert.id,
-                **{name: getattr(alert, name) for name in _RECONCILED},
-                "updated_at": now,
-            }
-            for alert in alerts
-        ],
-        key="id",
-    )
 
 
 # What a successful call did, by the outcome _record_success audits.

@@ -15,6 +15,7 @@ from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, AlertEvent, make_engine, make_session_factory, utcnow
+from models.alert import ALERTS_TABLE
 from models.bulk import insert_rows, insert_rows_returning, is_one_of, keys_one_of, update_rows
 from tests.integration.conftest import fresh_database
 from worker.event import AlertEventMessage
@@ -23,7 +24,7 @@ from worker.status import AlertStatus, DeliveryState
 
 pytestmark = pytest.mark.integration
 
-ALERTS = cast(Table, Alert.__table__)
+ALERTS = ALERTS_TABLE
 
 
 @pytest.fixture(scope="module")
