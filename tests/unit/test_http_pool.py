@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -179,19 +181,27 @@ def _real_pool(url: str, read_timeout: float = 3) -> HttpPool:
     )
 
 
+@contextlib.contextmanager
+def _serving(answer: Any, read_timeout: float = 3) -> Iterator[tuple[_Server, HttpPool]]:
+    """A loopback server answering with ``answer`` and a default pool in front of it."""
+    server = _Server(answer)
+    pool = _real_pool(server.url, read_timeout=read_timeout)
+    try:
+        yield server, pool
+    finally:
+        pool.close()
+        server.close()
+
+
 @pytest.mark.usefixtures("no_proxy")
 def test_the_default_pool_sends_as_httpx_would_and_keeps_the_connection() -> None:
-    server = _Server(_reply(201, b'{"ok":true}', {"Retry-After": "7", "X-Thing": "a"}))
-    pool = _real_pool(server.url)
-    try:
+    answer = _reply(201, b'{"ok":true}', {"Retry-After": "7", "X-Thing": "a"})
+    with _serving(answer) as (server, pool):
         assert isinstance(pool._sender, pool_module._CoreSender)
         first = pool.send(
             "POST", pool.url("/incidents"), content=b'{"a":1}', headers={"From": "me@x.test"}
         )
         second = pool.send("GET", pool.url("/incidents", [("statuses[]", "triggered")]))
-    finally:
-        pool.close()
-        server.close()
     assert (first.status_code, first.content) == (201, b'{"ok":true}')
     assert first.headers["retry-after"] == "7" and first.headers.get("x-thing") == "a"
     assert second.status_code == 201
@@ -208,13 +218,8 @@ def test_the_default_pool_sends_as_httpx_would_and_keeps_the_connection() -> Non
 
 @pytest.mark.usefixtures("no_proxy")
 def test_the_default_pool_returns_a_redirect_without_following_it() -> None:
-    server = _Server(_reply(302, headers={"Location": "http://elsewhere.test/"}))
-    pool = _real_pool(server.url)
-    try:
+    with _serving(_reply(302, headers={"Location": "http://elsewhere.test/"})) as (server, pool):
         assert pool.send("POST", pool.url("/incidents"), content=b"{}").status_code == 302
-    finally:
-        pool.close()
-        server.close()
     assert len(server.requests) == 1
 
 
@@ -232,24 +237,12 @@ def test_the_default_pools_failures_are_httpx_errors() -> None:
         time.sleep(1.0)
         _reply(200)(handler)
 
-    server = _Server(too_slow)
-    pool = _real_pool(server.url, read_timeout=0.2)
-    try:
-        with pytest.raises(httpx.ReadTimeout):
-            pool.send("GET", pool.url("/x"))
-    finally:
-        pool.close()
-        server.close()
+    with _serving(too_slow, read_timeout=0.2) as (_, pool), pytest.raises(httpx.ReadTimeout):
+        pool.send("GET", pool.url("/x"))
 
     def hang_up(handler: http.server.BaseHTTPRequestHandler) -> None:
         handler.close_connection = True
         handler.connection.shutdown(socket.SHUT_RDWR)
 
-    server = _Server(hang_up)
-    pool = _real_pool(server.url)
-    try:
-        with pytest.raises(httpx.RemoteProtocolError):
-            pool.send("GET", pool.url("/x"))
-    finally:
-        pool.close()
-        server.close()
+    with _serving(hang_up) as (_, pool), pytest.raises(httpx.RemoteProtocolError):
+        pool.send("GET", pool.url("/x"))
