@@ -6,6 +6,7 @@ import contextlib
 import http.server
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -13,9 +14,11 @@ from typing import Any
 
 import httpx
 import pytest
+import trustme
 
 from worker.pagerduty import pool as pool_module
-from worker.pagerduty.pool import HttpPool, environment_proxy, open_pool
+from worker.pagerduty.classify import classify_transport_failure
+from worker.pagerduty.pool import HttpPool, _merged, environment_proxy, open_pool
 
 
 def _pool(handler: Any, base_url: str = "http://pd.test/prefix") -> HttpPool:
@@ -114,19 +117,26 @@ def test_urls_are_made_once_per_recent_path() -> None:
     assert str(pool.url("/incidents")) == "http://pd.test/prefix/incidents"
 
 
-# -- the default pool: httpcore, against a real server on loopback ------------------------
+# -- the default pool: http.client, against a real server on loopback --------------------
 
 
 class _Server:
     """A loopback HTTP/1.1 server whose answer each test chooses; it records what it got."""
 
-    def __init__(self, answer: Any) -> None:
+    def __init__(
+        self,
+        answer: Any,
+        *,
+        idle_timeout: float | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
         self.connections = 0
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as PagerDuty's API
+            timeout = idle_timeout  # the server closes a connection idle this long
 
             def setup(self) -> None:
                 server.connections += 1
@@ -144,7 +154,10 @@ class _Server:
                 pass
 
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/prefix"
+        if tls is not None:
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self._httpd.server_address[1]}/prefix"
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
 
     def close(self) -> None:
@@ -182,9 +195,11 @@ def _real_pool(url: str, read_timeout: float = 3) -> HttpPool:
 
 
 @contextlib.contextmanager
-def _serving(answer: Any, read_timeout: float = 3) -> Iterator[tuple[_Server, HttpPool]]:
+def _serving(
+    answer: Any, read_timeout: float = 3, **server_options: Any
+) -> Iterator[tuple[_Server, HttpPool]]:
     """A loopback server answering with ``answer`` and a default pool in front of it."""
-    server = _Server(answer)
+    server = _Server(answer, **server_options)
     pool = _real_pool(server.url, read_timeout=read_timeout)
     try:
         yield server, pool
@@ -197,7 +212,7 @@ def _serving(answer: Any, read_timeout: float = 3) -> Iterator[tuple[_Server, Ht
 def test_the_default_pool_sends_as_httpx_would_and_keeps_the_connection() -> None:
     answer = _reply(201, b'{"ok":true}', {"Retry-After": "7", "X-Thing": "a"})
     with _serving(answer) as (server, pool):
-        assert isinstance(pool._sender, pool_module._CoreSender)
+        assert isinstance(pool._sender, pool_module._KeepAliveSender)
         first = pool.send(
             "POST", pool.url("/incidents"), content=b'{"a":1}', headers={"From": "me@x.test"}
         )
@@ -246,3 +261,123 @@ def test_the_default_pools_failures_are_httpx_errors() -> None:
 
     with _serving(hang_up) as (_, pool), pytest.raises(httpx.RemoteProtocolError):
         pool.send("GET", pool.url("/x"))
+
+
+@pytest.mark.usefixtures("no_proxy")
+def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None:
+    # The far end drops the kept connection after 0.1 s idle: the next request goes out on a
+    # new connection instead of failing on the dead one.
+    with _serving(_reply(200, b"ok"), idle_timeout=0.1) as (server, pool):
+        assert pool.send("GET", pool.url("/a")).content == b"ok"
+        time.sleep(0.5)
+        assert pool.send("GET", pool.url("/b")).content == b"ok"
+    assert server.connections == 2 and len(server.requests) == 2
+
+
+@pytest.mark.usefixtures("no_proxy")
+def test_an_answer_that_closes_its_connection_leaves_it_out_of_the_pool() -> None:
+    def closing(handler: http.server.BaseHTTPRequestHandler) -> None:
+        handler.close_connection = True
+        _reply(200, b"bye", {"Connection": "close"})(handler)
+
+    with _serving(closing) as (server, pool):
+        assert [pool.send("GET", pool.url("/x")).content for _ in range(3)] == [b"bye"] * 3
+        assert isinstance(pool._sender, pool_module._KeepAliveSender)
+        assert not any(pool._sender._idle.values())
+    assert server.connections == 3
+
+
+@pytest.mark.usefixtures("no_proxy")
+def test_an_idle_connection_past_its_expiry_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool_module, "KEEPALIVE_EXPIRY_S", 0.0)
+    with _serving(_reply(200)) as (server, pool):
+        for _ in range(3):
+            assert pool.send("GET", pool.url("/x")).status_code == 200
+    assert server.connections == 3
+
+
+@pytest.mark.usefixtures("no_proxy")
+def test_concurrent_requests_get_connections_of_their_own_and_few_are_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pool_module, "MAX_CONNECTIONS", 1)
+    both_in = threading.Barrier(2, timeout=5)
+
+    def together(handler: http.server.BaseHTTPRequestHandler) -> None:
+        if handler.path.endswith("/together"):
+            both_in.wait()  # only answers once both requests are in: two connections
+        _reply(200, handler.path.encode())(handler)
+
+    with _serving(together) as (server, pool):
+        answers: list[bytes] = []
+        threads = [
+            threading.Thread(
+                target=lambda: answers.append(pool.send("GET", pool.url("/together")).content)
+            )
+            for _ in range(2)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert answers == [b"/prefix/together"] * 2
+        # One of the two is kept (MAX_CONNECTIONS): the next requests reuse it
+        assert pool.send("GET", pool.url("/after")).content == b"/prefix/after"
+        assert pool.send("GET", pool.url("/after")).content == b"/prefix/after"
+    assert server.connections == 2
+
+
+@pytest.mark.usefixtures("no_proxy")
+def test_a_requests_own_header_replaces_the_pools_whatever_its_case() -> None:
+    assert _merged({"From": "a@x.test", "Accept": "*/*"}, {"from": "b@x.test"}) == {
+        "Accept": "*/*",
+        "from": "b@x.test",
+    }
+    with _serving(_reply(200)) as (server, pool):
+        pool.send("GET", pool.url("/x"), headers={"authorization": "Token token=other"})
+    ((_, _, headers, _),) = server.requests
+    assert [value for name, value in headers.items() if name.lower() == "authorization"] == [
+        "Token token=other"
+    ]
+
+
+@pytest.mark.usefixtures("no_proxy")
+def test_an_answer_that_is_not_http_is_a_protocol_error() -> None:
+    def garbage(handler: http.server.BaseHTTPRequestHandler) -> None:
+        handler.close_connection = True
+        handler.wfile.write(b"SPEAKING SOMETHING ELSE\r\n\r\n")
+
+    with _serving(garbage) as (_, pool), pytest.raises(httpx.RemoteProtocolError):
+        pool.send("GET", pool.url("/x"))
+
+
+@pytest.fixture(scope="module")
+def certificate_authority() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.mark.usefixtures("no_proxy")
+def test_https_is_verified_against_the_trusted_authorities(
+    certificate_authority: trustme.CA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    certificate_authority.issue_cert("127.0.0.1").configure_cert(server_tls)
+
+    # Not trusted (the default authorities): refused during the handshake, a TLS error.
+    with _serving(_reply(200, b"secret"), tls=server_tls) as (server, pool):
+        assert server.url.startswith("https://")
+        with pytest.raises(httpx.ConnectError) as refused:
+            pool.send("GET", pool.url("/x"))
+    assert classify_transport_failure(refused.value).message.startswith("TLS error")
+    assert server.requests == []
+
+    # Trusted (as with SSL_CERT_FILE naming the authority): answered, the connection kept.
+    def trusting() -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        certificate_authority.configure_trust(context)
+        return context
+
+    monkeypatch.setattr(httpx, "create_ssl_context", trusting)
+    with _serving(_reply(200, b"secret"), tls=server_tls) as (server, pool):
+        assert [pool.send("GET", pool.url("/x")).content for _ in range(2)] == [b"secret"] * 2
+    assert server.connections == 1

@@ -1,22 +1,27 @@
 """What both PagerDuty clients share: one connection pool per client, opened with checked
 settings and closed with it, and sent to without httpx.Client's per-request overhead.
 
-The pool is httpcore's (the engine under httpx), spoken to directly; failures are raised as
-the ``httpx`` exceptions httpx would raise, so the clients classify them as before. Behind a
-proxy, and in tests (``httpx.MockTransport``), requests go through an httpx transport instead.
+Requests go out through the standard library's ``http.client`` on kept-alive connections;
+failures are raised as the ``httpx`` exceptions httpx would raise, so the clients classify them
+as before. Behind a proxy, and in tests (``httpx.MockTransport``), requests go through an httpx
+transport instead.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import select
+import ssl
+import threading
+import time
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from http.client import HTTPConnection, HTTPSConnection
 from types import TracebackType
 from typing import Any, Self
 
-import httpcore
 import httpx
 
 # PagerDuty advises serial requests per credential (PAGERDUTY.md), and one client serves one
@@ -70,15 +75,12 @@ def open_pool(
         )
         proxy = environment_proxy(base)
         if proxy is None:
-            # The pool httpx.HTTPTransport would make, without a proxy: same TLS context
-            # (certifi, SSL_CERT_FILE), same limits, no retries.
-            sender: _Sender = _CoreSender(
-                httpcore.ConnectionPool(
-                    ssl_context=httpx.create_ssl_context(),
-                    max_connections=limits.max_connections,
-                    max_keepalive_connections=limits.max_keepalive_connections,
-                    keepalive_expiry=limits.keepalive_expiry,
-                )
+            # httpx.HTTPTransport's TLS context (certifi, SSL_CERT_FILE) and keep-alive
+            # limits, no retries.
+            sender: _Sender = _KeepAliveSender(
+                httpx.create_ssl_context(),
+                max_idle=MAX_CONNECTIONS,
+                keepalive_expiry=KEEPALIVE_EXPIRY_S,
             )
         else:
             sender = _TransportSender(httpx.HTTPTransport(limits=limits, proxy=proxy))
@@ -112,11 +114,11 @@ class Reply:
 
     status_code: int
     content: bytes
-    raw_headers: Sequence[tuple[bytes, bytes]]
+    header_pairs: Sequence[tuple[str, str]]
 
     @property
     def headers(self) -> httpx.Headers:
-        return httpx.Headers(list(self.raw_headers))
+        return httpx.Headers(list(self.header_pairs))
 
 
 class HttpPool:
@@ -127,7 +129,8 @@ class HttpPool:
     auth flows, redirect handling, URL merging, then the request and response models) does
     nothing for these APIs and was most of a call's CPU in an alert storm. Measured per create
     against the simulator: 700-800 us through the client, 490-570 us through the transport,
-    about 100 us less again straight to httpcore. What the client did that matters is done
+    about 100 us less again straight to httpcore, and less again through http.client
+    (:class:`_KeepAliveSender`). What the client did that matters is done
     here: the timeouts travel with the request, the answer is read whole and its connection
     released, failures are ``httpx`` exceptions, and a redirect is an answer like any other,
     never followed.
@@ -146,7 +149,7 @@ class HttpPool:
         self._base_url = base_url.copy_with(
             raw_path=raw_path if raw_path.endswith(b"/") else raw_path + b"/"
         )
-        self._headers = httpx.Headers(headers)
+        self._headers = dict(headers)
         self._urls: dict[str, httpx.URL] = {}
         self._timeout = timeout.as_dict()
         self._sender = sender
@@ -174,14 +177,20 @@ class HttpPool:
         headers: Mapping[str, str] | None = None,
     ) -> Reply:
         """One request; the answer comes back read, its connection back in the pool."""
-        request_headers = self._headers
-        if headers:
-            request_headers = request_headers.copy()
-            request_headers.update(headers)
+        request_headers = _merged(self._headers, headers) if headers else self._headers
         return self._sender.send(method, url, request_headers, content, self._timeout)
 
     def close(self) -> None:
         self._sender.close()
+
+
+def _merged(headers: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
+    """``headers`` with ``extra`` added, an extra header replacing one of the same name in any
+    case; names keep the spelling they were given."""
+    replaced = {name.lower() for name in extra}
+    merged = {name: value for name, value in headers.items() if name.lower() not in replaced}
+    merged.update(extra)
+    return merged
 
 
 class _Sender:
@@ -189,7 +198,7 @@ class _Sender:
         self,
         method: str,
         url: httpx.URL,
-        headers: httpx.Headers,
+        headers: Mapping[str, str],
         content: bytes | None,
         timeout: dict[str, float | None],
     ) -> Reply:
@@ -209,7 +218,7 @@ class _TransportSender(_Sender):
         self,
         method: str,
         url: httpx.URL,
-        headers: httpx.Headers,
+        headers: Mapping[str, str],
         content: bytes | None,
         timeout: dict[str, float | None],
     ) -> Reply:
@@ -221,85 +230,160 @@ class _TransportSender(_Sender):
             body = response.read()
         finally:
             response.close()
-        return Reply(response.status_code, body, response.headers.raw)
+        return Reply(response.status_code, body, response.headers.multi_items())
 
     def close(self) -> None:
         self._transport.close()
 
 
-class _CoreSender(_Sender):
-    """Straight to an httpcore connection pool, as httpx.HTTPTransport does after building its
-    own request and response models around it."""
+class _KeepAliveSender(_Sender):
+    """The standard library's ``http.client``, each connection kept alive for the next request
+    to the same origin.
 
-    def __init__(self, pool: httpcore.ConnectionPool) -> None:
-        self._pool = pool
+    Not httpcore's pool: its HTTP/1.1 machinery (h11, a pure-Python state machine) was over half
+    of a create's CPU in an alert storm. Measured on loopback, CPU per create-sized request and
+    its answer: about 250 us through httpcore, 200 us through urllib3's pool, 115 us here. What
+    httpcore did that matters is done here as well: connect, read and write timeouts; a kept
+    connection reused only while fresh (idle under ``keepalive_expiry`` and not closed by the
+    far end, checked before reuse, as urllib3 does); the answer read whole before the connection
+    is kept again; any failure closes its connection; failures raised as the httpx exceptions
+    ``httpx.HTTPTransport`` raises. One request at a time per connection: concurrent requests
+    each get a connection of their own, and at most ``max_idle`` per origin are kept.
+    """
+
+    def __init__(
+        self,
+        ssl_context: ssl.SSLContext,
+        *,
+        max_idle: int = MAX_CONNECTIONS,
+        keepalive_expiry: float = KEEPALIVE_EXPIRY_S,
+    ) -> None:
+        self._ssl_context = ssl_context
+        self._max_idle = max_idle
+        self._keepalive_expiry = keepalive_expiry
+        self._idle: dict[tuple[str, str, int | None], list[tuple[float, HTTPConnection]]] = {}
+        self._lock = threading.Lock()
 
     def send(
         self,
         method: str,
         url: httpx.URL,
-        headers: httpx.Headers,
+        headers: Mapping[str, str],
         content: bytes | None,
         timeout: dict[str, float | None],
     ) -> Reply:
-        raw = [(b"Host", _host_header(url)), *headers.raw]
-        if content is not None:
-            raw.append((b"Content-Length", str(len(content)).encode()))
-        request = httpcore.Request(
-            method.encode(),
-            httpcore.URL(
-                scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
-            ),
-            headers=raw,
-            content=content,
-            extensions={"timeout": timeout},
-        )
-        with _as_httpx_errors():
-            response = self._pool.handle_request(request)
-            try:
-                body = response.read()
-            finally:
-                response.close()
-        return Reply(response.status, body, response.headers)
+        origin = (url.scheme, url.host, url.port)
+        connection = self._kept(origin) or self._connect(origin, timeout)
+        try:
+            response = self._exchange(connection, method, url, headers, content)
+        except BaseException:
+            connection.close()
+            raise
+        if response.will_close or connection.sock is None:
+            connection.close()
+        else:
+            self._keep(origin, connection)
+        return Reply(response.status, response.content, response.header_pairs)
+
+    @staticmethod
+    def _exchange(
+        connection: HTTPConnection,
+        method: str,
+        url: httpx.URL,
+        headers: Mapping[str, str],
+        content: bytes | None,
+    ) -> _Answer:
+        target = url.raw_path.decode("ascii")
+        try:
+            connection.request(method, target, body=content, headers=headers)
+        except TimeoutError as exc:
+            raise httpx.WriteTimeout(str(exc) or "timed out writing the request") from exc
+        except OSError as exc:
+            raise httpx.WriteError(str(exc) or type(exc).__name__) from exc
+        try:
+            response = connection.getresponse()
+            body = response.read()
+        except TimeoutError as exc:
+            raise httpx.ReadTimeout(str(exc) or "timed out reading the answer") from exc
+        except http.client.RemoteDisconnected as exc:  # before OSError: it is both
+            raise httpx.RemoteProtocolError(
+                "Server disconnected without sending a response."
+            ) from exc
+        except http.client.HTTPException as exc:  # a malformed or cut-off answer
+            raise httpx.RemoteProtocolError(str(exc) or type(exc).__name__) from exc
+        except OSError as exc:
+            raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
+        return _Answer(response.status, body, response.getheaders(), response.will_close)
+
+    def _connect(
+        self, origin: tuple[str, str, int | None], timeout: dict[str, float | None]
+    ) -> HTTPConnection:
+        scheme, host, port = origin
+        connection: HTTPConnection
+        if scheme == "https":
+            connection = HTTPSConnection(
+                host, port, timeout=timeout["connect"], context=self._ssl_context
+            )
+        else:
+            connection = HTTPConnection(host, port, timeout=timeout["connect"])
+        try:
+            connection.connect()  # TCP (and TLS) within the connect timeout
+        except TimeoutError as exc:
+            connection.close()
+            raise httpx.ConnectTimeout(str(exc) or "timed out connecting") from exc
+        except OSError as exc:  # refused, DNS, unreachable, TLS handshake
+            connection.close()
+            raise httpx.ConnectError(str(exc) or type(exc).__name__) from exc
+        assert connection.sock is not None
+        connection.sock.settimeout(timeout["read"])  # then each read and write has its own
+        return connection
+
+    def _kept(self, origin: tuple[str, str, int | None]) -> HTTPConnection | None:
+        """The most recently used kept connection to ``origin`` still fit for a request."""
+        now = time.monotonic()
+        while True:
+            with self._lock:
+                kept = self._idle.get(origin)
+                if not kept:
+                    return None
+                since, connection = kept.pop()
+            if now - since < self._keepalive_expiry and not _closed_by_peer(connection):
+                return connection
+            connection.close()
+
+    def _keep(self, origin: tuple[str, str, int | None], connection: HTTPConnection) -> None:
+        with self._lock:
+            kept = self._idle.setdefault(origin, [])
+            if len(kept) < self._max_idle:
+                kept.append((time.monotonic(), connection))
+                return
+        connection.close()
 
     def close(self) -> None:
-        self._pool.close()
+        with self._lock:
+            kept = [connection for idle in self._idle.values() for _, connection in idle]
+            self._idle.clear()
+        for connection in kept:
+            connection.close()
 
 
-def _host_header(url: httpx.URL) -> bytes:
-    # As httpx.Request writes it: the port only when it is not the scheme's default.
-    return url.raw_host if url.port is None else url.raw_host + b":%d" % url.port
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int
+    content: bytes
+    header_pairs: list[tuple[str, str]]
+    will_close: bool
 
 
-# httpcore's failures and the httpx exceptions httpx.HTTPTransport raises for them, most
-# specific first (a ConnectTimeout is a TimeoutException too).
-_HTTPX_ERRORS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
-    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
-    (httpcore.ReadTimeout, httpx.ReadTimeout),
-    (httpcore.WriteTimeout, httpx.WriteTimeout),
-    (httpcore.PoolTimeout, httpx.PoolTimeout),
-    (httpcore.TimeoutException, httpx.TimeoutException),
-    (httpcore.ConnectError, httpx.ConnectError),
-    (httpcore.ReadError, httpx.ReadError),
-    (httpcore.WriteError, httpx.WriteError),
-    (httpcore.NetworkError, httpx.NetworkError),
-    (httpcore.ProxyError, httpx.ProxyError),
-    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
-    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
-    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
-    (httpcore.ProtocolError, httpx.ProtocolError),
-)
-
-
-@contextmanager
-def _as_httpx_errors() -> Iterator[None]:
-    try:
-        yield
-    except Exception as exc:
-        for core_error, httpx_error in _HTTPX_ERRORS:
-            if isinstance(exc, core_error):
-                raise httpx_error(str(exc)) from exc
-        raise
+def _closed_by_peer(connection: HTTPConnection) -> bool:
+    """Whether an idle connection has something to read: the far end's close (or data nobody
+    asked for), either way not a connection to send a request on."""
+    sock = connection.sock
+    if sock is None:
+        return True
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class PooledClient:
