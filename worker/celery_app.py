@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
+from celery.signals import worker_init, worker_process_init, worker_ready
 
 # Imported for their Celery signal receivers: worker and beat log through our handler (format,
 # token redaction), and a worker serves its metrics port (worker/logs.py, worker/metrics.py).
 from worker import logs, metrics  # noqa: F401
+from worker.heap import freeze_startup_objects
 from worker.settings import Settings, get_settings
 
 APPLY_EVENT_TASK = "pagerbridge.apply_event"
@@ -58,3 +62,14 @@ def create_celery(settings: Settings) -> Celery:
 
 
 app = create_celery(get_settings())
+
+
+def _freeze(**_: Any) -> None:
+    freeze_startup_objects()
+
+
+# A worker's start-up objects are frozen (worker/heap.py): in the main process before the pool
+# forks (the children then share those pages, untouched by their collections), in each pool
+# process once it is set up, and in the main process again once its consumer is running.
+for _started in (worker_init, worker_process_init, worker_ready):
+    _started.connect(_freeze, weak=False)

@@ -100,6 +100,7 @@ def api(
     """Serve the ingress (CoScale's Webhook and API contacts)."""
     import uvicorn
 
+    from worker.heap import freeze_startup_objects
     from worker.ingress.app import INSECURE_WARNING, build_app
     from worker.preflight import check_database, check_redis
 
@@ -133,6 +134,7 @@ def api(
             access_log=False,
         )
         return
+    freeze_startup_objects()  # the app is built: what exists now lives as long as the process
     uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
 
 

@@ -35,6 +35,7 @@ from worker.event import (
     route_source,
 )
 from worker.gate import DeliveryGate
+from worker.heap import freeze_startup_objects
 from worker.ingress.auth import WWW_AUTHENTICATE, presented_token, token_is_valid
 from worker.ingress.body import MalformedBody, is_json_media_type, parse_json_body
 from worker.ingress.guard import IngressGuard, RejectionSink
@@ -833,11 +834,16 @@ def app_from_environment() -> FastAPI:
     """``uvicorn --factory`` entry point: the api of this process's settings."""
     from worker.settings import get_settings
 
-    return build_app(get_settings())
+    return _serving(build_app(get_settings()))
 
 
 def insecure_app_from_environment() -> FastAPI:
     """``uvicorn --factory`` entry point of ``api --insecure-no-auth --workers N``."""
     from worker.settings import get_settings
 
-    return build_app(get_settings(), insecure_no_auth=True)
+    return _serving(build_app(get_settings(), insecure_no_auth=True))
+
+
+def _serving(app: FastAPI) -> FastAPI:
+    freeze_startup_objects()  # the app is built: what exists now lives as long as the process
+    return app
