@@ -19,9 +19,15 @@ from __future__ import annotations
 
 import gc
 
+from sqlalchemy.orm import configure_mappers
+
 
 def freeze_startup_objects() -> None:
     """Collect what start-up left as garbage, then freeze the rest: call once the process has
     built what it serves with, before it serves (and before it forks)."""
+    # SQLAlchemy configures the ORM's mappers on their first use: in a worker, that would be
+    # in every pool process, after the fork, on its first task (13 ms each), and their
+    # objects would miss the freeze.
+    configure_mappers()
     gc.collect()
     gc.freeze()

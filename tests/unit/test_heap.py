@@ -35,6 +35,14 @@ def test_what_lives_is_frozen_and_what_start_up_left_as_garbage_is_collected_fir
     assert all(obj is not kept for obj in gc.get_objects())  # not walked by the collector
 
 
+def test_the_orm_is_configured_before_the_freeze(monkeypatch: pytest.MonkeyPatch) -> None:
+    steps: list[str] = []
+    monkeypatch.setattr(heap, "configure_mappers", lambda: steps.append("mappers"))
+    monkeypatch.setattr(gc, "freeze", lambda: steps.append("frozen"))
+    heap.freeze_startup_objects()
+    assert steps == ["mappers", "frozen"]
+
+
 def test_the_worker_freezes_before_the_pool_forks_in_each_child_and_once_ready() -> None:
     from celery.signals import worker_init, worker_process_init, worker_ready
 
