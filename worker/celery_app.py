@@ -10,6 +10,7 @@ from celery.signals import worker_init, worker_process_init, worker_ready
 # Imported for their Celery signal receivers: worker and beat log through our handler (format,
 # token redaction), and a worker serves its metrics port (worker/logs.py, worker/metrics.py).
 from worker import logs, metrics  # noqa: F401
+from worker.broker import transport_for
 from worker.heap import freeze_startup_objects
 from worker.settings import Settings, get_settings
 
@@ -51,6 +52,7 @@ def create_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=100,
         broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
         broker_connection_retry_on_startup=True,
+        broker_transport=transport_for(settings.redis_url),
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         beat_schedule={

@@ -1,0 +1,97 @@
+"""The Redis transport Celery talks through (worker/broker.py), against a real Redis: the same
+messages and acknowledgements as kombu's, with one redis-py client per pool."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from kombu.connection import Connection
+
+from worker import broker
+from worker.celery_app import APPLY_EVENT_TASK, create_celery
+from worker.settings import Settings
+
+
+@pytest.fixture
+def clients_made(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
+    """Every redis-py client made while the test runs."""
+    made: list[object] = []
+    real_init = redis.Redis.__init__
+
+    def counting_init(self: redis.Redis, *args: Any, **kwargs: Any) -> None:
+        made.append(self)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.Redis, "__init__", counting_init)
+    yield made
+
+
+def test_celery_uses_it_for_redis_urls_and_kombus_own_for_tls_and_sentinel() -> None:
+    assert broker.transport_for("redis://127.0.0.1:6379/0") == broker.TRANSPORT
+    for url in ("rediss://redis.example:6380/0", "sentinel://s1:26379;sentinel://s2:26379"):
+        assert broker.transport_for(url) is None
+    plain = create_celery(Settings(redis_url="redis://127.0.0.1:6379/3"))
+    assert type(plain.connection_for_write().transport) is broker.Transport
+    secure = create_celery(Settings(redis_url="rediss://redis.example:6380/3"))
+    assert type(secure.connection_for_write().transport) is not broker.Transport
+
+
+def test_messages_and_acks_go_through_one_client(
+    redis_url: str, clients_made: list[object]
+) -> None:
+    queue_name = f"pagerbridge-test-broker-{uuid.uuid4().hex[:8]}"
+    with Connection(redis_url, transport=broker.TRANSPORT) as connection:  # type: ignore[no-untyped-call]
+        queue = connection.SimpleQueue(queue_name)
+        try:
+            for n in range(40):
+                queue.put({"n": n})
+            taken = []
+            for _ in range(40):
+                message = queue.get(timeout=5)
+                taken.append(message.payload["n"])
+                message.ack()
+            assert taken == list(range(40))
+            # kombu's own transport makes a client per put and two per message taken (one
+            # to record it as unacknowledged, one to acknowledge it): 120 here.
+            assert len(clients_made) <= 4
+            with queue.channel.conn_or_acquire() as client:
+                assert client.hlen(queue.channel.unacked_key) == 0
+        finally:
+            queue.clear()
+            queue.close()
+
+
+def test_a_replaced_pool_gets_a_client_of_its_own(redis_url: str) -> None:
+    with Connection(redis_url, transport=broker.TRANSPORT) as connection:  # type: ignore[no-untyped-call]
+        channel = connection.default_channel
+        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as again:
+            assert first is again and first.connection_pool is channel.pool
+        channel._disconnect_pools()  # as after a fork or a lost connection
+        with channel.conn_or_acquire() as after:
+            assert after is not first and after.connection_pool is channel.pool
+            assert after.ping()
+
+
+def test_the_api_publishes_apply_messages_a_worker_can_read(
+    redis_url: str, namespace: str, clients_made: list[object]
+) -> None:
+    app = create_celery(Settings(redis_url=redis_url, namespace=f"{namespace}-broker"))
+    try:
+        for n in range(20):
+            app.send_task(APPLY_EVENT_TASK, args=[[{"n": n}]])
+        assert len(clients_made) <= 4
+        with app.connection_for_read() as connection:
+            queue = connection.SimpleQueue(f"{namespace}-broker")
+            bodies = []
+            for _ in range(20):
+                message = queue.get(timeout=5)
+                bodies.append(message.payload)  # Celery's message: [args, kwargs, embed]
+                message.ack()
+            queue.close()
+        assert [body[0][0][0]["n"] for body in bodies] == list(range(20))
+    finally:
+        redis.Redis.from_url(redis_url).delete(f"{namespace}-broker")
