@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -119,4 +120,60 @@ def test_each_event_loop_gets_its_own_lane() -> None:
     for n in range(3):
         assert asyncio.run(handoff.publish(event(str(n)))) == "queue"
     assert len(queue.events) == 3
+    handoff.close()
+
+
+def test_a_lone_event_never_waits_for_the_storm_linger() -> None:
+    queue = ListQueue()
+    handoff = GroupCommitHandoff(queue, linger=2.0)
+
+    async def lone() -> float:
+        started = time.monotonic()
+        assert await handoff.publish(event("alone")) == "queue"
+        return time.monotonic() - started
+
+    assert asyncio.run(lone()) < 1.0
+    assert queue.batches == [1]
+    handoff.close()
+
+
+def test_in_a_storm_the_next_batch_waits_for_requests_on_their_way() -> None:
+    queue = SlowQueue()
+    handoff = GroupCommitHandoff(queue, linger=0.4)
+
+    async def storm() -> None:
+        first = asyncio.ensure_future(handoff.publish(event("first")))
+        await asyncio.to_thread(queue.writing.wait, 5)
+        during = [asyncio.ensure_future(handoff.publish(event(f"d{n}"))) for n in range(3)]
+        await asyncio.sleep(0)
+        queue.release.set()  # the first batch is stored; the next one lingers
+        await first
+        await asyncio.sleep(0.1)
+        assert not any(task.done() for task in during)
+        later = [asyncio.ensure_future(handoff.publish(event(f"l{n}"))) for n in range(2)]
+        await asyncio.gather(*during, *later)
+
+    asyncio.run(storm())
+    # Without the linger: [1, 3, 2], one more write and one more queue message
+    assert queue.batches == [1, 5]
+    assert [e.alert_id for e in queue.events] == ["first", "d0", "d1", "d2", "l0", "l1"]
+    handoff.close()
+
+
+def test_a_full_batch_does_not_linger() -> None:
+    queue = SlowQueue()
+    handoff = GroupCommitHandoff(queue, max_batch=3, linger=5.0)
+
+    async def storm() -> float:
+        first = asyncio.ensure_future(handoff.publish(event("first")))
+        await asyncio.to_thread(queue.writing.wait, 5)
+        rest = [asyncio.ensure_future(handoff.publish(event(str(n)))) for n in range(6)]
+        await asyncio.sleep(0)
+        started = time.monotonic()
+        queue.release.set()
+        await asyncio.gather(first, *rest)
+        return time.monotonic() - started
+
+    assert asyncio.run(storm()) < 2.0
+    assert queue.batches == [1, 3, 3]
     handoff.close()
