@@ -68,11 +68,6 @@ def open_pool(
             raise ValueError(f"{name} must be a positive number of seconds, got {seconds!r}")
     base = httpx.URL(base_url)
     if transport is None:
-        limits = httpx.Limits(
-            max_connections=MAX_CONNECTIONS,
-            max_keepalive_connections=MAX_CONNECTIONS,
-            keepalive_expiry=KEEPALIVE_EXPIRY_S,
-        )
         proxy = environment_proxy(base)
         if proxy is None:
             # httpx.HTTPTransport's TLS context (certifi, SSL_CERT_FILE) and keep-alive
@@ -83,6 +78,11 @@ def open_pool(
                 keepalive_expiry=KEEPALIVE_EXPIRY_S,
             )
         else:
+            limits = httpx.Limits(
+                max_connections=MAX_CONNECTIONS,
+                max_keepalive_connections=MAX_CONNECTIONS,
+                keepalive_expiry=KEEPALIVE_EXPIRY_S,
+            )
             sender = _TransportSender(httpx.HTTPTransport(limits=limits, proxy=proxy))
     else:
         sender = _TransportSender(transport)
