@@ -11,9 +11,8 @@ next one. The batch grows exactly as fast as the store is slow.
 In a storm, the writer waits a moment more before each next batch (``STORM_LINGER_S``) for the
 requests still on their way to join it. Every batch costs a transaction and a queue message
 whatever its size, and then a message for the worker's consumer to take and acknowledge, so
-batches twice as big take about half the CPU for the same events. It never delays a quiet
-minute: the wait only comes between batches, when requests arrived while the last one was being
-written.
+bigger batches spread those costs over more events. It never delays a quiet minute: the wait
+only comes between batches, when requests arrived while the last one was being written.
 
 Every request still waits until its own event is stored, and is answered 2xx only then: the
 batching changes how many writes there are, not what an answer promises.
