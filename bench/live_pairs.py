@@ -1,0 +1,146 @@
+"""Live delivery against Alertmanager, several times over: the median ratio, and every run's.
+
+A live phase lasts a few seconds, and this project's development machine is a VM whose speed
+changes from minute to minute: within one ``bench/run.py`` run the bridge's live phase and
+Alertmanager's can meet different machines (the simulator's own CPU per create, the same code in
+both phases, is the tell). One pair of phases is a sample, not a figure. This runs
+``bench/run.py --phases live,alertmanager`` K times, one after the other, and prints each
+pair's rates, their ratio, the simulator's CPU per create in each phase, and the median ratio.
+
+    .venv/bin/python bench/live_pairs.py              # 5 pairs, N = 3,000
+    .venv/bin/python bench/live_pairs.py --runs 9     # more pairs, a steadier median
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One run's two live phases: incidents per second, and the simulator's CPU (ms) per
+    alert during each (how fast the machine was then)."""
+
+    bridge_per_s: float
+    alertmanager_per_s: float
+    simulator_ms_bridge: float | None
+    simulator_ms_alertmanager: float | None
+
+    @property
+    def ratio(self) -> float:
+        return self.bridge_per_s / self.alertmanager_per_s
+
+
+def pair_of(report: dict[str, Any], alerts: int) -> Pair:
+    """The pair in one ``bench/run.py`` JSON report; KeyError if a phase is missing."""
+    ours = report["results"]["live"]
+    theirs = report["results"]["alertmanager"]["live"]
+
+    def simulator_ms(phase: dict[str, Any]) -> float | None:
+        seconds = phase.get("cpu_s_by_process", {}).get("simulator")
+        return None if seconds is None else round(seconds / alerts * 1000, 3)
+
+    return Pair(
+        bridge_per_s=ours["incidents_per_s"],
+        alertmanager_per_s=theirs["incidents_per_s"],
+        simulator_ms_bridge=simulator_ms(ours),
+        simulator_ms_alertmanager=simulator_ms(theirs),
+    )
+
+
+def summary(pairs: list[Pair]) -> dict[str, Any]:
+    ratios = [pair.ratio for pair in pairs]
+    return {
+        "runs": len(pairs),
+        "median_ratio": round(statistics.median(ratios), 3),
+        "min_ratio": round(min(ratios), 3),
+        "max_ratio": round(max(ratios), 3),
+        "pairs": [{**asdict(pair), "ratio": round(pair.ratio, 3)} for pair in pairs],
+    }
+
+
+def table(figures: dict[str, Any]) -> str:
+    def ms(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.2f}"
+
+    lines = [
+        "| run | pagerbridge | Alertmanager | ratio | simulator ms/alert (ours / theirs) |",
+        "|---|---|---|---|---|",
+    ]
+    for number, pair in enumerate(figures["pairs"], 1):
+        lines.append(
+            f"| {number} | {pair['bridge_per_s']:,.0f}/s | {pair['alertmanager_per_s']:,.0f}/s "
+            f"| {pair['ratio']:.2f}x | {ms(pair['simulator_ms_bridge'])} / "
+            f"{ms(pair['simulator_ms_alertmanager'])} |"
+        )
+    lines.append(
+        f"\nMedian ratio over {figures['runs']} runs: **{figures['median_ratio']:.2f}x** "
+        f"(from {figures['min_ratio']:.2f}x to {figures['max_ratio']:.2f}x)"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5, help="pairs of live phases (default 5)")
+    parser.add_argument("--alerts", type=int, default=3000, help="N per live phase (default 3000)")
+    parser.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=BENCH / "results" / "live_pairs.json",
+        help="where the JSON goes (default bench/results/live_pairs.json)",
+    )
+    options = parser.parse_args(argv)
+    if options.runs < 1:
+        parser.error("--runs must be at least 1")
+    pairs: list[Pair] = []
+    failed = 0
+    with tempfile.TemporaryDirectory(prefix="pagerbridge-pairs-") as workdir:
+        for number in range(1, options.runs + 1):
+            report_path = Path(workdir) / f"run{number}.json"
+            command = [
+                sys.executable,
+                str(BENCH / "run.py"),
+                "--phases",
+                "live,alertmanager",
+                "--alerts",
+                str(options.alerts),
+                "--workers",
+                str(options.workers),
+                "--json",
+                str(report_path),
+            ]
+            print(f"[pairs] run {number} of {options.runs}…", file=sys.stderr, flush=True)
+            finished = subprocess.run(command, stdout=subprocess.DEVNULL, check=False)
+            try:
+                pairs.append(pair_of(json.loads(report_path.read_text()), options.alerts))
+            except (OSError, ValueError, KeyError, TypeError):
+                failed += 1
+                print(
+                    f"[pairs] run {number} gave no pair (exit {finished.returncode})",
+                    file=sys.stderr,
+                )
+    if not pairs:
+        print("no run gave a pair of live phases", file=sys.stderr)
+        return 1
+    figures = summary(pairs)
+    print(table(figures))
+    options.json.parent.mkdir(parents=True, exist_ok=True)
+    options.json.write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"\nJSON: {options.json}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""bench/live_pairs.py: the pairs read from bench/run.py's reports, and their median ratio."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+PATH = Path(__file__).resolve().parents[2] / "bench" / "live_pairs.py"
+
+
+@pytest.fixture(scope="module")
+def live_pairs() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("live_pairs", PATH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["live_pairs"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def report(ours: float, theirs: float, sim_ours: float, sim_theirs: float) -> dict[str, Any]:
+    """What bench/run.py writes for --phases live,alertmanager (the parts read here)."""
+    return {
+        "results": {
+            "live": {"incidents_per_s": ours, "cpu_s_by_process": {"simulator": sim_ours}},
+            "alertmanager": {
+                "live": {"incidents_per_s": theirs, "cpu_s_by_process": {"simulator": sim_theirs}}
+            },
+        }
+    }
+
+
+def test_a_report_gives_the_two_rates_and_the_simulators_cpu_per_alert(
+    live_pairs: ModuleType,
+) -> None:
+    pair = live_pairs.pair_of(report(1024.0, 2018.0, 0.72, 0.48), alerts=3000)
+    assert (pair.bridge_per_s, pair.alertmanager_per_s) == (1024.0, 2018.0)
+    assert (pair.simulator_ms_bridge, pair.simulator_ms_alertmanager) == (0.24, 0.16)
+    assert pair.ratio == pytest.approx(0.507, abs=0.001)
+
+
+def test_a_report_without_alertmanagers_phase_gives_no_pair(live_pairs: ModuleType) -> None:
+    broken = report(1000.0, 2000.0, 0.7, 0.5)
+    del broken["results"]["alertmanager"]
+    with pytest.raises(KeyError):
+        live_pairs.pair_of(broken, alerts=3000)
+
+
+def test_the_median_ratio_and_every_pair_are_reported(live_pairs: ModuleType) -> None:
+    pairs = [
+        live_pairs.pair_of(report(ours, theirs, 0.7, 0.5), alerts=3000)
+        for ours, theirs in ((1000, 2000), (900, 2000), (1200, 2000), (700, 2000), (1100, 2000))
+    ]
+    figures = live_pairs.summary(pairs)
+    assert (figures["median_ratio"], figures["min_ratio"], figures["max_ratio"]) == (
+        0.5,
+        0.35,
+        0.6,
+    )
+    assert [pair["ratio"] for pair in figures["pairs"]] == [0.5, 0.45, 0.6, 0.35, 0.55]
+    text = live_pairs.table(figures)
+    assert "| 4 | 700/s | 2,000/s | 0.35x | 0.23 / 0.17 |" in text
+    assert "Median ratio over 5 runs: **0.50x** (from 0.35x to 0.60x)" in text
