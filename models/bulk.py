@@ -163,16 +163,22 @@ def _quoted(name: str) -> str:
     return str(_PG.identifier_preparer.quote(name))
 
 
-@functools.cache
-def _unnest_insert_sql(table: Table, names: tuple[str, ...], returning: tuple[str, ...]) -> str:
-    arrays = ", ".join(
+def _array_params(table: Table, names: tuple[str, ...]) -> str:
+    """The placeholders of ``_arrays``'s parameters, each cast to its column's array type."""
+    return ", ".join(
         f"CAST(%(p{i})b AS {_array_type(table.c[name])})" for i, name in enumerate(names)
     )
+
+
+def _as_stored(table: Table, name: str, value_sql: str) -> str:
     # JSON travels as text (psycopg would need a wrapper object per value) and is cast back.
-    picked = ", ".join(
-        f"CAST({_quoted(name)} AS JSON)" if isinstance(table.c[name].type, JSON) else _quoted(name)
-        for name in names
-    )
+    return f"CAST({value_sql} AS JSON)" if isinstance(table.c[name].type, JSON) else value_sql
+
+
+@functools.cache
+def _unnest_insert_sql(table: Table, names: tuple[str, ...], returning: tuple[str, ...]) -> str:
+    arrays = _array_params(table, names)
+    picked = ", ".join(_as_stored(table, name, _quoted(name)) for name in names)
     columns = ", ".join(_quoted(name) for name in names)
     returned = ", ".join(_quoted(name) for name in returning)
     # Every name here is a column of ``table`` (rows are checked against it), quoted; values
@@ -186,14 +192,10 @@ def _unnest_insert_sql(table: Table, names: tuple[str, ...], returning: tuple[st
 
 @functools.cache
 def _unnest_update_sql(table: Table, names: tuple[str, ...], key: str) -> str:
-    arrays = ", ".join(
-        f"CAST(%(p{i})b AS {_array_type(table.c[name])})" for i, name in enumerate(names)
-    )
+    arrays = _array_params(table, names)
     target = _quoted(table.name)
     assigned = ", ".join(
-        f"{_quoted(name)} = CAST(given.{_quoted(name)} AS JSON)"
-        if isinstance(table.c[name].type, JSON)
-        else f"{_quoted(name)} = given.{_quoted(name)}"
+        f"{_quoted(name)} = {_as_stored(table, name, f'given.{_quoted(name)}')}"
         for name in names
         if name != key
     )

@@ -7,9 +7,9 @@ event: when Redis is down but the database is not, the event waits here instead.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import JSON, String, UniqueConstraint
+from sqlalchemy import JSON, String, Table, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.alert import Id
@@ -24,3 +24,6 @@ class InboxEvent(Base):
     event_id: Mapped[str] = mapped_column(String(64))
     message: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+INBOX_EVENTS_TABLE = cast(Table, InboxEvent.__table__)

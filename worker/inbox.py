@@ -17,14 +17,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import cast
 
-from sqlalchemy import Table, select
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import InboxEvent, utcnow
 from models.bulk import insert_rows
+from models.inbox import INBOX_EVENTS_TABLE
 from worker.errors import ServiceUnavailable
 from worker.event import AlertEventMessage
 from worker.intake import AppliedEvent, apply_events
@@ -56,7 +56,7 @@ class DurableEventQueue:
             with self._sessions.begin() as session:
                 insert_rows(
                     session,
-                    cast(Table, InboxEvent.__table__),
+                    INBOX_EVENTS_TABLE,
                     [
                         {
                             "event_id": event.event_id,

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from models import Alert, AlertEvent, make_engine, make_session_factory, utcnow
 from models.alert import ALERTS_TABLE
 from models.bulk import insert_rows, insert_rows_returning, is_one_of, keys_one_of, update_rows
+from models.event import ALERT_EVENTS_TABLE
 from tests.integration.conftest import fresh_database
 from worker.event import AlertEventMessage
 from worker.intake import EventOutcome, apply_events
@@ -135,7 +136,7 @@ def test_rows_without_returning_read_back_as_given(sessions: sessionmaker[Sessio
         for n in range(75)
     ]
     with sessions.begin() as session:
-        insert_rows(session, cast(Table, AlertEvent.__table__), rows)
+        insert_rows(session, ALERT_EVENTS_TABLE, rows)
     with sessions() as session:
         stored = {
             e.event_id: e

@@ -180,6 +180,11 @@ AUTH = "authorization"
 SECURITY_SCHEME = "IngressToken"  # the name of the token scheme in the OpenAPI schema
 
 
+def _presented(request: Request) -> str | None:
+    """The ingress token the request presents, if any."""
+    return presented_token(request.headers.get(AUTH))
+
+
 def _token_openapi(
     app: FastAPI, *, token_checks: tuple[Callable[..., Any], ...]
 ) -> Callable[[], dict[str, Any]]:
@@ -290,13 +295,13 @@ def create_app(
     # extracts and validates it anew for every request, which was a tenth of the ingress's
     # instructions per webhook (callgrind). The schema declares it instead (_token_openapi).
     async def authenticated(request: Request) -> None:
-        if authenticate and not default_token(presented_token(request.headers.get(AUTH))):
+        if authenticate and not default_token(_presented(request)):
             raise refused()
 
     async def authenticated_any(request: Request) -> None:
         """A token of the default route or of any route (the PagerDuty-shaped API, whose route
         is known only from the body)."""
-        if authenticate and not any_token(presented_token(request.headers.get(AUTH))):
+        if authenticate and not any_token(_presented(request)):
             raise refused()
 
     Auth = Depends(authenticated)
@@ -482,7 +487,7 @@ def create_app(
         request: Request,
     ) -> EventAccepted:
         """CoScale's Webhook contact for a route of the routes file (its own tokens)."""
-        presented = presented_token(request.headers.get(AUTH))
+        presented = _presented(request)
         route = table.by_name(route_name)
         if route is None:
             # Only a caller holding some valid token gets this far.
@@ -509,7 +514,7 @@ def create_app(
             incident.service.id if incident.service else None, "incident.service.id"
         )
         route = table.for_service_id(service_id)
-        presented = presented_token(request.headers.get(AUTH))
+        presented = _presented(request)
         if authenticate and not (
             default_token(presented) or (route and table.token_allowed(route, presented))
         ):
