@@ -165,9 +165,11 @@ def _quoted(name: str) -> str:
 
 def _array_params(table: Table, names: tuple[str, ...]) -> str:
     """The placeholders of ``_arrays``'s parameters, each cast to its column's array type."""
-    return ", ".join(
-        f"CAST(%(p{i})b AS {_array_type(table.c[name])})" for i, name in enumerate(names)
-    )
+    return ", ".join(_array_placeholder(table, names, i) for i in range(len(names)))
+
+
+def _array_placeholder(table: Table, names: tuple[str, ...], index: int) -> str:
+    return f"CAST(%(p{index})b AS {_array_type(table.c[names[index]])})"
 
 
 def _as_stored(table: Table, name: str, value_sql: str) -> str:
@@ -199,11 +201,16 @@ def _unnest_update_sql(table: Table, names: tuple[str, ...], key: str) -> str:
         for name in names
         if name != key
     )
-    # As in _unnest_insert_sql, only the table's own names are spliced in, quoted.
+    # As in _unnest_insert_sql, only the table's own names are spliced in, quoted. The
+    # ``= ANY`` repeats the join's condition for the planner: without it, planning for the
+    # batch's real size chose to scan the whole table and hash-join it (1.8 ms at 6,000 alerts
+    # for 40 rows; 0.25 ms through the primary key), a cost that grows with the table.
+    keyed = names.index(key)  # ValueError for a key not among the names
     return (
         f"UPDATE {target} SET {assigned} FROM unnest({arrays})"  # noqa: S608
         f" AS given({', '.join(_quoted(name) for name in names)})"
         f" WHERE {target}.{_quoted(key)} = given.{_quoted(key)}"
+        f" AND {target}.{_quoted(key)} = ANY({_array_placeholder(table, names, keyed)})"
     )
 
 

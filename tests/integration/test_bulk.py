@@ -332,3 +332,76 @@ def test_columns_named_like_reserved_words_are_quoted(sessions: sessionmaker[Ses
             assert [tuple(row) for row in rows] == [("a", "z"), ("b", "x")]
     finally:
         metadata.drop_all(engine)
+
+
+WRITTEN_BACK = (
+    "create_sent_at",
+    "delivery_state",
+    "attempts",
+    "next_attempt_at",
+    "pending_since",
+    "last_error",
+    "confirmed_status",
+    "pagerduty_incident_id",
+    "pagerduty_incident_number",
+    "pagerduty_incident_url",
+    "updated_at",
+)
+
+
+def _plans_of(sessions: sessionmaker[Session], work: Any) -> list[str]:
+    """The PostgreSQL plans, for the parameters given, of the statements ``work`` runs."""
+    engine = sessions.kw["bind"]
+    ran: list[tuple[str, Any]] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        ran.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        with sessions() as session:
+            work(session)
+            session.rollback()
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    plans = []
+    with sessions() as session:
+        for statement, parameters in ran:
+            if statement.startswith(("SELECT", "UPDATE")):
+                lines = session.connection().exec_driver_sql(f"EXPLAIN {statement}", parameters)
+                plans.append("\n".join(line for (line,) in lines))
+    return plans
+
+
+def test_a_batch_update_finds_its_rows_through_the_primary_key(
+    postgres_sessions: sessionmaker[Session],
+) -> None:
+    """Planned for a batch's real size, ``UPDATE ... FROM unnest(...)`` chose to scan the whole
+    alerts table and hash-join it (cheaper on paper than 100 index lookups, with a few thousand
+    rows); the statement also names the keys with ``= ANY``, so a batch costs the same in any
+    table."""
+    run = uuid.uuid4().hex[:8]
+    rows = [_row(f"{run}-{n}") for n in range(3000)]
+    with postgres_sessions.begin() as session:
+        ids = insert_rows_returning(
+            session, ALERTS, rows, returning="id", key=("source", "source_alert_id", "cycle")
+        )
+        session.connection().exec_driver_sql("ANALYZE alerts")
+    later = utcnow() + timedelta(minutes=1)
+
+    def update(session: Session) -> None:
+        # The columns the reconciler writes back when it takes its leases.
+        changes = [
+            {
+                "id": ids[n],
+                **{name: rows[n][name] for name in WRITTEN_BACK},
+                "lease_owner": "w1",
+                "lease_expires_at": later,
+            }
+            for n in range(1000, 1100)
+        ]
+        update_rows(session, ALERTS, changes, key="id")
+
+    (plan,) = _plans_of(postgres_sessions, update)
+    assert "Seq Scan on alerts" not in plan, plan
+    assert "Index Scan using pk_alerts" in plan, plan

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from typing import Any
 
 import fakeredis
 import pytest
 from fastapi.testclient import TestClient
+from opentelemetry import trace
+from opentelemetry.trace import NoOpTracer, Tracer
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.fakes import ListQueue
 from worker.event import SOURCE_API, SOURCE_COSCALE
-from worker.ingress.app import BRIDGE_ID_PREFIX, create_app
+from worker.ingress.app import BRIDGE_ID_PREFIX, create_app, fastapi_telemetry
 from worker.intake import apply_event
 from worker.settings import Settings
 from worker.status import AlertStatus
@@ -315,3 +319,42 @@ def test_the_schema_says_which_operations_need_the_ingress_token(client: TestCli
         for operation in operations.values():
             names = {p["name"].lower() for p in operation.get("parameters", [])}
             assert "authorization" not in names
+
+
+class _RecordingTracerProvider(trace.TracerProvider):
+    """A configured OpenTelemetry tracer provider that counts the tracers asked of it."""
+
+    def __init__(self) -> None:
+        self.tracers = 0
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> Tracer:
+        self.tracers += 1
+        return NoOpTracer()
+
+
+@pytest.mark.parametrize(
+    ("environ", "traced"),
+    [({}, False), ({"PATH": "/bin"}, False), ({"OTEL_SERVICE_NAME": "pagerbridge"}, True)],
+)
+def test_fastapi_telemetry_only_where_the_environment_configures_opentelemetry(
+    monkeypatch: pytest.MonkeyPatch,
+    queue: ListQueue,
+    sqlite_sessions: sessionmaker[Session],
+    environ: dict[str, str],
+    traced: bool,
+) -> None:
+    provider = _RecordingTracerProvider()
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    for name in [name for name in os.environ if name.startswith(("OTEL_", "FASTAPI_OTEL_"))]:
+        monkeypatch.delenv(name)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings(ingress_tokens=TOKEN, pagerduty_service_id="PDEFAULT")  # type: ignore[arg-type]
+    app = create_app(settings, queue=queue, sessions=sqlite_sessions, redis_ping=lambda: None)
+    with TestClient(app) as test_client:
+        answer = test_client.post("/webhooks/coscale", json=WEBHOOK, headers=AUTH)
+    assert answer.status_code == 202
+    assert (provider.tracers > 0) is traced
+    assert fastapi_telemetry(environ) == (
+        None if traced else dict.fromkeys(("tracing", "metrics", "logs"), False)
+    )

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
 
@@ -14,6 +15,7 @@ from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
+from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import func, select, text
@@ -215,6 +217,17 @@ def _token_openapi(
     return openapi
 
 
+def fastapi_telemetry(environ: Mapping[str, str]) -> TelemetryConfig | None:
+    """FastAPI's own OpenTelemetry instrumentation: left to FastAPI (on when a provider is set
+    up) where the environment configures OpenTelemetry (``OTEL_*``, as ``opentelemetry-instrument``
+    and the SDK read it), off otherwise. Left on with nothing configured, it looks for a
+    provider on every request: 2% of the api's instructions per webhook (callgrind,
+    bench/api_profile.py), for spans nobody collects. The bridge's own metrics are Prometheus's."""
+    if any(name.startswith(("OTEL_", "FASTAPI_OTEL_")) for name in environ):
+        return None
+    return {"tracing": False, "metrics": False, "logs": False}
+
+
 def create_app(
     settings: Settings,
     *,
@@ -262,6 +275,7 @@ def create_app(
         openapi_url=None,
         docs_url=None,
         redoc_url=None,
+        telemetry=fastapi_telemetry(os.environ),
     )
     app.add_middleware(
         IngressGuard,
