@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import http.server
 import json
 import socket
@@ -229,6 +230,34 @@ def test_the_default_pool_sends_as_httpx_would_and_keeps_the_connection() -> Non
     assert (method2, path2, body2) == ("GET", "/prefix/incidents?statuses%5B%5D=triggered", b"")
     assert "From" not in headers2 and "Content-Length" not in headers2
     assert server.connections == 1  # the second request reused the first one's connection
+
+
+@pytest.mark.usefixtures("no_proxy")
+def test_a_request_goes_out_in_one_write_head_and_body_together(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """http.client writes the head, then the body: two system calls, two TCP segments, two
+    reads at the far end per PagerDuty call. The pool's connections join them."""
+    writes: list[bytes] = []
+    socket_write = http.client.HTTPConnection.send
+
+    def recorded(connection: http.client.HTTPConnection, data: Any) -> None:
+        writes.append(bytes(data))
+        socket_write(connection, data)
+
+    monkeypatch.setattr(http.client.HTTPConnection, "send", recorded)
+    with _serving(_reply(201, b"{}")) as (server, pool):
+        pool.send("POST", pool.url("/incidents"), content=b'{"a":1}')
+        pool.send("GET", pool.url("/incidents"))
+        pool.send("PUT", pool.url("/incidents"), content=b"")
+        pool.send("PUT", pool.url("/incidents"), content=b'{"b":2}')
+    assert len(writes) == 4, writes
+    assert writes[0].startswith(b"POST /prefix/incidents HTTP/1.1\r\n")
+    assert writes[0].endswith(b'\r\n\r\n{"a":1}')
+    assert writes[1].startswith(b"GET ") and writes[1].endswith(b"\r\n\r\n")
+    assert writes[2].startswith(b"PUT ") and writes[2].endswith(b"\r\n\r\n")
+    assert writes[3].startswith(b"PUT ") and writes[3].endswith(b'\r\n\r\n{"b":2}')
+    assert [body for *_, body in server.requests] == [b'{"a":1}', b"", b"", b'{"b":2}']
 
 
 @pytest.mark.usefixtures("no_proxy")
