@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import os
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -42,6 +43,7 @@ from worker.ingress.auth import WWW_AUTHENTICATE, presented_token, token_is_vali
 from worker.ingress.body import MalformedBody, is_json_media_type, parse_json_body
 from worker.ingress.guard import IngressGuard, RejectionSink
 from worker.ingress.handoff import GroupCommitHandoff
+from worker.ingress.lean import LeanRoute, TokenCheck
 from worker.ingress.quarantine import QuarantineWriter
 from worker.ingress.schemas import (
     ALERT_ID_MAX,
@@ -178,6 +180,8 @@ def _json_body(model: type[BaseModel]) -> dict[str, Any]:
     }
 
 
+EventEndpoint = TypeVar("EventEndpoint", bound=Callable[..., Awaitable[BaseModel]])
+
 AUTH = "authorization"
 SECURITY_SCHEME = "IngressToken"  # the name of the token scheme in the OpenAPI schema
 
@@ -207,7 +211,9 @@ def _token_openapi(
             for route in app.routes:
                 if not isinstance(route, APIRoute) or not route.include_in_schema:
                     continue
-                if any(d.dependency in token_checks for d in route.dependencies):
+                if isinstance(route, LeanRoute) or any(
+                    d.dependency in token_checks for d in route.dependencies
+                ):
                     operations = schema["paths"][route.path_format]
                     for method in route.methods or ():
                         operations[method.lower()]["security"] = [{SECURITY_SCHEME: []}]
@@ -319,7 +325,26 @@ def create_app(
             raise refused()
 
     Auth = Depends(authenticated)
-    AnyRouteAuth = Depends(authenticated_any)
+
+    def event_endpoint(
+        method: str, path: str, token_check: TokenCheck, **documented: Any
+    ) -> Callable[[EventEndpoint], EventEndpoint]:
+        """Serve ``path`` through a LeanRoute (worker/ingress/lean.py): the endpoints an alert
+        storm hits, documented as any other."""
+
+        def register(endpoint: EventEndpoint) -> EventEndpoint:
+            # Through the router, for what it adds to every route (the app's error responses).
+            lean = functools.partial(LeanRoute, token_check=token_check)
+            app.router.add_api_route(
+                path,
+                endpoint,
+                methods=[method],
+                route_class_override=cast(type[APIRoute], lean),
+                **documented,
+            )
+            return endpoint
+
+        return register
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
@@ -476,29 +501,31 @@ def create_app(
             repaired=repaired,
         )
 
-    @app.post(
+    @event_endpoint(
+        "POST",
         "/webhooks/coscale",
+        authenticated,
         status_code=202,
         response_model=EventAccepted,
-        dependencies=[Auth],
         responses=BODY_ERRORS,
         openapi_extra=_json_body(CoScaleWebhook),
     )
     async def coscale_webhook(request: Request) -> EventAccepted:
         return await accept_webhook(request, None)
 
-    @app.post(
+    @event_endpoint(
+        "POST",
         "/webhooks/coscale/{route_name}",
+        # First some valid token (before the path is even checked), then the route's own.
+        authenticated_any,
         status_code=202,
         response_model=EventAccepted,
-        # First some valid token (before the path is even checked), then the route's own.
-        dependencies=[AnyRouteAuth],
         responses={**BODY_ERRORS, 404: ERROR},
         openapi_extra=_json_body(CoScaleWebhook),
     )
     async def routed_webhook(
-        route_name: Annotated[str, Path(min_length=1, max_length=63, pattern=ROUTE_NAME_PATTERN)],
         request: Request,
+        route_name: Annotated[str, Path(min_length=1, max_length=63, pattern=ROUTE_NAME_PATTERN)],
     ) -> EventAccepted:
         """CoScale's Webhook contact for a route of the routes file (its own tokens)."""
         presented = _presented(request)
@@ -512,12 +539,13 @@ def create_app(
 
     # -- the seed's API contact: PagerDuty's own endpoints, answered at once ----------------
 
-    @app.post(
+    @event_endpoint(
+        "POST",
         "/incidents",
+        authenticated_any,
         status_code=201,
         response_model=IncidentEnvelope,
         response_model_exclude_none=True,
-        dependencies=[AnyRouteAuth],
         responses=BODY_ERRORS,
         openapi_extra=_json_body(CreateIncidentRequest),
     )
@@ -583,11 +611,12 @@ def create_app(
     def updated(incident_id: str, status: str) -> IncidentAnswer:
         return IncidentAnswer(id=incident_id, status=status, html_url=alert_url(incident_id))
 
-    @app.put(
+    @event_endpoint(
+        "PUT",
         "/incidents",
+        authenticated_any,
         response_model=IncidentsEnvelope,
         response_model_exclude_none=True,
-        dependencies=[AnyRouteAuth],
         responses=BODY_ERRORS,
         openapi_extra=_json_body(BulkUpdateRequest),
     )
@@ -598,19 +627,20 @@ def create_app(
             incidents=[updated(item.id, item.status) for item in body.incidents]
         )
 
-    @app.put(
+    @event_endpoint(
+        "PUT",
         "/incidents/{incident_id}",
+        authenticated_any,
         response_model=IncidentEnvelope,
         response_model_exclude_none=True,
-        dependencies=[AnyRouteAuth],
         responses=BODY_ERRORS,
         openapi_extra=_json_body(SingleUpdateRequest),
     )
     async def update_incident(
+        request: Request,
         incident_id: Annotated[
             str, Path(min_length=1, max_length=INCIDENT_ID_MAX, pattern=INCIDENT_ID_PATTERN)
         ],
-        request: Request,
     ) -> IncidentEnvelope:
         body, repaired = await read_body(request, SingleUpdateRequest)
         await publish(status_update(incident_id, body.incident.status, repaired))
