@@ -33,10 +33,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import redis
+from run import trigger_body
 from stack import INGRESS_TOKEN, BenchError, git_revision, single_run
 from worker_profile import bridge
 
 WARM_UP_WAVES = 10
+
+
+def _body(alert_id: str) -> bytes:
+    """The live phase's trigger (bench/run.py), as a request body."""
+    return json.dumps(trigger_body(alert_id), separators=(",", ":")).encode()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,21 +61,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if options.webhooks < 1 or options.concurrency < 1:
         parser.error("--webhooks and --concurrency must be at least 1")
     return options
-
-
-def trigger_body(run_id: str, index: int) -> bytes:
-    return json.dumps(
-        {
-            "alert_id": f"{run_id}-b{index}",
-            "action": "triggered",
-            "message": "bench backlog",
-            "metric": "cpu/used",
-            "subject": "server bench",
-            "app": "bench",
-            "host": "bench-host",
-        },
-        separators=(",", ":"),
-    ).encode()
 
 
 async def post(app: Any, path: str, body: bytes) -> int:
@@ -136,7 +127,7 @@ async def drive(app: Any, options: argparse.Namespace) -> dict[str, Any]:
             stop = min(start + wave, first + count)
             statuses = await asyncio.gather(
                 *(
-                    post(app, "/webhooks/coscale", trigger_body(run_id, i))
+                    post(app, "/webhooks/coscale", _body(f"{run_id}-b{i}"))
                     for i in range(start, stop)
                 )
             )

@@ -671,8 +671,6 @@ class Reconciler:
 
 # What reconciling may change in an alert's row; everything else (the desired status, the
 # trigger's text) is the intake's, and a reconcile never writes it.
-# What planning changes in an alert that it then calls PagerDuty for (_plan).
-_LEASED = ("lease_owner", "lease_expires_at", "create_sent_at")
 _RECONCILED = (
     "lease_owner",
     "lease_expires_at",
@@ -687,6 +685,8 @@ _RECONCILED = (
     "pagerduty_incident_number",
     "pagerduty_incident_url",
 )
+# What planning changes in an alert that it then calls PagerDuty for (_plan).
+_LEASED = ("lease_owner", "lease_expires_at", "create_sent_at")
 
 
 # What a successful call did, by the outcome _record_success audits.

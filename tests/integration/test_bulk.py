@@ -21,6 +21,7 @@ from models.event import ALERT_EVENTS_TABLE
 from tests.integration.conftest import fresh_database
 from worker.event import AlertEventMessage
 from worker.intake import EventOutcome, apply_events
+from worker.reconcile import _RECONCILED
 from worker.status import AlertStatus, DeliveryState
 
 pytestmark = pytest.mark.integration
@@ -334,21 +335,6 @@ def test_columns_named_like_reserved_words_are_quoted(sessions: sessionmaker[Ses
         metadata.drop_all(engine)
 
 
-WRITTEN_BACK = (
-    "create_sent_at",
-    "delivery_state",
-    "attempts",
-    "next_attempt_at",
-    "pending_since",
-    "last_error",
-    "confirmed_status",
-    "pagerduty_incident_id",
-    "pagerduty_incident_number",
-    "pagerduty_incident_url",
-    "updated_at",
-)
-
-
 def _plans_of(sessions: sessionmaker[Session], work: Any) -> list[str]:
     """The PostgreSQL plans, for the parameters given, of the statements ``work`` runs."""
     engine = sessions.kw["bind"]
@@ -390,13 +376,14 @@ def test_a_batch_update_finds_its_rows_through_the_primary_key(
     later = utcnow() + timedelta(minutes=1)
 
     def update(session: Session) -> None:
-        # The columns the reconciler writes back when it takes its leases.
+        # The columns the reconciler writes back (write_back adds updated_at).
         changes = [
             {
                 "id": ids[n],
-                **{name: rows[n][name] for name in WRITTEN_BACK},
+                **{name: rows[n][name] for name in _RECONCILED},
                 "lease_owner": "w1",
                 "lease_expires_at": later,
+                "updated_at": later,
             }
             for n in range(1000, 1100)
         ]
