@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Protocol
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
@@ -46,6 +47,26 @@ class AppliedEvent:
     outcome: EventOutcome
     alert_pk: int | None
     needs_delivery: bool = False  # the alert now wants something PagerDuty does not show
+
+
+class Claim(Protocol):
+    """Whoever delivers a batch's alerts next, given its say inside the transaction that
+    applies the batch (the reconciler's :class:`~worker.reconcile.BatchClaim`).
+
+    ``take`` sees the alerts that now need a delivery, locked or not yet inserted, in the order
+    their events came, and may set what a reconcile's first step sets (:data:`CLAIM_COLUMNS`):
+    those are stored with the events, in the same statements, instead of by a transaction of
+    their own. ``kept`` follows only once that transaction committed; without it (the batch was
+    applied again one event at a time after a conflict) nothing ``take`` did was stored.
+    """
+
+    def take(self, alerts: list[AlertRecord]) -> None: ...
+
+    def kept(self) -> None: ...
+
+
+# What a claim may set in an alert (its lease, and the mark of a create about to be sent).
+CLAIM_COLUMNS = ("lease_owner", "lease_expires_at", "create_sent_at")
 
 
 def incident_key(source: str, alert_id: str, cycle: int) -> str:
@@ -180,7 +201,11 @@ def apply_event(
 
 
 def apply_events(
-    sessions: sessionmaker[Session], events: list[AlertEventMessage], now: datetime
+    sessions: sessionmaker[Session],
+    events: list[AlertEventMessage],
+    now: datetime,
+    *,
+    claim: Claim | None = None,
 ) -> list[AppliedEvent]:
     """Apply a batch of events in one transaction, in the order given.
 
@@ -188,16 +213,18 @@ def apply_events(
     before, the latest cycle of every alert touched, the new cycles, the timeline rows, the
     inbox rows), not a few per event; that is what makes an alert storm cheap. If two workers
     race on a new alert's first cycle (a unique-constraint conflict), the batch is applied
-    again one event at a time, each with its own retries.
+    again one event at a time, each with its own retries, and ``claim`` is not kept.
     """
     if not events:
         return []
     try:
         with sessions.begin() as session:
-            applied = _apply_batch(session, events, now)
+            applied = _apply_batch(session, events, now, claim)
             _forget_inbox(session, [event.event_id for event in events])
     except IntegrityError:
         return [apply_event(sessions, event, now) for event in events]
+    if claim is not None:
+        claim.kept()
     for event, result in zip(events, applied, strict=True):
         log.info(
             "event %s %s alert=%s:%s outcome=%s",
@@ -274,7 +301,7 @@ _CHANGED = frozenset({EventOutcome.ADVANCED, EventOutcome.DETAILS})
 
 
 def _apply_batch(
-    session: Session, events: list[AlertEventMessage], now: datetime
+    session: Session, events: list[AlertEventMessage], now: datetime, claim: Claim | None = None
 ) -> list[AppliedEvent]:
     seen = _seen_events(session, [event.event_id for event in events])
     keys = sorted({(event.source, event.alert_id) for event in events})
@@ -293,6 +320,15 @@ def _apply_batch(
             opened.append(alert)
             latest[key] = alert
         decided.append((event, alert, outcome, needs_delivery))
+    if claim is not None:
+        # Before the writes: a new cycle is inserted, and a stored one written back, with
+        # whatever the claim set.
+        wanting = {
+            id(alert): alert
+            for _, alert, outcome, needs_delivery in decided
+            if alert is not None and needs_delivery and outcome is not EventOutcome.DUPLICATE
+        }
+        claim.take(list(wanting.values()))
     _insert_cycles(session, opened)
     new = {id(alert) for alert in opened}
     changed = {
@@ -300,7 +336,8 @@ def _apply_batch(
         for _, alert, outcome, _ in decided
         if alert is not None and outcome in _CHANGED and id(alert) not in new
     }
-    write_back(session, changed.values(), _INTAKE_COLUMNS, now)
+    columns = _INTAKE_COLUMNS + CLAIM_COLUMNS if claim is not None else _INTAKE_COLUMNS
+    write_back(session, changed.values(), columns, now)
     timeline = [
         {
             "event_id": event.event_id,

@@ -162,6 +162,56 @@ class LeaseKeeper(threading.Thread):
 
 
 @dataclass
+class BatchClaim:
+    """A reconcile's first step taken inside the transaction that applies the batch's events
+    (:class:`worker.intake.Claim`).
+
+    For each alert that now needs a PagerDuty call and that no live worker holds, it plans the
+    call, takes the lease and sets the create mark on the alert's record before the intake
+    stores it: a new cycle is inserted leased, a stored one written back leased, in the
+    statements that store the events. Otherwise a batch's reconcile began with a transaction
+    of its own, a locking read and an UPDATE of every alert of the batch, which is one more
+    version of every row and of its index entries per alert in a storm.
+
+    The alerts it leaves (a live lease elsewhere, nothing to call, past ``limit``, or a batch
+    applied again one event at a time after a conflict, when ``kept`` never comes) are planned
+    by ``reconcile_many`` as before.
+    """
+
+    reconciler: Reconciler
+    limit: int
+    owner: str = field(default_factory=lease_owner_id)
+    _taken: list[tuple[AlertRecord, Step]] = field(default_factory=list, init=False)
+    _kept: bool = field(default=False, init=False)
+
+    def take(self, alerts: list[AlertRecord]) -> None:
+        now = self.reconciler.clock()
+        until = self.reconciler._lease_until()
+        self._taken.clear()
+        for alert in alerts:
+            if len(self._taken) >= self.limit:
+                break
+            expired = alert.lease_expires_at is None or alert.lease_expires_at < now
+            if alert.lease_owner is not None and not expired:
+                continue  # its worker will see this change when it records its call
+            step = plan_delivery(alert)
+            if isinstance(step, Done | WaitForTrigger | Misconfigured):
+                continue  # finished without a call, by reconcile_many (logged once stored)
+            alert.lease_owner, alert.lease_expires_at = self.owner, until
+            self.reconciler._mark_create(alert, step)
+            self._taken.append((alert, step))
+
+    def kept(self) -> None:
+        self._kept = True
+
+    def first_calls(self) -> dict[int, tuple[Step, str]]:
+        """Alert id -> (its first call, its route), once the claim is stored; else nothing."""
+        if not self._kept:
+            return {}
+        return {alert.id: (step, alert.route) for alert, step in self._taken}
+
+
+@dataclass
 class Reconciler:
     sessions: sessionmaker[Session]
     client: PagerDutyClient | None
@@ -186,21 +236,33 @@ class Reconciler:
     def reconcile(self, alert_pk: int) -> ReconcileResult:
         return self.reconcile_many([alert_pk])[alert_pk]
 
-    def reconcile_many(self, alert_pks: Iterable[int]) -> dict[int, ReconcileResult]:
-        """Reconcile a batch; every id gets a result (``BUSY`` if another worker has it)."""
-        wanted = list(dict.fromkeys(alert_pks))
-        owner = lease_owner_id()
+    def reconcile_many(
+        self, alert_pks: Iterable[int], *, claim: BatchClaim | None = None
+    ) -> dict[int, ReconcileResult]:
+        """Reconcile a batch, and the alerts ``claim`` took when it was applied; every id gets
+        a result (``BUSY`` if another worker has it)."""
+        claimed = claim.first_calls() if claim is not None else {}
+        wanted = list(dict.fromkeys([*claimed, *alert_pks]))
+        owner = claim.owner if claim is not None else lease_owner_id()
         active = wanted
         results: dict[int, ReconcileResult] = {}
-        routes: dict[int, str] = {}  # alert -> its route, as the plans find them
+        # alert -> its route, as the plans find them
+        routes: dict[int, str] = {pk: route for pk, (_, route) in claimed.items()}
         keeper = LeaseKeeper(self.sessions, owner, self.settings.lease_seconds, self.clock)
         keeper.start()
         try:
             for step in range(MAX_STEPS):
                 if not active:
                     break
-                # The first plan takes the leases, in the same transaction.
-                calls = self._plan(active, owner, results, routes, claim=step == 0)
+                if step == 0:
+                    # The first plan takes the leases, in the same transaction; a claim took
+                    # them (and planned) already where the batch was applied.
+                    calls = {pk: first for pk, (first, _) in claimed.items()}
+                    unclaimed = [pk for pk in active if pk not in calls]
+                    if unclaimed:
+                        calls.update(self._plan(unclaimed, owner, results, routes, claim=True))
+                else:
+                    calls = self._plan(active, owner, results, routes)
                 answers = self._deliver(calls, routes)
                 active = self._record(calls, answers, owner, results)
             if active:
@@ -302,19 +364,27 @@ class Reconciler:
                     continue
                 calls[alert.id] = step
                 routes[alert.id] = alert.route
-                sends_trigger = isinstance(step, SendEvent) and step.action is AlertStatus.TRIGGERED
-                if (isinstance(step, Create) or sends_trigger) and alert.create_sent_at is None:
-                    # Committed before the call: from now on "no incident id" means "maybe
-                    # created, answer lost" (even if the worker dies mid-call), and a resolve
-                    # looks the incident up by key instead of assuming there is none. If the
-                    # gate then parks the call, the cost is one look-up, never an open incident.
-                    alert.create_sent_at = self.clock()
+                self._mark_create(alert, step)
             now = self.clock()
             # An alert about to be called changed only its lease and its create mark: the
             # statement that stores them carries 3 columns, not 12 (most of a storm's batch).
             write_back(session, [a for a in alerts if a.id not in calls], _RECONCILED, now)
             write_back(session, [a for a in alerts if a.id in calls], _LEASED, now)
         return calls
+
+    def _mark_create(self, alert: AlertLike, step: Step) -> None:
+        sends_trigger = isinstance(step, SendEvent) and step.action is AlertStatus.TRIGGERED
+        if (isinstance(step, Create) or sends_trigger) and alert.create_sent_at is None:
+            # Committed before the call: from now on "no incident id" means "maybe created,
+            # answer lost" (even if the worker dies mid-call), and a resolve looks the incident
+            # up by key instead of assuming there is none. If the gate then parks the call, the
+            # cost is one look-up, never an open incident.
+            alert.create_sent_at = self.clock()
+
+    def claim(self, limit: int) -> BatchClaim:
+        """A claim on up to ``limit`` alerts of a batch about to be applied (``apply_events``):
+        their first plan is made, and their leases taken, in the applying transaction."""
+        return BatchClaim(self, limit)
 
     def _finish_without_call(self, alert: AlertLike, step: Step) -> ReconcileResult | None:
         now = self.clock()

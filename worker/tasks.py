@@ -87,10 +87,17 @@ def apply_event_task(requests: list[SimpleRequest]) -> None:
             # logged whole (it holds no secret) rather than retried forever.
             log.error("dropping an undecodable apply_event message: %r", request.args)
     runtime = current_runtime()
+    reconciler = _reconciler()
+    # The first chunk's transaction also takes the first step of reconciling the alerts this
+    # task reconciles itself (their leases, their first plans): see BatchClaim.
+    claim = reconciler.claim(RECONCILE_INLINE)
     applied = []
     for start in range(0, len(events), APPLY_CHUNK):
         try:
-            applied += apply_events(runtime.sessions, events[start : start + APPLY_CHUNK], utcnow())
+            chunk = events[start : start + APPLY_CHUNK]
+            applied += apply_events(
+                runtime.sessions, chunk, utcnow(), claim=claim if start == 0 else None
+            )
         except _DATABASE_DOWN as exc:
             # Not acknowledged as lost: each event not yet applied goes back on the queue to be
             # tried again soon, and this batch's messages are acknowledged only once those
@@ -103,18 +110,24 @@ def apply_event_task(requests: list[SimpleRequest]) -> None:
                 )
             break
     alert_pks = [a.alert_pk for a in applied if a.needs_delivery and a.alert_pk is not None]
-    alert_pks = list(dict.fromkeys(alert_pks))
+    claimed = list(claim.first_calls())
+    alert_pks = list(dict.fromkeys([*claimed, *alert_pks]))
     if not alert_pks:
         return
     # A storm's batch holds thousands of alerts: reconcile the first ones here and hand the
     # rest to the queue, so every worker process shares them and no task nears its time limit.
-    queue_reconcile(alert_pks[RECONCILE_INLINE:])
+    inline = max(RECONCILE_INLINE, len(claimed))
     try:
-        _reconciler().reconcile_many(alert_pks[:RECONCILE_INLINE])
-    except _DATABASE_DOWN as exc:
-        # The events are applied and committed; their alerts are due for the sweeper in a few
-        # seconds. Failing the batch would only hold its messages until the visibility timeout.
-        log.warning("reconcile after apply failed (%s); the sweeper will retry", exc)
+        queue_reconcile(alert_pks[inline:])
+    finally:
+        # Even when the queue failed: the claimed alerts are leased to this task.
+        try:
+            reconciler.reconcile_many(alert_pks[:inline], claim=claim)
+        except _DATABASE_DOWN as exc:
+            # The events are applied and committed; their alerts are due for the sweeper in a
+            # few seconds. Failing the batch would only hold its messages until the visibility
+            # timeout.
+            log.warning("reconcile after apply failed (%s); the sweeper will retry", exc)
 
 
 def _decoded(message: dict[str, Any] | list[dict[str, Any]]) -> list[AlertEventMessage]:

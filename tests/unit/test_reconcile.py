@@ -8,12 +8,13 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, AlertEvent
 from tests.fakes import FakePagerDuty
 from worker.event import SOURCE_API, SOURCE_COSCALE, AlertEventMessage, new_event_id
-from worker.intake import AppliedEvent, EventOutcome, apply_event
+from worker.intake import AppliedEvent, EventOutcome, apply_event, apply_events
 from worker.reconcile import Reconciler, ReconcileResult
 from worker.settings import Settings
 from worker.status import AlertStatus, DeliveryState
@@ -730,3 +731,147 @@ def test_an_event_applied_during_the_call_is_kept_and_delivered_next(
     assert row.lease_owner is None and row.title == "CPU high"
     (incident,) = pagerduty.incidents()
     assert incident["status"] == "resolved" and row.pagerduty_incident_id == incident["id"]
+
+
+# -- the first step taken where the batch is applied (BatchClaim) ---------------------------
+
+
+def _events(*alert_ids: str, action: AlertStatus = T, at: float = 0) -> list[AlertEventMessage]:
+    return [
+        AlertEventMessage(
+            event_id=new_event_id(),
+            source=SOURCE_COSCALE,
+            alert_id=alert_id,
+            action=action,
+            received_at=START + timedelta(seconds=at),
+            title="CPU high" if action is T else None,
+            details="Message: CPU high",
+            service_id="PSVC",
+        )
+        for alert_id in alert_ids
+    ]
+
+
+def _plans_made(reconciler: Reconciler, monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """The alert ids of every planning transaction the reconciler runs from now on."""
+    planned: list[list[int]] = []
+    plan = reconciler._plan
+
+    def counted(alert_pks: list[int], *args: object, **kwargs: object) -> object:
+        planned.append(list(alert_pks))
+        return plan(alert_pks, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(reconciler, "_plan", counted)
+    return planned
+
+
+def test_a_claimed_batch_is_stored_leased_and_reconciled_without_a_planning_transaction(
+    reconciler: Reconciler,
+    pagerduty: FakePagerDuty,
+    clock: Clock,
+    sqlite_sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given an alert already open (its acknowledge is a stored cycle's change) and two new ones
+    (opened,) = apply_events(sqlite_sessions, _events("c0"), clock())
+    reconciler.reconcile_many([opened.alert_pk or 0])
+    planned = _plans_made(reconciler, monkeypatch)
+    claim = reconciler.claim(limit=10)
+    applied = apply_events(
+        sqlite_sessions,
+        [*_events("c0", action=A, at=1), *_events("c1", "c2")],
+        clock(),
+        claim=claim,
+    )
+    # Then the transaction that applied the events also took the leases and marked the creates
+    with sqlite_sessions() as session:
+        rows = {a.source_alert_id: a for a in session.scalars(select(Alert))}
+    assert {rows[k].lease_owner for k in ("c0", "c1", "c2")} == {claim.owner}
+    assert rows["c1"].create_sent_at == clock() and rows["c0"].create_sent_at is not None
+    assert set(claim.first_calls()) == {a.alert_pk for a in applied}
+    # And the reconcile starts at the calls: no planning transaction, everything delivered
+    results = reconciler.reconcile_many([], claim=claim)
+    assert planned == []
+    assert set(results.values()) == {ReconcileResult.DELIVERED}
+    assert sorted(i["status"] for i in pagerduty.incidents()) == [
+        "acknowledged",
+        "triggered",
+        "triggered",
+    ]
+    assert alert(sqlite_sessions, "c1").lease_owner is None
+
+
+def test_a_claim_leaves_live_leases_alerts_without_a_call_and_alerts_past_its_limit(
+    reconciler: Reconciler,
+    pagerduty: FakePagerDuty,
+    clock: Clock,
+    sqlite_sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given an alert another worker holds (a live lease), and one whose expired lease is free
+    opened = apply_events(sqlite_sessions, _events("held", "free"), clock())
+    reconciler.reconcile_many([a.alert_pk or 0 for a in opened])
+    with sqlite_sessions.begin() as session:
+        for alert_id, expires in (("held", 30), ("free", -1)):
+            row = session.scalars(select(Alert).where(Alert.source_alert_id == alert_id)).one()
+            row.lease_owner = f"another-worker-{alert_id}"
+            row.lease_expires_at = clock() + timedelta(seconds=expires)
+    planned = _plans_made(reconciler, monkeypatch)
+    claim = reconciler.claim(limit=2)
+    # When a batch resolves both, acknowledges an alert never triggered (nothing to call until
+    # its trigger's text comes), and opens two more with room left for one
+    applied = apply_events(
+        sqlite_sessions,
+        [
+            *_events("held", "free", action=R, at=1),
+            *_events("untitled", action=A, at=1),
+            *_events("n1", "n2"),
+        ],
+        clock(),
+        claim=claim,
+    )
+    names = ["held", "free", "untitled", "n1", "n2"]
+    pk = dict(zip(names, (a.alert_pk or 0 for a in applied), strict=True))
+    # Then it claimed the free one and the first new one only
+    assert set(claim.first_calls()) == {pk["free"], pk["n1"]}
+    assert alert(sqlite_sessions, "held").lease_owner == "another-worker-held"
+    assert alert(sqlite_sessions, "untitled").lease_owner is None
+    # And reconcile_many plans the rest itself, as before: the held one is BUSY
+    results = reconciler.reconcile_many(
+        [a.alert_pk or 0 for a in applied if a.needs_delivery], claim=claim
+    )
+    assert planned[0] == [pk["held"], pk["untitled"], pk["n2"]]
+    assert results[pk["held"]] is ReconcileResult.BUSY
+    assert results[pk["untitled"]] is ReconcileResult.WAITING
+    assert results[pk["free"]] is results[pk["n1"]] is results[pk["n2"]]
+    assert results[pk["n1"]] is ReconcileResult.DELIVERED
+
+
+def test_a_claim_is_not_kept_when_the_batch_is_applied_again_one_event_at_a_time(
+    reconciler: Reconciler,
+    pagerduty: FakePagerDuty,
+    clock: Clock,
+    sqlite_sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given the batch's transaction meets a conflict (another worker opened the same cycle)
+    import worker.intake as intake
+
+    batch = intake._apply_batch
+    conflicts = [True]
+
+    def conflicting(session: Session, events: list[AlertEventMessage], *args: object) -> object:
+        result = batch(session, events, *args)  # type: ignore[arg-type]
+        if len(events) > 1 and conflicts.pop():
+            raise IntegrityError("INSERT", {}, Exception("unique constraint"))
+        return result
+
+    monkeypatch.setattr(intake, "_apply_batch", conflicting)
+    claim = reconciler.claim(limit=10)
+    applied = apply_events(sqlite_sessions, _events("r1", "r2"), clock(), claim=claim)
+    # Then the events are applied one by one, unclaimed, and reconciled all the same
+    assert claim.first_calls() == {}
+    assert {alert(sqlite_sessions, k).lease_owner for k in ("r1", "r2")} == {None}
+    results = reconciler.reconcile_many([a.alert_pk or 0 for a in applied], claim=claim)
+    assert set(results.values()) == {ReconcileResult.DELIVERED}
+    assert len(pagerduty.incidents()) == 2
