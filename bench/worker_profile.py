@@ -5,8 +5,9 @@ database, the local Redis (the delivery gate) and the bundled simulator, in batc
 the live phase of ``bench/run.py`` produces (32 to 98 events per apply task, about 60 on
 average, counted in one run):
 
-    apply      apply_events: the batch's events folded into their alerts (one transaction)
-    plan       the first reconcile transaction: leases taken, each alert's next call decided
+    apply      apply_events: the batch's events folded into their alerts, and (as the apply
+               task does) the first RECONCILE_INLINE of them leased and planned (one transaction)
+    plan       a reconcile's planning transactions: for alerts the apply did not claim
     deliver    the PagerDuty calls, through the delivery gate (one create per alert here)
     record     the transaction that writes the answers and finishes the alerts
 
@@ -136,6 +137,7 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
     from worker.runtime import Runtime
     from worker.settings import get_settings
     from worker.status import AlertStatus
+    from worker.tasks import RECONCILE_INLINE
 
     clock = StageClock()
     clock.wrap(intake, "apply_events", "apply")
@@ -161,8 +163,12 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
             )
             for i in range(options.batch)
         ]
-        applied = apply_events(runtime.sessions, events, utcnow())
-        results = reconciler.reconcile_many([a.alert_pk for a in applied if a.alert_pk])
+        # As the apply task does: the applying transaction takes the reconcile's first step.
+        claim = reconciler.claim(RECONCILE_INLINE)
+        applied = apply_events(runtime.sessions, events, utcnow(), claim=claim)
+        results = reconciler.reconcile_many(
+            [a.alert_pk for a in applied if a.alert_pk], claim=claim
+        )
         if set(results.values()) != {reconcile.ReconcileResult.DELIVERED}:
             raise BenchError(f"a batch was not delivered: {sorted(set(results.values()))}")
 

@@ -1,0 +1,111 @@
+"""The apply task's own steps (worker/tasks.py), with SQLite and a fake PagerDuty in place of
+the process's runtime: which alerts it reconciles itself, which it queues, and that the ones it
+reconciles were leased and planned by the transaction that applied their events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from models import Alert
+from tests.fakes import FakePagerDuty
+from worker import tasks
+from worker.event import SOURCE_COSCALE, AlertEventMessage, new_event_id
+from worker.reconcile import Reconciler
+from worker.settings import Settings
+from worker.status import AlertStatus, DeliveryState
+
+
+@dataclass
+class Request:
+    """What the task reads of celery-batches' SimpleRequest."""
+
+    args: tuple[Any, ...]
+
+
+def _message(*alert_ids: str) -> Request:
+    received = datetime.now(UTC)
+    return Request(
+        (
+            [
+                AlertEventMessage(
+                    event_id=new_event_id(),
+                    source=SOURCE_COSCALE,
+                    alert_id=alert_id,
+                    action=AlertStatus.TRIGGERED,
+                    received_at=received,
+                    title="CPU high",
+                    details="Message: CPU high",
+                    service_id="PSVC",
+                ).to_message()
+                for alert_id in alert_ids
+            ],
+        )
+    )
+
+
+@pytest.fixture
+def setup(
+    sqlite_sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> SimpleNamespace:
+    pagerduty = FakePagerDuty()
+    reconciler = Reconciler(sqlite_sessions, pagerduty.client(), Settings())
+    queued: list[list[int]] = []
+    planned: list[list[int]] = []
+    plan = reconciler._plan
+
+    def counted(alert_pks: list[int], *args: Any, **kwargs: Any) -> Any:
+        planned.append(list(alert_pks))
+        return plan(alert_pks, *args, **kwargs)
+
+    monkeypatch.setattr(reconciler, "_plan", counted)
+    monkeypatch.setattr(tasks, "current_runtime", lambda: SimpleNamespace(sessions=sqlite_sessions))
+    monkeypatch.setattr(tasks, "_reconciler", lambda: reconciler)
+    monkeypatch.setattr(tasks, "queue_reconcile", queued.extend)
+    return SimpleNamespace(pagerduty=pagerduty, queued=queued, planned=planned)
+
+
+def test_the_task_reconciles_the_first_alerts_it_applied_claimed_and_queues_the_rest(
+    setup: SimpleNamespace,
+    sqlite_sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tasks, "RECONCILE_INLINE", 5)
+    tasks.apply_event_task([_message("a0", "a1", "a2"), _message("a3", "a4", "a5", "a6")])
+    with sqlite_sessions() as session:
+        rows = {a.source_alert_id: a for a in session.scalars(select(Alert))}
+    inline = {f"a{n}" for n in range(5)}
+    # The first five: delivered by this task, with no planning transaction of their own
+    assert setup.planned == []
+    assert {k for k, a in rows.items() if a.delivery_state is DeliveryState.DELIVERED} == inline
+    assert len(setup.pagerduty.incidents()) == 5
+    # The rest: queued for any worker, unleased
+    assert setup.queued == [rows["a5"].id, rows["a6"].id]
+    assert {rows[k].lease_owner for k in ("a5", "a6")} == {None}
+
+
+def test_the_task_still_reconciles_what_it_claimed_when_queueing_the_rest_fails(
+    setup: SimpleNamespace,
+    sqlite_sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tasks, "RECONCILE_INLINE", 2)
+
+    def broker_down(alert_pks: list[int]) -> None:
+        raise ConnectionError("Redis is away")
+
+    monkeypatch.setattr(tasks, "queue_reconcile", broker_down)
+    with pytest.raises(ConnectionError):
+        tasks.apply_event_task([_message("b0", "b1", "b2")])
+    with sqlite_sessions() as session:
+        rows = {a.source_alert_id: a for a in session.scalars(select(Alert))}
+    # The two it had leased are delivered and released, not left leased until expiry
+    assert [rows[k].delivery_state for k in ("b0", "b1")] == [DeliveryState.DELIVERED] * 2
+    assert {rows[k].lease_owner for k in ("b0", "b1", "b2")} == {None}
+    assert rows["b2"].delivery_state is DeliveryState.PENDING  # the sweeper's, in a few seconds
