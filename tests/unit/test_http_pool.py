@@ -236,16 +236,24 @@ def test_the_default_pool_sends_as_httpx_would_and_keeps_the_connection() -> Non
 def test_a_request_goes_out_in_one_write_head_and_body_together(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """http.client writes the head, then the body: two system calls, two TCP segments, two
-    reads at the far end per PagerDuty call. The pool's connections join them."""
+    """Head and body in two writes would be two system calls, two TCP segments and two reads
+    at the far end per PagerDuty call (http.client's way): the pool writes each request once."""
     writes: list[bytes] = []
-    socket_write = http.client.HTTPConnection.send
+    client = threading.get_ident()  # the test server answers from threads of its own
+    socket_sendall, socket_send = socket.socket.sendall, socket.socket.send
 
-    def recorded(connection: http.client.HTTPConnection, data: Any) -> None:
-        writes.append(bytes(data))
-        socket_write(connection, data)
+    def sendall(sock: socket.socket, data: Any, *args: Any) -> None:
+        if threading.get_ident() == client:
+            writes.append(bytes(data))
+        socket_sendall(sock, data, *args)
 
-    monkeypatch.setattr(http.client.HTTPConnection, "send", recorded)
+    def send(sock: socket.socket, data: Any, *args: Any) -> int:
+        if threading.get_ident() == client:
+            writes.append(bytes(data))
+        return socket_send(sock, data, *args)
+
+    monkeypatch.setattr(socket.socket, "sendall", sendall)
+    monkeypatch.setattr(socket.socket, "send", send)
     with _serving(_reply(201, b"{}")) as (server, pool):
         pool.send("POST", pool.url("/incidents"), content=b'{"a":1}')
         pool.send("GET", pool.url("/incidents"))
@@ -410,3 +418,119 @@ def test_https_is_verified_against_the_trusted_authorities(
     with _serving(_reply(200, b"secret"), tls=server_tls) as (server, pool):
         assert [pool.send("GET", pool.url("/x")).content for _ in range(2)] == [b"secret"] * 2
     assert server.connections == 1
+
+
+# -- answers as the wire carries them: a raw loopback server --------------------------------
+
+
+@contextlib.contextmanager
+def _raw_server(*answers: bytes, close_after: bool = False) -> Iterator[tuple[str, list[int]]]:
+    """A server that reads each request (head, and a body of its Content-Length) and writes the
+    next of ``answers`` as given, byte for byte; yields its URL and a count of connections."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)
+    connections: list[int] = []
+    pending = list(answers)
+    stopped = threading.Event()
+
+    def serve() -> None:
+        while pending and not stopped.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(None)
+            connections.append(1)
+            with conn:
+                data = b""
+                while pending:
+                    while b"\r\n\r\n" not in data:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                    if b"\r\n\r\n" not in data:
+                        break
+                    head, _, data = data.partition(b"\r\n\r\n")
+                    length = 0
+                    for line in head.split(b"\r\n")[1:]:
+                        name, _, value = line.partition(b":")
+                        if name.strip().lower() == b"content-length":
+                            length = int(value)
+                    while len(data) < length:
+                        data += conn.recv(65536)
+                    data = data[length:]
+                    conn.sendall(pending.pop(0))
+                    if close_after:
+                        break
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", connections
+    finally:
+        stopped.set()
+        thread.join(2)
+        listener.close()
+
+
+@pytest.mark.usefixtures("no_proxy")
+def test_chunked_and_interim_answers_are_read_whole_and_the_connection_kept() -> None:
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n"
+        b'5\r\n{"a":\r\n3\r\n 1}\r\n0\r\n\r\n'
+    )
+    interim = b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\nHTTP/1.1 201 Created\r\n"
+    interim += b"Content-Length: 2\r\nX-Final: yes\r\n\r\n{}"
+    with _raw_server(chunked, interim) as (url, connections):
+        pool = _real_pool(url)
+        first = pool.send("GET", pool.url("/x"))
+        second = pool.send("POST", pool.url("/x"), content=b"{}")
+        pool.close()
+    assert (first.status_code, first.content) == (200, b'{"a": 1}')
+    assert first.headers["content-type"] == "application/json"
+    assert (second.status_code, second.content) == (201, b"{}")
+    assert second.headers["x-final"] == "yes" and "link" not in second.headers
+    assert len(connections) == 1
+
+
+@pytest.mark.usefixtures("no_proxy")
+def test_an_answer_ending_with_its_connection_is_read_whole_and_not_kept() -> None:
+    until_close = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it"
+    http10 = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    with _raw_server(until_close, http10, close_after=True) as (url, connections):
+        pool = _real_pool(url)
+        assert pool.send("GET", pool.url("/x")).content == b"all of it"
+        assert pool.send("GET", pool.url("/x")).content == b"ok"  # HTTP/1.0: closed after
+        assert isinstance(pool._sender, pool_module._KeepAliveSender)
+        assert not any(pool._sender._idle.values())
+        pool.close()
+    assert len(connections) == 2
+
+
+@pytest.mark.usefixtures("no_proxy")
+def test_an_answer_cut_off_mid_body_is_a_protocol_error() -> None:
+    cut = b'HTTP/1.1 201 Created\r\nContent-Length: 100\r\n\r\n{"incident":'
+    with _raw_server(cut, close_after=True) as (url, _):
+        pool = _real_pool(url)
+        with pytest.raises(httpx.RemoteProtocolError, match="before the answer was complete"):
+            pool.send("POST", pool.url("/incidents"), content=b"{}")
+        pool.close()
+
+
+@pytest.mark.usefixtures("no_proxy")
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("From", "a@x.test\r\nX-Evil: 1"), ("From", "a@x.test\n"), ("Bad Name", "v"), ("X", "\x00")],
+)
+def test_a_header_that_could_smuggle_a_line_is_refused_before_anything_is_sent(
+    name: str, value: str
+) -> None:
+    with _raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n") as (url, connections):
+        pool = _real_pool(url)
+        with pytest.raises(ValueError, match="invalid"):
+            pool.send("GET", pool.url("/x"), headers={name: value})
+        pool.close()
+    assert connections == []  # refused before a connection was even made
