@@ -534,3 +534,13 @@ def test_a_header_that_could_smuggle_a_line_is_refused_before_anything_is_sent(
             pool.send("GET", pool.url("/x"), headers={name: value})
         pool.close()
     assert connections == []  # refused before a connection was even made
+
+
+@pytest.mark.usefixtures("no_proxy")
+def test_a_head_request_is_refused_its_answer_would_be_misread() -> None:
+    with _raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n") as (url, connections):
+        pool = _real_pool(url)
+        with pytest.raises(ValueError, match="unsupported method"):
+            pool.send("HEAD", pool.url("/x"))
+        pool.close()
+    assert connections == []
