@@ -462,15 +462,18 @@ PREFORK = textwrap.dedent(
     from worker import metrics
 
     directory, port = sys.argv[1], int(sys.argv[2])
+    metrics.observe_pagerduty_call("create", 201, 0.1)  # in memory: before the switch
     # As the worker's main process does at Celery's worker_init, before the pool forks.
     metrics.enable_multiprocess(directory)
     assert metrics.serve_worker_metrics(port, directory)
+    metrics.observe_pagerduty_call("find", 200, 0.1)  # the parent's own file, before the forks
     children = []
     for n in range(2):  # two pool processes, each delivering an alert
         pid = os.fork()
         if pid == 0:
             metrics.count_deliveries(["delivered"])
             metrics.observe_pagerduty_call("create", 201, 0.2)
+            metrics.observe_pagerduty_call("find", 200, 0.2)
             os._exit(0)
         children.append(pid)
     for pid in children:
@@ -501,6 +504,8 @@ def test_worker_port_sums_the_pool_processes(tmp_path: Path) -> None:
     assert (
         'pagerbridge_pagerduty_calls_total{endpoint="create",status_class="2xx"} 2.0' in done.stdout
     )
+    # The series a process made before it forked count in each process's own file
+    assert 'pagerbridge_pagerduty_calls_total{endpoint="find",status_class="2xx"} 3.0' in done.stdout
 
 
 def test_a_taken_port_is_logged_and_the_worker_goes_on(

@@ -380,9 +380,10 @@ class PagerDutyClient(PooledClient):
         logger.debug(
             "PagerDuty %s %s -> %d in %.0f ms", method, path, response.status_code, elapsed_ms
         )
-        error = classify_response(response.status_code, response.content, response.headers)
-        if error is not None:
-            raise error
+        if not 200 <= response.status_code <= 299:  # else done: no headers to make and read
+            error = classify_response(response.status_code, response.content, response.headers)
+            if error is not None:
+                raise error
         return _Answer.of(response.status_code, response.content)
 
     def _scrub(self, error: PagerDutyError) -> None:

@@ -395,9 +395,11 @@ class EventsClient(PooledClient):
         logger.debug(
             "PagerDuty Events %s -> %d in %.0f ms", action, response.status_code, elapsed * 1000
         )
-        error = classify_event_response(response.status_code, response.content, response.headers)
-        if error is not None:
-            raise error
+        if not 200 <= response.status_code <= 299:  # else taken: no headers to make and read
+            status, answer = response.status_code, response.content
+            error = classify_event_response(status, answer, response.headers)
+            if error is not None:
+                raise error
 
     def _scrub(self, error: PagerDutyError) -> None:
         """Remove the routing key from an error's text before it leaves the client.
