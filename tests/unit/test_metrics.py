@@ -505,7 +505,8 @@ def test_worker_port_sums_the_pool_processes(tmp_path: Path) -> None:
         'pagerbridge_pagerduty_calls_total{endpoint="create",status_class="2xx"} 2.0' in done.stdout
     )
     # The series a process made before it forked count in each process's own file
-    assert 'pagerbridge_pagerduty_calls_total{endpoint="find",status_class="2xx"} 3.0' in done.stdout
+    found = 'pagerbridge_pagerduty_calls_total{endpoint="find",status_class="2xx"} 3.0'
+    assert found in done.stdout
 
 
 def test_a_taken_port_is_logged_and_the_worker_goes_on(
