@@ -43,6 +43,10 @@ class CeleryEventQueue:
                 # (for monitoring tools): a quarter of the api's CPU per message, measured.
                 argsrepr=_summary(events),
                 kwargsrepr="{}",
+                # The queue is the routing key of the default (direct) exchange: nothing to
+                # declare. Celery would otherwise re-declare it with every message (a copy of
+                # the queue and its exchange bound to the channel: 8% of a publish, measured).
+                declare=[],
                 # Fail fast: CoScale is waiting for the answer, and a 503 is better than a
                 # request held until CoScale's own timeout.
                 retry=True,

@@ -95,3 +95,37 @@ def test_the_api_publishes_apply_messages_a_worker_can_read(
         assert [body[0][0][0]["n"] for body in bodies] == list(range(20))
     finally:
         redis.Redis.from_url(redis_url).delete(f"{namespace}-broker")
+
+
+def test_an_event_published_without_declaring_its_queue_reaches_it(
+    redis_url: str, namespace: str
+) -> None:
+    # The api publishes without declaring the queue (worker/queue.py): on a Redis that has never
+    # seen the queue nor its bindings (no worker ever started), the message must still be in it.
+    from models import utcnow
+    from worker.event import AlertEventMessage
+    from worker.queue import CeleryEventQueue
+    from worker.status import AlertStatus
+
+    name = f"{namespace}-undeclared"
+    client = redis.Redis.from_url(redis_url)
+    assert not client.keys(f"*{name}*")
+    app = create_celery(Settings(redis_url=redis_url, namespace=name))
+    event = AlertEventMessage(
+        event_id=uuid.uuid4().hex,
+        source="coscale",
+        alert_id="a1",
+        action=AlertStatus.TRIGGERED,
+        received_at=utcnow(),
+    )
+    try:
+        assert CeleryEventQueue(app).publish_many([event]) == "queue"
+        assert client.llen(name) == 1
+        with app.connection_for_read() as connection:
+            queue = connection.SimpleQueue(name)
+            message = queue.get(timeout=5)
+            message.ack()
+            queue.close()
+        assert message.payload[0][0][0]["event_id"] == event.event_id
+    finally:
+        client.delete(name)

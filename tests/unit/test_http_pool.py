@@ -379,6 +379,25 @@ def test_a_requests_own_header_replaces_the_pools_whatever_its_case() -> None:
 
 
 @pytest.mark.usefixtures("no_proxy")
+def test_extra_headers_are_merged_per_request_unless_read_only_and_the_same() -> None:
+    from types import MappingProxyType
+
+    own = MappingProxyType({"From": "a@x.test"})
+    changing = {"From": "b@x.test"}
+    with _serving(_reply(200)) as (server, pool):
+        pool.send("PUT", pool.url("/x"), headers=own)
+        pool.send("PUT", pool.url("/x"), headers=own)
+        pool.send("PUT", pool.url("/x"), headers=changing)
+        changing["From"] = "c@x.test"  # a plain dict may change between requests
+        pool.send("PUT", pool.url("/x"), headers=changing)
+        pool.send("PUT", pool.url("/x"), headers=own)
+        pool.send("GET", pool.url("/x"))
+    sent = [headers.get("From") for _, _, headers, _ in server.requests]
+    assert sent == ["a@x.test", "a@x.test", "b@x.test", "c@x.test", "a@x.test", None]
+    assert all(headers["Authorization"] == "Token token=t" for *_, headers, _ in server.requests)
+
+
+@pytest.mark.usefixtures("no_proxy")
 def test_an_answer_that_is_not_http_is_a_protocol_error() -> None:
     def garbage(handler: http.server.BaseHTTPRequestHandler) -> None:
         handler.close_connection = True

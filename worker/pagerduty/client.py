@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -136,6 +137,8 @@ class PagerDutyClient(PooledClient):
         url = http_url(base_url, "base_url")
         self._base_url = base_url
         self._from_email = from_email
+        # Read-only and the same for every write: the pool merges it with its own once.
+        self._write_headers = MappingProxyType({"From": from_email})
         self._token = token
         self._http = open_pool(
             base_url=url,
@@ -358,7 +361,7 @@ class PagerDutyClient(PooledClient):
         params: list[tuple[str, _QueryValue]] | None,
     ) -> _Answer:
         # PAGERDUTY.md: From is required on POST and PUT /incidents; sent on every write.
-        headers = {"From": self._from_email} if method != "GET" else None
+        headers = self._write_headers if method != "GET" else None
         endpoint = _endpoint(method, path)  # for metrics: counted here, the one way out
         started = time.monotonic()
         try:

@@ -20,7 +20,7 @@ import time
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, Self
 
 import httptools
@@ -37,7 +37,11 @@ MAX_CACHED_URLS = 16  # paths whose URL a pool keeps made: /incidents and a few 
 
 def json_content(body: Mapping[str, Any]) -> bytes:
     """A JSON request body, encoded as httpx encodes ``json=``: UTF-8, compact, no NaN."""
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    return _JSON.encode(body).encode()
+
+
+# One encoder: json.dumps with options makes a new one per call.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def http_url(value: str, name: str) -> httpx.URL:
@@ -155,6 +159,8 @@ class HttpPool:
         self._urls: dict[str, httpx.URL] = {}
         self._timeout = timeout.as_dict()
         self._sender = sender
+        # The extra headers of the latest request, and the pool's merged with them.
+        self._last_merge: tuple[Mapping[str, str] | None, dict[str, str]] = (None, {})
 
     def url(self, path: str, params: Sequence[tuple[str, Any]] | None = None) -> httpx.URL:
         """``path`` under the base URL, with ``params`` as its query."""
@@ -179,7 +185,17 @@ class HttpPool:
         headers: Mapping[str, str] | None = None,
     ) -> Reply:
         """One request; the answer comes back read, its connection back in the pool."""
-        request_headers = _merged(self._headers, headers) if headers else self._headers
+        if not headers:
+            request_headers = self._headers
+        else:
+            extra, merged = self._last_merge  # one read: threads may share the pool
+            if headers is not extra:
+                merged = _merged(self._headers, headers)
+                if isinstance(headers, MappingProxyType):
+                    # Read-only: a client's own headers, the same mapping with every request
+                    # (PagerDuty's From): merged once, not per request.
+                    self._last_merge = (headers, merged)
+            request_headers = merged
         return self._sender.send(method, url, request_headers, content, self._timeout)
 
     def close(self) -> None:
