@@ -563,3 +563,17 @@ def test_a_head_request_is_refused_its_answer_would_be_misread() -> None:
             pool.send("HEAD", pool.url("/x"))
         pool.close()
     assert connections == []
+
+
+@pytest.mark.usefixtures("no_proxy")
+def test_bytes_after_the_answer_are_not_taken_for_it_and_the_connection_is_dropped() -> None:
+    extra = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Extra: 1\r\n\r\n{}HTTP/1.1 500 Oops\r\n"
+    extra += b"Content-Length: 4\r\nX-Second: 1\r\n\r\nnope"
+    with _raw_server(extra, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") as (url, conns):
+        pool = _real_pool(url)
+        first = pool.send("GET", pool.url("/x"))
+        assert (first.status_code, first.content) == (200, b"{}")
+        assert "x-second" not in first.headers and first.headers["x-extra"] == "1"
+        assert pool.send("GET", pool.url("/x")).content == b"ok"  # on a new connection
+        pool.close()
+    assert len(conns) == 2

@@ -309,7 +309,7 @@ class _Connection:
                 parser.feed_data(data)
             except httptools.HttpParserError as exc:
                 raise httpx.RemoteProtocolError(f"malformed answer: {exc}") from exc
-        keep_alive = answer.complete and answer.keep_alive
+        keep_alive = answer.complete and answer.keep_alive and not answer.trailing
         return _Answer(answer.status, b"".join(answer.body), answer.headers, not keep_alive)
 
     def close(self) -> None:
@@ -331,23 +331,35 @@ class _AnswerParts:
         self.headers: list[tuple[str, str]] = []
         self.body: list[bytes] = []
         self.headers_complete = self.complete = self.until_close = self.keep_alive = False
+        self.trailing = False
 
     def on_status(self, _: bytes) -> None:
         pass
 
+    def on_message_begin(self) -> None:
+        # Bytes after the answer, in the read that ended it: nothing was asked for them, and
+        # the connection is not to be trusted with another request.
+        self.trailing = self.complete
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        if not self.complete:
+            self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
+        if self.complete:
+            return
         self.status = self.parser.get_status_code()
         self.headers_complete = True
         names = {name.lower() for name, _ in self.headers}
         self.until_close = "content-length" not in names and "transfer-encoding" not in names
 
     def on_body(self, body: bytes) -> None:
-        self.body.append(body)
+        if not self.complete:
+            self.body.append(body)
 
     def on_message_complete(self) -> None:
+        if self.complete:
+            return
         if self.status < 200:
             self.interim()  # 1xx (e.g. 103 Early Hints): the answer is still to come
             return
