@@ -1,18 +1,24 @@
-"""Fakes shared by unit tests: PagerDuty behind an ``httpx.MockTransport``, a queue in a list."""
+"""Fakes shared by unit tests: PagerDuty behind an ``httpx.MockTransport``, a queue in a list,
+CoScale events, and a count of a reconciler's planning transactions."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 import httpx
+import pytest
 
 from worker.errors import ServiceUnavailable
-from worker.event import AlertEventMessage
+from worker.event import SOURCE_COSCALE, AlertEventMessage, new_event_id
 from worker.pagerduty import PagerDutyClient
 from worker.pagerduty.simulator import SimulatedError, SimulatedPagerDuty
 from worker.queue import QueuedIn
+from worker.reconcile import Reconciler
+from worker.status import AlertStatus
 
 TOKEN = "unit-test-pagerduty-token"
 
@@ -106,3 +112,38 @@ class ListQueue:
             if self.on_publish:
                 self.on_publish(event)
         return "queue"
+
+
+def trigger_events(
+    *alert_ids: str,
+    received_at: datetime,
+    action: AlertStatus = AlertStatus.TRIGGERED,
+) -> list[AlertEventMessage]:
+    """One CoScale event per alert id, as the ingress would stamp them (a trigger carries the
+    title; other actions none)."""
+    return [
+        AlertEventMessage(
+            event_id=new_event_id(),
+            source=SOURCE_COSCALE,
+            alert_id=alert_id,
+            action=action,
+            received_at=received_at,
+            title="CPU high" if action is AlertStatus.TRIGGERED else None,
+            details="Message: CPU high",
+            service_id="PSVC",
+        )
+        for alert_id in alert_ids
+    ]
+
+
+def count_plans(reconciler: Reconciler, monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """The alert ids of every planning transaction ``reconciler`` runs from now on."""
+    planned: list[list[int]] = []
+    plan = reconciler._plan
+
+    def counted(alert_pks: list[int], *args: Any, **kwargs: Any) -> Any:
+        planned.append(list(alert_pks))
+        return plan(alert_pks, *args, **kwargs)
+
+    monkeypatch.setattr(reconciler, "_plan", counted)
+    return planned

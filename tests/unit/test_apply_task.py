@@ -14,12 +14,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert
-from tests.fakes import FakePagerDuty
+from tests.fakes import FakePagerDuty, count_plans, trigger_events
 from worker import tasks
-from worker.event import SOURCE_COSCALE, AlertEventMessage, new_event_id
 from worker.reconcile import Reconciler
 from worker.settings import Settings
-from worker.status import AlertStatus, DeliveryState
+from worker.status import DeliveryState
 
 
 @dataclass
@@ -30,24 +29,8 @@ class Request:
 
 
 def _message(*alert_ids: str) -> Request:
-    received = datetime.now(UTC)
-    return Request(
-        (
-            [
-                AlertEventMessage(
-                    event_id=new_event_id(),
-                    source=SOURCE_COSCALE,
-                    alert_id=alert_id,
-                    action=AlertStatus.TRIGGERED,
-                    received_at=received,
-                    title="CPU high",
-                    details="Message: CPU high",
-                    service_id="PSVC",
-                ).to_message()
-                for alert_id in alert_ids
-            ],
-        )
-    )
+    events = trigger_events(*alert_ids, received_at=datetime.now(UTC))
+    return Request(([event.to_message() for event in events],))
 
 
 @pytest.fixture
@@ -57,14 +40,7 @@ def setup(
     pagerduty = FakePagerDuty()
     reconciler = Reconciler(sqlite_sessions, pagerduty.client(), Settings())
     queued: list[list[int]] = []
-    planned: list[list[int]] = []
-    plan = reconciler._plan
-
-    def counted(alert_pks: list[int], *args: Any, **kwargs: Any) -> Any:
-        planned.append(list(alert_pks))
-        return plan(alert_pks, *args, **kwargs)
-
-    monkeypatch.setattr(reconciler, "_plan", counted)
+    planned = count_plans(reconciler, monkeypatch)
     monkeypatch.setattr(tasks, "current_runtime", lambda: SimpleNamespace(sessions=sqlite_sessions))
     monkeypatch.setattr(tasks, "_reconciler", lambda: reconciler)
     monkeypatch.setattr(tasks, "queue_reconcile", queued.extend)

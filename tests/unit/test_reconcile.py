@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, AlertEvent
-from tests.fakes import FakePagerDuty
+from tests.fakes import FakePagerDuty, count_plans, trigger_events
 from worker.event import SOURCE_API, SOURCE_COSCALE, AlertEventMessage, new_event_id
 from worker.intake import AppliedEvent, EventOutcome, apply_event, apply_events
 from worker.reconcile import Reconciler, ReconcileResult
@@ -737,32 +737,7 @@ def test_an_event_applied_during_the_call_is_kept_and_delivered_next(
 
 
 def _events(*alert_ids: str, action: AlertStatus = T, at: float = 0) -> list[AlertEventMessage]:
-    return [
-        AlertEventMessage(
-            event_id=new_event_id(),
-            source=SOURCE_COSCALE,
-            alert_id=alert_id,
-            action=action,
-            received_at=START + timedelta(seconds=at),
-            title="CPU high" if action is T else None,
-            details="Message: CPU high",
-            service_id="PSVC",
-        )
-        for alert_id in alert_ids
-    ]
-
-
-def _plans_made(reconciler: Reconciler, monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
-    """The alert ids of every planning transaction the reconciler runs from now on."""
-    planned: list[list[int]] = []
-    plan = reconciler._plan
-
-    def counted(alert_pks: list[int], *args: object, **kwargs: object) -> object:
-        planned.append(list(alert_pks))
-        return plan(alert_pks, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(reconciler, "_plan", counted)
-    return planned
+    return trigger_events(*alert_ids, action=action, received_at=START + timedelta(seconds=at))
 
 
 def test_a_claimed_batch_is_stored_leased_and_reconciled_without_a_planning_transaction(
@@ -775,7 +750,7 @@ def test_a_claimed_batch_is_stored_leased_and_reconciled_without_a_planning_tran
     # Given an alert already open (its acknowledge is a stored cycle's change) and two new ones
     (opened,) = apply_events(sqlite_sessions, _events("c0"), clock())
     reconciler.reconcile_many([opened.alert_pk or 0])
-    planned = _plans_made(reconciler, monkeypatch)
+    planned = count_plans(reconciler, monkeypatch)
     claim = reconciler.claim(limit=10)
     applied = apply_events(
         sqlite_sessions,
@@ -816,7 +791,7 @@ def test_a_claim_leaves_live_leases_alerts_without_a_call_and_alerts_past_its_li
             row = session.scalars(select(Alert).where(Alert.source_alert_id == alert_id)).one()
             row.lease_owner = f"another-worker-{alert_id}"
             row.lease_expires_at = clock() + timedelta(seconds=expires)
-    planned = _plans_made(reconciler, monkeypatch)
+    planned = count_plans(reconciler, monkeypatch)
     claim = reconciler.claim(limit=2)
     # When a batch resolves both, acknowledges an alert never triggered (nothing to call until
     # its trigger's text comes), and opens two more with room left for one

@@ -333,9 +333,6 @@ class _AnswerParts:
         self.headers_complete = self.complete = self.until_close = self.keep_alive = False
         self.trailing = False
 
-    def on_status(self, _: bytes) -> None:
-        pass
-
     def on_message_begin(self) -> None:
         # Bytes after the answer, in the read that ended it: nothing was asked for them, and
         # the connection is not to be trusted with another request.
