@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init, worker_ready
+from celery.signals import worker_init, worker_ready
 
 # Imported for their Celery signal receivers: worker and beat log through our handler (format,
 # token redaction), and a worker serves its metrics port (worker/logs.py, worker/metrics.py).
@@ -71,7 +71,7 @@ def _freeze(**_: Any) -> None:
 
 
 # A worker's start-up objects are frozen (worker/heap.py): in the main process before the pool
-# forks (the children then share those pages, untouched by their collections), in each pool
-# process once it is set up, and in the main process again once its consumer is running.
-for _started in (worker_init, worker_process_init, worker_ready):
+# forks (the children then share those pages, untouched by their collections) and again once its
+# consumer is running; each pool process freezes once it is set up (worker/tasks.py).
+for _started in (worker_init, worker_ready):
     _started.connect(_freeze, weak=False)

@@ -7,7 +7,7 @@ from typing import Any
 
 import redis
 from celery import Task
-from celery.signals import worker_ready
+from celery.signals import worker_init, worker_process_init, worker_ready
 from celery_batches import Batches, SimpleRequest
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -21,9 +21,11 @@ from worker.celery_app import (
     app,
 )
 from worker.event import AlertEventMessage
+from worker.heap import freeze_startup_objects
 from worker.inbox import drain_inbox
 from worker.intake import apply_events
 from worker.leases import release_dead_leases
+from worker.pagerduty.pool import tls_context
 from worker.reconcile import Reconciler
 from worker.runtime import current_runtime
 from worker.sweeper import due_alerts, wake_parked
@@ -177,6 +179,28 @@ def sweep_task(self: Task) -> int:
     if alert_pks:
         log.info("sweeper queued %d due alert(s)", len(alert_pks))
     return len(alert_pks)
+
+
+@worker_init.connect
+def _before_the_pool_forks(**_: Any) -> None:
+    """In the worker's main process: what every pool process would otherwise build for itself
+    in its first task, built once and inherited."""
+    tls_context()
+
+
+@worker_process_init.connect
+def _prepare_pool_process(**_: Any) -> None:
+    """In each pool process, before it takes a task: its runtime (engine, session factory,
+    PagerDuty clients, delivery gates, routes) is built now rather than in the first task, which
+    paid for it (an alert storm after a restart meets every pool process's first task at once).
+    Nothing here touches the network: Celery kills a pool process that is not up within
+    ``worker_proc_alive_timeout`` (4 s), and a database or Redis that is away must not stop the
+    pool from starting. Then the process's start-up objects are frozen (worker/heap.py)."""
+    try:
+        _reconciler()
+    except Exception:  # a misconfiguration the first task reports again, with its alert
+        log.exception("could not prepare this worker process before its first task")
+    freeze_startup_objects()
 
 
 @worker_ready.connect

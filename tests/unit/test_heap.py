@@ -43,12 +43,13 @@ def test_the_orm_is_configured_before_the_freeze(monkeypatch: pytest.MonkeyPatch
     assert steps == ["mappers", "frozen"]
 
 
-def test_the_worker_freezes_before_the_pool_forks_in_each_child_and_once_ready() -> None:
-    from celery.signals import worker_init, worker_process_init, worker_ready
+def test_the_worker_freezes_before_the_pool_forks_and_once_ready() -> None:
+    from celery.signals import worker_init, worker_ready
 
     from worker import celery_app
 
-    for signal in (worker_init, worker_process_init, worker_ready):
+    # Each pool process freezes once prepared: tests/unit/test_pool_process_start.py.
+    for signal in (worker_init, worker_ready):
         assert celery_app._freeze in signal._live_receivers(None), signal.name
 
 

@@ -19,7 +19,7 @@ import trustme
 
 from worker.pagerduty import pool as pool_module
 from worker.pagerduty.classify import classify_transport_failure
-from worker.pagerduty.pool import HttpPool, _merged, environment_proxy, open_pool
+from worker.pagerduty.pool import HttpPool, _merged, environment_proxy, open_pool, tls_context
 
 
 def _pool(handler: Any, base_url: str = "http://pd.test/prefix") -> HttpPool:
@@ -434,8 +434,12 @@ def test_https_is_verified_against_the_trusted_authorities(
         return context
 
     monkeypatch.setattr(httpx, "create_ssl_context", trusting)
-    with _serving(_reply(200, b"secret"), tls=server_tls) as (server, pool):
-        assert [pool.send("GET", pool.url("/x")).content for _ in range(2)] == [b"secret"] * 2
+    tls_context.cache_clear()  # loaded once per process: load it again, trusting
+    try:
+        with _serving(_reply(200, b"secret"), tls=server_tls) as (server, pool):
+            assert [pool.send("GET", pool.url("/x")).content for _ in range(2)] == [b"secret"] * 2
+    finally:
+        tls_context.cache_clear()
     assert server.connections == 1
 
 

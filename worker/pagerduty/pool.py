@@ -79,7 +79,7 @@ def open_pool(
             # httpx.HTTPTransport's TLS context (certifi, SSL_CERT_FILE) and keep-alive
             # limits, no retries.
             sender: _Sender = _KeepAliveSender(
-                httpx.create_ssl_context(),
+                tls_context(),
                 max_idle=MAX_CONNECTIONS,
                 keepalive_expiry=KEEPALIVE_EXPIRY_S,
             )
@@ -100,6 +100,16 @@ def open_pool(
         ),
         sender=sender,
     )
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """httpx.HTTPTransport's TLS context (certifi's authorities, or SSL_CERT_FILE/SSL_CERT_DIR),
+    one per process. Loading the authorities is 20-25 ms of CPU (profiled in a pool process's
+    first task): once, not per client, and a worker loads it before its pool forks, so every
+    pool process starts with it (worker/tasks.py). A context is safe to share between threads
+    and, holding no connection, across a fork."""
+    return httpx.create_ssl_context()
 
 
 def environment_proxy(url: httpx.URL) -> str | None:
