@@ -14,8 +14,8 @@ from __future__ import annotations
 import enum
 import functools
 import json
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -127,6 +127,59 @@ def _arrays(
 
 
 Column_ = ColumnElement[Any] | QueryableAttribute[Any]
+S = TypeVar("S")
+
+
+def built_once(build: Callable[[bool], S]) -> Callable[[Session], S]:
+    """A statement built once per kind of database (``build(on_postgresql)``), not per call.
+
+    Building a statement is Python work repeated for nothing when only its values change: the
+    clauses coerced one by one, then a cache key computed from all of them to find the
+    compiled form (a statement object keeps its key). Measured against PostgreSQL, one batch's
+    look-up of its seen events: 425-486 us of the worker's CPU built per call, 234-245 us built
+    once; the inbox DELETE 520-575 us and 219-302 us. The values go as parameters named in the
+    statement (:func:`param_one_of`, :func:`param_keys_one_of`).
+    """
+    built: dict[bool, S] = {}
+
+    def statement(session: Session) -> S:
+        postgres = on_postgresql(session)
+        found = built.get(postgres)
+        if found is None:
+            found = built[postgres] = build(postgres)
+        return found
+
+    return statement
+
+
+def param_one_of(column: Column_, name: str, postgres: bool) -> ColumnElement[bool]:
+    """``column IN :name`` for a statement built once: the list as one array on PostgreSQL
+    (the same SQL whatever its length, as :func:`is_one_of`), an expanding list elsewhere."""
+    if postgres:
+        element = column.expression if isinstance(column, QueryableAttribute) else column
+        return column == any_(bindparam(name, type_=postgresql.ARRAY(element.type)))
+    return column.in_(bindparam(name, expanding=True))
+
+
+def param_keys_one_of(columns: Sequence[Column_], name: str, postgres: bool) -> ColumnElement[bool]:
+    """``(a, b) IN :name`` for a statement built once (:func:`keys_one_of`'s forms); its value
+    comes from :func:`keys_param`."""
+    if not postgres:
+        return tuple_(*columns).in_(bindparam(name, expanding=True))
+    arrays = []
+    for i, column in enumerate(columns):
+        element = column.expression if isinstance(column, QueryableAttribute) else column
+        arrays.append(func.unnest(bindparam(f"{name}_{i}", type_=postgresql.ARRAY(element.type))))
+    return tuple_(*columns).in_(select(*arrays))
+
+
+def keys_param(
+    name: str, keys: Sequence[tuple[Any, ...]], width: int, postgres: bool
+) -> dict[str, Any]:
+    """The parameters of :func:`param_keys_one_of` for ``keys`` (tuples of ``width``)."""
+    if not postgres:
+        return {name: list(keys)}
+    return {f"{name}_{i}": [key[i] for key in keys] for i in range(width)}
 
 
 def is_one_of(column: Column_, values: Sequence[Any], session: Session) -> ColumnElement[bool]:

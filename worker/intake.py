@@ -11,16 +11,25 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
-from sqlalchemy import delete, select
+from sqlalchemy import Delete, Select, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import Alert, AlertEvent, AlertLike, AlertRecord, InboxEvent, utcnow
+from models import AlertLike, AlertRecord, utcnow
 from models.alert import ALERTS_TABLE, write_back
-from models.bulk import insert_rows, insert_rows_returning, is_one_of, keys_one_of
+from models.bulk import (
+    built_once,
+    insert_rows,
+    insert_rows_returning,
+    keys_param,
+    on_postgresql,
+    param_keys_one_of,
+    param_one_of,
+)
 from models.event import ALERT_EVENTS_TABLE
+from models.inbox import INBOX_EVENTS_TABLE
 from worker.event import AlertEventMessage
 from worker.pagerduty.events import dedup_key
 from worker.status import AlertStatus, DeliveryState, advance
@@ -168,10 +177,18 @@ def _apply(session: Session, event: AlertEventMessage, now: datetime) -> Applied
     return _apply_batch(session, [event], now)[0]
 
 
+@built_once
+def _forget_inbox_statement(postgres: bool) -> Delete:
+    # On the table, not the ORM entity: no session to synchronise (and no RETURNING for it).
+    return delete(INBOX_EVENTS_TABLE).where(
+        param_one_of(INBOX_EVENTS_TABLE.c.event_id, "event_ids", postgres)
+    )
+
+
 def _forget_inbox(session: Session, event_ids: list[str]) -> None:
     # In the same transaction as the apply: an event is either still in the inbox (and the
     # sweeper will apply it) or applied, never neither.
-    session.execute(delete(InboxEvent).where(is_one_of(InboxEvent.event_id, event_ids, session)))
+    session.execute(_forget_inbox_statement(session), {"event_ids": event_ids})
 
 
 def apply_event(
@@ -243,18 +260,33 @@ _IN_CHUNK = 500
 AlertKey = tuple[str, str]  # (source, source alert id)
 
 
+@built_once
+def _seen_events_statement(postgres: bool) -> Select[str, int | None]:
+    events = ALERT_EVENTS_TABLE.c
+    return select(events.event_id, events.alert_pk).where(
+        param_one_of(events.event_id, "event_ids", postgres)
+    )
+
+
 def _seen_events(session: Session, event_ids: list[str]) -> dict[str, int | None]:
     """Events of this batch already applied (redelivered messages), with their alert."""
     seen: dict[str, int | None] = {}
+    statement = _seen_events_statement(session)
     for start in range(0, len(event_ids), _IN_CHUNK):
-        chunk = event_ids[start : start + _IN_CHUNK]
-        rows = session.execute(
-            select(AlertEvent.event_id, AlertEvent.alert_pk).where(
-                is_one_of(AlertEvent.event_id, chunk, session)
-            )
-        )
+        rows = session.execute(statement, {"event_ids": event_ids[start : start + _IN_CHUNK]})
         seen.update({event_id: alert_pk for event_id, alert_pk in rows if event_id})
     return seen
+
+
+@built_once
+def _latest_cycles_statement(postgres: bool) -> Select[Any]:
+    alerts = ALERTS_TABLE.c
+    return (
+        select(*ALERTS_TABLE.columns)
+        .where(param_keys_one_of((alerts.source, alerts.source_alert_id), "keys", postgres))
+        .order_by(alerts.source, alerts.source_alert_id, alerts.cycle.desc())
+        .with_for_update()
+    )
 
 
 def _latest_cycles(session: Session, keys: list[AlertKey]) -> dict[AlertKey, AlertRecord]:
@@ -262,17 +294,11 @@ def _latest_cycles(session: Session, keys: list[AlertKey]) -> dict[AlertKey, Ale
     decides on and write_back stores. Sorted, so concurrent batches lock rows in one order
     and cannot deadlock on each other."""
     latest: dict[AlertKey, AlertRecord] = {}
+    statement = _latest_cycles_statement(session)
+    postgres = on_postgresql(session)
     for start in range(0, len(keys), _IN_CHUNK):
-        rows = session.execute(
-            select(*ALERTS_TABLE.columns)
-            .where(
-                keys_one_of(
-                    (Alert.source, Alert.source_alert_id), keys[start : start + _IN_CHUNK], session
-                )
-            )
-            .order_by(Alert.source, Alert.source_alert_id, Alert.cycle.desc())
-            .with_for_update()
-        ).mappings()
+        chunk = keys[start : start + _IN_CHUNK]
+        rows = session.execute(statement, keys_param("keys", chunk, 2, postgres)).mappings()
         for row in rows:
             key = (row["source"], row["source_alert_id"])
             if key not in latest:

@@ -26,12 +26,12 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Select, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, AlertLike, AlertRecord, utcnow
 from models.alert import ALERTS_TABLE, write_back
-from models.bulk import insert_rows, is_one_of
+from models.bulk import built_once, insert_rows, is_one_of, param_one_of
 from models.event import ALERT_EVENTS_TABLE
 from worker import metrics
 from worker.delivery import (
@@ -118,6 +118,16 @@ class Backend:
 
 Answer = Incident | None | EventSent | PagerDutyError | Parked | Deferred
 T = TypeVar("T")
+
+
+@built_once
+def _locked_statement(postgres: bool) -> Select[Any]:
+    return (
+        select(*ALERTS_TABLE.columns)
+        .where(param_one_of(ALERTS_TABLE.c.id, "alert_pks", postgres))
+        .order_by(ALERTS_TABLE.c.id)
+        .with_for_update()
+    )
 
 
 class LeaseKeeper(threading.Thread):
@@ -318,10 +328,7 @@ class Reconciler:
         alerts = [
             AlertRecord.of_row(row)
             for row in session.execute(
-                select(*ALERTS_TABLE.columns)
-                .where(is_one_of(Alert.id, alert_pks, session))
-                .order_by(Alert.id)
-                .with_for_update()
+                _locked_statement(session), {"alert_pks": list(alert_pks)}
             ).mappings()
         ]
         until = self._lease_until()
