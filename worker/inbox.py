@@ -52,8 +52,11 @@ class DurableEventQueue:
         now = utcnow()
         try:
             # One Core INSERT of many rows, not the ORM's unit of work: this is the ingest
-            # path, and the ORM's bookkeeping was most of its cost.
-            with self._sessions.begin() as session:
+            # path, and the ORM's bookkeeping was most of its cost. A single statement is its
+            # own transaction (all rows or none, committed before it returns): in autocommit
+            # there is no BEGIN and no COMMIT to wait for, two round trips of four per batch.
+            with self._sessions() as session, session.begin():
+                session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
                 insert_rows(
                     session,
                     INBOX_EVENTS_TABLE,

@@ -14,12 +14,24 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, UniqueConstrain
 from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import Alert, AlertEvent, make_engine, make_session_factory, utcnow
+from models import Alert, AlertEvent, InboxEvent, make_engine, make_session_factory, utcnow
 from models.alert import ALERTS_TABLE
-from models.bulk import insert_rows, insert_rows_returning, is_one_of, keys_one_of, update_rows
+from models.bulk import (
+    built_once,
+    insert_rows,
+    insert_rows_returning,
+    is_one_of,
+    keys_one_of,
+    keys_param,
+    param_keys_one_of,
+    param_one_of,
+    update_rows,
+)
 from models.event import ALERT_EVENTS_TABLE
+from tests.fakes import ListQueue
 from tests.integration.conftest import fresh_database
 from worker.event import AlertEventMessage
+from worker.inbox import DurableEventQueue
 from worker.intake import EventOutcome, apply_events
 from worker.reconcile import _RECONCILED
 from worker.status import AlertStatus, DeliveryState
@@ -213,6 +225,85 @@ def test_one_of_selects_exactly_the_rows_named(sessions: sessionmaker[Session]) 
         }
     assert by_id == set(wanted_ids)
     assert by_key == set(wanted_keys)
+
+
+_IDS_BUILT_ONCE = built_once(
+    lambda postgres: select(Alert.id).where(param_one_of(Alert.id, "ids", postgres))
+)
+_KEYS_BUILT_ONCE = built_once(
+    lambda postgres: select(Alert.source, Alert.source_alert_id).where(
+        param_keys_one_of((Alert.source, Alert.source_alert_id), "keys", postgres)
+    )
+)
+
+
+def test_statements_built_once_select_exactly_the_rows_named(
+    sessions: sessionmaker[Session],
+) -> None:
+    """The same answers as is_one_of and keys_one_of, from one statement object per kind of
+    database, whatever the values bound to it."""
+    run = uuid.uuid4().hex[:8]
+    rows = [_row(f"{run}-{n}", source="coscale" if n % 2 else "api") for n in range(40)]
+    with sessions.begin() as session:
+        ids = insert_rows_returning(
+            session, ALERTS, rows, returning="id", key=("source", "source_alert_id", "cycle")
+        )
+    keys = [(r["source"], r["source_alert_id"]) for r in rows]
+    crossed = [("api", rows[1]["source_alert_id"]), ("coscale", rows[0]["source_alert_id"])]
+    with sessions() as session:
+        postgres = session.get_bind().dialect.name == "postgresql"
+        statement = _IDS_BUILT_ONCE(session)
+        assert _IDS_BUILT_ONCE(session) is statement
+        for wanted in (ids[::3], ids[1:2], []):
+            assert set(session.scalars(statement, {"ids": wanted})) == set(wanted)
+        for wanted_keys in (keys[::5], keys[2:3]):
+            found = session.execute(
+                _KEYS_BUILT_ONCE(session),
+                keys_param("keys", wanted_keys + crossed, 2, postgres),
+            )
+            assert {tuple(row) for row in found} == set(wanted_keys)
+
+
+def test_an_inbox_batch_is_one_statement_committed_whole_or_not_at_all(
+    sessions: sessionmaker[Session],
+) -> None:
+    """The api's inbox write: every row of the batch, committed before publish_many returns
+    (another session sees them), in autocommit (no BEGIN or COMMIT round trips); a batch that
+    fails stores none of its rows and still reaches the queue."""
+    queue = ListQueue()
+    inbox = DurableEventQueue(queue, sessions)
+    run = uuid.uuid4().hex[:8]
+    autocommitted: list[bool] = []
+    engine = sessions.kw["bind"]
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("INSERT INTO inbox_events"):
+            requested = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+            dbapi = conn.connection.dbapi_connection
+            # psycopg says whether it will send BEGIN; sqlite3 gets no BEGIN from us either way.
+            autocommitted.append(requested and getattr(dbapi, "autocommit", True) is True)
+
+    def stored(prefix: str) -> int:
+        with sessions() as session:
+            return len(
+                session.scalars(
+                    select(InboxEvent.id).where(InboxEvent.event_id.startswith(prefix))
+                ).all()
+            )
+
+    batch = _events(run, 20, AlertStatus.TRIGGERED)
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        assert inbox.publish_many(batch) == "database+queue"
+        assert stored(run) == 20
+        # The last event again, after 5 new ones: the unique event id refuses the statement.
+        again = _events(f"{run}-again", 5, AlertStatus.TRIGGERED) + batch[-1:]
+        assert inbox.publish_many(again) == "queue"
+        assert stored(f"{run}-again") == 0
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert len(queue.events) == 26
+    assert autocommitted and all(autocommitted)
 
 
 def _events(run: str, count: int, action: AlertStatus) -> list[AlertEventMessage]:
