@@ -162,8 +162,9 @@ def param_one_of(column: Column_, name: str, postgres: bool) -> ColumnElement[bo
 
 
 def param_keys_one_of(columns: Sequence[Column_], name: str, postgres: bool) -> ColumnElement[bool]:
-    """``(a, b) IN :name`` for a statement built once (:func:`keys_one_of`'s forms); its value
-    comes from :func:`keys_param`."""
+    """``(a, b) IN :name`` for a statement built once: one array per column on PostgreSQL,
+    zipped back together by ``unnest``, the expanding list of tuples elsewhere. Its value comes
+    from :func:`keys_param`."""
     if not postgres:
         return tuple_(*columns).in_(bindparam(name, expanding=True))
     arrays = []
@@ -187,20 +188,6 @@ def is_one_of(column: Column_, values: Sequence[Any], session: Session) -> Colum
     if on_postgresql(session):
         return column == any_(_array_param(column, list(values)))
     return column.in_(values)
-
-
-def keys_one_of(
-    columns: Sequence[Column_], keys: Sequence[tuple[Any, ...]], session: Session
-) -> ColumnElement[bool]:
-    """``(a, b) IN keys``: one array parameter per column on PostgreSQL (zipped back together
-    by ``unnest``), the expanding list of tuples elsewhere."""
-    if on_postgresql(session):
-        arrays = [
-            func.unnest(_array_param(column, [key[i] for key in keys]))
-            for i, column in enumerate(columns)
-        ]
-        return tuple_(*columns).in_(select(*arrays))
-    return tuple_(*columns).in_(keys)
 
 
 def _array_param(column: Column_, values: list[Any]) -> BindParameter[Any]:
