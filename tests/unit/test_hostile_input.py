@@ -278,6 +278,24 @@ def test_field_lengths_and_characters_are_bounded(
     assert queue.events == []
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("message", "x" * 8193, "message: String should have at most 8192 characters"),
+        ("alert_id", "", "alert_id: String should have at least 1 character"),
+        ("alert_id", 7 * 10**200, "alert_id: String should have at most 200 characters"),
+    ],
+    ids=["long-message", "empty-alert-id", "201-digit-alert-id"],
+)
+def test_a_length_refusal_names_the_limit_in_characters(
+    client: TestClient, field: str, value: object, says: str
+) -> None:
+    """Also for a number where text is expected (made text first, then measured)."""
+    answer = client.post("/webhooks/coscale", json={**WEBHOOK, field: value}, headers=AUTH)
+    assert answer.status_code == 422
+    assert says in answer.json()["error"]["message"]
+
+
 def test_the_title_is_cut_to_pagerdutys_limit(client: TestClient, queue: ListQueue) -> None:
     # Given a long message (the template's title), a long title field, a long API-contact title
     client.post("/webhooks/coscale", json={**WEBHOOK, "message": "m" * 8000}, headers=AUTH)

@@ -27,10 +27,13 @@ def _or_scalar(text_schema: dict[str, Any]) -> WithJsonSchema:
     return WithJsonSchema({"anyOf": [text_schema, {"type": "number"}, {"type": "boolean"}]})
 
 
+# The constraints before the BeforeValidator: they are then the text schema's own, checked in
+# pydantic's core after _text (8.1 -> 3.7 us per webhook body); after it, pydantic checked them
+# in Python, on any sequence ("at most 8192 items after validation").
 Text = Annotated[
     str,
-    BeforeValidator(_text),
     Field(max_length=FIELD_MAX, pattern=NO_NUL),
+    BeforeValidator(_text),
     _or_scalar({"type": "string", "maxLength": FIELD_MAX, "pattern": NO_NUL}),
 ]
 NonEmptyText = Annotated[str, Field(min_length=1, max_length=FIELD_MAX, pattern=NO_NUL)]
@@ -39,8 +42,8 @@ ALERT_ID_MAX = 200
 ALERT_ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]+$"
 AlertId = Annotated[
     str,
-    BeforeValidator(_text),
     Field(min_length=1, max_length=ALERT_ID_MAX, pattern=ALERT_ID_PATTERN),
+    BeforeValidator(_text),
     _or_scalar(
         {
             "type": "string",
