@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,10 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+from live_pairs import parse_run_options, run_bench  # noqa: E402
+
 SIDES = ("against", "checkout")
 # The processes compared, in bench/run.py's names, and the machine's total last.
 PROCESSES = (
@@ -123,42 +126,18 @@ def worktree(revision: str) -> Iterator[Path]:
 
 
 def live_phase(tree: Path, options: argparse.Namespace, report: Path) -> Phase | None:
-    command = [
-        sys.executable,
-        str(tree / "bench" / "run.py"),
-        "--phases",
-        "live",
-        "--alerts",
-        str(options.alerts),
-        "--workers",
-        str(options.workers),
-        "--json",
-        str(report),
-    ]
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    finished = subprocess.run(command, stdout=subprocess.DEVNULL, env=env, check=False)
+    found, status = run_bench(tree, "live", options, report)
     try:
-        return phase_of(json.loads(report.read_text()))
-    except (OSError, ValueError, KeyError, TypeError):
-        print(f"[alternate] {tree}: no live phase (exit {finished.returncode})", file=sys.stderr)
+        return phase_of(found or {})
+    except (KeyError, TypeError):
+        print(f"[alternate] {tree}: no live phase (exit {status})", file=sys.stderr)
         return None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--against", required=True, help="the other revision (any git name)")
-    parser.add_argument("--runs", type=int, default=4, help="pairs of live phases (default 4)")
-    parser.add_argument("--alerts", type=int, default=3000, help="N per live phase (default 3000)")
-    parser.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
-    parser.add_argument(
-        "--json",
-        type=Path,
-        default=BENCH / "results" / "alternate.json",
-        help="where the JSON goes (default bench/results/alternate.json)",
-    )
-    options = parser.parse_args(argv)
-    if options.runs < 1:
-        parser.error("--runs must be at least 1")
+    options = parse_run_options(parser, argv, runs=4, json_name="alternate.json")
     pairs: list[tuple[Phase, Phase]] = []
     with worktree(options.against) as other, tempfile.TemporaryDirectory() as workdir:
         for number in range(1, options.runs + 1):

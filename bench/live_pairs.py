@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -90,47 +91,72 @@ def table(figures: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=5, help="pairs of live phases (default 5)")
+def parse_run_options(
+    parser: argparse.ArgumentParser, argv: list[str] | None, *, runs: int, json_name: str
+) -> argparse.Namespace:
+    """The options every script that repeats ``bench/run.py`` takes (this one and
+    ``bench/alternate.py``): how many runs, N, the worker processes, where the JSON goes."""
+    parser.add_argument(
+        "--runs", type=int, default=runs, help=f"pairs of live phases (default {runs})"
+    )
     parser.add_argument("--alerts", type=int, default=3000, help="N per live phase (default 3000)")
     parser.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
+    default = BENCH / "results" / json_name
     parser.add_argument(
-        "--json",
-        type=Path,
-        default=BENCH / "results" / "live_pairs.json",
-        help="where the JSON goes (default bench/results/live_pairs.json)",
+        "--json", type=Path, default=default, help=f"where the JSON goes (default {default})"
     )
     options = parser.parse_args(argv)
     if options.runs < 1:
         parser.error("--runs must be at least 1")
+    return options
+
+
+def run_bench(
+    tree: Path, phases: str, options: argparse.Namespace, report: Path
+) -> tuple[dict[str, Any] | None, int]:
+    """``bench/run.py --phases phases`` of the checkout at ``tree`` (its code first on the
+    path), with ``options``' N and workers: its JSON report (None if it wrote none that reads)
+    and its exit status."""
+    command = [
+        sys.executable,
+        str(tree / "bench" / "run.py"),
+        "--phases",
+        phases,
+        "--alerts",
+        str(options.alerts),
+        "--workers",
+        str(options.workers),
+        "--json",
+        str(report),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    finished = subprocess.run(command, stdout=subprocess.DEVNULL, env=env, check=False)
+    try:
+        return json.loads(report.read_text()), finished.returncode
+    except (OSError, ValueError):
+        return None, finished.returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_run_options(
+        argparse.ArgumentParser(description=__doc__.split("\n\n")[0]),
+        argv,
+        runs=5,
+        json_name="live_pairs.json",
+    )
     pairs: list[Pair] = []
     failed = 0
     with tempfile.TemporaryDirectory(prefix="pagerbridge-pairs-") as workdir:
         for number in range(1, options.runs + 1):
-            report_path = Path(workdir) / f"run{number}.json"
-            command = [
-                sys.executable,
-                str(BENCH / "run.py"),
-                "--phases",
-                "live,alertmanager",
-                "--alerts",
-                str(options.alerts),
-                "--workers",
-                str(options.workers),
-                "--json",
-                str(report_path),
-            ]
             print(f"[pairs] run {number} of {options.runs}…", file=sys.stderr, flush=True)
-            finished = subprocess.run(command, stdout=subprocess.DEVNULL, check=False)
+            found, status = run_bench(
+                BENCH.parent, "live,alertmanager", options, Path(workdir) / f"run{number}.json"
+            )
             try:
-                pairs.append(pair_of(json.loads(report_path.read_text()), options.alerts))
-            except (OSError, ValueError, KeyError, TypeError):
+                pairs.append(pair_of(found or {}, options.alerts))
+            except (KeyError, TypeError):
                 failed += 1
-                print(
-                    f"[pairs] run {number} gave no pair (exit {finished.returncode})",
-                    file=sys.stderr,
-                )
+                print(f"[pairs] run {number} gave no pair (exit {status})", file=sys.stderr)
     if not pairs:
         print("no run gave a pair of live phases", file=sys.stderr)
         return 1

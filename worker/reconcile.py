@@ -178,11 +178,11 @@ class LeaseKeeper:
                     self._thread = None  # under the lock: the next keeping() starts another
                     return
             try:
-                self.renew(owners)
+                self._renew(owners)
             except Exception as exc:  # the next renewal, or the lease's expiry, takes over
                 log.warning("could not renew leases of %s: %s", ", ".join(owners), exc)
 
-    def renew(self, owners: list[str]) -> None:
+    def _renew(self, owners: list[str]) -> None:
         with self._sessions.begin() as session:
             session.execute(
                 update(Alert)
