@@ -1595,6 +1595,19 @@ def markdown_tables(report: dict[str, Any]) -> str:
             f"{settings['pagerduty_latency_ms']} ms per call; {settings['database']}",
         )
     )
+    build = report["machine"].get("python_build")
+    if build:
+        rows.append(
+            (
+                "Machine: Python",
+                build["implementation"],
+                f"{build['executable']}: configured with PGO "
+                f"{'yes' if build['configured_pgo'] else 'no'}, LTO "
+                f"{'yes' if build['configured_lto'] else 'no'}; libpython "
+                f"{'shared' if build['libpython_shared'] else 'linked in'}; every Python "
+                "process of the run (bridge and simulator) runs on it",
+            )
+        )
     busy = report["machine"].get("cpu_busy_before_start_percent")
     if busy is not None:
         rows.append(
