@@ -1001,12 +1001,14 @@ def phase_live(run: Run) -> None:
     )
     polled = counts.observed_at - started
     cpu = cpu_between(cpu_before, run.meter.snapshot())
-    seconds = seconds_to_nth_creation(run.probe.base_url, started_s, wanted) or polled
+    exact = seconds_to_nth_creation(run.probe.base_url, started_s, wanted)
+    seconds = exact or polled
     note_interference(run, "live delivery", cpu, seconds)
     run.results["live"] = {
         "alerts": wanted,
         "send_seconds": round(sent.elapsed_s, 2),
         "seconds_to_all_created": round(seconds, 3),
+        "end_from": "simulator clock" if exact else "poll",
         "seconds_to_the_poll_that_saw_it": round(polled, 2),
         "incidents_per_s": round(wanted / seconds, 1),
         "bridge_cpu_s_per_1000_alerts": round(bridge_cpu(cpu) / wanted * 1000, 2),
@@ -1327,14 +1329,13 @@ def phase_alertmanager(run: Run) -> None:
     )
     polled = counts.observed_at - started
     cpu = cpu_between(cpu_before, run.meter.snapshot())
-    seconds = (
-        seconds_to_nth_creation(run.probe.base_url, started_s, options.alerts, events_api=True)
-        or polled
-    )
+    exact = seconds_to_nth_creation(run.probe.base_url, started_s, options.alerts, events_api=True)
+    seconds = exact or polled
     results["live"] = {
         "alerts": options.alerts,
         "send_seconds": round(sent.elapsed_s, 2),
         "seconds_to_all_created": round(seconds, 3),
+        "end_from": "simulator clock" if exact else "poll",
         "seconds_to_the_poll_that_saw_it": round(polled, 2),
         "incidents_per_s": round(options.alerts / seconds, 1),
         "cpu_s_per_1000_alerts": round(cpu.get("alertmanager", 0.0) / options.alerts * 1000, 2),
