@@ -15,9 +15,9 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, AlertEvent, make_engine, make_session_factory, utcnow
+from tests.fakes import trigger_events
 from tests.integration.conftest import Bridge, bridge_env, free_port, fresh_database
 from tests.integration.test_cli import pagerbridge
-from worker.event import SOURCE_COSCALE, AlertEventMessage, new_event_id
 from worker.intake import apply_event
 from worker.status import AlertStatus, DeliveryState
 
@@ -56,19 +56,8 @@ def receive(
     sessions: sessionmaker[Session], alert_id: str, action: AlertStatus, at: datetime
 ) -> None:
     """An event for ``alert_id`` as a worker applies it."""
-    apply_event(
-        sessions,
-        AlertEventMessage(
-            event_id=new_event_id(),
-            source=SOURCE_COSCALE,
-            alert_id=alert_id,
-            action=action,
-            received_at=at,
-            title=f"disk full {alert_id}",
-            service_id="PSERVIC",
-        ),
-        at,
-    )
+    (event,) = trigger_events(alert_id, received_at=at, action=action)
+    apply_event(sessions, event, at)
 
 
 def deliver(
