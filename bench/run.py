@@ -1001,7 +1001,8 @@ def phase_live(run: Run) -> None:
     )
     polled = counts.observed_at - started
     cpu = cpu_between(cpu_before, run.meter.snapshot())
-    exact = seconds_to_nth_creation(run.probe.base_url, started_s, wanted)
+    made = creations_since(run.probe.base_url, started_s)
+    exact = nth_creation_s(made, started_s, wanted)
     seconds = exact or polled
     note_interference(run, "live delivery", cpu, seconds)
     run.results["live"] = {
@@ -1010,6 +1011,7 @@ def phase_live(run: Run) -> None:
         "seconds_to_all_created": round(seconds, 3),
         "end_from": "simulator clock" if exact else "poll",
         "seconds_to_the_poll_that_saw_it": round(polled, 2),
+        "creation_curve": creation_curve(made, started_s, wanted),
         "incidents_per_s": round(wanted / seconds, 1),
         "bridge_cpu_s_per_1000_alerts": round(bridge_cpu(cpu) / wanted * 1000, 2),
         "cpu_s_by_process": cpu,
@@ -1069,15 +1071,38 @@ def nth_creation_s(created_ms: Iterable[float], since_s: float, n: int) -> float
     return (made[n - 1] - since_ms) / 1000 if len(made) >= n else None
 
 
-def seconds_to_nth_creation(
-    simulator_url: str, since_s: float, n: int, *, events_api: bool = False
-) -> float | None:
-    """When the simulator held the phase's n-th new incident (``events_api``: Events API alert),
-    by its own clock: the phase's end to the millisecond, where the polls that noticed it are
-    0.2 s apart or more (the wait itself polls sparingly: polls take the simulator's lock). One
-    read of the full state, after the phase."""
+def creations_since(simulator_url: str, since_s: float, *, events_api: bool = False) -> list[float]:
+    """The simulator's creation times (ms since the epoch, its own clock) of the incidents
+    (``events_api``: Events API alerts) made at or after ``since_s``, in order. The phase's end
+    to the millisecond comes from them, where the polls that noticed it are 0.2 s apart or more
+    (the wait itself polls sparingly: polls take the simulator's lock). One read of the full
+    state, after the phase."""
     state = httpx.get(f"{simulator_url}/_simulator/state", timeout=60.0).json()
-    return nth_creation_s(creation_times_ms(state, events_api=events_api), since_s, n)
+    since_ms = since_s * 1000
+    return sorted(ms for ms in creation_times_ms(state, events_api=events_api) if ms >= since_ms)
+
+
+def creation_curve(made_ms: list[float], since_s: float, n: int) -> dict[str, float] | None:
+    """When the phase's first, 10%, 50%, 90% and n-th creations came (seconds from ``since_s``),
+    and the rate between the 10% and the 90% marks: what separates a pipeline's steady rate
+    from its start (the first creation's delay) and its tail. None if fewer than n were made."""
+    if len(made_ms) < n or n < 1:
+        return None
+    since_ms = since_s * 1000
+
+    def at(count: int) -> float:
+        return round((made_ms[max(1, count) - 1] - since_ms) / 1000, 3)
+
+    tenth, ninetieth = max(1, n // 10), max(1, n * 9 // 10)
+    middle_s = (made_ms[ninetieth - 1] - made_ms[tenth - 1]) / 1000
+    return {
+        "first_s": at(1),
+        "p10_s": at(tenth),
+        "p50_s": at(n // 2),
+        "p90_s": at(ninetieth),
+        "last_s": at(n),
+        "middle_per_s": round((ninetieth - tenth) / middle_s, 1) if middle_s > 0 else 0.0,
+    }
 
 
 def creation_times_ms(state: dict[str, Any], *, events_api: bool = False) -> list[float]:
@@ -1329,7 +1354,8 @@ def phase_alertmanager(run: Run) -> None:
     )
     polled = counts.observed_at - started
     cpu = cpu_between(cpu_before, run.meter.snapshot())
-    exact = seconds_to_nth_creation(run.probe.base_url, started_s, options.alerts, events_api=True)
+    made = creations_since(run.probe.base_url, started_s, events_api=True)
+    exact = nth_creation_s(made, started_s, options.alerts)
     seconds = exact or polled
     results["live"] = {
         "alerts": options.alerts,
@@ -1337,6 +1363,7 @@ def phase_alertmanager(run: Run) -> None:
         "seconds_to_all_created": round(seconds, 3),
         "end_from": "simulator clock" if exact else "poll",
         "seconds_to_the_poll_that_saw_it": round(polled, 2),
+        "creation_curve": creation_curve(made, started_s, options.alerts),
         "incidents_per_s": round(options.alerts / seconds, 1),
         "cpu_s_per_1000_alerts": round(cpu.get("alertmanager", 0.0) / options.alerts * 1000, 2),
         "cpu_s_by_process": cpu,

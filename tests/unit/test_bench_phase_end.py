@@ -75,3 +75,22 @@ def test_the_simulators_incidents_and_events_alerts_give_their_creation_times(
     third = bench_run.nth_creation_s(incidents, started, 3)
     assert third == pytest.approx(max(incidents) / 1000 - started, abs=1e-6)
     assert 0 <= third <= finished - started
+
+
+def test_the_creation_curve_separates_the_start_and_the_tail_from_the_steady_rate(
+    bench_run: ModuleType,
+) -> None:
+    # 10 creations from 10.0 s: the first after 0.5 s, then one every 0.1 s, the last late.
+    made = [10_500.0 + 100.0 * index for index in range(9)] + [12_000.0]
+    curve = bench_run.creation_curve(made, 10.0, 10)
+    assert curve == {
+        "first_s": 0.5,
+        "p10_s": 0.5,
+        "p50_s": 0.9,
+        "p90_s": 1.3,
+        "last_s": 2.0,
+        # The 1st to the 9th creation: 8 more in 0.8 s, whatever the start and the tail.
+        "middle_per_s": 10.0,
+    }
+    # Fewer than N made: no curve, as no end.
+    assert bench_run.creation_curve(made[:9], 10.0, 10) is None
