@@ -35,10 +35,12 @@ class SlowQueue(ListQueue):
         self.release = threading.Event()
         self.writing = threading.Event()
 
-    def publish_many(self, events: Sequence[AlertEventMessage]) -> QueuedIn:
+    def publish_many(
+        self, events: Sequence[AlertEventMessage], *, inbox_backed: bool = False
+    ) -> QueuedIn:
         self.writing.set()
         assert self.release.wait(5), "the test never released the write"
-        return super().publish_many(events)
+        return super().publish_many(events, inbox_backed=inbox_backed)
 
 
 def test_a_lone_event_is_written_at_once_in_a_batch_of_one() -> None:

@@ -707,7 +707,7 @@ def test_an_unexpected_error_is_a_json_500_that_tells_nothing(
     sqlite_sessions: sessionmaker[Session], caplog: pytest.LogCaptureFixture
 ) -> None:
     class Broken(ListQueue):
-        def publish_many(self, events: Any) -> Any:
+        def publish_many(self, events: Any, **_: Any) -> Any:
             raise RuntimeError("internal detail the caller must not see")
 
     app = create_app(
