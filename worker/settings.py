@@ -113,6 +113,14 @@ class Settings(BaseSettings):
     # processes hold leased; the worker that replaces it takes those back (worker/leases.py), so
     # four keep bench/reliability.py's recovery within its 10 s target (6.3 s and 7.1 s).
     worker_concurrency: int = Field(4, gt=0, description="worker processes per `worker`")
+    apply_batch_window: float = Field(
+        0.05,
+        gt=0,
+        le=10,
+        description="seconds: while its processes are busy, how long a `worker` gathers the "
+        "events it takes into one batch (an idle worker takes each at once); longer makes an "
+        "alert storm's batches bigger, and its alerts later",
+    )
     api_workers: int = Field(1, gt=0, description="api processes per `api`")
     beat_schedule_path: str = Field(
         "", description="beat's schedule file; empty means a file in the temp directory"

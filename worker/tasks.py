@@ -8,10 +8,11 @@ from typing import Any
 import redis
 from celery import Task
 from celery.signals import worker_init, worker_process_init, worker_ready
-from celery_batches import Batches, SimpleRequest
+from celery_batches import SimpleRequest
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from models import utcnow
+from worker.batching import ApplyBatches
 from worker.celery_app import (
     APPLY_EVENT_TASK,
     APPLY_ONE_EVENT_TASK,
@@ -28,6 +29,7 @@ from worker.leases import release_dead_leases
 from worker.pagerduty.pool import tls_context
 from worker.reconcile import Reconciler
 from worker.runtime import current_runtime
+from worker.settings import get_settings
 from worker.sweeper import due_alerts, wake_parked
 
 log = logging.getLogger(__name__)
@@ -35,15 +37,15 @@ log = logging.getLogger(__name__)
 # Alerts per reconcile message: big enough for bulk updates and few round trips, small enough
 # that several workers share a backlog.
 RECONCILE_BATCH = 50
-# Events per apply task at most, and how long the worker waits to fill a batch (seconds): short
-# enough to add nothing noticeable to an alert's latency.
+# Messages per apply task at most (each holds up to 200 events, worker/ingress/handoff.py).
+# While the pool is busy, the messages taken wait up to PAGERBRIDGE_APPLY_BATCH_WINDOW for
+# others to join them; a message that finds the pool idle goes at once (worker/batching.py).
 APPLY_BATCH = 100
 # Events per transaction: the ingress packs up to 200 events in a message, so a full batch of
 # messages is tens of thousands of events, too many for one transaction's locks.
 APPLY_CHUNK = 500
 # Alerts an apply task reconciles itself; the rest of its batch goes out as reconcile tasks.
 RECONCILE_INLINE = 100
-APPLY_FLUSH_INTERVAL = 0.05
 DATABASE_RETRY = 5  # seconds before an event that met a database outage is tried again
 
 # The database being away delays work, it must not lose it: the message is retried (a fresh
@@ -71,9 +73,9 @@ def _reconciler() -> Reconciler:
 
 @app.task(
     name=APPLY_EVENT_TASK,
-    base=Batches,
+    base=ApplyBatches,
     flush_every=APPLY_BATCH,
-    flush_interval=APPLY_FLUSH_INTERVAL,
+    flush_interval=get_settings().apply_batch_window,
     acks_late=True,
 )
 def apply_event_task(requests: list[SimpleRequest]) -> None:
