@@ -11,7 +11,9 @@ from. The worktree is removed at the end.
     .venv/bin/python bench/alternate.py --against HEAD~3 --runs 6
 
 Each side runs its own ``bench/run.py`` with its own code (``PYTHONPATH``), in this checkout's
-virtualenv: a revision whose dependencies differ needs them installed.
+virtualenv: a revision whose dependencies differ needs them installed. A revision older than
+``bench/run.py``'s ``--live-warm-up`` (300 alerts delivered before the phase, untimed) meets its
+live phase cold: against one, the difference includes the warm-up's.
 """
 
 from __future__ import annotations

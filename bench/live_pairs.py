@@ -101,6 +101,14 @@ def parse_run_options(
     )
     parser.add_argument("--alerts", type=int, default=3000, help="N per live phase (default 3000)")
     parser.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
+    parser.add_argument(
+        "--live-warm-up",
+        type=int,
+        default=None,
+        metavar="W",
+        help="bench/run.py's --live-warm-up (default: its own, 300; a revision older than the "
+        "option takes none)",
+    )
     default = BENCH / "results" / json_name
     parser.add_argument(
         "--json", type=Path, default=default, help=f"where the JSON goes (default {default})"
@@ -129,6 +137,8 @@ def run_bench(
         "--json",
         str(report),
     ]
+    if options.live_warm_up is not None:
+        command += ["--live-warm-up", str(options.live_warm_up)]
     env = {**os.environ, "PYTHONPATH": str(tree)}
     finished = subprocess.run(command, stdout=subprocess.DEVNULL, env=env, check=False)
     try:

@@ -117,6 +117,15 @@ ELSEWHERE_WARNING_SHARE = 0.25
 # --------------------------------------------------------------------------------------------
 
 
+# Alerts each side delivers just before its live phase, untimed. The bridge's worker is restarted
+# for the phase (a clean state) and Alertmanager has run its ingest phase: without this, the
+# bridge met the storm cold (every pool process's first database connection, first compiled
+# statements, first PagerDuty connection; the api's too under --phases live) and Alertmanager
+# warm. A storm meets a bridge that has been running.
+LIVE_WARM_UP = 300
+WARM_UP_SETTLE_S = 1.0  # then the pipeline's last records and acknowledgements are done
+
+
 @dataclass(frozen=True)
 class Options:
     alerts: int
@@ -134,6 +143,7 @@ class Options:
     postgres_admin_url: str
     redis_url: str
     phases: tuple[str, ...] = ()
+    live_warm_up: int = LIVE_WARM_UP
 
 
 # The phases in the order they run; --phases picks some (a phase that needs an earlier one's
@@ -216,6 +226,14 @@ def parse_options(argv: list[str] | None = None) -> Options:
         default=",".join(PHASES),
         help=f"comma-separated phases to run (default all: {','.join(PHASES)})",
     )
+    parser.add_argument(
+        "--live-warm-up",
+        type=int,
+        default=LIVE_WARM_UP,
+        metavar="W",
+        help="alerts each side (the bridge, Alertmanager) delivers just before its live phase, "
+        f"untimed (default {LIVE_WARM_UP}; 0: none, as before this option)",
+    )
     parser.add_argument("--postgres-admin-url", default=DEFAULT_POSTGRES_ADMIN_URL)
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
     args = parser.parse_args(argv)
@@ -227,6 +245,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         or args.duration <= 0
         or args.rate_per_minute <= 0
         or args.pagerduty_latency_ms < 0
+        or args.live_warm_up < 0
     ):
         parser.error("counts, durations and rates must be positive")
     phases = tuple(name.strip() for name in args.phases.split(",") if name.strip())
@@ -253,6 +272,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         postgres_admin_url=args.postgres_admin_url,
         redis_url=args.redis_url,
         phases=tuple(name for name in PHASES if name in phases),
+        live_warm_up=args.live_warm_up,
     )
 
 
@@ -808,12 +828,13 @@ def describe_shortfall(result: LoadResult) -> str:
     return f"no errors: not all were sent within --phase-timeout ({result.elapsed_s:.0f}s)"
 
 
-def feed(run: Run, action: str, batch: str = "") -> LoadResult:
+def feed(run: Run, action: str, batch: str = "", count: int | None = None) -> LoadResult:
     """Send ``action`` once for every backlog alert through the api: with wrk when there is one
     (a Python feeder would take a good part of a CPU from the api and the worker), else httpx.
-    A ``batch`` name makes another N alerts, distinct from the backlog's."""
+    A ``batch`` name makes another N alerts (``count`` of them), distinct from the backlog's."""
     run_id = f"{run.run_id}{batch}"
-    ids = [f"{run_id}-b{index}" for index in range(run.options.alerts)]
+    count = run.options.alerts if count is None else count
+    ids = [f"{run_id}-b{index}" for index in range(count)]
     if run.wrk is not None:
         return run_wrk(
             run.wrk,
@@ -990,6 +1011,14 @@ def phase_live(run: Run) -> None:
     incident. The figure comparable with Alertmanager, which cannot hold a backlog back."""
     wanted = run.options.alerts
     start_worker(run)
+    warm_up = run.options.live_warm_up
+    if warm_up:
+        base = run.probe.counts()
+        sent = feed(run, "triggered", batch="-warm", count=warm_up)
+        if sent.accepted != warm_up:
+            raise BenchError(f"live warm-up: only {sent.accepted} of {warm_up} accepted")
+        wait_for_simulator(run, "live warm-up", lambda c: c.creates - base.creates, wanted=warm_up)
+        time.sleep(WARM_UP_SETTLE_S)
     before = run.probe.counts()
     cpu_before = run.meter.snapshot()
     started, started_s = time.monotonic(), time.time()
@@ -1007,6 +1036,7 @@ def phase_live(run: Run) -> None:
     note_interference(run, "live delivery", cpu, seconds)
     run.results["live"] = {
         "alerts": wanted,
+        "warm_up_alerts": warm_up,
         "send_seconds": round(sent.elapsed_s, 2),
         "seconds_to_all_created": round(seconds, 3),
         "end_from": "simulator clock" if exact else "poll",
@@ -1330,6 +1360,28 @@ def phase_alertmanager(run: Run) -> None:
     }
     # Let it send what it took, so the delivery figure starts from a quiet peer.
     results["ingest"]["delivered_after"] = wait_for_quiet_simulator(run, ingest.accepted)
+    warm_up = options.live_warm_up
+    if warm_up:  # as the bridge's live phase has, though Alertmanager is warm from its ingest
+        base = run.probe.counts()
+        sent = run_wrk(
+            run.wrk,
+            f"{url}/api/v2/alerts",
+            FEEDER_CONCURRENCY,
+            options.phase_timeout,
+            [f"{run.run_id}-amwarm", "", "triggered", str(warm_up)],
+            run.workdir / "wrk.log",
+            done_file=run.workdir / "wrk-alertmanager-warm.done",
+            target="alertmanager",
+        )
+        if sent.accepted != warm_up:
+            raise BenchError(f"alertmanager warm-up: only {sent.accepted} of {warm_up} accepted")
+        wait_for_simulator(
+            run,
+            "alertmanager warm-up",
+            lambda c: c.events_alerts_opened - base.events_alerts_opened,
+            wanted=warm_up,
+        )
+        time.sleep(WARM_UP_SETTLE_S)
 
     before = run.probe.counts()
     cpu_before = run.meter.snapshot()
@@ -1359,6 +1411,7 @@ def phase_alertmanager(run: Run) -> None:
     seconds = exact or polled
     results["live"] = {
         "alerts": options.alerts,
+        "warm_up_alerts": warm_up,
         "send_seconds": round(sent.elapsed_s, 2),
         "seconds_to_all_created": round(seconds, 3),
         "end_from": "simulator clock" if exact else "poll",

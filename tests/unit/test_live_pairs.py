@@ -58,3 +58,34 @@ def test_the_median_ratio_and_every_pair_are_reported(live_pairs: ModuleType) ->
     text = live_pairs.table(figures)
     assert "| 4 | 700/s | 2,000/s | 0.35x | 0.23 / 0.17 |" in text
     assert "Median ratio over 5 runs: **0.50x** (from 0.35x to 0.60x)" in text
+
+
+def test_the_live_warm_up_reaches_bench_run_only_when_asked_for(
+    live_pairs: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    import argparse
+    import subprocess
+
+    commands: list[list[str]] = []
+
+    def run(command: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        commands.append(command)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(live_pairs.subprocess, "run", run)
+    for argv in ([], ["--live-warm-up", "0"]):
+        options = live_pairs.parse_run_options(
+            argparse.ArgumentParser(), argv, runs=5, json_name="x.json"
+        )
+        live_pairs.run_bench(tmp_path, "live", options, tmp_path / "report.json")
+    # Not given: bench/run.py's own default (and a revision older than the option still runs).
+    assert "--live-warm-up" not in commands[0]
+    assert commands[1][-2:] == ["--live-warm-up", "0"]
+
+
+def test_bench_run_warms_each_side_up_by_default_and_takes_zero_for_none() -> None:
+    run = load_bench_script("run")
+    assert run.parse_options([]).live_warm_up == run.LIVE_WARM_UP > 0
+    assert run.parse_options(["--live-warm-up", "0"]).live_warm_up == 0
+    with pytest.raises(SystemExit):
+        run.parse_options(["--live-warm-up", "-1"])
