@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import redis
+from celery import Celery
 from kombu.connection import Connection
 
+from models import utcnow
+from tests.fakes import trigger_events
 from worker import broker
 from worker.celery_app import APPLY_EVENT_TASK, create_celery
+from worker.queue import CeleryEventQueue
 from worker.settings import Settings
 
 
@@ -131,18 +136,27 @@ def test_an_event_published_without_declaring_its_queue_reaches_it(
         client.delete(name)
 
 
-def _event(alert_id: str) -> Any:
-    from models import utcnow
-    from worker.event import AlertEventMessage
-    from worker.status import AlertStatus
+@dataclass
+class OwnQueue:
+    """A Celery app on a queue of the test's own, what the api publishes with, and a Redis
+    client to look at the queue and kombu's copies."""
 
-    return AlertEventMessage(
-        event_id=uuid.uuid4().hex,
-        source="coscale",
-        alert_id=alert_id,
-        action=AlertStatus.TRIGGERED,
-        received_at=utcnow(),
-    )
+    name: str
+    app: Celery
+    events: CeleryEventQueue
+    client: redis.Redis
+
+
+@pytest.fixture
+def own_queue(redis_url: str, namespace: str) -> Iterator[OwnQueue]:
+    name = f"{namespace}-inbox-backed-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(redis_url)
+    app = create_celery(Settings(redis_url=redis_url, namespace=name))
+    try:
+        yield OwnQueue(name, app, CeleryEventQueue(app), client)
+    finally:
+        client.delete(name)
+        client.close()
 
 
 def _event_id(message: Any) -> str:
@@ -150,67 +164,51 @@ def _event_id(message: Any) -> str:
 
 
 def test_a_message_the_inbox_keeps_leaves_no_copy_in_redis_the_others_keep_kombus(
-    redis_url: str, namespace: str
+    own_queue: OwnQueue,
 ) -> None:
-    from worker.queue import CeleryEventQueue
-
-    name = f"{namespace}-inbox-backed"
-    client = redis.Redis.from_url(redis_url)
-    app = create_celery(Settings(redis_url=redis_url, namespace=name))
-    kept, queued_only = _event("kept"), _event("queued-only")
-    try:
-        CeleryEventQueue(app).publish_many([kept], inbox_backed=True)
-        CeleryEventQueue(app).publish_many([queued_only])  # the database was away
-        with app.connection_for_read() as connection:
-            queue = connection.SimpleQueue(name)
-            first, second = queue.get(timeout=5), queue.get(timeout=5)
-            taken = {_event_id(message): message for message in (first, second)}
-            copies = queue.channel.unacked_key
-            # Taken, not acknowledged: kombu's copy of the queued-only one, none of the other.
-            assert client.hget(copies, taken[queued_only.event_id].delivery_tag) is not None
-            assert client.hget(copies, taken[kept.event_id].delivery_tag) is None
-            for message in taken.values():
-                message.ack()
-            assert client.hget(copies, taken[queued_only.event_id].delivery_tag) is None
-            assert client.llen(name) == 0
-            queue.close()
-        # Acknowledged: neither comes back.
+    name, client = own_queue.name, own_queue.client
+    kept, queued_only = trigger_events("kept", "queued-only", received_at=utcnow())
+    own_queue.events.publish_many([kept], inbox_backed=True)
+    own_queue.events.publish_many([queued_only])  # the database was away
+    with own_queue.app.connection_for_read() as connection:
+        queue = connection.SimpleQueue(name)
+        first, second = queue.get(timeout=5), queue.get(timeout=5)
+        taken = {_event_id(message): message for message in (first, second)}
+        copies = queue.channel.unacked_key
+        # Taken, not acknowledged: kombu's copy of the queued-only one, none of the other.
+        assert client.hget(copies, taken[queued_only.event_id].delivery_tag) is not None
+        assert client.hget(copies, taken[kept.event_id].delivery_tag) is None
+        for message in taken.values():
+            message.ack()
+        assert client.hget(copies, taken[queued_only.event_id].delivery_tag) is None
         assert client.llen(name) == 0
-    finally:
-        client.delete(name)
-        client.close()
+        queue.close()
+    # Acknowledged: neither comes back.
+    assert client.llen(name) == 0
 
 
 def test_a_message_the_inbox_keeps_goes_back_on_its_queue_when_rejected_or_left_unacked(
-    redis_url: str, namespace: str
+    own_queue: OwnQueue,
 ) -> None:
-    from worker.queue import CeleryEventQueue
-
-    name = f"{namespace}-inbox-backed-restore"
-    client = redis.Redis.from_url(redis_url)
-    app = create_celery(Settings(redis_url=redis_url, namespace=name))
-    kept = _event("kept")
-    try:
-        CeleryEventQueue(app).publish_many([kept], inbox_backed=True)
-        with app.connection_for_read() as connection:
-            queue = connection.SimpleQueue(name)
-            message = queue.get(timeout=5)
-            assert client.llen(name) == 0
-            message.reject(requeue=True)  # as Celery does when a pool process dies mid-task
-            assert client.llen(name) == 1
-            again = queue.get(timeout=5)
-            assert _event_id(again) == kept.event_id
-            queue.close()
-        # The connection closed with the message taken and not acknowledged (a warm shutdown):
-        # it is back on the queue, as kombu puts back the messages it holds a copy of.
-        assert client.llen(name) == 1
-        with app.connection_for_read() as connection:
-            queue = connection.SimpleQueue(name)
-            last = queue.get(timeout=5)
-            assert _event_id(last) == kept.event_id
-            last.ack()
-            queue.close()
+    name, client, app = own_queue.name, own_queue.client, own_queue.app
+    (kept,) = trigger_events("kept", received_at=utcnow())
+    own_queue.events.publish_many([kept], inbox_backed=True)
+    with app.connection_for_read() as connection:
+        queue = connection.SimpleQueue(name)
+        message = queue.get(timeout=5)
         assert client.llen(name) == 0
-    finally:
-        client.delete(name)
-        client.close()
+        message.reject(requeue=True)  # as Celery does when a pool process dies mid-task
+        assert client.llen(name) == 1
+        again = queue.get(timeout=5)
+        assert _event_id(again) == kept.event_id
+        queue.close()
+    # The connection closed with the message taken and not acknowledged (a warm shutdown):
+    # it is back on the queue, as kombu puts back the messages it holds a copy of.
+    assert client.llen(name) == 1
+    with app.connection_for_read() as connection:
+        queue = connection.SimpleQueue(name)
+        last = queue.get(timeout=5)
+        assert _event_id(last) == kept.event_id
+        last.ack()
+        queue.close()
+    assert client.llen(name) == 0
