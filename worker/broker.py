@@ -87,11 +87,17 @@ class QoS(kombu_redis.QoS):
             super().reject(delivery_tag, requeue)  # type: ignore[no-untyped-call]
 
     def restore_unacked(self, client: Any = None) -> None:
-        # kombu's restores from the Redis copies; the inbox-backed messages have none.
-        for tag in [tag for tag in self._delivered if tag in self._inbox_backed]:
-            self.channel._restore(self._delivered.pop(tag))
-        self._inbox_backed.clear()
-        super().restore_unacked(client)  # type: ignore[no-untyped-call]
+        try:
+            # kombu's restores from the Redis copies; the inbox-backed messages have none.
+            for tag in [tag for tag in self._delivered if tag in self._inbox_backed]:
+                self.channel._restore(self._delivered.pop(tag))
+            self._inbox_backed.clear()
+            super().restore_unacked(client)  # type: ignore[no-untyped-call]
+        finally:
+            if self.channel._closing:
+                # At close the channel has let its pool go before it restores, so restoring
+                # made a pool anew: let that one go too, or its connection stays open.
+                self.channel._disconnect_pools()
 
 
 class Channel(kombu_redis.Channel):
