@@ -36,6 +36,9 @@ class Pair:
     alertmanager_per_s: float
     simulator_ms_bridge: float | None
     simulator_ms_alertmanager: float | None
+    # The machine's context switches per alert in each phase (None: a report from before).
+    switches_bridge: float | None = None
+    switches_alertmanager: float | None = None
 
     @property
     def ratio(self) -> float:
@@ -51,11 +54,17 @@ def pair_of(report: dict[str, Any], alerts: int) -> Pair:
         seconds = phase.get("cpu_s_by_process", {}).get("simulator")
         return None if seconds is None else round(seconds / alerts * 1000, 3)
 
+    def switches(phase: dict[str, Any]) -> float | None:
+        machine = phase.get("context_switches_per_alert", {}).get("machine (all CPUs)", {})
+        return None if machine.get("all") is None else float(machine["all"])
+
     return Pair(
         bridge_per_s=ours["incidents_per_s"],
         alertmanager_per_s=theirs["incidents_per_s"],
         simulator_ms_bridge=simulator_ms(ours),
         simulator_ms_alertmanager=simulator_ms(theirs),
+        switches_bridge=switches(ours),
+        switches_alertmanager=switches(theirs),
     )
 
 
@@ -75,14 +84,16 @@ def table(figures: dict[str, Any]) -> str:
         return "n/a" if value is None else f"{value:.2f}"
 
     lines = [
-        "| run | pagerbridge | Alertmanager | ratio | simulator ms/alert (ours / theirs) |",
-        "|---|---|---|---|---|",
+        "| run | pagerbridge | Alertmanager | ratio | simulator ms/alert (ours / theirs) "
+        "| context switches/alert (ours / theirs) |",
+        "|---|---|---|---|---|---|",
     ]
     for number, pair in enumerate(figures["pairs"], 1):
         lines.append(
             f"| {number} | {pair['bridge_per_s']:,.0f}/s | {pair['alertmanager_per_s']:,.0f}/s "
             f"| {pair['ratio']:.2f}x | {ms(pair['simulator_ms_bridge'])} / "
-            f"{ms(pair['simulator_ms_alertmanager'])} |"
+            f"{ms(pair['simulator_ms_alertmanager'])} "
+            f"| {ms(pair.get('switches_bridge'))} / {ms(pair.get('switches_alertmanager'))} |"
         )
     lines.append(
         f"\nMedian ratio over {figures['runs']} runs: **{figures['median_ratio']:.2f}x** "

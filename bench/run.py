@@ -58,16 +58,19 @@ from stack import (
     Database,
     Service,
     Services,
+    Switches,
     bridge_env,
     busy_percent,
     children_of,
     clean_up_on_signals,
+    context_switches,
     cpu_seconds,
     free_port,
     fresh_database,
     git_revision,
     http_ok,
     machine_busy_seconds,
+    machine_context_switches,
     machine_info,
     migrate,
     peak_rss_mib,
@@ -590,10 +593,12 @@ class SimulatorProbe:
 
 @dataclass
 class CpuSnapshot:
-    """CPU seconds consumed so far, by process group."""
+    """CPU seconds consumed so far, by process group, and the groups' context switches so far
+    (the machine's: all of its CPUs')."""
 
     seconds: dict[str, float]
     taken_at: float
+    switches: dict[str, Switches] = field(default_factory=dict)
 
 
 # Groups that make up "the bridge" in the cost figure; the rest are shown for context.
@@ -616,26 +621,28 @@ class CpuMeter:
         self.redis_pid = redis_pid
 
     def snapshot(self) -> CpuSnapshot:
-        seconds: dict[str, float] = {}
+        groups: dict[str, list[int]] = {}
         for name, service in self.services.running.items():
             pid = service.process.pid
             if name == "worker":
-                seconds["worker (main)"] = cpu_seconds(pid)
-                seconds["worker (pool)"] = sum(
-                    cpu_seconds(child) for child in process_tree(pid) if child != pid
-                )
+                groups["worker (main)"] = [pid]
+                groups["worker (pool)"] = [child for child in process_tree(pid) if child != pid]
             else:
-                seconds[name] = sum(cpu_seconds(member) for member in process_tree(pid))
+                groups[name] = process_tree(pid)
         if self.database.kind == "postgres":
-            seconds["postgres (bench db backends)"] = sum(
-                cpu_seconds(pid) for pid in self.database.backend_pids()
-            )
+            groups["postgres (bench db backends)"] = self.database.backend_pids()
         if self.redis_pid is not None:
-            seconds["redis-server (whole server)"] = cpu_seconds(self.redis_pid)
+            groups["redis-server (whole server)"] = [self.redis_pid]
+        seconds = {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in groups.items()}
+        switches = {
+            name: sum((context_switches(pid) for pid in pids), Switches())
+            for name, pids in groups.items()
+        }
+        switches[MACHINE] = Switches(voluntary=machine_context_switches())
         seconds[HARNESS] = own_cpu_seconds(resource.RUSAGE_SELF)
         seconds[REAPED] = own_cpu_seconds(resource.RUSAGE_CHILDREN)
         seconds[MACHINE] = machine_busy_seconds()
-        return CpuSnapshot(seconds, time.monotonic())
+        return CpuSnapshot(seconds, time.monotonic(), switches)
 
 
 def commits_per_alert(before: int | None, after: int | None, alerts: int) -> float | None:
@@ -670,6 +677,29 @@ def cpu_between(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
     delta[ELSEWHERE] = round(max(0.0, machine - sum(delta.values())), 3)
     delta[MACHINE] = machine
     return {name: value for name, value in delta.items() if value or name in BRIDGE_GROUPS}
+
+
+def switches_per_alert(
+    before: CpuSnapshot, after: CpuSnapshot, alerts: int
+) -> dict[str, dict[str, float]]:
+    """Context switches per alert between two snapshots, by process group: voluntary (it waited
+    for a socket, a lock, a timer) and involuntary (preempted); for the machine, all switches
+    on its CPUs (the kernel's count does not tell the two apart). Only groups seen in both
+    snapshots; a process that started or exited between them counts from when it was seen."""
+    per_alert: dict[str, dict[str, float]] = {}
+    for name, then in before.switches.items():
+        now = after.switches.get(name)
+        if now is None or alerts <= 0:
+            continue
+        delta = now - then
+        if name == MACHINE:
+            per_alert[name] = {"all": round(delta.voluntary / alerts, 2)}
+        else:
+            per_alert[name] = {
+                "voluntary": round(delta.voluntary / alerts, 2),
+                "involuntary": round(delta.involuntary / alerts, 2),
+            }
+    return per_alert
 
 
 def bridge_cpu(delta: dict[str, float]) -> float:
@@ -1029,7 +1059,8 @@ def phase_live(run: Run) -> None:
         run, "live delivery", lambda c: c.creates - before.creates, since=started
     )
     polled = counts.observed_at - started
-    cpu = cpu_between(cpu_before, run.meter.snapshot())
+    cpu_after = run.meter.snapshot()
+    cpu = cpu_between(cpu_before, cpu_after)
     made = creations_since(run.probe.base_url, started_s)
     exact = nth_creation_s(made, started_s, wanted)
     seconds = exact or polled
@@ -1045,6 +1076,7 @@ def phase_live(run: Run) -> None:
         "incidents_per_s": round(wanted / seconds, 1),
         "bridge_cpu_s_per_1000_alerts": round(bridge_cpu(cpu) / wanted * 1000, 2),
         "cpu_s_by_process": cpu,
+        "context_switches_per_alert": switches_per_alert(cpu_before, cpu_after, wanted),
     }
 
 
@@ -1405,7 +1437,8 @@ def phase_alertmanager(run: Run) -> None:
         since=started,
     )
     polled = counts.observed_at - started
-    cpu = cpu_between(cpu_before, run.meter.snapshot())
+    cpu_after = run.meter.snapshot()
+    cpu = cpu_between(cpu_before, cpu_after)
     made = creations_since(run.probe.base_url, started_s, events_api=True)
     exact = nth_creation_s(made, started_s, options.alerts)
     seconds = exact or polled
@@ -1420,6 +1453,7 @@ def phase_alertmanager(run: Run) -> None:
         "incidents_per_s": round(options.alerts / seconds, 1),
         "cpu_s_per_1000_alerts": round(cpu.get("alertmanager", 0.0) / options.alerts * 1000, 2),
         "cpu_s_by_process": cpu,
+        "context_switches_per_alert": switches_per_alert(cpu_before, cpu_after, options.alerts),
     }
     results["peak_rss_mib"] = peak_rss_mib(service.process.pid)
     results["pss_mib"] = pss_mib(service.process.pid)
@@ -1702,6 +1736,7 @@ def markdown_tables(report: dict[str, Any]) -> str:
     lines += [f"| {figure} | {value} | {note} |" for figure, value, note in rows]
     lines += _peer_table(results)
     lines += _cpu_table(results)
+    lines += _switches_table(results)
     return "\n".join(lines)
 
 
@@ -1741,6 +1776,8 @@ def _peer_table(results: dict[str, Any]) -> list[str]:
             f"| delivery: CPU s per 1,000 alerts "
             f"| {_fmt(live['bridge_cpu_s_per_1000_alerts'], ' s')} "
             f"| {_fmt(their_live['cpu_s_per_1000_alerts'], ' s')} | |",
+            f"| delivery: context switches per alert, the whole machine "
+            f"| {_fmt(_machine_switches(live))} | {_fmt(_machine_switches(their_live))} | |",
         ]
     delivery = results.get("delivery")
     if delivery and their_live:
@@ -1758,6 +1795,49 @@ def _peer_table(results: dict[str, Any]) -> list[str]:
         f"{_fmt(_bridge_total(results.get('pss_mib')), ' MiB')} "
         f"| {_fmt(peer.get('pss_mib'), ' MiB')} | |"
     )
+    return lines
+
+
+def _machine_switches(phase: dict[str, Any]) -> float | None:
+    count = phase.get("context_switches_per_alert", {}).get(MACHINE, {}).get("all")
+    return None if count is None else float(count)
+
+
+def _switches_table(results: dict[str, Any]) -> list[str]:
+    """Context switches per alert in the two live phases, by process: each one a process
+    waiting (voluntary) or preempted (involuntary), and on a VM a wake-up costs CPU."""
+    phases = [
+        (title, phase["context_switches_per_alert"])
+        for title, phase in (
+            ("pagerbridge", results.get("live") or {}),
+            ("Alertmanager", (results.get("alertmanager") or {}).get("live") or {}),
+        )
+        if phase.get("context_switches_per_alert")
+    ]
+    if not phases:
+        return []
+    names: list[str] = []
+    for _, switches in phases:
+        names += [name for name in switches if name not in names and name != MACHINE]
+    lines = [
+        "",
+        "Context switches per alert in the live phases (voluntary / involuntary; live threads "
+        "only):",
+        "",
+        "| process | " + " | ".join(title for title, _ in phases) + " |",
+        "|---|" + "---|" * len(phases),
+    ]
+    for name in [*names, MACHINE]:
+        cells = []
+        for _, switches in phases:
+            counts = switches.get(name)
+            if counts is None:
+                cells.append("")
+            elif "all" in counts:
+                cells.append(f"{counts['all']:.2f} (all)")
+            else:
+                cells.append(f"{counts['voluntary']:.2f} / {counts['involuntary']:.2f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -107,6 +107,51 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(value) for value in fields[11:15]) / CLOCK_TICKS
 
 
+@dataclass(frozen=True)
+class Switches:
+    """Context switches: the process gave up the CPU to wait (voluntary: a read, a lock, a
+    sleep), or was taken off it for another (involuntary: preempted)."""
+
+    voluntary: int = 0
+    involuntary: int = 0
+
+    def __add__(self, other: Switches) -> Switches:
+        return Switches(self.voluntary + other.voluntary, self.involuntary + other.involuntary)
+
+    def __sub__(self, other: Switches) -> Switches:
+        return Switches(self.voluntary - other.voluntary, self.involuntary - other.involuntary)
+
+
+def switches_in_status(status: str) -> Switches:
+    """The counts in one /proc/<pid>/task/<tid>/status text (zeros where a line is missing)."""
+    counts = {
+        name: int(value)
+        for name, value in re.findall(r"^(\w+)_ctxt_switches:\s+(\d+)$", status, re.MULTILINE)
+    }
+    return Switches(counts.get("voluntary", 0), counts.get("nonvoluntary", 0))
+
+
+def context_switches(pid: int) -> Switches:
+    """Context switches of every live thread of ``pid`` (its /proc/<pid>/status counts only its
+    main thread: the api's writer thread would be missed); zeros if it is gone. Threads that
+    have exited are not counted."""
+    total = Switches()
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return total
+    for thread in threads:
+        with suppress(OSError):
+            total += switches_in_status(Path(f"/proc/{pid}/task/{thread}/status").read_text())
+    return total
+
+
+def machine_context_switches() -> int:
+    """Context switches on all CPUs since boot (/proc/stat's ``ctxt``)."""
+    match = re.search(r"^ctxt (\d+)$", Path("/proc/stat").read_text(), re.MULTILINE)
+    return int(match.group(1)) if match else 0
+
+
 def peak_rss_mib(pid: int) -> float | None:
     """VmHWM (the process's peak resident set) in MiB; None if the process is gone."""
     try:

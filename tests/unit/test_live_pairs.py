@@ -89,3 +89,22 @@ def test_bench_run_warms_each_side_up_by_default_and_takes_zero_for_none() -> No
     assert run.parse_options(["--live-warm-up", "0"]).live_warm_up == 0
     with pytest.raises(SystemExit):
         run.parse_options(["--live-warm-up", "-1"])
+
+
+def test_each_sides_context_switches_per_alert_are_shown_when_the_report_has_them(
+    live_pairs: ModuleType,
+) -> None:
+    with_switches = report(1000.0, 2000.0, 0.7, 0.5)
+    results = with_switches["results"]
+    results["live"]["context_switches_per_alert"] = {"machine (all CPUs)": {"all": 7.95}}
+    results["alertmanager"]["live"]["context_switches_per_alert"] = {
+        "machine (all CPUs)": {"all": 3.12}
+    }
+    pairs = [
+        live_pairs.pair_of(with_switches, alerts=3000),
+        live_pairs.pair_of(report(1000.0, 2000.0, 0.7, 0.5), alerts=3000),  # an older report
+    ]
+    assert (pairs[0].switches_bridge, pairs[0].switches_alertmanager) == (7.95, 3.12)
+    text = live_pairs.table(live_pairs.summary(pairs))
+    assert "| 1 | 1,000/s | 2,000/s | 0.50x | 0.23 / 0.17 | 7.95 / 3.12 |" in text
+    assert "| 2 | 1,000/s | 2,000/s | 0.50x | 0.23 / 0.17 | n/a / n/a |" in text
