@@ -685,7 +685,8 @@ def switches_per_alert(
     """Context switches per alert between two snapshots, by process group: voluntary (it waited
     for a socket, a lock, a timer) and involuntary (preempted); for the machine, all switches
     on its CPUs (the kernel's count does not tell the two apart). Only groups seen in both
-    snapshots; a process that started or exited between them counts from when it was seen."""
+    snapshots. Only live threads are counted: one that exited between the snapshots takes its
+    switches with it, so a group whose members came and went during a phase reads low."""
     per_alert: dict[str, dict[str, float]] = {}
     for name, then in before.switches.items():
         now = after.switches.get(name)
