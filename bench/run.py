@@ -136,6 +136,7 @@ class Options:
     duration: float
     database: str
     workers: int
+    calls_in_flight: int
     api_workers: int
     json_path: Path
     load_generator: str
@@ -163,6 +164,7 @@ PHASES = (
 )
 # The worker as deployed: the bridge's own default process count (PAGERBRIDGE_WORKER_CONCURRENCY).
 BRIDGE_WORKERS: int = Settings.model_fields["worker_concurrency"].default
+BRIDGE_CALLS_IN_FLIGHT: int = Settings.model_fields["pagerduty_calls_in_flight"].default
 PHASE_NEEDS = {"delivery": ("backlog",), "resolve": ("backlog", "delivery")}
 
 
@@ -183,6 +185,14 @@ def parse_options(argv: list[str] | None = None) -> Options:
         type=int,
         default=BRIDGE_WORKERS,
         help="worker --concurrency K (default: the bridge's, 4)",
+    )
+    parser.add_argument(
+        "--calls-in-flight",
+        type=int,
+        default=BRIDGE_CALLS_IN_FLIGHT,
+        metavar="K",
+        help="creates each worker process sends at once (PAGERBRIDGE_PAGERDUTY_CALLS_IN_FLIGHT; "
+        f"default: the bridge's, {BRIDGE_CALLS_IN_FLIGHT})",
     )
     parser.add_argument(
         "--api-workers", type=int, default=1, help="api processes (api --workers; default 1)"
@@ -244,6 +254,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         args.alerts < 1
         or args.concurrency < 1
         or args.workers < 1
+        or args.calls_in_flight < 1
         or args.api_workers < 1
         or args.duration <= 0
         or args.rate_per_minute <= 0
@@ -265,6 +276,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         duration=args.duration,
         database=args.database,
         workers=args.workers,
+        calls_in_flight=args.calls_in_flight,
         api_workers=args.api_workers,
         json_path=args.json_path,
         load_generator=args.load_generator,
@@ -1939,6 +1951,7 @@ def run_bench(options: Options, workdir: Path, report: dict[str, Any]) -> None:
             simulator_url=simulator_url,
             workdir=workdir,
             rate_per_minute=options.rate_per_minute,
+            extra={"PAGERBRIDGE_PAGERDUTY_CALLS_IN_FLIGHT": str(options.calls_in_flight)},
         )
         migrate(env, workdir)
 
@@ -2029,6 +2042,7 @@ def run_and_report(options: Options) -> int:
             "duration_s": options.duration,
             "database": options.database,
             "workers": options.workers,
+            "calls_in_flight": options.calls_in_flight,
             "api_workers": options.api_workers,
             "load_generator": options.load_generator,
             "pagerduty_rate_per_minute": options.rate_per_minute,

@@ -186,6 +186,18 @@ def schedule_after_failure(
     return Schedule(DeliveryState.FAILED, alert.attempts + 1, None, message)
 
 
+def calls_in_flight_after(width: int, *, answered: bool, limit: int) -> int:
+    """How many calls may go out together next, after a group of ``width`` calls.
+
+    A slow start, as TCP's: a batch's first call goes alone, each group PagerDuty answered
+    doubles the next (1, 2, 4, ... up to ``limit``), and a group with a failure that is not an
+    answer (5xx, timeout, refused token, 429) brings it back to one. So a PagerDuty that is down,
+    or a token it refuses, meets one call per process as with serial calls, and never a group;
+    only one that goes down in the middle of a storm's batch can take a whole group's failures.
+    """
+    return min(width * 2, limit) if answered else 1
+
+
 def choose_incident(found: Sequence[Incident]) -> Incident | None:
     """Of the incidents PagerDuty lists for an alert cycle's key, the one that cycle made.
 

@@ -46,6 +46,7 @@ from worker.delivery import (
     Step,
     Update,
     WaitForTrigger,
+    calls_in_flight_after,
     choose_incident,
     plan_delivery,
     schedule_after_failure,
@@ -57,6 +58,7 @@ from worker.pagerduty import (
     CredentialsError,
     DuplicateIncidentKeyError,
     Incident,
+    NewIncident,
     PagerDutyClient,
     PagerDutyError,
     PermanentError,
@@ -119,6 +121,16 @@ class Backend:
 
 Answer = Incident | None | EventSent | PagerDutyError | Parked | Deferred
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Together:
+    """Calls of a batch that may be in flight at once: those of ``pks``, up to ``size`` at a
+    time, made by ``send`` (each call's answer, or its error, in order)."""
+
+    pks: frozenset[int]
+    size: int
+    send: Callable[[list[int]], list[Any]]
 
 
 @built_once
@@ -478,9 +490,37 @@ class Reconciler:
                 self._calls_through_gate(
                     [(pk, functools.partial(self._call, calls[pk], backend)) for pk in pks],
                     backend.gate,
+                    together=self._creates_together(calls, pks, backend),
                 )
             )
         return answers
+
+    def _creates_together(
+        self, calls: dict[int, Step], pks: list[int], backend: Backend
+    ) -> Together | None:
+        """The creates among ``pks`` that may go out together, if the settings allow more than
+        one call in flight. Only creates: an alert storm is mostly creates, and a create never
+        depends on another alert's call."""
+        size = self.settings.pagerduty_calls_in_flight
+        client = backend.rest
+        if size < 2 or client is None:
+            return None
+        creates = frozenset(pk for pk in pks if isinstance(calls[pk], Create))
+        if len(creates) < 2:
+            return None
+
+        def send(group: list[int]) -> list[Incident | PagerDutyError]:
+            steps = [step for step in (calls[pk] for pk in group) if isinstance(step, Create)]
+            assert len(steps) == len(group)  # only creates go together
+            made = client.create_incidents([_new_incident(step) for step in steps])
+            return [
+                _adopted_or_error(client, step)
+                if isinstance(answer, DuplicateIncidentKeyError)
+                else answer
+                for step, answer in zip(steps, made, strict=True)
+            ]
+
+        return Together(creates, size, send)
 
     def _bulk_update(self, chunk: list[tuple[int, Update]], backend: Backend) -> dict[int, Answer]:
         pairs = [(step.incident_id, step.status.value) for _, step in chunk]
@@ -506,18 +546,28 @@ class Reconciler:
         return self._calls_through_gate([(0, call)], gate)[0]
 
     def _calls_through_gate(
-        self, calls: list[tuple[int, Callable[[], T]]], gate: DeliveryGate | None
+        self,
+        calls: list[tuple[int, Callable[[], T]]],
+        gate: DeliveryGate | None,
+        *,
+        together: Together | None = None,
     ) -> dict[int, T | PagerDutyError | Parked | Deferred]:
-        """Calls one after the other (PagerDuty asks for serial requests per credential), each
-        only once the gate admitted it; failures are returned, not raised.
+        """Calls one after the other (PagerDuty asks for serial requests per credential), or
+        those ``together`` allows a few at once once PagerDuty answered the batch's first
+        (:func:`calls_in_flight_after`), each only once the gate admitted it; failures are
+        returned, not raised.
 
         The gate admits several calls per round trip to Redis, and hears of the successes once
         per admission. A failure other than a refusal of that one call hands the calls not made
         yet back to the gate: a PagerDuty that starts failing opens the breaker and parks them,
-        instead of being called again.
+        instead of being called again. Calls already in flight beside the failed one were made,
+        and their answers count.
         """
         answers: dict[int, T | PagerDutyError | Parked | Deferred] = {}
         pending = list(calls)
+        together_pks = together.pks if together is not None else frozenset()
+        together_size = together.size if together is not None else 1
+        width = 1  # calls in flight in the next group of those ``together`` allows
         while pending:
             granted = len(pending)
             while gate is not None:
@@ -532,23 +582,32 @@ class Reconciler:
                 self.sleep(decision.wait)
             admitted, pending = pending[:granted], pending[granted:]
             answered = False
-            for index, (pk, call) in enumerate(admitted):
-                try:
-                    answers[pk] = call()
-                except PagerDutyError as error:
+            made = 0
+            while made < len(admitted):
+                group = _group_at(admitted, made, together, width)
+                made += len(group)
+                stop = False
+                for pk, outcome in zip(
+                    (pk for pk, _ in group), _outcomes(group, together), strict=True
+                ):
+                    if not isinstance(outcome, PagerDutyError):
+                        answers[pk] = outcome
+                        answered = True
+                        continue
                     if answered and gate is not None:
                         # In the order they happened: a success, then this failure, counts one
                         # failure in a row, not none.
                         self._answered(gate)
                         answered = False
-                    answers[pk] = self._failed_call(error, gate)
-                    if not isinstance(error, PermanentError):
-                        # PagerDuty failing, refusing the token or limiting the rate: the gate
-                        # decides on the calls not made yet.
-                        pending = admitted[index + 1 :] + pending
-                        break
-                else:
-                    answered = True
+                    answers[pk] = self._failed_call(outcome, gate)
+                    # PagerDuty failing, refusing the token or limiting the rate: the gate
+                    # decides on the calls not made yet.
+                    stop = stop or not isinstance(outcome, PermanentError)
+                if group[0][0] in together_pks:  # a group of those that may go together
+                    width = calls_in_flight_after(width, answered=not stop, limit=together_size)
+                if stop:
+                    pending = admitted[made:] + pending
+                    break
             if answered and gate is not None:
                 self._answered(gate)
         return answers
@@ -609,15 +668,7 @@ class Reconciler:
                     details=step.details,
                 )
             except DuplicateIncidentKeyError:
-                # An earlier attempt created it and its answer was lost: adopt that incident.
-                found = client.find_incidents(step.incident_key)
-                if not found:
-                    raise RetryableError(
-                        "duplicate incident_key refused, but no open incident has it; "
-                        "the create will be retried",
-                        status=400,
-                    ) from None
-                return found[0]
+                return _adopted(client, step)
         if isinstance(step, FindByKey):
             return choose_incident(
                 client.find_incidents(step.incident_key, include_resolved=step.include_resolved)
@@ -819,6 +870,58 @@ def _audit(alert: AlertLike, outcome: str, *, detail: str | None) -> dict[str, A
         "detail": detail,
         "created_at": utcnow(),
     }
+
+
+def _group_at(
+    admitted: list[tuple[int, Callable[[], T]]], start: int, together: Together | None, width: int
+) -> list[tuple[int, Callable[[], T]]]:
+    """The calls from ``admitted[start]`` on that go out at once: a run of up to ``width`` that
+    ``together`` allows, or the one call at ``start`` alone."""
+    if together is None or admitted[start][0] not in together.pks:
+        return [admitted[start]]
+    group = []
+    for call in admitted[start : start + width]:
+        if call[0] not in together.pks:
+            break
+        group.append(call)
+    return group
+
+
+def _outcomes(
+    group: Sequence[tuple[int, Callable[[], T]]], together: Together | None
+) -> list[T | PagerDutyError]:
+    """Make a group's calls: each answer, or the error it raised, in order."""
+    if len(group) > 1:
+        assert together is not None
+        return together.send([pk for pk, _ in group])
+    try:
+        return [group[0][1]()]
+    except PagerDutyError as error:
+        return [error]
+
+
+def _new_incident(step: Create) -> NewIncident:
+    return NewIncident(step.title, step.service_id, step.incident_key, step.urgency, step.details)
+
+
+def _adopted(client: PagerDutyClient, step: Create) -> Incident:
+    """PagerDuty refused a create as a duplicate: an earlier attempt created the incident and
+    its answer was lost. Adopt that incident."""
+    found = client.find_incidents(step.incident_key)
+    if not found:
+        raise RetryableError(
+            "duplicate incident_key refused, but no open incident has it; "
+            "the create will be retried",
+            status=400,
+        )
+    return found[0]
+
+
+def _adopted_or_error(client: PagerDutyClient, step: Create) -> Incident | PagerDutyError:
+    try:
+        return _adopted(client, step)
+    except PagerDutyError as error:
+        return error
 
 
 def _log_delivery(level: int, outcome: str, alert: AlertLike, detail: str | None) -> None:

@@ -82,6 +82,14 @@ class Settings(BaseSettings):
         description="calls per minute per PagerDuty token, all workers together "
         "(PagerDuty allows 960)",
     )
+    pagerduty_calls_in_flight: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="creates each worker process sends to PagerDuty at once, each on its own "
+        "connection, so a `worker` has up to this times its concurrency in flight per token; "
+        "1 keeps each process's calls serial, as PagerDuty advises",
+    )
     breaker_threshold: int = Field(
         5, gt=0, description="consecutive retryable failures that open the outage breaker"
     )

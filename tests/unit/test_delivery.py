@@ -22,3 +22,15 @@ def test_an_open_incident_wins_over_a_newer_resolved_one() -> None:
 def test_among_resolved_ones_the_newest() -> None:
     chosen = choose_incident([incident(2, "resolved"), incident(7, "resolved")])
     assert chosen is not None and chosen.id == "P7"
+
+
+def test_calls_in_flight_start_at_one_double_on_answers_and_fall_back_on_failure() -> None:
+    from worker.delivery import calls_in_flight_after
+
+    widths = [1]
+    for _ in range(4):
+        widths.append(calls_in_flight_after(widths[-1], answered=True, limit=4))
+    assert widths == [1, 2, 4, 4, 4]
+    assert calls_in_flight_after(4, answered=False, limit=4) == 1
+    assert calls_in_flight_after(1, answered=True, limit=1) == 1
+    assert calls_in_flight_after(4, answered=True, limit=6) == 6

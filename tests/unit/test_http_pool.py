@@ -581,3 +581,86 @@ def test_bytes_after_the_answer_are_not_taken_for_it_and_the_connection_is_dropp
         assert pool.send("GET", pool.url("/x")).content == b"ok"  # on a new connection
         pool.close()
     assert len(conns) == 2
+
+
+# -- several requests in flight at once (Settings.pagerduty_calls_in_flight) -----------------
+
+
+@pytest.mark.usefixtures("no_proxy")
+def test_requests_sent_together_are_all_in_flight_before_any_answer_is_read() -> None:
+    all_in = threading.Barrier(3, timeout=5)
+
+    def together(handler: http.server.BaseHTTPRequestHandler) -> None:
+        # Answers only once all three requests are in: a pool that waited for each answer
+        # before sending the next would break the barrier and get no answer.
+        all_in.wait()
+        _reply(201, handler.path.encode())(handler)
+
+    with _serving(together) as (server, pool):
+        replies = pool.send_together(
+            [
+                pool_module.Outgoing("POST", pool.url(f"/incidents/{n}"), b"{}", {"From": "a@b"})
+                for n in range(3)
+            ]
+        )
+        assert [(reply.status_code, reply.content) for reply in replies] == [  # type: ignore[union-attr]
+            (201, f"/prefix/incidents/{n}".encode()) for n in range(3)
+        ]
+        assert all(request[2]["From"] == "a@b" for request in server.requests)
+        assert server.connections == 3
+        # The three connections are kept: the next requests open none
+        all_in = threading.Barrier(1)
+        for _ in range(3):
+            assert pool.send("GET", pool.url("/after")).status_code == 201
+        assert server.connections == 3
+
+
+@pytest.mark.usefixtures("no_proxy")
+def test_one_request_failing_among_several_leaves_the_others_answered() -> None:
+    def answer(handler: http.server.BaseHTTPRequestHandler) -> None:
+        if handler.path.endswith("/cut"):
+            handler.close_connection = True  # no answer at all: the connection just ends
+            return
+        _reply(201, handler.path.encode())(handler)
+
+    with _serving(answer) as (_, pool):
+        first, cut, last = pool.send_together(
+            [pool_module.Outgoing("POST", pool.url(path), b"{}") for path in ("/a", "/cut", "/b")]
+        )
+    assert isinstance(first, pool_module.Reply) and first.content == b"/prefix/a"
+    assert isinstance(cut, httpx.RemoteProtocolError)
+    assert classify_transport_failure(cut).status is None
+    assert isinstance(last, pool_module.Reply) and last.content == b"/prefix/b"
+
+
+@pytest.mark.usefixtures("no_proxy")
+def test_a_request_that_cannot_be_made_stops_the_group_before_anything_is_sent() -> None:
+    with (
+        _serving(_reply(201)) as (server, pool),
+        pytest.raises(ValueError, match="invalid value for header"),
+    ):
+        pool.send_together(
+            [
+                pool_module.Outgoing("POST", pool.url("/a"), b"{}"),
+                pool_module.Outgoing("POST", pool.url("/b"), b"{}", {"From": "x\r\nEvil: 1"}),
+            ]
+        )
+    assert server.requests == [] and server.connections == 0
+
+
+def test_through_a_transport_requests_go_one_by_one_each_failure_in_its_place() -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        if request.url.path.endswith("/down"):
+            raise httpx.ConnectError("refused")
+        return httpx.Response(201, content=request.url.path.encode())
+
+    pool = _pool(handler)
+    replies = pool.send_together(
+        [pool_module.Outgoing("POST", pool.url(path), b"{}") for path in ("/a", "/down", "/b")]
+    )
+    assert seen == ["/prefix/a", "/prefix/down", "/prefix/b"]
+    assert isinstance(replies[1], httpx.ConnectError)
+    assert [reply.content for reply in (replies[0], replies[2])] == [b"/prefix/a", b"/prefix/b"]  # type: ignore[union-attr]

@@ -13,6 +13,7 @@ from worker.pagerduty import (
     CredentialsError,
     DuplicateIncidentKeyError,
     Incident,
+    NewIncident,
     PagerDutyClient,
     PagerDutyError,
     PermanentError,
@@ -582,3 +583,64 @@ def test_bad_configuration_is_refused_without_echoing_the_token(
 def test_client_repr_hides_the_token(client: PagerDutyClient) -> None:
     assert TOKEN not in repr(client)
     assert repr(client) == f"PagerDutyClient(base_url={BASE!r}, from_email={FROM!r})"
+
+
+# -- creates in flight together ----------------------------------------------------------------
+
+
+def test_create_incidents_answers_each_in_its_place_errors_returned_not_raised(
+    client: PagerDutyClient, pagerduty: FakePagerDuty
+) -> None:
+    def respond(request: httpx.Request) -> httpx.Response:
+        key = json.loads(request.content)["incident"]["incident_key"]
+        if key == "dup":
+            message = "Open incident with matching dedup key already exists on this service"
+            return httpx.Response(400, json=error_json("Invalid Input Provided", 2001, [message]))
+        if key == "down":
+            return httpx.Response(503, text=f"upstream down, Token token={TOKEN}")
+        return httpx.Response(201, json={"incident": incident_json(id=f"P-{key}")})
+
+    pagerduty.respond = respond
+    made = client.create_incidents(
+        [
+            NewIncident("one", "S1", "k1", urgency="low", details="d"),
+            NewIncident("two", "S1", "dup"),
+            NewIncident("three", "S1", "down"),
+            NewIncident("four", "S1", "k4"),
+        ]
+    )
+    first, dup, down, last = made
+    assert isinstance(first, Incident) and first.id == "P-k1"
+    assert isinstance(dup, DuplicateIncidentKeyError)
+    assert isinstance(down, RetryableError) and down.status == 503
+    assert TOKEN not in str(down) and TOKEN not in repr(down)
+    assert isinstance(last, Incident) and last.id == "P-k4"
+    # Each request as create_incident sends it
+    assert [json.loads(r.content)["incident"]["title"] for r in pagerduty.requests] == [
+        "one",
+        "two",
+        "three",
+        "four",
+    ]
+    assert json.loads(pagerduty.requests[0].content)["incident"]["urgency"] == "low"
+    assert all(sent_headers(r)["from"] == FROM for r in pagerduty.requests)
+
+
+def test_create_incidents_fills_in_the_key_an_answer_left_out(
+    client: PagerDutyClient, pagerduty: FakePagerDuty
+) -> None:
+    body = incident_json()
+    body.pop("incident_key", None)
+    pagerduty.answer(201, {"incident": body})
+    (made,) = client.create_incidents([NewIncident("t", "S1", "k9")])
+    assert isinstance(made, Incident) and made.incident_key == "k9"
+
+
+def test_create_incidents_refuses_a_bad_one_before_sending_any(
+    client: PagerDutyClient, pagerduty: FakePagerDuty
+) -> None:
+    with pytest.raises(ValueError, match="urgency must be"):
+        client.create_incidents(
+            [NewIncident("t", "S1", "k1"), NewIncident("t", "S1", "k2", urgency="urgent")]
+        )
+    assert pagerduty.requests == []

@@ -850,3 +850,101 @@ def test_a_claim_is_not_kept_when_the_batch_is_applied_again_one_event_at_a_time
     results = reconciler.reconcile_many([a.alert_pk or 0 for a in applied], claim=claim)
     assert set(results.values()) == {ReconcileResult.DELIVERED}
     assert len(pagerduty.incidents()) == 2
+
+
+# -- several creates in flight at once (Settings.pagerduty_calls_in_flight) ------------------
+
+
+def _in_flight(reconciler: Reconciler, calls: int) -> list[int]:
+    """Let ``reconciler`` send ``calls`` creates at once; the sizes of the groups it sends."""
+    reconciler.settings = reconciler.settings.model_copy(
+        update={"pagerduty_calls_in_flight": calls}
+    )
+    client = reconciler.client
+    assert client is not None
+    sizes: list[int] = []
+    create_incidents = client.create_incidents
+    client.create_incidents = lambda incidents: (  # type: ignore[method-assign]
+        sizes.append(len(incidents)) or create_incidents(incidents)
+    )
+    return sizes
+
+
+def test_creates_go_out_together_after_a_slow_start(
+    send: Send, gated: Reconciler, pagerduty: FakePagerDuty
+) -> None:
+    groups = _in_flight(gated, 4)
+    creates = [send(T, alert_id=f"f{n}", at=n) for n in range(10)]
+    acked = send(A, alert_id="f0", at=20)  # f0's create, then its acknowledge: a single call
+    results = gated.reconcile_many([a.alert_pk for a in [*creates, acked] if a.alert_pk])
+    assert set(results.values()) == {ReconcileResult.DELIVERED}
+    # The first create alone, then 2, then 4 (the limit), then the 3 left
+    assert groups == [2, 4, 3]
+    assert len(pagerduty.incidents()) == 10
+    assert [c for c in pagerduty.calls if c[0] == "PUT"] == [("PUT", pagerduty.calls[-1][1])]
+
+
+def test_one_call_in_flight_sends_creates_one_by_one(
+    send: Send, gated: Reconciler, pagerduty: FakePagerDuty
+) -> None:
+    groups = _in_flight(gated, 1)
+    applied = [send(T, alert_id=f"s{n}", at=n) for n in range(5)]
+    gated.reconcile_many([a.alert_pk for a in applied if a.alert_pk])
+    assert groups == [] and len(pagerduty.incidents()) == 5
+
+
+def test_a_failure_in_a_group_counts_the_calls_beside_it_and_narrows_to_one(
+    send: Send, gated: Reconciler, pagerduty: FakePagerDuty
+) -> None:
+    # 1, then 2, then 4 creates in flight; the group of 4 has one 503 among its answers. The
+    # calls beside the failure were made and their answers count; then one call at a time
+    # again, and three 503s in a row open the breaker: the other ten park without a call.
+    groups = _in_flight(gated, 4)
+    pagerduty.fail_next("create", "ok", "ok", "ok", "ok", "503", "ok", "ok", *["503"] * 1000)
+    applied = [send(T, alert_id=f"m{n}", at=n) for n in range(20)]
+    results = gated.reconcile_many([a.alert_pk for a in applied if a.alert_pk])
+    assert groups == [2, 4]
+    assert len(pagerduty.calls) == 1 + 2 + 4 + 3
+    outcome = [results[a.alert_pk] for a in applied if a.alert_pk]
+    delivered, retry = ReconcileResult.DELIVERED, ReconcileResult.RETRY
+    assert outcome[:10] == [delivered] * 4 + [retry] + [delivered] * 2 + [retry] * 3
+    assert outcome[10:] == [ReconcileResult.PARKED] * 10
+    assert gated.gate is not None and gated.gate.status().breaker_open
+
+
+def test_a_refused_token_meets_one_call_not_a_group(
+    send: Send, gated: Reconciler, pagerduty: FakePagerDuty
+) -> None:
+    groups = _in_flight(gated, 4)
+    pagerduty.fail_next("create", *["401"] * 100)
+    applied = [send(T, alert_id=f"r{n}", at=n) for n in range(12)]
+    results = gated.reconcile_many([a.alert_pk for a in applied if a.alert_pk])
+    assert groups == [] and len(pagerduty.calls) == 1
+    assert set(results.values()) == {ReconcileResult.PARKED}
+
+
+def test_a_create_in_a_group_whose_answer_was_lost_is_adopted_not_doubled(
+    send: Send,
+    gated: Reconciler,
+    pagerduty: FakePagerDuty,
+    clock: Clock,
+    sqlite_sessions: sessionmaker[Session],
+) -> None:
+    groups = _in_flight(gated, 2)
+    # l0's create fails (503, nothing made); l1's is made but the bridge hears 502
+    pagerduty.fail_next("create", "503", "lost")
+    applied = [send(T, alert_id=f"l{n}", at=n) for n in range(2)]
+    first = gated.reconcile_many([a.alert_pk for a in applied if a.alert_pk])
+    assert set(first.values()) == {ReconcileResult.RETRY}
+    assert len(pagerduty.incidents()) == 1
+    # Retried beside a new alert: l0 alone, then l1 and l2 together. l1's create is refused
+    # as a duplicate and the incident its lost answer made is adopted.
+    third = send(T, alert_id="l2", at=5)
+    clock.advance(60)
+    due = due_alerts(sqlite_sessions, clock(), limit=10)
+    again = gated.reconcile_many([*due, third.alert_pk])
+    assert set(again.values()) == {ReconcileResult.DELIVERED}
+    assert groups == [2]
+    assert len(pagerduty.incidents()) == 3
+    lost = alert(sqlite_sessions, "l1")
+    assert lost.pagerduty_incident_id == pagerduty.incidents()[0]["id"]

@@ -1,6 +1,6 @@
 """PagerDuty REST API v2: the client and its errors. Nothing outside this package sees httpx."""
 
-from worker.pagerduty.client import Incident, PagerDutyClient
+from worker.pagerduty.client import Incident, NewIncident, PagerDutyClient
 from worker.pagerduty.errors import (
     CredentialsError,
     DuplicateIncidentKeyError,
@@ -13,6 +13,7 @@ __all__ = [
     "CredentialsError",
     "DuplicateIncidentKeyError",
     "Incident",
+    "NewIncident",
     "PagerDutyClient",
     "PagerDutyError",
     "PermanentError",

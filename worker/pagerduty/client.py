@@ -1,7 +1,8 @@
 """PagerDuty REST API v2 client: create, update and look up incidents.
 
 The only module of the project that imports httpx. Each method makes exactly one HTTP request
-and either returns the result or raises an error from ``errors.py`` (classified by
+(``create_incidents`` one per incident, sent together) and either returns the result or raises
+an error from ``errors.py`` (classified by
 ``classify.py``); it never sleeps and never retries. Retry policy (backoff, ``retry_after``)
 belongs to the caller, which sees no httpx type: transport exceptions are translated here with
 ``raise ... from exc``.
@@ -32,7 +33,14 @@ from worker.pagerduty.classify import (
     classify_transport_failure,
 )
 from worker.pagerduty.errors import PagerDutyError, PermanentError
-from worker.pagerduty.pool import PooledClient, http_url, json_content, open_pool
+from worker.pagerduty.pool import (
+    Outgoing,
+    PooledClient,
+    Reply,
+    http_url,
+    json_content,
+    open_pool,
+)
 
 __all__ = [
     "MAX_BULK_UPDATES",
@@ -40,6 +48,7 @@ __all__ = [
     "UPDATE_STATUSES",
     "URGENCIES",
     "Incident",
+    "NewIncident",
     "PagerDutyClient",
 ]
 
@@ -88,6 +97,17 @@ class Incident:
     number: int | None = None
     html_url: str | None = None
     incident_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewIncident:
+    """An incident to create: what :meth:`PagerDutyClient.create_incident` takes."""
+
+    title: str
+    service_id: str
+    incident_key: str
+    urgency: str | None = None
+    details: str | None = None
 
 
 class PagerDutyClient(PooledClient):
@@ -186,26 +206,25 @@ class PagerDutyClient(PooledClient):
             ValueError: empty title, service_id or incident_key, or an unknown urgency.
             PagerDutyError: see ``errors.py``.
         """
-        _require_non_empty(title=title, service_id=service_id, incident_key=incident_key)
-        if urgency is not None and urgency not in URGENCIES:
-            raise ValueError(f"urgency must be one of {sorted(URGENCIES)}, got {urgency!r}")
+        new = NewIncident(title, service_id, incident_key, urgency, details)
+        return _created(new, self._call("POST", "/incidents", _parse_one, payload=_creation(new)))
 
-        incident: dict[str, Any] = {
-            "type": "incident",
-            "title": title,
-            "service": {"id": service_id, "type": "service_reference"},
-            "incident_key": incident_key,
-        }
-        if urgency is not None:
-            incident["urgency"] = urgency
-        if details is not None:
-            incident["body"] = {"type": "incident_body", "details": details}
+    def create_incidents(self, incidents: Sequence[NewIncident]) -> list[Incident | PagerDutyError]:
+        """Create several incidents, their requests in flight at once (one connection each).
 
-        created = self._call("POST", "/incidents", _parse_one, payload={"incident": incident})
-        if created.incident_key is None:
-            # The key was accepted with the incident even if the answer left it out.
-            created = dataclasses.replace(created, incident_key=incident_key)
-        return created
+        What :meth:`create_incident` does for each, but the errors are returned in the
+        incident's place rather than raised: every request was sent, so every answer counts.
+        PagerDuty advises serial requests per token; the caller decides how many go together.
+
+        Raises:
+            ValueError: as :meth:`create_incident`, before any request is sent.
+        """
+        payloads = [_creation(new) for new in incidents]
+        answers = self._calls_together("POST", "/incidents", _parse_one, payloads)
+        return [
+            answer if isinstance(answer, PagerDutyError) else _created(new, answer)
+            for new, answer in zip(incidents, answers, strict=True)
+        ]
 
     def update_incident(self, incident_id: str, status: str) -> Incident:
         """Acknowledge or resolve one incident: ``PUT /incidents/{id}``.
@@ -352,6 +371,30 @@ class PagerDutyClient(PooledClient):
             self._scrub(error)
             raise  # keeps the ``from exc`` cause set in _exchange
 
+    def _calls_together(
+        self,
+        method: str,
+        path: str,
+        parse: Callable[[_Answer], _T],
+        payloads: Sequence[Mapping[str, Any]],
+    ) -> list[_T | PagerDutyError]:
+        """One request per payload, all in flight at once; each parsed 2xx answer, or its
+        classified error, in order."""
+        url = self._http.url(path)
+        headers = self._write_headers if method != "GET" else None
+        started = time.monotonic()
+        replies = self._http.send_together(
+            [Outgoing(method, url, json_content(payload), headers) for payload in payloads]
+        )
+        results: list[_T | PagerDutyError] = []
+        for reply in replies:
+            try:
+                results.append(parse(self._answer(method, path, reply, started)))
+            except PagerDutyError as error:
+                self._scrub(error)
+                results.append(error)
+        return results
+
     def _exchange(
         self,
         method: str,
@@ -362,32 +405,41 @@ class PagerDutyClient(PooledClient):
     ) -> _Answer:
         # PAGERDUTY.md: From is required on POST and PUT /incidents; sent on every write.
         headers = self._write_headers if method != "GET" else None
-        endpoint = _endpoint(method, path)  # for metrics: counted here, the one way out
         started = time.monotonic()
+        reply: Reply | httpx.HTTPError
         try:
-            response = self._http.send(
+            reply = self._http.send(
                 method,
                 self._http.url(path, params),
                 content=None if payload is None else json_content(payload),
                 headers=headers,
             )
         except httpx.HTTPError as exc:
+            reply = exc
+        return self._answer(method, path, reply, started)
+
+    def _answer(
+        self, method: str, path: str, reply: Reply | httpx.HTTPError, started: float
+    ) -> _Answer:
+        """A 2xx answer, or the classified error raised; counted in the metrics either way."""
+        endpoint = _endpoint(method, path)  # for metrics: counted here, the one way out
+        if isinstance(reply, httpx.HTTPError):
             # TransportError (timeouts, network, protocol) and the rest (e.g. a body that
             # cannot be decoded): either way the request got no usable answer.
             metrics.observe_pagerduty_call(endpoint, None, time.monotonic() - started)
-            logger.info("PagerDuty %s %s failed: %s", method, path, type(exc).__name__)
-            raise classify_transport_failure(exc) from exc
+            logger.info("PagerDuty %s %s failed: %s", method, path, type(reply).__name__)
+            raise classify_transport_failure(reply) from reply
 
-        metrics.observe_pagerduty_call(endpoint, response.status_code, time.monotonic() - started)
+        metrics.observe_pagerduty_call(endpoint, reply.status_code, time.monotonic() - started)
         elapsed_ms = (time.monotonic() - started) * 1000
         logger.debug(
-            "PagerDuty %s %s -> %d in %.0f ms", method, path, response.status_code, elapsed_ms
+            "PagerDuty %s %s -> %d in %.0f ms", method, path, reply.status_code, elapsed_ms
         )
-        if not 200 <= response.status_code <= 299:  # else done: no headers to make and read
-            error = classify_response(response.status_code, response.content, response.headers)
+        if not 200 <= reply.status_code <= 299:  # else done: no headers to make and read
+            error = classify_response(reply.status_code, reply.content, reply.headers)
             if error is not None:
                 raise error
-        return _Answer.of(response.status_code, response.content)
+        return _Answer.of(reply.status_code, reply.content)
 
     def _scrub(self, error: PagerDutyError) -> None:
         """Remove the token from an error's text before it leaves the client.
@@ -397,6 +449,31 @@ class PagerDutyClient(PooledClient):
         the far end and from library exceptions, so check instead of trusting.
         """
         error.redact(self._token)
+
+
+def _creation(new: NewIncident) -> dict[str, Any]:
+    """``POST /incidents``' body for ``new``, or ValueError."""
+    _require_non_empty(title=new.title, service_id=new.service_id, incident_key=new.incident_key)
+    if new.urgency is not None and new.urgency not in URGENCIES:
+        raise ValueError(f"urgency must be one of {sorted(URGENCIES)}, got {new.urgency!r}")
+    incident: dict[str, Any] = {
+        "type": "incident",
+        "title": new.title,
+        "service": {"id": new.service_id, "type": "service_reference"},
+        "incident_key": new.incident_key,
+    }
+    if new.urgency is not None:
+        incident["urgency"] = new.urgency
+    if new.details is not None:
+        incident["body"] = {"type": "incident_body", "details": new.details}
+    return {"incident": incident}
+
+
+def _created(new: NewIncident, created: Incident) -> Incident:
+    if created.incident_key is None:
+        # The key was accepted with the incident even if the answer left it out.
+        return dataclasses.replace(created, incident_key=new.incident_key)
+    return created
 
 
 def _endpoint(method: str, path: str) -> str:

@@ -27,10 +27,11 @@ import httptools
 import httpx
 
 # PagerDuty advises serial requests per credential (PAGERDUTY.md), and one client serves one
-# worker process: it never needs many sockets. Idle connections are dropped after 30 s, below
-# the 60 s idle timeout common to load balancers, so a reused connection is rarely one the far
-# end has already closed (that shows up as RetryableError "connection closed by server").
-MAX_CONNECTIONS = 4
+# worker process: it needs a socket per request it has in flight at once (at most this many;
+# ``Settings.pagerduty_calls_in_flight``), never more. Idle connections are dropped after 30 s,
+# below the 60 s idle timeout common to load balancers, so a reused connection is rarely one the
+# far end has already closed (that shows up as RetryableError "connection closed by server").
+MAX_CONNECTIONS = 8
 KEEPALIVE_EXPIRY_S = 30.0
 MAX_CACHED_URLS = 16  # paths whose URL a pool keeps made: /incidents and a few more
 
@@ -137,6 +138,19 @@ class Reply:
         return httpx.Headers(list(self.header_pairs))
 
 
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One of the requests :meth:`HttpPool.send_together` sends at once."""
+
+    method: str
+    url: httpx.URL
+    content: bytes | None = None
+    headers: Mapping[str, str] | None = None
+
+
+_Parts = tuple[str, httpx.URL, Mapping[str, str], bytes | None]  # method, URL, headers, body
+
+
 class HttpPool:
     """Requests with the headers and timeouts every request of one API carries, straight to a
     connection pool.
@@ -195,18 +209,31 @@ class HttpPool:
         headers: Mapping[str, str] | None = None,
     ) -> Reply:
         """One request; the answer comes back read, its connection back in the pool."""
+        return self._sender.send(method, url, self._headers_with(headers), content, self._timeout)
+
+    def send_together(self, requests: Sequence[Outgoing]) -> list[Reply | httpx.HTTPError]:
+        """Several requests at once, each on a connection of its own: all are written before
+        any answer is read. Each gets its answer or the ``httpx`` error that befell it, in
+        order; one failing does not stop the others, which were already sent."""
+        return self._sender.send_together(
+            [
+                (request.method, request.url, self._headers_with(request.headers), request.content)
+                for request in requests
+            ],
+            self._timeout,
+        )
+
+    def _headers_with(self, headers: Mapping[str, str] | None) -> Mapping[str, str]:
         if not headers:
-            request_headers = self._headers
-        else:
-            extra, merged = self._last_merge  # one read: threads may share the pool
-            if headers is not extra:
-                merged = _merged(self._headers, headers)
-                if isinstance(headers, MappingProxyType):
-                    # Read-only: a client's own headers, the same mapping with every request
-                    # (PagerDuty's From): merged once, not per request.
-                    self._last_merge = (headers, merged)
-            request_headers = merged
-        return self._sender.send(method, url, request_headers, content, self._timeout)
+            return self._headers
+        extra, merged = self._last_merge  # one read: threads may share the pool
+        if headers is not extra:
+            merged = _merged(self._headers, headers)
+            if isinstance(headers, MappingProxyType):
+                # Read-only: a client's own headers, the same mapping with every request
+                # (PagerDuty's From): merged once, not per request.
+                self._last_merge = (headers, merged)
+        return merged
 
     def close(self) -> None:
         self._sender.close()
@@ -231,6 +258,19 @@ class _Sender:
         timeout: dict[str, float | None],
     ) -> Reply:
         raise NotImplementedError
+
+    def send_together(
+        self, requests: Sequence[_Parts], timeout: dict[str, float | None]
+    ) -> list[Reply | httpx.HTTPError]:
+        """One after the other, each failure kept as its answer: a sender that cannot have
+        several requests in flight still answers for each."""
+        replies: list[Reply | httpx.HTTPError] = []
+        for method, url, headers, content in requests:
+            try:
+                replies.append(self.send(method, url, headers, content, timeout))
+            except httpx.HTTPError as exc:
+                replies.append(exc)
+        return replies
 
     def close(self) -> None:
         raise NotImplementedError
@@ -284,6 +324,10 @@ class _Connection:
 
     def exchange(self, request: bytes) -> _Answer:
         """Send ``request`` (made by :func:`_request`) and read its answer whole."""
+        self.write(request)
+        return self.read_answer()
+
+    def write(self, request: bytes) -> None:
         sock = self.sock
         assert sock is not None
         try:
@@ -292,10 +336,10 @@ class _Connection:
             raise httpx.WriteTimeout(str(exc) or "timed out writing the request") from exc
         except OSError as exc:
             raise httpx.WriteError(str(exc) or type(exc).__name__) from exc
-        return self._read_answer(sock)
 
-    @staticmethod
-    def _read_answer(sock: socket.socket) -> _Answer:
+    def read_answer(self) -> _Answer:
+        sock = self.sock
+        assert sock is not None
         answer = _AnswerParts()
         parser = answer.parser = httptools.HttpResponseParser(answer)
         received = False
@@ -472,6 +516,52 @@ class _KeepAliveSender(_Sender):
         except BaseException:
             connection.close()
             raise
+        return self._done(origin, connection, answer)
+
+    def send_together(
+        self, requests: Sequence[_Parts], timeout: dict[str, float | None]
+    ) -> list[Reply | httpx.HTTPError]:
+        """Every request written on its own connection, then every answer read: the far end
+        works on them together, and this process waits for them once rather than once each
+        (a wake-up per answer was most of what a create cost beyond its bytes)."""
+        made = []
+        for method, url, headers, content in requests:  # all checked before any is sent
+            origin = (url.scheme, url.raw_host.decode("ascii"), url.port)
+            made.append(
+                (origin, _request(method, origin, url.raw_path.decode("ascii"), headers, content))
+            )
+        replies: list[Reply | httpx.HTTPError | None] = [None] * len(made)
+        sent: list[tuple[int, tuple[str, str, int | None], _Connection]] = []
+        try:
+            for index, (origin, request) in enumerate(made):
+                connection = None
+                try:
+                    connection = self._kept(origin) or self._connect(origin, timeout)
+                    connection.write(request)
+                except httpx.HTTPError as exc:
+                    if connection is not None:
+                        connection.close()
+                    replies[index] = exc
+                    continue
+                sent.append((index, origin, connection))
+            while sent:
+                index, origin, connection = sent[0]
+                try:
+                    replies[index] = self._done(origin, connection, connection.read_answer())
+                except httpx.HTTPError as exc:
+                    connection.close()
+                    replies[index] = exc
+                sent.pop(0)
+        finally:
+            for _, _, connection in sent:  # interrupted: their answers will never be read
+                connection.close()
+        answered = [reply for reply in replies if reply is not None]
+        assert len(answered) == len(made)  # each request was answered or failed
+        return answered
+
+    def _done(
+        self, origin: tuple[str, str, int | None], connection: _Connection, answer: _Answer
+    ) -> Reply:
         if answer.will_close:
             connection.close()
         else:
