@@ -1081,3 +1081,23 @@ def test_simulate_command_refuses_a_bad_fault_option(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(simulator_module, "serve", lambda **kwargs: None)
     result = CliRunner().invoke(cli, ["simulate", "--flaky", "1.5"])
     assert result.exit_code == 2
+
+
+def test_the_most_calls_answered_at_once_is_counted(
+    faulty: MakeClient, simulator: SimulatedPagerDuty
+) -> None:
+    import threading
+
+    client = faulty(latency_ms=300)
+    create(client, "alone")
+    assert simulator.state()["counts"]["most_in_flight"] == 1
+    # Three at once, each waiting out the latency while the others come in
+    threads = [threading.Thread(target=create, args=(client, f"k{n}")) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert simulator.state()["counts"]["creates"] == 4
+    assert simulator.state()["counts"]["most_in_flight"] == 3
+    simulator.reset()
+    assert simulator.state()["counts"]["most_in_flight"] == 0

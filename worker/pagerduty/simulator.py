@@ -441,6 +441,9 @@ class SimulatedPagerDuty:
         self._reopened = 0
         self._listings_without_incident_key = 0
         self._faults: Counter[FaultKind] = Counter()
+        # REST calls being answered now, and the most at once: how many a client has in flight
+        self._in_flight = 0
+        self._most_in_flight = 0
         # [unix second, calls in it], oldest first; seconds without calls have no entry, so the
         # window never needs more than one entry per second of it.
         self._calls_per_second: deque[list[int]] = deque(maxlen=CALL_RATE_WINDOW_S)
@@ -467,6 +470,7 @@ class SimulatedPagerDuty:
             self._reopened = 0
             self._listings_without_incident_key = 0
             self._faults.clear()
+            self._most_in_flight = self._in_flight
             self._calls_per_second.clear()
             self._alerts.clear()
             self._open_alerts.clear()
@@ -678,6 +682,16 @@ class SimulatedPagerDuty:
             else:
                 self._calls_per_second.append([second, 1])
 
+    def call_started(self) -> None:
+        """A REST call came in: counted until :meth:`call_ended`, for ``most_in_flight``."""
+        with self._lock:
+            self._in_flight += 1
+            self._most_in_flight = max(self._most_in_flight, self._in_flight)
+
+    def call_ended(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
     def record_fault(self, kind: FaultKind) -> None:
         """Count one injected fault (the call itself is counted by :meth:`record_call`)."""
         with self._lock:
@@ -688,6 +702,8 @@ class SimulatedPagerDuty:
         ``{"counts": {...}, "incidents": [...], "events": {"counts": {...}, "alerts": [...]}}``.
 
         ``counts.faults`` counts injected faults by kind (:data:`FAULT_KINDS`).
+        ``counts.most_in_flight`` is the most REST calls the simulator was answering at once
+        (a call waiting out ``latency_ms`` is being answered).
         ``counts.calls_per_second`` is ``[{"second": unix seconds, "count": n}, ...]``, oldest
         first, for every call counted in ``counts.calls`` (faulted or not, unknown routes
         included) during the last :data:`CALL_RATE_WINDOW_S` seconds; seconds without calls are
@@ -750,6 +766,7 @@ class SimulatedPagerDuty:
             "incidents_by_status": by_status,
             "incidents_total": len(self._incidents),
             "faults": {kind: self._faults[kind] for kind in FAULT_KINDS},
+            "most_in_flight": self._most_in_flight,
             "calls_per_second": [
                 {"second": second, "count": count}
                 for second, count in self._calls_per_second
@@ -1594,15 +1611,19 @@ class _PagerDutyRoutes:
         """Run one PagerDuty call: fault plan, header checks, operation, envelope, counting."""
         call = PagerDutyCall(request.method, route, _token_of(request), request, self.simulator)
         plan: FaultPlan = request.app.state.fault_plan
-        response = await plan.before(call)
-        if response is None:
-            try:
-                _check_credentials_and_accept(request, call.token, self.token)
-                status, payload = await self._operate(request, route)
-                response = JSONResponse(payload, status)
-            except SimulatedError as error:
-                response = JSONResponse(error.envelope(), error.status)
-            response = await plan.after(call, response)
+        self.simulator.call_started()
+        try:
+            response = await plan.before(call)
+            if response is None:
+                try:
+                    _check_credentials_and_accept(request, call.token, self.token)
+                    status, payload = await self._operate(request, route)
+                    response = JSONResponse(payload, status)
+                except SimulatedError as error:
+                    response = JSONResponse(error.envelope(), error.status)
+                response = await plan.after(call, response)
+        finally:
+            self.simulator.call_ended()
         self.simulator.record_call(call.method, route, response.status_code)
         return response
 
