@@ -9,6 +9,8 @@ from. The worktree is removed at the end.
 
     .venv/bin/python bench/alternate.py --against d40885d            # 4 pairs
     .venv/bin/python bench/alternate.py --against HEAD~3 --runs 6
+    .venv/bin/python bench/alternate.py --against HEAD --against-workers 4 \
+        --against-calls-in-flight 1 --workers 2 --calls-in-flight 4   # two settings, one code
 
 Each side runs its own ``bench/run.py`` with its own code (``PYTHONPATH``), in this checkout's
 virtualenv: a revision whose dependencies differ needs them installed. A revision older than
@@ -127,6 +129,16 @@ def worktree(revision: str) -> Iterator[Path]:
             )
 
 
+def against_options(options: argparse.Namespace) -> argparse.Namespace:
+    """The other side's run options: the checkout's, but for the settings given for it."""
+    theirs = argparse.Namespace(**vars(options))
+    if options.against_workers is not None:
+        theirs.workers = options.against_workers
+    if options.against_calls_in_flight is not None:
+        theirs.calls_in_flight = options.against_calls_in_flight
+    return theirs
+
+
 def live_phase(tree: Path, options: argparse.Namespace, report: Path) -> Phase | None:
     found, status = run_bench(tree, "live", options, report)
     try:
@@ -136,15 +148,30 @@ def live_phase(tree: Path, options: argparse.Namespace, report: Path) -> Phase |
         return None
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_options(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--against", required=True, help="the other revision (any git name)")
-    options = parse_run_options(parser, argv, runs=4, json_name="alternate.json")
+    parser.add_argument(
+        "--against-workers", type=int, default=None, metavar="K", help="its --workers"
+    )
+    parser.add_argument(
+        "--against-calls-in-flight",
+        type=int,
+        default=None,
+        metavar="K",
+        help="its --calls-in-flight",
+    )
+    return parse_run_options(parser, argv, runs=4, json_name="alternate.json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_options(argv)
+    their_options = against_options(options)
     pairs: list[tuple[Phase, Phase]] = []
     with worktree(options.against) as other, tempfile.TemporaryDirectory() as workdir:
         for number in range(1, options.runs + 1):
             print(f"[alternate] pair {number} of {options.runs}…", file=sys.stderr, flush=True)
-            theirs = live_phase(other, options, Path(workdir) / f"against{number}.json")
+            theirs = live_phase(other, their_options, Path(workdir) / f"against{number}.json")
             ours = live_phase(REPO, options, Path(workdir) / f"checkout{number}.json")
             if theirs is not None and ours is not None:
                 pairs.append((theirs, ours))

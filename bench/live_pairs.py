@@ -113,6 +113,14 @@ def parse_run_options(
     parser.add_argument("--alerts", type=int, default=3000, help="N per live phase (default 3000)")
     parser.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
     parser.add_argument(
+        "--calls-in-flight",
+        type=int,
+        default=None,
+        metavar="K",
+        help="bench/run.py's --calls-in-flight (default: its own, the bridge's; a revision "
+        "older than the option takes none)",
+    )
+    parser.add_argument(
         "--live-warm-up",
         type=int,
         default=None,
@@ -150,6 +158,8 @@ def run_bench(
     ]
     if options.live_warm_up is not None:
         command += ["--live-warm-up", str(options.live_warm_up)]
+    if getattr(options, "calls_in_flight", None) is not None:
+        command += ["--calls-in-flight", str(options.calls_in_flight)]
     env = {**os.environ, "PYTHONPATH": str(tree)}
     finished = subprocess.run(command, stdout=subprocess.DEVNULL, env=env, check=False)
     try:

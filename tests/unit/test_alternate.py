@@ -50,3 +50,28 @@ def test_medians_of_each_side_and_the_pairs_the_checkout_won(alternate: ModuleTy
     assert "| worker (pool) | 1.60 | 1.20 | -25% |" in text
     assert "Median rate 1,200/s (abc1234) against 1,250/s (checkout), +4%" in text
     assert "faster in 2 of 3 pairs" in text
+
+
+def test_the_other_side_takes_its_own_settings_and_the_checkouts_otherwise(
+    alternate: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    import subprocess
+
+    commands: list[list[str]] = []
+
+    def run(command: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        commands.append(command)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(subprocess, "run", run)
+    argv = ["--against", "HEAD", "--workers", "2", "--calls-in-flight", "4"]
+    ours = alternate.parse_options([*argv, "--against-calls-in-flight", "1"])
+    theirs = alternate.against_options(ours)
+    for options in (theirs, ours):
+        alternate.run_bench(tmp_path, "live", options, tmp_path / "report.json")
+
+    def option(command: list[str], name: str) -> str:
+        return command[command.index(name) + 1]
+
+    assert [option(c, "--workers") for c in commands] == ["2", "2"]
+    assert [option(c, "--calls-in-flight") for c in commands] == ["1", "4"]

@@ -108,3 +108,28 @@ def test_each_sides_context_switches_per_alert_are_shown_when_the_report_has_the
     text = live_pairs.table(live_pairs.summary(pairs))
     assert "| 1 | 1,000/s | 2,000/s | 0.50x | 0.23 / 0.17 | 7.95 / 3.12 |" in text
     assert "| 2 | 1,000/s | 2,000/s | 0.50x | 0.23 / 0.17 | n/a / n/a |" in text
+
+
+def test_the_calls_in_flight_reach_bench_run_only_when_asked_for(
+    live_pairs: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    import argparse
+    import subprocess
+
+    commands: list[list[str]] = []
+
+    def run(command: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        commands.append(command)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(live_pairs.subprocess, "run", run)
+    for argv in ([], ["--calls-in-flight", "4"]):
+        options = live_pairs.parse_run_options(
+            argparse.ArgumentParser(), argv, runs=5, json_name="x.json"
+        )
+        live_pairs.run_bench(tmp_path, "live", options, tmp_path / "report.json")
+    assert "--calls-in-flight" not in commands[0]
+    assert commands[1][-2:] == ["--calls-in-flight", "4"]
+    run_script = load_bench_script("run")
+    assert run_script.parse_options(["--calls-in-flight", "4"]).calls_in_flight == 4
+    assert run_script.parse_options([]).calls_in_flight == run_script.BRIDGE_CALLS_IN_FLIGHT
