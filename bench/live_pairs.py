@@ -111,7 +111,12 @@ def parse_run_options(
         "--runs", type=int, default=runs, help=f"pairs of live phases (default {runs})"
     )
     parser.add_argument("--alerts", type=int, default=3000, help="N per live phase (default 3000)")
-    parser.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes (default: bench/run.py's, the bridge's)",
+    )
     parser.add_argument(
         "--calls-in-flight",
         type=int,
@@ -151,11 +156,11 @@ def run_bench(
         phases,
         "--alerts",
         str(options.alerts),
-        "--workers",
-        str(options.workers),
         "--json",
         str(report),
     ]
+    if options.workers is not None:
+        command += ["--workers", str(options.workers)]
     if options.live_warm_up is not None:
         command += ["--live-warm-up", str(options.live_warm_up)]
     if getattr(options, "calls_in_flight", None) is not None:

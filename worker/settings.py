@@ -82,8 +82,13 @@ class Settings(BaseSettings):
         description="calls per minute per PagerDuty token, all workers together "
         "(PagerDuty allows 960)",
     )
+    # A batch's creates go out a few at once after a slow start (worker/delivery.py). With
+    # PagerDuty answering in 150 ms and a 900/min budget, two processes sending up to 4 each
+    # delivered 15.8/s (all of it, the burst included); one at a time, 13.1-13.2/s (87%), and
+    # four processes one at a time 15.0-15.3/s for 55% more CPU per alert (bench/run.py
+    # --phases backlog,delivery --pagerduty-latency-ms 150 --rate-per-minute 900 --alerts 600).
     pagerduty_calls_in_flight: int = Field(
-        1,
+        4,
         ge=1,
         le=8,
         description="creates each worker process sends to PagerDuty at once, each on its own "
@@ -115,12 +120,12 @@ class Settings(BaseSettings):
         "update; then the hourly prune deletes them",
     )
 
-    # Each worker process makes one PagerDuty call at a time, and PagerDuty answers in about
-    # 100-300 ms: two reached 87% of a 900/min budget at 150 ms a call, four all of it (bench/run.py
-    # --pagerduty-latency-ms 150 --rate-per-minute 900). A worker killed outright strands what its
-    # processes hold leased; the worker that replaces it takes those back (worker/leases.py), so
-    # four keep bench/reliability.py's recovery within its 10 s target (6.3 s and 7.1 s).
-    worker_concurrency: int = Field(4, gt=0, description="worker processes per `worker`")
+    # Two processes, each with up to pagerduty_calls_in_flight creates out at once, use a 900/min
+    # budget whole at PagerDuty's latency (above) and, in an alert storm on two CPUs, deliver
+    # faster than four sending one at a time (bench/README.md). A worker killed outright strands
+    # what its processes hold leased; the worker that replaces it takes those back
+    # (worker/leases.py).
+    worker_concurrency: int = Field(2, gt=0, description="worker processes per `worker`")
     apply_batch_window: float = Field(
         0.05,
         gt=0,
