@@ -664,3 +664,35 @@ def test_through_a_transport_requests_go_one_by_one_each_failure_in_its_place() 
     assert seen == ["/prefix/a", "/prefix/down", "/prefix/b"]
     assert isinstance(replies[1], httpx.ConnectError)
     assert [reply.content for reply in (replies[0], replies[2])] == [b"/prefix/a", b"/prefix/b"]  # type: ignore[union-attr]
+
+
+@pytest.mark.usefixtures("no_proxy")
+def test_a_group_that_gets_no_answer_waits_one_read_timeout_not_one_each() -> None:
+    release = threading.Event()
+
+    def never(handler: http.server.BaseHTTPRequestHandler) -> None:
+        release.wait(10)  # takes the request, never answers while the client waits
+
+    with _serving(never, read_timeout=0.5) as (_, pool):
+        started = time.monotonic()
+        replies = pool.send_together(
+            [pool_module.Outgoing("POST", pool.url(f"/{n}"), b"{}") for n in range(4)]
+        )
+        waited = time.monotonic() - started
+        release.set()
+    assert all(isinstance(reply, httpx.ReadTimeout) for reply in replies)
+    # Each answer had the read timeout from when its request went out: about 0.5 s for the
+    # four, where reading them one timeout after another would take 2 s.
+    assert waited < 1.5, waited
+
+
+def test_a_group_with_its_connect_time_spent_makes_no_further_attempt() -> None:
+    sender = pool_module._KeepAliveSender(tls_context())
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # nobody listens: an attempt would be refused at once
+    timeout: dict[str, float | None] = {"connect": 2.0, "read": 2.0}
+    with pytest.raises(httpx.ConnectTimeout, match="connect time is spent"):
+        sender._connect(("http", "127.0.0.1", port), timeout, within=0.0)
+    with pytest.raises(httpx.ConnectError):  # with time left, it tries, and is refused
+        sender._connect(("http", "127.0.0.1", port), timeout, within=1.0)

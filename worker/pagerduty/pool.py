@@ -337,12 +337,18 @@ class _Connection:
         except OSError as exc:
             raise httpx.WriteError(str(exc) or type(exc).__name__) from exc
 
-    def read_answer(self) -> _Answer:
+    def read_answer(self, first_wait: float | None = None) -> _Answer:
+        """The answer, read whole; its first bytes waited for ``first_wait`` seconds if given
+        (what is left of the read timeout since the request went out), then each read as long
+        as the socket's timeout."""
         sock = self.sock
         assert sock is not None
         answer = _AnswerParts()
         parser = answer.parser = httptools.HttpResponseParser(answer)
         received = False
+        per_read = sock.gettimeout()
+        if first_wait is not None:
+            sock.settimeout(first_wait)
         while not answer.complete:
             try:
                 data = sock.recv(_READ_SIZE)
@@ -350,6 +356,10 @@ class _Connection:
                 raise httpx.ReadTimeout(str(exc) or "timed out reading the answer") from exc
             except OSError as exc:
                 raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
+            finally:
+                if first_wait is not None:
+                    sock.settimeout(per_read)
+                    first_wait = None
             if not data:
                 if answer.headers_complete and answer.until_close:
                     break  # neither a length nor chunks: the answer ends with the connection
@@ -524,6 +534,9 @@ class _KeepAliveSender(_Sender):
         """Every request written on its own connection, then every answer read: the far end
         works on them together, and this process waits for them once rather than once each
         (a wake-up per answer was most of what a create cost beyond its bytes)."""
+        # One read timeout and one connect timeout for the group, not one per request: a
+        # PagerDuty that stops answering costs the group what it costs one call, not 4 times.
+        started = time.monotonic()
         made = []
         for method, url, headers, content in requests:  # all checked before any is sent
             origin = (url.scheme, url.raw_host.decode("ascii"), url.port)
@@ -531,29 +544,36 @@ class _KeepAliveSender(_Sender):
                 (origin, _request(method, origin, url.raw_path.decode("ascii"), headers, content))
             )
         replies: list[Reply | httpx.HTTPError | None] = [None] * len(made)
-        sent: list[tuple[int, tuple[str, str, int | None], _Connection]] = []
+        sent: list[tuple[int, tuple[str, str, int | None], _Connection, float]] = []
         try:
             for index, (origin, request) in enumerate(made):
                 connection = None
                 try:
-                    connection = self._kept(origin) or self._connect(origin, timeout)
+                    connection = self._kept(origin) or self._connect(
+                        origin, timeout, _left(timeout["connect"], started)
+                    )
                     connection.write(request)
                 except httpx.HTTPError as exc:
                     if connection is not None:
                         connection.close()
                     replies[index] = exc
                     continue
-                sent.append((index, origin, connection))
+                sent.append((index, origin, connection, time.monotonic()))
             while sent:
-                index, origin, connection = sent[0]
+                index, origin, connection, sent_at = sent[0]
                 try:
-                    replies[index] = self._done(origin, connection, connection.read_answer())
+                    # At least a moment: a timeout of 0 would make the socket non-blocking.
+                    first_wait = _left(timeout["read"], sent_at)
+                    answer = connection.read_answer(
+                        None if first_wait is None else max(first_wait, 0.001)
+                    )
+                    replies[index] = self._done(origin, connection, answer)
                 except httpx.HTTPError as exc:
                     connection.close()
                     replies[index] = exc
                 sent.pop(0)
         finally:
-            for _, _, connection in sent:  # interrupted: their answers will never be read
+            for _, _, connection, _ in sent:  # interrupted: their answers will never be read
                 connection.close()
         answered = [reply for reply in replies if reply is not None]
         assert len(answered) == len(made)  # each request was answered or failed
@@ -569,13 +589,19 @@ class _KeepAliveSender(_Sender):
         return Reply(answer.status, answer.content, answer.header_pairs)
 
     def _connect(
-        self, origin: tuple[str, str, int | None], timeout: dict[str, float | None]
+        self,
+        origin: tuple[str, str, int | None],
+        timeout: dict[str, float | None],
+        within: float | None = None,
     ) -> _Connection:
+        """A new connection to ``origin``, made within the connect timeout (or ``within``
+        seconds, what a group has left of it: 0 means none left, and no attempt)."""
         scheme, host, port = origin
+        limit = timeout["connect"] if within is None else within
+        if limit is not None and limit <= 0:
+            raise httpx.ConnectTimeout("timed out connecting (the group's connect time is spent)")
         try:
-            sock = socket.create_connection(
-                (host, port or _DEFAULT_PORTS[scheme]), timeout["connect"]
-            )
+            sock = socket.create_connection((host, port or _DEFAULT_PORTS[scheme]), limit)
         except TimeoutError as exc:
             raise httpx.ConnectTimeout(str(exc) or "timed out connecting") from exc
         except OSError as exc:  # refused, DNS, unreachable
@@ -622,6 +648,13 @@ class _KeepAliveSender(_Sender):
             self._idle.clear()
         for connection in kept:
             connection.close()
+
+
+def _left(seconds: float | None, since: float) -> float | None:
+    """What is left of ``seconds`` counted from ``since`` (monotonic); None: no limit."""
+    if seconds is None:
+        return None
+    return max(0.0, seconds - (time.monotonic() - since))
 
 
 @dataclass(frozen=True, slots=True)
