@@ -490,37 +490,54 @@ class Reconciler:
                 self._calls_through_gate(
                     [(pk, functools.partial(self._call, calls[pk], backend)) for pk in pks],
                     backend.gate,
-                    together=self._creates_together(calls, pks, backend),
+                    together=self._together(calls, pks, backend),
                 )
             )
         return answers
 
-    def _creates_together(
+    def _together(
         self, calls: dict[int, Step], pks: list[int], backend: Backend
     ) -> Together | None:
-        """The creates among ``pks`` that may go out together, if the settings allow more than
-        one call in flight. Only creates: an alert storm is mostly creates, and a create never
-        depends on another alert's call."""
+        """The calls among ``pks`` that may go out together, if the settings allow more than
+        one in flight: creates on a REST route, events on an Events API route. An alert storm
+        is mostly those, and neither depends on another alert's call."""
         size = self.settings.pagerduty_calls_in_flight
-        client = backend.rest
-        if size < 2 or client is None:
+        if size < 2:
             return None
-        creates = frozenset(pk for pk in pks if isinstance(calls[pk], Create))
-        if len(creates) < 2:
-            return None
+        rest, events = backend.rest, backend.events
+        if rest is not None:
+            creates = frozenset(pk for pk in pks if isinstance(calls[pk], Create))
+            if len(creates) < 2:
+                return None
 
-        def send(group: list[int]) -> list[Incident | PagerDutyError]:
-            steps = [step for step in (calls[pk] for pk in group) if isinstance(step, Create)]
-            assert len(steps) == len(group)  # only creates go together
-            made = client.create_incidents([_new_incident(step) for step in steps])
-            return [
-                _adopted_or_error(client, step)
-                if isinstance(answer, DuplicateIncidentKeyError)
-                else answer
-                for step, answer in zip(steps, made, strict=True)
-            ]
+            def create(group: list[int]) -> list[Incident | PagerDutyError]:
+                steps = [step for step in (calls[pk] for pk in group) if isinstance(step, Create)]
+                assert len(steps) == len(group)  # only creates go together
+                made = rest.create_incidents([_new_incident(step) for step in steps])
+                return [
+                    _adopted_or_error(rest, step)
+                    if isinstance(answer, DuplicateIncidentKeyError)
+                    else answer
+                    for step, answer in zip(steps, made, strict=True)
+                ]
 
-        return Together(creates, size, send)
+            return Together(creates, size, create)
+        if events is not None:
+            sends = frozenset(pk for pk in pks if isinstance(calls[pk], SendEvent))
+            if len(sends) < 2:
+                return None
+
+            def send(group: list[int]) -> list[EventSent | PagerDutyError]:
+                steps = [s for s in (calls[pk] for pk in group) if isinstance(s, SendEvent)]
+                assert len(steps) == len(group)  # only events go together
+                taken = events.send_together([step.event for step in steps])
+                return [
+                    answer if isinstance(answer, PagerDutyError) else EventSent(step.action)
+                    for step, answer in zip(steps, taken, strict=True)
+                ]
+
+            return Together(sends, size, send)
+        return None
 
     def _bulk_update(self, chunk: list[tuple[int, Update]], backend: Backend) -> dict[int, Answer]:
         pairs = [(step.incident_id, step.status.value) for _, step in chunk]

@@ -91,9 +91,10 @@ class Settings(BaseSettings):
         4,
         ge=1,
         le=8,
-        description="creates each worker process sends to PagerDuty at once, each on its own "
-        "connection, so a `worker` has up to this times its concurrency in flight per token; "
-        "1 keeps each process's calls serial, as PagerDuty advises",
+        description="creates (Events API events, on such a route) each worker process sends to "
+        "PagerDuty at once, each on its own connection, after a slow start, so a `worker` has up "
+        "to this times its concurrency in flight per credential; 1 keeps each process's calls "
+        "serial, as PagerDuty advises",
     )
     breaker_threshold: int = Field(
         5, gt=0, description="consecutive retryable failures that open the outage breaker"

@@ -599,3 +599,42 @@ def test_classify_400_about_dedup_key_stays_permanent() -> None:
         b'{"status": "invalid event", "errors": ["\'dedup_key\' must be at most 255 characters"]}'
     )
     assert type(classify_event_response(400, body, {})) is PermanentError
+
+
+# ---- several events in flight at once ---------------------------------------------------------
+
+
+def test_events_sent_together_answer_each_in_its_place(
+    client: EventsClient, api: FakeEventsApi
+) -> None:
+    api.then(
+        lambda request: httpx.Response(202, json={"status": "success"}),
+        httpx.Response(503, text=f"down; routing_key={ROUTING_KEY}"),
+        httpx.ConnectError("refused"),
+    )
+    taken = client.send_together(
+        [trigger(f"pagerbridge/coscale/{n}/1") for n in range(3)]
+        + [build_event("resolve", "pagerbridge/coscale/9/1")]
+    )
+    assert taken[0] == "pagerbridge/coscale/0/1"
+    assert isinstance(taken[1], RetryableError) and taken[1].status == 503
+    assert ROUTING_KEY not in str(taken[1]) and ROUTING_KEY not in repr(taken[1])
+    assert isinstance(taken[2], RetryableError)
+    assert taken[3] == "pagerbridge/coscale/9/1"  # the simulator took the resolve (202)
+    assert [json.loads(r.content)["event_action"] for r in api.requests] == [
+        "trigger",
+        "trigger",
+        "trigger",
+        "resolve",
+    ]
+    assert all(json.loads(r.content)["routing_key"] == ROUTING_KEY for r in api.requests)
+
+
+def test_events_sent_together_are_all_checked_before_any_is_sent(
+    client: EventsClient, api: FakeEventsApi
+) -> None:
+    with pytest.raises(ValueError, match="routing_key"):
+        client.send_together(
+            [trigger(), {**trigger("pagerbridge/coscale/2/1"), "routing_key": "x"}]
+        )
+    assert api.requests == []

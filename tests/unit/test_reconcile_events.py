@@ -196,3 +196,38 @@ def lost(api: FakeEventsApi, request: httpx.Request) -> httpx.Response:
         headers={"Content-Type": "application/json"},
     )
     raise httpx.ReadTimeout("the answer was lost", request=request)
+
+
+def test_a_storms_events_go_out_together_after_a_slow_start(
+    sqlite_sessions: sessionmaker[Session], reconciler: Reconciler, events_api: FakeEventsApi
+) -> None:
+    reconciler.settings = reconciler.settings.model_copy(update={"pagerduty_calls_in_flight": 4})
+    client = reconciler.backends(ROUTE).events  # type: ignore[misc, union-attr]
+    groups: list[int] = []
+    send_together = client.send_together
+    client.send_together = lambda events: groups.append(len(events)) or send_together(events)
+    config = ROUTES.by_name(ROUTE)
+    assert config is not None and config.events is not None
+    applied = []
+    for n in range(9):
+        payload = config.events.build(
+            "trigger", "set-by-the-worker", {**FIELDS, "alert_id": str(n)}
+        )
+        del payload["dedup_key"], payload["event_action"]
+        event = AlertEventMessage(
+            event_id=new_event_id(),
+            source=f"{SOURCE_COSCALE}:{ROUTE}",
+            alert_id=f"storm-{n}",
+            action=T,
+            received_at=START,
+            title=payload["payload"]["summary"],
+            fields=FIELDS,
+            route=ROUTE,
+            backend=BACKEND_EVENTS,
+            event_payload=payload,
+        )
+        applied.append(apply_event(sqlite_sessions, event, START))
+    results = reconciler.reconcile_many([a.alert_pk for a in applied if a.alert_pk])
+    assert set(results.values()) == {ReconcileResult.DELIVERED}
+    assert groups == [2, 4, 2]  # the first alone, then 2, then 4, then the 2 left
+    assert len(events_api.alerts()) == 9

@@ -48,7 +48,14 @@ from worker.pagerduty.errors import (
     PermanentError,
     one_line,
 )
-from worker.pagerduty.pool import PooledClient, http_url, json_content, open_pool
+from worker.pagerduty.pool import (
+    Outgoing,
+    PooledClient,
+    Reply,
+    http_url,
+    json_content,
+    open_pool,
+)
 from worker.title import truncate
 
 __all__ = [
@@ -361,6 +368,47 @@ class EventsClient(PooledClient):
                 own ``routing_key``, or is larger than 512 KB.
             PagerDutyError: see the module's table; never contains the routing key.
         """
+        action, key, content = self._content(event)
+        started = time.monotonic()
+        reply: Reply | httpx.HTTPError
+        try:
+            reply = self._http.send("POST", self._url, content=content)
+        except httpx.HTTPError as exc:
+            reply = exc
+        try:
+            self._answer(action, reply, started)
+        except PagerDutyError as error:
+            self._scrub(error)
+            raise  # keeps the ``from exc`` cause set in _answer
+        return key
+
+    def send_together(self, events: Sequence[Mapping[str, Any]]) -> list[str | PagerDutyError]:
+        """Send several events, their requests in flight at once (one connection each).
+
+        What :meth:`send` does for each, but the errors are returned in the event's place
+        rather than raised: every request was sent, so every answer counts.
+
+        Raises:
+            ValueError: as :meth:`send`, before any request is sent.
+        """
+        made = [self._content(event) for event in events]
+        started = time.monotonic()
+        replies = self._http.send_together(
+            [Outgoing("POST", self._url, content) for _, _, content in made]
+        )
+        results: list[str | PagerDutyError] = []
+        for (action, key, _), reply in zip(made, replies, strict=True):
+            try:
+                self._answer(action, reply, started)
+            except PagerDutyError as error:
+                self._scrub(error)
+                results.append(error)
+            else:
+                results.append(key)
+        return results
+
+    def _content(self, event: Mapping[str, Any]) -> tuple[str, str, bytes]:
+        """The event's action, dedup key and request body, checked."""
         action = event.get("event_action")
         if action not in EVENT_ACTIONS:
             raise ValueError(f"event_action must be one of {', '.join(EVENT_ACTIONS)}")
@@ -374,30 +422,24 @@ class EventsClient(PooledClient):
             raise ValueError(
                 f"the event is {len(content)} bytes; PagerDuty accepts at most {MAX_EVENT_BYTES}"
             )
-        try:
-            self._post(str(action), content)
-        except PagerDutyError as error:
-            self._scrub(error)
-            raise  # keeps the ``from exc`` cause set in _post
-        return key
+        return str(action), key, content
 
-    def _post(self, action: str, content: bytes) -> None:
+    def _answer(self, action: str, reply: Reply | httpx.HTTPError, started: float) -> None:
+        """Nothing if PagerDuty took the event, else the classified error raised; counted in
+        the metrics either way."""
         endpoint = f"events_{action}"  # the metrics label: events_trigger, ...
-        started = time.monotonic()
-        try:
-            response = self._http.send("POST", self._url, content=content)
-        except httpx.HTTPError as exc:
+        if isinstance(reply, httpx.HTTPError):
             metrics.observe_pagerduty_call(endpoint, None, time.monotonic() - started)
-            logger.info("PagerDuty Events %s failed: %s", action, type(exc).__name__)
-            raise classify_transport_failure(exc) from exc
+            logger.info("PagerDuty Events %s failed: %s", action, type(reply).__name__)
+            raise classify_transport_failure(reply) from reply
         elapsed = time.monotonic() - started
-        metrics.observe_pagerduty_call(endpoint, response.status_code, elapsed)
+        metrics.observe_pagerduty_call(endpoint, reply.status_code, elapsed)
         logger.debug(
-            "PagerDuty Events %s -> %d in %.0f ms", action, response.status_code, elapsed * 1000
+            "PagerDuty Events %s -> %d in %.0f ms", action, reply.status_code, elapsed * 1000
         )
-        if not 200 <= response.status_code <= 299:  # else taken: no headers to make and read
-            status, answer = response.status_code, response.content
-            error = classify_event_response(status, answer, response.headers)
+        if not 200 <= reply.status_code <= 299:  # else taken: no headers to make and read
+            status, answer = reply.status_code, reply.content
+            error = classify_event_response(status, answer, reply.headers)
             if error is not None:
                 raise error
 
