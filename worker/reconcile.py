@@ -504,39 +504,12 @@ class Reconciler:
         size = self.settings.pagerduty_calls_in_flight
         if size < 2:
             return None
-        rest, events = backend.rest, backend.events
-        if rest is not None:
-            creates = frozenset(pk for pk in pks if isinstance(calls[pk], Create))
-            if len(creates) < 2:
-                return None
-
-            def create(group: list[int]) -> list[Incident | PagerDutyError]:
-                steps = [step for step in (calls[pk] for pk in group) if isinstance(step, Create)]
-                assert len(steps) == len(group)  # only creates go together
-                made = rest.create_incidents([_new_incident(step) for step in steps])
-                return [
-                    _adopted_or_error(rest, step)
-                    if isinstance(answer, DuplicateIncidentKeyError)
-                    else answer
-                    for step, answer in zip(steps, made, strict=True)
-                ]
-
-            return Together(creates, size, create)
-        if events is not None:
-            sends = frozenset(pk for pk in pks if isinstance(calls[pk], SendEvent))
-            if len(sends) < 2:
-                return None
-
-            def send(group: list[int]) -> list[EventSent | PagerDutyError]:
-                steps = [s for s in (calls[pk] for pk in group) if isinstance(s, SendEvent)]
-                assert len(steps) == len(group)  # only events go together
-                taken = events.send_together([step.event for step in steps])
-                return [
-                    answer if isinstance(answer, PagerDutyError) else EventSent(step.action)
-                    for step, answer in zip(steps, taken, strict=True)
-                ]
-
-            return Together(sends, size, send)
+        if backend.rest is not None:
+            return _grouped(calls, pks, size, Create, functools.partial(_create_all, backend.rest))
+        if backend.events is not None:
+            return _grouped(
+                calls, pks, size, SendEvent, functools.partial(_send_all, backend.events)
+            )
         return None
 
     def _bulk_update(self, chunk: list[tuple[int, Update]], backend: Backend) -> dict[int, Answer]:
@@ -915,6 +888,42 @@ def _outcomes(
         return [group[0][1]()]
     except PagerDutyError as error:
         return [error]
+
+
+def _grouped(
+    calls: dict[int, Step],
+    pks: list[int],
+    size: int,
+    kind: type[Create] | type[SendEvent],
+    make: Callable[[list[Step]], list[Any]],
+) -> Together | None:
+    """The calls of ``kind`` among ``pks``, made by ``make`` when they go together."""
+    chosen = frozenset(pk for pk in pks if isinstance(calls[pk], kind))
+    if len(chosen) < 2:
+        return None
+    return Together(chosen, size, lambda group: make([calls[pk] for pk in group]))
+
+
+def _create_all(client: PagerDutyClient, steps: list[Step]) -> list[Incident | PagerDutyError]:
+    """Creates in flight together; a duplicate (an earlier answer lost) adopted, as one by one."""
+    creates = [step for step in steps if isinstance(step, Create)]
+    assert len(creates) == len(steps)  # only creates go together
+    made = client.create_incidents([_new_incident(step) for step in creates])
+    return [
+        _adopted_or_error(client, step) if isinstance(answer, DuplicateIncidentKeyError) else answer
+        for step, answer in zip(creates, made, strict=True)
+    ]
+
+
+def _send_all(client: EventsClient, steps: list[Step]) -> list[EventSent | PagerDutyError]:
+    """Events API events in flight together."""
+    events = [step for step in steps if isinstance(step, SendEvent)]
+    assert len(events) == len(steps)  # only events go together
+    taken = client.send_together([step.event for step in events])
+    return [
+        answer if isinstance(answer, PagerDutyError) else EventSent(step.action)
+        for step, answer in zip(events, taken, strict=True)
+    ]
 
 
 def _new_incident(step: Create) -> NewIncident:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.bench_scripts import load_bench_script
+from tests.bench_scripts import captured_commands, load_bench_script
 
 
 @pytest.fixture(scope="module")
@@ -55,15 +55,7 @@ def test_medians_of_each_side_and_the_pairs_the_checkout_won(alternate: ModuleTy
 def test_the_other_side_takes_its_own_settings_and_the_checkouts_otherwise(
     alternate: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
-    import subprocess
-
-    commands: list[list[str]] = []
-
-    def run(command: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
-        commands.append(command)
-        return subprocess.CompletedProcess(command, 0)
-
-    monkeypatch.setattr(subprocess, "run", run)
+    commands = captured_commands(monkeypatch)
     argv = ["--against", "HEAD", "--workers", "2", "--calls-in-flight", "4"]
     ours = alternate.parse_options([*argv, "--against-calls-in-flight", "1"])
     theirs = alternate.against_options(ours)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.bench_scripts import load_bench_script
+from tests.bench_scripts import captured_commands, load_bench_script
 
 
 @pytest.fixture(scope="module")
@@ -60,27 +60,23 @@ def test_the_median_ratio_and_every_pair_are_reported(live_pairs: ModuleType) ->
     assert "Median ratio over 5 runs: **0.50x** (from 0.35x to 0.60x)" in text
 
 
-def test_the_live_warm_up_reaches_bench_run_only_when_asked_for(
-    live_pairs: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+@pytest.mark.parametrize(
+    ("option", "value"), [("--live-warm-up", "0"), ("--calls-in-flight", "4"), ("--workers", "3")]
+)
+def test_an_option_reaches_bench_run_only_when_asked_for(
+    live_pairs: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Any, option: str, value: str
 ) -> None:
     import argparse
-    import subprocess
 
-    commands: list[list[str]] = []
-
-    def run(command: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
-        commands.append(command)
-        return subprocess.CompletedProcess(command, 0)
-
-    monkeypatch.setattr(live_pairs.subprocess, "run", run)
-    for argv in ([], ["--live-warm-up", "0"]):
+    commands = captured_commands(monkeypatch)
+    for argv in ([], [option, value]):
         options = live_pairs.parse_run_options(
             argparse.ArgumentParser(), argv, runs=5, json_name="x.json"
         )
         live_pairs.run_bench(tmp_path, "live", options, tmp_path / "report.json")
     # Not given: bench/run.py's own default (and a revision older than the option still runs).
-    assert "--live-warm-up" not in commands[0]
-    assert commands[1][-2:] == ["--live-warm-up", "0"]
+    assert option not in commands[0]
+    assert commands[1][-2:] == [option, value]
 
 
 def test_bench_run_warms_each_side_up_by_default_and_takes_zero_for_none() -> None:
@@ -110,26 +106,7 @@ def test_each_sides_context_switches_per_alert_are_shown_when_the_report_has_the
     assert "| 2 | 1,000/s | 2,000/s | 0.50x | 0.23 / 0.17 | n/a / n/a |" in text
 
 
-def test_the_calls_in_flight_reach_bench_run_only_when_asked_for(
-    live_pairs: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
-) -> None:
-    import argparse
-    import subprocess
-
-    commands: list[list[str]] = []
-
-    def run(command: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
-        commands.append(command)
-        return subprocess.CompletedProcess(command, 0)
-
-    monkeypatch.setattr(live_pairs.subprocess, "run", run)
-    for argv in ([], ["--calls-in-flight", "4"]):
-        options = live_pairs.parse_run_options(
-            argparse.ArgumentParser(), argv, runs=5, json_name="x.json"
-        )
-        live_pairs.run_bench(tmp_path, "live", options, tmp_path / "report.json")
-    assert "--calls-in-flight" not in commands[0]
-    assert commands[1][-2:] == ["--calls-in-flight", "4"]
+def test_bench_run_sends_the_bridges_calls_in_flight_unless_told() -> None:
     run_script = load_bench_script("run")
     assert run_script.parse_options(["--calls-in-flight", "4"]).calls_in_flight == 4
     assert run_script.parse_options([]).calls_in_flight == run_script.BRIDGE_CALLS_IN_FLIGHT
