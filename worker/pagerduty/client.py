@@ -1,8 +1,7 @@
 """PagerDuty REST API v2 client: create, update and look up incidents.
 
-The only module of the project that imports httpx. Each method makes exactly one HTTP request
-(``create_incidents`` one per incident, sent together) and either returns the result or raises
-an error from ``errors.py`` (classified by
+Each method makes exactly one HTTP request (``create_incidents`` one per incident, sent
+together) and either returns the result or raises an error from ``errors.py`` (classified by
 ``classify.py``); it never sleeps and never retries. Retry policy (backoff, ``retry_after``)
 belongs to the caller, which sees no httpx type: transport exceptions are translated here with
 ``raise ... from exc``.
