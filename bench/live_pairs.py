@@ -5,7 +5,9 @@ changes from minute to minute: within one ``bench/run.py`` run the bridge's live
 Alertmanager's can meet different machines (the simulator's own CPU per create, the same code in
 both phases, is the tell). One pair of phases is a sample, not a figure. This runs
 ``bench/run.py --phases live,alertmanager`` K times, one after the other, and prints each
-pair's rates, their ratio, the simulator's CPU per create in each phase, and the median ratio.
+pair's rates, their ratio, the ratio of their middle 80% (the rates between the 10th and 90th
+percentile of incidents created, without the ramp at the start and the tail), the milliseconds
+each took to its first 10%, the simulator's CPU per create in each phase, and the median ratios.
 
     .venv/bin/python bench/live_pairs.py              # 5 pairs, N = 3,000
     .venv/bin/python bench/live_pairs.py --runs 9     # more pairs, a steadier median
@@ -39,10 +41,22 @@ class Pair:
     # The machine's context switches per alert in each phase (None: a report from before).
     switches_bridge: float | None = None
     switches_alertmanager: float | None = None
+    # Each phase's rate between its 10th and 90th percentile of incidents created, and the
+    # milliseconds to its 10th percentile: the steady middle, and the ramp at the start.
+    middle_bridge_per_s: float | None = None
+    middle_alertmanager_per_s: float | None = None
+    head_ms_bridge: float | None = None
+    head_ms_alertmanager: float | None = None
 
     @property
     def ratio(self) -> float:
         return self.bridge_per_s / self.alertmanager_per_s
+
+    @property
+    def middle_ratio(self) -> float | None:
+        if not self.middle_bridge_per_s or not self.middle_alertmanager_per_s:
+            return None
+        return self.middle_bridge_per_s / self.middle_alertmanager_per_s
 
 
 def pair_of(report: dict[str, Any], alerts: int) -> Pair:
@@ -58,6 +72,10 @@ def pair_of(report: dict[str, Any], alerts: int) -> Pair:
         machine = phase.get("context_switches_per_alert", {}).get("machine (all CPUs)", {})
         return None if machine.get("all") is None else float(machine["all"])
 
+    def curve(phase: dict[str, Any], name: str, scale: float = 1.0) -> float | None:
+        value = (phase.get("creation_curve") or {}).get(name)
+        return None if value is None else round(float(value) * scale, 1)
+
     return Pair(
         bridge_per_s=ours["incidents_per_s"],
         alertmanager_per_s=theirs["incidents_per_s"],
@@ -65,17 +83,30 @@ def pair_of(report: dict[str, Any], alerts: int) -> Pair:
         simulator_ms_alertmanager=simulator_ms(theirs),
         switches_bridge=switches(ours),
         switches_alertmanager=switches(theirs),
+        middle_bridge_per_s=curve(ours, "middle_per_s"),
+        middle_alertmanager_per_s=curve(theirs, "middle_per_s"),
+        head_ms_bridge=curve(ours, "p10_s", 1000),
+        head_ms_alertmanager=curve(theirs, "p10_s", 1000),
     )
 
 
 def summary(pairs: list[Pair]) -> dict[str, Any]:
     ratios = [pair.ratio for pair in pairs]
+    middles = [pair.middle_ratio for pair in pairs if pair.middle_ratio is not None]
     return {
         "runs": len(pairs),
         "median_ratio": round(statistics.median(ratios), 3),
         "min_ratio": round(min(ratios), 3),
         "max_ratio": round(max(ratios), 3),
-        "pairs": [{**asdict(pair), "ratio": round(pair.ratio, 3)} for pair in pairs],
+        "median_middle_ratio": round(statistics.median(middles), 3) if middles else None,
+        "pairs": [
+            {
+                **asdict(pair),
+                "ratio": round(pair.ratio, 3),
+                "middle_ratio": None if pair.middle_ratio is None else round(pair.middle_ratio, 3),
+            }
+            for pair in pairs
+        ],
     }
 
 
@@ -83,22 +114,35 @@ def table(figures: dict[str, Any]) -> str:
     def ms(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.2f}"
 
+    def ratio(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.2f}x"
+
+    def head(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.0f}"
+
     lines = [
-        "| run | pagerbridge | Alertmanager | ratio | simulator ms/alert (ours / theirs) "
+        "| run | pagerbridge | Alertmanager | ratio | middle 80% ratio "
+        "| ms to the first 10% (ours / theirs) | simulator ms/alert (ours / theirs) "
         "| context switches/alert (ours / theirs) |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for number, pair in enumerate(figures["pairs"], 1):
         lines.append(
             f"| {number} | {pair['bridge_per_s']:,.0f}/s | {pair['alertmanager_per_s']:,.0f}/s "
-            f"| {pair['ratio']:.2f}x | {ms(pair['simulator_ms_bridge'])} / "
-            f"{ms(pair['simulator_ms_alertmanager'])} "
+            f"| {pair['ratio']:.2f}x | {ratio(pair.get('middle_ratio'))} "
+            f"| {head(pair.get('head_ms_bridge'))} / {head(pair.get('head_ms_alertmanager'))} "
+            f"| {ms(pair['simulator_ms_bridge'])} / {ms(pair['simulator_ms_alertmanager'])} "
             f"| {ms(pair.get('switches_bridge'))} / {ms(pair.get('switches_alertmanager'))} |"
         )
     lines.append(
         f"\nMedian ratio over {figures['runs']} runs: **{figures['median_ratio']:.2f}x** "
         f"(from {figures['min_ratio']:.2f}x to {figures['max_ratio']:.2f}x)"
     )
+    if figures.get("median_middle_ratio") is not None:
+        lines.append(
+            f"Median ratio of the middle 80% (10th to 90th percentile of incidents created): "
+            f"**{figures['median_middle_ratio']:.2f}x**"
+        )
     return "\n".join(lines)
 
 

@@ -56,7 +56,7 @@ def test_the_median_ratio_and_every_pair_are_reported(live_pairs: ModuleType) ->
     )
     assert [pair["ratio"] for pair in figures["pairs"]] == [0.5, 0.45, 0.6, 0.35, 0.55]
     text = live_pairs.table(figures)
-    assert "| 4 | 700/s | 2,000/s | 0.35x | 0.23 / 0.17 |" in text
+    assert "| 4 | 700/s | 2,000/s | 0.35x | n/a | n/a / n/a | 0.23 / 0.17 |" in text
     assert "Median ratio over 5 runs: **0.50x** (from 0.35x to 0.60x)" in text
 
 
@@ -102,11 +102,45 @@ def test_each_sides_context_switches_per_alert_are_shown_when_the_report_has_the
     ]
     assert (pairs[0].switches_bridge, pairs[0].switches_alertmanager) == (7.95, 3.12)
     text = live_pairs.table(live_pairs.summary(pairs))
-    assert "| 1 | 1,000/s | 2,000/s | 0.50x | 0.23 / 0.17 | 7.95 / 3.12 |" in text
-    assert "| 2 | 1,000/s | 2,000/s | 0.50x | 0.23 / 0.17 | n/a / n/a |" in text
+    assert "| 1 | 1,000/s | 2,000/s | 0.50x | n/a | n/a / n/a | 0.23 / 0.17 | 7.95 / 3.12 |" in text
+    assert "| 2 | 1,000/s | 2,000/s | 0.50x | n/a | n/a / n/a | 0.23 / 0.17 | n/a / n/a |" in text
+    assert "middle 80%" not in text.split("\n\n")[-1]  # no pair had the curves: no median
 
 
 def test_bench_run_sends_the_bridges_calls_in_flight_unless_told() -> None:
     run_script = load_bench_script("run")
     assert run_script.parse_options(["--calls-in-flight", "4"]).calls_in_flight == 4
     assert run_script.parse_options([]).calls_in_flight == run_script.BRIDGE_CALLS_IN_FLIGHT
+
+
+def test_the_middle_80_percent_and_the_ramp_are_shown_when_the_report_has_the_curves(
+    live_pairs: ModuleType,
+) -> None:
+    def with_curves(ours: float, theirs: float, middle: tuple[float, float]) -> dict[str, Any]:
+        made = report(ours, theirs, 0.7, 0.5)
+        results = made["results"]
+        results["live"]["creation_curve"] = {"middle_per_s": middle[0], "p10_s": 0.168}
+        results["alertmanager"]["live"]["creation_curve"] = {
+            "middle_per_s": middle[1],
+            "p10_s": 0.0981,
+        }
+        return made
+
+    pairs = [
+        live_pairs.pair_of(with_curves(2400, 3000, (2500.0, 2600.0)), alerts=3000),
+        live_pairs.pair_of(with_curves(2100, 3000, (2700.0, 3000.0)), alerts=3000),
+        live_pairs.pair_of(report(1000.0, 2000.0, 0.7, 0.5), alerts=3000),  # an older report
+    ]
+    assert (pairs[0].head_ms_bridge, pairs[0].head_ms_alertmanager) == (168.0, 98.1)
+    assert pairs[0].middle_ratio == pytest.approx(0.9615, abs=0.0001)
+    assert pairs[2].middle_ratio is None
+    figures = live_pairs.summary(pairs)
+    assert figures["median_middle_ratio"] == pytest.approx(
+        0.93, abs=0.001
+    )  # of the two that had it
+    text = live_pairs.table(figures)
+    assert "| 1 | 2,400/s | 3,000/s | 0.80x | 0.96x | 168 / 98 | 0.23 / 0.17 |" in text
+    assert (
+        "Median ratio of the middle 80% (10th to 90th percentile of incidents created): **0.93x**"
+        in text
+    )
