@@ -47,6 +47,9 @@ class Pair:
     middle_alertmanager_per_s: float | None = None
     head_ms_bridge: float | None = None
     head_ms_alertmanager: float | None = None
+    # The whole machine's CPU (ms) per alert in each phase: the bench's and everything's.
+    machine_ms_bridge: float | None = None
+    machine_ms_alertmanager: float | None = None
 
     @property
     def ratio(self) -> float:
@@ -64,9 +67,12 @@ def pair_of(report: dict[str, Any], alerts: int) -> Pair:
     ours = report["results"]["live"]
     theirs = report["results"]["alertmanager"]["live"]
 
-    def simulator_ms(phase: dict[str, Any]) -> float | None:
-        seconds = phase.get("cpu_s_by_process", {}).get("simulator")
+    def cpu_ms(phase: dict[str, Any], process: str) -> float | None:
+        seconds = phase.get("cpu_s_by_process", {}).get(process)
         return None if seconds is None else round(seconds / alerts * 1000, 3)
+
+    def simulator_ms(phase: dict[str, Any]) -> float | None:
+        return cpu_ms(phase, "simulator")
 
     def switches(phase: dict[str, Any]) -> float | None:
         machine = phase.get("context_switches_per_alert", {}).get("machine (all CPUs)", {})
@@ -87,6 +93,8 @@ def pair_of(report: dict[str, Any], alerts: int) -> Pair:
         middle_alertmanager_per_s=curve(theirs, "middle_per_s"),
         head_ms_bridge=curve(ours, "p10_s", 1000),
         head_ms_alertmanager=curve(theirs, "p10_s", 1000),
+        machine_ms_bridge=cpu_ms(ours, "machine (all CPUs)"),
+        machine_ms_alertmanager=cpu_ms(theirs, "machine (all CPUs)"),
     )
 
 
@@ -122,15 +130,16 @@ def table(figures: dict[str, Any]) -> str:
 
     lines = [
         "| run | pagerbridge | Alertmanager | ratio | middle 80% ratio "
-        "| ms to the first 10% (ours / theirs) | simulator ms/alert (ours / theirs) "
-        "| context switches/alert (ours / theirs) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| ms to the first 10% (ours / theirs) | machine CPU ms/alert (ours / theirs) "
+        "| simulator ms/alert (ours / theirs) | context switches/alert (ours / theirs) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for number, pair in enumerate(figures["pairs"], 1):
         lines.append(
             f"| {number} | {pair['bridge_per_s']:,.0f}/s | {pair['alertmanager_per_s']:,.0f}/s "
             f"| {pair['ratio']:.2f}x | {ratio(pair.get('middle_ratio'))} "
             f"| {head(pair.get('head_ms_bridge'))} / {head(pair.get('head_ms_alertmanager'))} "
+            f"| {ms(pair.get('machine_ms_bridge'))} / {ms(pair.get('machine_ms_alertmanager'))} "
             f"| {ms(pair['simulator_ms_bridge'])} / {ms(pair['simulator_ms_alertmanager'])} "
             f"| {ms(pair.get('switches_bridge'))} / {ms(pair.get('switches_alertmanager'))} |"
         )
