@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     )
     # A batch's creates go out a few at once after a slow start (worker/delivery.py). With
     # PagerDuty answering in 150 ms and a 900/min budget, two processes sending up to 4 each
-    # delivered 15.8/s (all of it, the burst included); one at a time, 13.1-13.2/s (87%), and
+    # delivered 15.8/s (all of it, the burst included); one at a time, 13.1-13.2/s (87-88%), and
     # four processes one at a time 15.0-15.3/s for 55% more CPU per alert (bench/run.py
     # --phases backlog,delivery --pagerduty-latency-ms 150 --rate-per-minute 900 --alerts 600).
     pagerduty_calls_in_flight: int = Field(
