@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 DEFAULT_POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/12"
-INGRESS_TOKEN = "bench-ingress-token"
+INGRESS_TOKEN = "bench-ingress-token-0123456789abcdef"
 PAGERDUTY_TOKEN = "bench-pagerduty-token"
 SERVICE_ID = "PBENCH1"
 # The bridge's own PagerDuty rate limit (PAGERBRIDGE_PAGERDUTY_RATE_PER_MINUTE, 900/min by

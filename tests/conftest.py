@@ -25,16 +25,16 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 #: hold one: README, "Hostile input". tests/unit/test_suite_secrets.py checks that the modules
 #: defining them still use these values.
 SUITE_SECRETS = (
-    "integration-ingress-token",  # tests/integration/conftest.py
+    "integration-ingress-token-0123456789",  # tests/integration/conftest.py
     "integration-pagerduty-token",
-    "ingress-secret-1",  # tests/unit/test_ingress.py
+    "ingress-secret-1-0123456789abcdef01",  # tests/unit/test_ingress.py
     "unit-test-pagerduty-token",  # tests/fakes.py
     "u+Secr3tT0kenValue_xyz",  # tests/unit/test_pagerduty_client.py
     "pd-Secr3t-token-value",  # tests/unit/test_logs.py: logged on purpose, through redaction
-    "ingress-one-secret",
-    "ingress-two-secret",
-    "hostile-ingress-token-7f3a9c",  # tests/unit/test_hostile_input.py
-    "hostile-rotated-token-91c2e4",
+    "ingress-one-secret-0123456789abcdef",
+    "ingress-two-secret-0123456789abcdef",
+    "hostile-ingress-token-7f3a9c-012345",  # tests/unit/test_hostile_input.py
+    "hostile-rotated-token-91c2e4-0123456",
     "hostile-pagerduty-token-5d8b",
 )
 

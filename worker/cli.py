@@ -304,7 +304,7 @@ def run(
         if not settings.pagerduty_service_id:
             env[f"{ENV_PREFIX}PAGERDUTY_SERVICE_ID"] = SIMULATOR_SERVICE
         if not settings.ingress_tokens:
-            token = secrets.token_urlsafe(24)
+            token = secrets.token_urlsafe(32)
             env[f"{ENV_PREFIX}INGRESS_TOKENS"] = token
             console.print(f"ingress token for this run: [bold]{token}[/]")
     me = [sys.executable, "-m", "worker.cli"]

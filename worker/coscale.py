@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 from worker.title import DETAILS_LIMIT, render_title, truncate
 
@@ -34,6 +35,16 @@ _DETAIL_LABELS: tuple[tuple[str, str], ...] = (
     ("link", "CoScale"),
     ("alert_id", "CoScale alert id"),
 )
+
+
+def is_web_link(value: str) -> bool:
+    """Whether ``value`` is an http(s) URL with a host: the only links the bridge forwards (a
+    ``javascript:`` or ``data:`` link would run in a responder's browser)."""
+    try:
+        parts = urlsplit(value.strip())
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.netloc)
 
 
 def placeholder_values(fields: Mapping[str, str | None]) -> dict[str, str]:

@@ -50,7 +50,7 @@ class DemoBridge:
     """A bridge started for the demo, driven over HTTP like CoScale drives it."""
 
     def __init__(self, workdir: Path, redis_url: str, api_port: int, sim_port: int) -> None:
-        self.token = secrets.token_urlsafe(16)
+        self.token = secrets.token_urlsafe(32)
         self.api = f"http://127.0.0.1:{api_port}"
         self.simulator = SimulatorControl(f"http://127.0.0.1:{sim_port}")
         self.alert_ids: list[str] = []

@@ -28,7 +28,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -192,7 +192,7 @@ class DeliveryGate:
     """The shared gate of one PagerDuty token. Times in seconds."""
 
     redis: redis.Redis
-    token: str
+    token: str = field(repr=False)  # a secret: never in a repr, a log line or a traceback
     namespace: str = "pagerbridge"
     failure_threshold: int = 5
     probe_interval: float = 1.0

@@ -114,11 +114,31 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+def quoted(value: object) -> str:
+    """``value`` as a JSON string for a text log line: quotes, spaces and control characters
+    escaped, so a value from a request cannot forge ``key=value`` fields or whole lines."""
+    return json.dumps(str(value), ensure_ascii=True)
+
+
 def secrets_of(settings: Settings) -> list[str]:
-    """The tokens no log line may show: PagerDuty's and the ingress ones."""
+    """The secrets no log line may show: PagerDuty's token, the ingress tokens, and every
+    route's tokens, API token and integration key."""
+    from worker.errors import ConfigurationError
+    from worker.routes import load_route_table
+
     found = list(settings.ingress_token_values)
     if settings.pagerduty_token is not None:
         found.append(settings.pagerduty_token.get_secret_value())
+    try:
+        routes = load_route_table(settings)
+    except ConfigurationError:
+        return found  # the command that needs the routes reports the file's problems
+    for route in routes:
+        found += [token.get_secret_value() for token in route.tokens]
+        if route.rest is not None:
+            found.append(route.rest.api_token.get_secret_value())
+        if route.events is not None:
+            found.append(route.events.routing_key.get_secret_value())
     return found
 
 

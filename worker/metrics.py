@@ -375,37 +375,39 @@ def worker_registry(directory: str) -> CollectorRegistry:
     return registry
 
 
-def serve_worker_metrics(port: int, directory: str) -> bool:
-    """Serve the counts of the processes writing to ``directory`` on ``port`` (all addresses),
-    in a thread of this process; ``False`` (and an error logged) if the port is taken: a
-    worker that cannot be scraped must still deliver."""
+def serve_worker_metrics(port: int, directory: str, *, address: str = "127.0.0.1") -> bool:
+    """Serve the counts of the processes writing to ``directory`` on ``address``:``port``, in a
+    thread of this process; ``False`` (and an error logged) if the port is taken: a worker that
+    cannot be scraped must still deliver."""
     try:
         server, _thread = start_http_server(
-            port,
-            addr="0.0.0.0",  # noqa: S104  (containers are scraped from outside; counts, no secret)
-            registry=worker_registry(directory),
+            port, addr=address, registry=worker_registry(directory)
         )
     except OSError as exc:
         log.error(
-            "worker metrics not served: port %d: %s (set PAGERBRIDGE_WORKER_METRICS_PORT to a "
-            "free port, or to 0 for none)",
+            "worker metrics not served: %s port %d: %s (set PAGERBRIDGE_WORKER_METRICS_ADDRESS "
+            "and PAGERBRIDGE_WORKER_METRICS_PORT to a free address and port, or the port to 0 "
+            "for none)",
+            address,
             port,
             exc,
         )
         return False
     _worker_metrics["server"] = server
-    log.info("worker metrics on port %d (/metrics)", port)
+    log.info("worker metrics on %s port %d (/metrics)", address, port)
     return True
 
 
 def _on_worker_init(**_: Any) -> None:
-    port = get_settings().worker_metrics_port
-    if port == 0:
+    settings = get_settings()
+    if settings.worker_metrics_port == 0:
         return
     directory = tempfile.mkdtemp(prefix="pagerbridge-metrics-")
     _worker_metrics["directory"] = directory
     enable_multiprocess(directory)
-    serve_worker_metrics(port, directory)
+    serve_worker_metrics(
+        settings.worker_metrics_port, directory, address=settings.worker_metrics_address
+    )
 
 
 def _on_pool_process_init(**_: Any) -> None:

@@ -53,7 +53,12 @@ from pydantic import (
     model_validator,
 )
 
-from worker.coscale import FIELD_PLACEHOLDERS, incident_title, placeholder_values
+from worker.coscale import (
+    FIELD_PLACEHOLDERS,
+    incident_title,
+    is_web_link,
+    placeholder_values,
+)
 from worker.errors import ConfigurationError
 from worker.gate import token_id
 from worker.ingress.auth import token_is_valid
@@ -65,7 +70,7 @@ from worker.pagerduty.events import (
     build_event,
     is_routing_key,
 )
-from worker.settings import PLACEHOLDER, SEED_TITLE_TEMPLATE, Settings
+from worker.settings import PLACEHOLDER, SEED_TITLE_TEMPLATE, Settings, ingress_token_problem
 from worker.title import render_title
 
 __all__ = [
@@ -91,8 +96,6 @@ DEFAULT_ROUTE_NAME = "default"
 REST_API_URL = "https://api.pagerduty.com"
 #: PAGERDUTY.md: "About 120 events per minute per integration key".
 EVENTS_RATE_PER_MINUTE = 120.0
-#: The shortest ingress token accepted in the routes file (32 hex digits is 16 bytes' worth).
-MIN_INGRESS_TOKEN_CHARS = 16
 #: What PagerDuty gets as the source when the source template renders empty: the Events API
 #: requires a non-empty ``payload.source``.
 FALLBACK_SOURCE = "coscale"
@@ -162,11 +165,9 @@ def _check_secret_text(secret: SecretStr) -> SecretStr:
 
 def _check_ingress_token(secret: SecretStr) -> SecretStr:
     _check_secret_text(secret)
-    if len(secret.get_secret_value()) < MIN_INGRESS_TOKEN_CHARS:
-        raise ValueError(
-            f"must be at least {MIN_INGRESS_TOKEN_CHARS} characters "
-            "(e.g. the output of `openssl rand -hex 16`)"
-        )
+    problem = ingress_token_problem(secret.get_secret_value())
+    if problem:
+        raise ValueError(problem)
     return secret
 
 
@@ -374,7 +375,7 @@ class EventsBackend(_Model):
         links = [
             {"href": href, "text": render(link.text)}
             for link in self.links
-            if (href := render(link.href))
+            if (href := render(link.href)) and is_web_link(href)
         ]
         return build_event(
             "trigger",

@@ -17,6 +17,20 @@ from worker.errors import ConfigurationError
 
 ENV_PREFIX = "PAGERBRIDGE_"
 PLACEHOLDER = "change-me"  # what .env.example holds where a secret must go
+#: The shortest ingress token accepted, in the settings and in the routes file: 32 characters
+#: of ``secrets.token_urlsafe`` or ``openssl rand -hex`` carry 128 bits or more.
+MIN_INGRESS_TOKEN_CHARS = 32
+MAKE_A_TOKEN = "openssl rand -hex 32"  # noqa: S105  (a command, not a secret)
+
+
+def ingress_token_problem(value: str) -> str | None:
+    """Why ``value`` cannot be an ingress token, or ``None``."""
+    if len(value) < MIN_INGRESS_TOKEN_CHARS:
+        return (
+            f"an ingress token must be at least {MIN_INGRESS_TOKEN_CHARS} characters "
+            f"(this one has {len(value)}); make one with `{MAKE_A_TOKEN}`"
+        )
+    return None
 
 #: The seed page's incident title (CoScale's own PagerDuty configuration), so that switching to
 #: the bridge changes nothing a responder sees.
@@ -51,6 +65,32 @@ class Settings(BaseSettings):
 
     # NoDecode: a comma-separated list, not the JSON pydantic-settings expects for lists.
     ingress_tokens: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    allowed_service_ids: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="comma-separated PagerDuty service ids the default route's callers may "
+        "name; empty: any (PAGERBRIDGE_PAGERDUTY_SERVICE_ID is always allowed)",
+    )
+    forward_foreign_updates: bool = Field(
+        False,
+        description="forward the API contact's updates to incidents the bridge did not create "
+        "(opened before the switch): meant for the days of a migration; only a REST route's "
+        "token may, and only to an incident on one of that route's services",
+    )
+    foreign_updates_per_request: int = Field(
+        25, ge=1, le=250, description="incidents the bridge did not create, per update request"
+    )
+    foreign_updates_per_minute: int = Field(
+        60,
+        ge=1,
+        description="incidents the bridge did not create that one token may update per minute "
+        "(per api process)",
+    )
+    auth_failures_per_minute: int = Field(
+        20,
+        ge=1,
+        description="failed authentications one client address may make per minute before its "
+        "requests are answered 429 (per api process)",
+    )
     title_template: str = SEED_TITLE_TEMPLATE
     routes_file: str | None = Field(
         None,
@@ -146,6 +186,10 @@ class Settings(BaseSettings):
     metrics_public: bool = Field(
         False, description="serve the api's /metrics without the ingress token"
     )
+    worker_metrics_address: str = Field(
+        "127.0.0.1",
+        description="address each `worker` serves its metrics on; 0.0.0.0 for all (compose)",
+    )
     worker_metrics_port: int = Field(
         9808,
         ge=0,
@@ -158,12 +202,22 @@ class Settings(BaseSettings):
     def _lower_log_format(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("ingress_tokens", mode="before")
+    @field_validator("ingress_tokens", "allowed_service_ids", mode="before")
     @classmethod
-    def _split_tokens(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("ingress_tokens")
+    @classmethod
+    def _long_enough(cls, tokens: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        for token in tokens:
+            value = token.get_secret_value()
+            problem = None if value == PLACEHOLDER else ingress_token_problem(value)
+            if problem:  # the placeholder is require()'s to report, by name
+                raise ValueError(problem)
+        return tokens
 
     def require(self, *names: str) -> None:
         """Fail with the environment variable's name when a needed setting is unset."""

@@ -29,7 +29,7 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "PAGERBRIDGE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_TEST_URL = os.environ.get("PAGERBRIDGE_TEST_REDIS", "redis://127.0.0.1:6379/13")
-INGRESS_TOKEN = "integration-ingress-token"
+INGRESS_TOKEN = "integration-ingress-token-0123456789"
 PAGERDUTY_TOKEN = "integration-pagerduty-token"
 SERVICE_ID = "PINTEGR"
 

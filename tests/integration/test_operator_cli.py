@@ -352,7 +352,7 @@ def test_test_trigger_opens_and_resolves_an_incident(bridge: Bridge, tmp_path: P
 
 
 def test_test_trigger_with_a_token_the_api_refuses(bridge: Bridge, tmp_path: Path) -> None:
-    env = {**bridge.env, "PAGERBRIDGE_INGRESS_TOKENS": "not-the-apis-token"}
+    env = {**bridge.env, "PAGERBRIDGE_INGRESS_TOKENS": "not-the-apis-token-0123456789abcdef"}
     result = pagerbridge(
         "test-trigger", "--api-url", bridge.api_url, "--timeout", "5", env=env, cwd=tmp_path
     )

@@ -28,8 +28,8 @@ from tests.integration.conftest import (
 
 pytestmark = pytest.mark.integration
 
-WEB_TOKEN = "web-team-ingress-token-1"
-DB_TOKEN = "db-team-ingress-token-22"
+WEB_TOKEN = "web-team-ingress-token-1-0123456789ab"
+DB_TOKEN = "db-team-ingress-token-22-0123456789a"
 WEB_API_TOKEN = "web-team-pagerduty-api-token"
 DB_ROUTING_KEY = "DBTEAM0000000000000000000000KEY1"
 WEB_SERVICE = "PWEBTEAM"

@@ -6,14 +6,18 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from worker.ingress.body import (
+    READ_BUDGET,
+    WORK_BASE,
+    WORK_PER_CHARACTER,
     MalformedBody,
+    RepairWork,
+    Unreadable,
     is_json_media_type,
     parse_json_body,
     read_unescaped,
@@ -153,12 +157,13 @@ def test_a_json_array_is_not_repaired_into_a_document() -> None:
 
 def test_a_body_built_to_make_the_reader_branch_is_refused_quickly() -> None:
     # Given an array of 5,000 `", "`: 2^5000 ways to split it, none of which ends well
-    body = b'["' + b'", "' * 5_000 + b"x]"
-    started = time.monotonic()
-    with pytest.raises(MalformedBody):
-        parse_json_body(body)
+    text = '["' + '", "' * 5_000 + "x]"
+    work = RepairWork()
+    with pytest.raises(Unreadable):
+        read_unescaped(text, work=work)
     # Then the search stops at its budget
-    assert time.monotonic() - started < 5
+    assert work.steps <= READ_BUDGET + 1
+    assert work.characters <= WORK_PER_CHARACTER * len(text) + WORK_BASE + len(text)
 
 
 @pytest.mark.parametrize(
@@ -263,3 +268,58 @@ def test_property_the_relaxed_reading_keeps_jsons_structure(
 ) -> None:
     text = json.dumps(document, ensure_ascii=False, indent=indent)
     assert read_unescaped(text) == json.loads(text)
+
+
+# -- bounded work: no body under the size limit makes the repair slow ---------------------------
+
+LIMIT = 256 * 1024  # PAGERBRIDGE_MAX_BODY_BYTES' default
+
+
+def _adversarial(size: int) -> dict[str, str]:
+    """Bodies built to make the relaxed reading branch or rescan, each ``size`` characters."""
+    half = size // 2
+    return {
+        "long name, then quotes": '{"' + "a" * half + "\x01" + '"' * (size - half - 3),
+        "long value, then quotes": '{"m": "' + "a" * half + "\x01" + '"' * (size - half - 8) + "}",
+        "quote-commas": '{"m": "' + "a\x01" + '","' * ((size - 10) // 3) + "}",
+        "nested quotes": "[" + '"\x01",' * ((size - 2) // 5) + "]",
+        "members": '{"m": "' + '\x01", "x": "' * ((size - 8) // 10) + '"}',
+        "digits": '{"m": "\x01", "n": ' + "9" * (size - 20) + "}",
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_adversarial(64)))
+def test_the_repair_work_is_linear_in_the_body_at_the_size_limit(name: str) -> None:
+    text = _adversarial(LIMIT)[name]
+    work = RepairWork()
+    with contextlib.suppress(Unreadable):
+        read_unescaped(text, work=work)
+    # Both directions together: characters scanned within the budget's linear bound, steps
+    # within the step budget.
+    assert work.characters <= 2 * (WORK_PER_CHARACTER * len(text) + WORK_BASE) + 2 * len(text)
+    assert work.steps <= 2 * (READ_BUDGET + 1)
+
+
+@pytest.mark.parametrize("name", sorted(_adversarial(64)))
+def test_the_repair_work_grows_no_faster_than_the_body(name: str) -> None:
+    def cost(size: int) -> int:
+        work = RepairWork()
+        with contextlib.suppress(Unreadable):
+            read_unescaped(_adversarial(size)[name], work=work)
+        return work.characters + work.steps
+
+    small, large = cost(4096), cost(4 * 4096)
+    assert large <= 4 * small + 2 * WORK_BASE
+
+
+def test_a_legitimate_repair_is_well_within_the_budget() -> None:
+    message = 'he said "stop" \\ now\n' * 2000
+    text = '{"alert_id": "1", "action": "triggered", "message": "' + message + '"}'
+    work = RepairWork()
+    assert read_unescaped(text, work=work)["message"] == message
+    assert work.characters < WORK_PER_CHARACTER * len(text) // 4
+
+
+def test_a_huge_integer_is_a_malformed_body_not_a_crash() -> None:
+    with pytest.raises(MalformedBody, match="cannot be read"):
+        parse_json_body(b'{"n": ' + b"1" * 4301 + b"}")

@@ -78,7 +78,7 @@ def test_the_single_process_api_freezes_before_it_serves(monkeypatch: pytest.Mon
     from worker.settings import get_settings
 
     steps: list[str] = []
-    monkeypatch.setenv("PAGERBRIDGE_INGRESS_TOKENS", "a-long-enough-ingress-token")
+    monkeypatch.setenv("PAGERBRIDGE_INGRESS_TOKENS", "a-long-enough-ingress-token-0123456789")
     monkeypatch.setenv("PAGERBRIDGE_API_WORKERS", "1")
     get_settings.cache_clear()
     monkeypatch.setattr(cli_module, "_configure_logging", lambda settings: None)

@@ -36,8 +36,8 @@ from worker.queue import CeleryEventQueue
 from worker.settings import Settings
 from worker.title import TITLE_LIMIT
 
-TOKEN = "hostile-ingress-token-7f3a9c"
-ROTATED = "hostile-rotated-token-91c2e4"
+TOKEN = "hostile-ingress-token-7f3a9c-012345"
+ROTATED = "hostile-rotated-token-91c2e4-0123456"
 PAGERDUTY_TOKEN = "hostile-pagerduty-token-5d8b"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 LIMIT = 16 * 1024  # bytes: PAGERBRIDGE_MAX_BODY_BYTES in these tests
@@ -101,9 +101,14 @@ def test_every_endpoint_but_healthz_needs_a_token(client: TestClient, app: FastA
         for method in route.methods or ():
             # When it is called without a token
             answer = client.request(method, _example_path(route), json={})
-            # Then only /healthz answers; every other one is 401 with WWW-Authenticate
+            # Then only /healthz and /readyz answer (/readyz without its details); every other
+            # one is 401 with WWW-Authenticate
             if route.path == "/healthz":
                 assert answer.status_code == 200
+                continue
+            if route.path == "/readyz":
+                assert answer.status_code in (200, 503)
+                assert set(answer.json()) == {"ready"}, "a probe without a token sees no details"
                 continue
             assert answer.status_code == 401, (method, route.path)
             assert answer.headers["WWW-Authenticate"].startswith("Token realm=")
@@ -615,7 +620,7 @@ def test_values_are_never_format_strings_or_templates(
     assert answer.status_code == 202
     (event,) = queue.events
     assert event.title is not None and tricky in event.title and "{MSG}." in event.title
-    assert any("alert=coscale:%s%n{0}" in r.getMessage() for r in caplog.records)
+    assert any('alert=coscale:"%s%n{0}"' in r.getMessage() for r in caplog.records)
 
 
 def test_values_are_never_sql(

@@ -101,13 +101,14 @@ def test_neither_is_unavailable(tmp_path: Path) -> None:
 
 
 def test_ingress_answers_202_from_the_database(sqlite_sessions: sessionmaker[Session]) -> None:
-    settings = Settings(ingress_tokens="tok", pagerduty_service_id="P1")
+    token = "tok-0123456789abcdef0123456789abcdef"
+    settings = Settings(ingress_tokens=token, pagerduty_service_id="P1")  # type: ignore[arg-type]
     queue = DurableEventQueue(ListQueue(broken=True), sqlite_sessions)
     app = create_app(settings, queue=queue, sessions=sqlite_sessions, redis_ping=lambda: None)
     with TestClient(app) as client:
         answer = client.post(
             "/webhooks/coscale",
-            headers={"Authorization": "Bearer tok"},
+            headers={"Authorization": f"Bearer {token}"},
             json={"alert_id": "5", "action": "triggered"},
         )
     assert answer.status_code == 202

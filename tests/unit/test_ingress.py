@@ -11,16 +11,19 @@ import pytest
 from fastapi.testclient import TestClient
 from opentelemetry import trace
 from opentelemetry.trace import NoOpTracer, Tracer
+from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.fakes import ListQueue
 from worker.event import SOURCE_API, SOURCE_COSCALE
-from worker.ingress.app import BRIDGE_ID_PREFIX, create_app, fastapi_telemetry
+from worker.inbox import DurableEventQueue
+from worker.ingress.access import BRIDGE_ID_PREFIX
+from worker.ingress.app import create_app, fastapi_telemetry
 from worker.intake import apply_event
 from worker.settings import Settings
 from worker.status import AlertStatus
 
-TOKEN = "ingress-secret-1"
+TOKEN = "ingress-secret-1-0123456789abcdef01"
 AUTH = {"Authorization": f"Token token={TOKEN}"}
 WEBHOOK = {
     "alert_id": "1234",
@@ -52,7 +55,7 @@ def client(
     queue: ListQueue, sqlite_sessions: sessionmaker[Session], redis_server: fakeredis.FakeServer
 ) -> Iterator[TestClient]:
     settings = Settings(
-        ingress_tokens=f"{TOKEN},second-token",  # type: ignore[arg-type]
+        ingress_tokens=f"{TOKEN},second-token-0123456789abcdef012345",  # type: ignore[arg-type]
         pagerduty_service_id="PDEFAULT",
         public_url="https://bridge.example",
     )
@@ -61,7 +64,9 @@ def client(
     def redis_ping() -> None:
         redis.ping()
 
-    app = create_app(settings, queue=queue, sessions=sqlite_sessions, redis_ping=redis_ping)
+    # Through the inbox, as in production: updates are checked against what it recorded.
+    durable = DurableEventQueue(queue, sqlite_sessions)
+    app = create_app(settings, queue=durable, sessions=sqlite_sessions, redis_ping=redis_ping)
     with TestClient(app) as test_client:
         yield test_client
 
@@ -87,7 +92,9 @@ def test_webhook_queues_the_event_and_answers_202(client: TestClient, queue: Lis
 
 def test_bearer_and_any_valid_token(client: TestClient, queue: ListQueue) -> None:
     answer = client.post(
-        "/webhooks/coscale", json=WEBHOOK, headers={"Authorization": "Bearer second-token"}
+        "/webhooks/coscale",
+        json=WEBHOOK,
+        headers={"Authorization": "Bearer second-token-0123456789abcdef012345"},
     )
     assert answer.status_code == 202
 
@@ -136,8 +143,12 @@ def test_title_field_overrides_template(client: TestClient, queue: ListQueue) ->
     assert queue.events[0].title == "{MSG} custom"
 
 
-def test_redis_down_is_503_not_a_silent_drop(client: TestClient, queue: ListQueue) -> None:
+def test_redis_and_database_down_is_503_not_a_silent_drop(
+    client: TestClient, queue: ListQueue, sqlite_sessions: sessionmaker[Session]
+) -> None:
     queue.broken = True
+    with sqlite_sessions.begin() as session:  # the inbox table gone: the database refuses
+        session.execute(text("DROP TABLE inbox_events"))
     answer = client.post("/webhooks/coscale", json=WEBHOOK, headers=AUTH)
     assert answer.status_code == 503
     assert answer.headers["Retry-After"]
@@ -212,15 +223,17 @@ def test_api_contact_bulk_and_single_updates(client: TestClient, queue: ListQueu
     ]
 
 
-def test_api_contact_update_of_a_pagerduty_id_carries_it(
+def test_api_contact_update_of_a_pagerduty_id_is_refused_by_default(
     client: TestClient, queue: ListQueue
 ) -> None:
-    client.put(
+    answer = client.put(
         "/incidents/PT4KHLK",
         headers=AUTH,
         json={"incident": {"type": "incident_reference", "status": "resolved"}},
     )
-    assert queue.events[0].incident_id == "PT4KHLK"
+    assert answer.status_code == 404
+    assert "PAGERBRIDGE_FORWARD_FOREIGN_UPDATES" in answer.json()["error"]["message"]
+    assert queue.events == []
 
 
 def test_bulk_update_over_250_is_refused(client: TestClient) -> None:

@@ -28,7 +28,7 @@ from worker.settings import Settings
 from worker.status import AlertStatus
 
 PAGERDUTY_TOKEN = "pd-Secr3t-token-value"
-INGRESS_TOKENS = ("ingress-one-secret", "ingress-two-secret")
+INGRESS_TOKENS = ("ingress-one-secret-0123456789abcdef", "ingress-two-secret-0123456789abcdef")
 START = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 

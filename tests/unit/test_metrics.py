@@ -424,7 +424,7 @@ def test_metrics_endpoint_is_behind_the_token_unless_public(
     # Given two api apps, one with PAGERBRIDGE_METRICS_PUBLIC, neither with a reachable Redis
     def app(public: bool) -> TestClient:
         settings = Settings(
-            ingress_tokens="t",  # type: ignore[arg-type]
+            ingress_tokens="t-0123456789abcdef0123456789abcdef",  # type: ignore[arg-type]
             metrics_public=public,
             redis_url="redis://127.0.0.1:1/0",
         )
@@ -436,7 +436,9 @@ def test_metrics_endpoint_is_behind_the_token_unless_public(
     with app(public=False) as private, app(public=True) as public:
         refused = private.get("/metrics")
         answered = public.get("/metrics")
-        allowed = private.get("/metrics", headers={"Authorization": "Bearer t"})
+        allowed = private.get(
+            "/metrics", headers={"Authorization": "Bearer t-0123456789abcdef0123456789abcdef"}
+        )
 
     # Then the default refuses, the public one answers, and Redis being away is a count, not a 500
     assert refused.status_code == 401

@@ -29,7 +29,7 @@ ROUTES = parse_routes(
         "route": [
             {
                 "name": ROUTE,
-                "tokens": ["an-ingress-token-for-db-team"],
+                "tokens": ["an-ingress-token-for-db-team-01234567"],
                 "backend": "events",
                 "events": {"routing_key": ROUTING_KEY, "severity": "warning"},
             }

@@ -27,9 +27,9 @@ from worker.settings import SEED_TITLE_TEMPLATE
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Distinctive secrets, so a test can prove none of them leaks into a message or a repr.
-WEB_TOKEN = "ingress-web-SECRET-0001"
-DB_TOKEN = "ingress-db-SECRET-00002"
-SHARED_TOKEN = "ingress-shared-SECRET-03"
+WEB_TOKEN = "ingress-web-SECRET-0001-0123456789"
+DB_TOKEN = "ingress-db-SECRET-00002-0123456789"
+SHARED_TOKEN = "ingress-shared-SECRET-03-012345678"
 API_TOKEN = "rest-api-SECRET-token-9"
 ROUTING_KEY = "R0UTINGKEYSECRET0000000000000001"
 SECRETS = (WEB_TOKEN, DB_TOKEN, SHARED_TOKEN, API_TOKEN, ROUTING_KEY)
@@ -221,7 +221,7 @@ def test_secrets_are_not_in_errors_about_them() -> None:
     message = problems_of(raw)
     assert "short-SECRET" not in message
     assert "route 'web-team': tokens[0]: must be non-empty printable ASCII" in message
-    assert "route 'web-team': tokens[1]: must be at least 16 characters" in message
+    assert "route 'web-team': tokens[1]: an ingress token must be at least 32 characters" in message
     assert "route 'web-team': rest.api_token: must be non-empty printable ASCII" in message
     assert "route 'db-team': events.routing_key: must be 32 letters or digits" in message
 

@@ -1,4 +1,5 @@
 import pytest
+from pydantic import ValidationError
 
 from worker.errors import ConfigurationError
 from worker.settings import Settings
@@ -12,14 +13,23 @@ def test_missing_secret_names_the_variable() -> None:
 
 
 def test_placeholder_from_env_example_is_refused() -> None:
-    settings = Settings(ingress_tokens="good,change-me")  # type: ignore[arg-type]
+    settings = Settings(ingress_tokens="good-0123456789abcdef0123456789abcdef,change-me")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="PAGERBRIDGE_INGRESS_TOKENS"):
         settings.require("ingress_tokens")
 
 
 def test_tokens_are_comma_separated_and_secret(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PAGERBRIDGE_INGRESS_TOKENS", " tok-alpha, tok-beta ,,")
+    alpha, beta = "tok-alpha-" + "a" * 24, "tok-beta-" + "b" * 24
+    monkeypatch.setenv("PAGERBRIDGE_INGRESS_TOKENS", f" {alpha}, {beta} ,,")
     monkeypatch.setenv("PAGERBRIDGE_PAGERDUTY_TOKEN", "pd-secret")
     settings = Settings()
-    assert settings.ingress_token_values == ("tok-alpha", "tok-beta")
+    assert settings.ingress_token_values == (alpha, beta)
     assert "pd-secret" not in repr(settings) and "tok-alpha" not in repr(settings)
+
+
+def test_a_short_ingress_token_is_refused_saying_how_to_make_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PAGERBRIDGE_INGRESS_TOKENS", "a,1234")
+    with pytest.raises(ValidationError, match=r"at least 32 characters.*openssl rand -hex 32"):
+        Settings()

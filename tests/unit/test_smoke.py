@@ -12,7 +12,7 @@ import pytest
 
 from worker.smoke import ALERT_ID_PREFIX, SmokeFailed, SmokeTest, new_alert_id
 
-TOKEN = "ingress-token"
+TOKEN = "ingress-token-0123456789abcdef0123456"
 ALERT_ID = "pagerbridge-test-0123456789ab"
 
 

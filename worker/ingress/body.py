@@ -36,13 +36,22 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-# Work allowed to the relaxed reading, in steps (a token, or a candidate end of a string): far
-# more than a body under the size limit needs, a stop for one built to make the search branch.
+# Work allowed to the relaxed reading, so that no body can make it slow: steps (a token, or a
+# candidate end of a string) and characters scanned (every search, slice and match counts its
+# length), the latter proportional to the body. Far more than CoScale's Format needs, a stop
+# for a body built to make the search branch or rescan.
 READ_BUDGET = 200_000
-_WHITESPACE = " \t\n\r"
+WORK_PER_CHARACTER = 32
+WORK_BASE = 65_536
+# A wall-clock stop as well, checked every few thousand steps: the budget bounds the work, this
+# bounds what a slow or busy machine makes of it.
+REPAIR_DEADLINE = 2.0
+_DEADLINE_EVERY = 4096
+_WHITESPACE_RUN = re.compile(r"[ \t\n\r]*")
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 # A strict JSON string: what a name must be (the Format's author wrote it, not CoScale).
 _STRICT_STRING = re.compile(r'"(?:[^"\\\x00-\x1f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"')
@@ -66,6 +75,19 @@ class ParsedBody:
     repaired: bool = False
 
 
+@dataclass(slots=True)
+class RepairWork:
+    """What one relaxed reading cost: steps taken and characters scanned (both directions)."""
+
+    steps: int = 0
+    characters: int = 0
+    deadline: float | None = field(default=None, repr=False)
+
+    def limit(self, text_length: int) -> int:
+        """The characters a text of ``text_length`` may cost, per direction."""
+        return WORK_PER_CHARACTER * text_length + WORK_BASE
+
+
 def is_json_media_type(content_type: str) -> bool:
     """``application/json``, or a ``+json`` type (``application/vnd.pagerduty+json``), any
     parameters."""
@@ -75,24 +97,49 @@ def is_json_media_type(content_type: str) -> bool:
     )
 
 
-def parse_json_body(raw: bytes) -> ParsedBody:
+def parse_json_body(raw: bytes, *, deadline: float | None = None) -> ParsedBody:
     """The JSON document in ``raw``; read with :func:`read_unescaped` (``repaired``) only when
-    strict JSON refuses it, and then only if it is an object. Raises :class:`MalformedBody`."""
+    strict JSON refuses it, and then only if it is an object. Raises :class:`MalformedBody`.
+
+    ``deadline`` (a :func:`time.monotonic` instant) stops the repair when passed."""
+    strict = parse_strict(raw)
+    if isinstance(strict, ParsedBody):
+        return strict
+    return repair_body(raw, strict, deadline=deadline)
+
+
+def parse_strict(raw: bytes) -> ParsedBody | json.JSONDecodeError:
+    """``raw`` as strict JSON, or the failure that sends it to :func:`repair_body`. Raises
+    :class:`MalformedBody` for what no repair can help (empty, not UTF-8, nested too deeply,
+    a number Python refuses to read)."""
     if not raw.strip():
         raise MalformedBody("the body is empty: a JSON object was expected")
     try:
         return ParsedBody(json.loads(raw))
     except json.JSONDecodeError as exc:
-        failure = exc
+        return exc
     except UnicodeDecodeError as exc:
         raise MalformedBody(
             f"the body is not UTF-8 text (byte {exc.start}: {exc.reason})"
         ) from None
     except RecursionError:
         raise MalformedBody("the body nests arrays or objects too deeply") from None
+    except ValueError as exc:
+        # CPython refuses integers of more than 4,300 digits (sys.set_int_max_str_digits):
+        # https://docs.python.org/3/library/stdtypes.html#int-max-str-digits
+        raise MalformedBody(f"the body holds a value that cannot be read: {exc}") from None
+
+
+def repair_body(
+    raw: bytes, failure: json.JSONDecodeError, *, deadline: float | None = None
+) -> ParsedBody:
+    """The relaxed reading of a body strict JSON refused with ``failure``. Its work is bounded
+    (:class:`RepairWork`), so it may run anywhere; the ingress runs it off the event loop."""
     where = f"line {failure.lineno}, column {failure.colno}"
     try:
-        document = read_unescaped(raw.decode(json.detect_encoding(raw)))
+        document = read_unescaped(
+            raw.decode(json.detect_encoding(raw)), work=RepairWork(deadline=deadline)
+        )
     except Unreadable as exc:
         raise MalformedBody(
             f"invalid JSON at {where}: {failure.msg}; not repaired: {exc}",
@@ -136,6 +183,16 @@ class _Frame(NamedTuple):
     parent: _Frame | None
 
 
+class _Value:
+    """A string value's place in the text: between the quotes at ``start`` and ``end``."""
+
+    __slots__ = ("end", "start")
+
+    def __init__(self, start: int, end: int) -> None:
+        self.start = start
+        self.end = end
+
+
 class _State(NamedTuple):
     at: int
     expect: int
@@ -150,12 +207,14 @@ class _Choice(NamedTuple):
     search_from: int
 
 
-def read_unescaped(text: str) -> Any:
+def read_unescaped(text: str, *, work: RepairWork | None = None) -> Any:
     """The document ``text`` holds, as JSON whose string values may hold raw ``"``, ``\\`` and
     control characters, read the same from either end (see the module's docstring). Raises
-    :class:`Unreadable`."""
-    forwards = _Reader(text, backwards=False).read()
-    backwards = _Reader(text[::-1].translate(_SWAP_BRACKETS), backwards=True).read()
+    :class:`Unreadable`, also when the reading would cost more than its budget; ``work``
+    receives what it cost."""
+    work = work if work is not None else RepairWork()
+    forwards = _Reader(text, backwards=False, work=work).read()
+    backwards = _Reader(text[::-1].translate(_SWAP_BRACKETS), backwards=True, work=work).read()
     if forwards != backwards:
         raise Unreadable("a value reads as fields just as well (ambiguous)")
     return forwards
@@ -164,10 +223,13 @@ def read_unescaped(text: str) -> Any:
 class _Reader:
     """Reads the text from its start, or (``backwards``) the mirrored text from its end."""
 
-    def __init__(self, text: str, *, backwards: bool) -> None:
+    def __init__(self, text: str, *, backwards: bool, work: RepairWork) -> None:
         self.text = text
         self.backwards = backwards
+        self.work = work
         self.steps = 0
+        self.characters = 0
+        self.character_limit = work.limit(len(text))
         self.choices: list[_Choice] = []
 
     def read(self) -> Any:
@@ -178,21 +240,32 @@ class _Reader:
                 state = self._backtrack()
             elif state.expect == _END:
                 if self._space(state.at) == len(self.text):
-                    return state.frame.members
+                    return self._text_of(state.frame.members)
                 state = None
             else:
                 state = self._step(state)
 
-    def _tick(self) -> None:
+    def _tick(self, characters: int = 0) -> None:
+        """Count one step that scanned ``characters``; stop past the budget or the deadline."""
         self.steps += 1
-        if self.steps > READ_BUDGET:
+        self.characters += characters
+        self.work.steps += 1
+        self.work.characters += characters
+        if self.steps > READ_BUDGET or self.characters > self.character_limit:
             raise Unreadable("too many possible readings")
+        deadline = self.work.deadline
+        if (
+            deadline is not None
+            and self.steps % _DEADLINE_EVERY == 0
+            and time.monotonic() > deadline
+        ):
+            raise Unreadable("the repair took too long")
 
     def _space(self, at: int) -> int:
-        text = self.text
-        while at < len(text) and text[at] in _WHITESPACE:
-            at += 1
-        return at
+        match = _WHITESPACE_RUN.match(self.text, at)
+        assert match is not None  # the pattern matches the empty string
+        self.characters += match.end() - at
+        return match.end()
 
     def _is_name(self, expect: int) -> bool:
         """Whether a string expected now is a member's name."""
@@ -236,10 +309,25 @@ class _Reader:
         token = (_NUMBER_CHARS if self.backwards else _NUMBER).match(text, at)
         if token is None:
             return None
+        self._tick(2 * len(token.group()))
         number = token.group()[::-1] if self.backwards else token.group()
         if not _NUMBER.fullmatch(number):
             return None
-        return self._completed(json.loads(number), token.end(), state)
+        try:
+            value = json.loads(number)
+        except ValueError:  # more digits than CPython reads (int_max_str_digits)
+            return None
+        return self._completed(value, token.end(), state)
+
+    def _text_of(self, node: Any) -> Any:
+        """The document with every value's place replaced by its text."""
+        if isinstance(node, _Value):
+            return _decode(self._span(node.start, node.end))
+        if isinstance(node, dict):
+            return {name: self._text_of(value) for name, value in node.items()}
+        if isinstance(node, list):
+            return [self._text_of(item) for item in node]
+        return node
 
     def _span(self, start: int, end: int) -> str:
         """The text between two quotes, as it reads forwards."""
@@ -250,7 +338,8 @@ class _Reader:
         """A member's name: strict JSON, so it has one end (no choice to come back to)."""
         end = self.text.find('"', start + 1)
         while end != -1:
-            self._tick()
+            # The search, the slice and the match each cover the name so far.
+            self._tick(3 * (end - start))
             name = '"' + self._span(start, end) + '"'
             if _STRICT_STRING.fullmatch(name):
                 return self._completed(json.loads(name), end + 1, state)
@@ -268,17 +357,23 @@ class _Reader:
         else:
             followers = ":" if self.backwards else ",}"
         end = text.find('"', search_from)
+        scanned_from = search_from
         while end != -1:
-            self._tick()
+            self._tick(end + 1 - scanned_from)
+            scanned_from = end + 1
             after = self._space(end + 1)
             if followers:
                 fits = after < len(text) and text[after] in followers
             else:
                 fits = after == len(text)
             if fits:
+                # Where the value lies, not its text: a value is sliced and decoded once, when
+                # the reading is complete, so trying many ends never copies it many times.
                 self.choices.append(_Choice(state, end + 1))
-                return self._completed(_decode(self._span(start, end)), end + 1, state)
+                return self._completed(_Value(start, end), end + 1, state)
             end = text.find('"', end + 1)
+        if scanned_from < len(text):
+            self._tick(len(text) - scanned_from)  # the search that found no more quotes
         return None
 
     def _backtrack(self) -> _State:
