@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Delivery that survives PagerDuty (issue 3): a scenario runner that prints figures.
+"""Delivery that survives PagerDuty: a scenario runner that prints figures.
 
     .venv/bin/python bench/reliability.py [--alerts N] [--json PATH]
 
@@ -77,7 +77,7 @@ from worker.settings import Settings
 
 DEFAULT_JSON = REPO / "bench" / "results" / "reliability.json"
 
-# The scenario (issue 3, "Reliability report").
+# The scenario (bench/README.md, "Reliability report").
 DOWN_S = 20.0  # PagerDuty answers 503 for this long, counted from the moment it goes down
 LOST_FRACTION = 0.3  # of the calls PagerDuty carries out, answered 502 after recovery
 FAULT_SEED = 3  # the simulator's random choices of which answers are lost
@@ -122,7 +122,7 @@ class Target:
         return f"≤ {self.limit:g}{self.unit}" if self.limit else "0"
 
 
-# Issue 3: "Target for N=300: 0, 0, 0, 0, ≤ 1, ≤ 10."
+# The targets, for N=300 (bench/README.md, "Reliability report").
 TARGETS: dict[str, Target] = {
     "alerts_lost": Target("Alerts lost", 0),
     "duplicate_incidents": Target("Duplicate incidents", 0),
@@ -343,7 +343,7 @@ def start_bridge(options: Options, workdir: Path, cleanup: ExitStack) -> Bridge:
 
 
 def webhook(alert_id: str, action: str) -> dict[str, str]:
-    """What CoScale's Webhook contact sends; one Format serves every action (COSCALE.md)."""
+    """What CoScale's Webhook contact sends; one Format serves every action (docs/coscale.md)."""
     return {
         "alert_id": alert_id,
         "action": action,

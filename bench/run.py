@@ -150,8 +150,8 @@ class Options:
     live_warm_up: int = LIVE_WARM_UP
 
 
-# The phases in the order they run; --phases picks some (a phase that needs an earlier one's
-# work says so in PHASE_NEEDS).
+# The phases in the order they run; --phases picks some (a phase that needs another's work
+# says so in PHASE_NEEDS).
 PHASES = (
     "ingest",
     "backlog",

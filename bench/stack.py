@@ -461,9 +461,9 @@ def busy_percent(seconds: float) -> float:
 
 def python_build() -> dict[str, Any]:
     """Which interpreter runs every Python process of the bench (this one, ``sys.executable``),
-    and how it was built: ``bench/worker_profile.py`` ran 12% faster here on Debian's
-    python3.11 than on the VM's default, pyenv's (built without profile-guided or link-time
-    optimization, its ``libpython`` a shared library), so a figure means little without it."""
+    and how it was built (profile-guided and link-time optimization, a shared ``libpython``):
+    the same code runs measurably faster on an optimized build, so a figure means little
+    without it."""
     config_args = str(sysconfig.get_config_var("CONFIG_ARGS") or "")
     maps = ""
     with suppress(OSError):

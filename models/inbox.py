@@ -1,6 +1,6 @@
 """Events the ingress accepted while Redis was unreachable, kept until the sweeper applies them.
 
-CoScale does not retry a failed webhook (COSCALE.md), so a 503 is probably the end of that
+CoScale does not retry a failed webhook (docs/coscale.md), so a 503 is probably the end of that
 event: when Redis is down but the database is not, the event waits here instead.
 """
 

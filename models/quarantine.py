@@ -1,6 +1,6 @@
 """Requests the ingress rejected, kept so that an operator can see them and replay them.
 
-CoScale does not retry a webhook it got a 4xx for (COSCALE.md): a body refused for a rotated
+CoScale does not retry a webhook it got a 4xx for (docs/coscale.md): a body refused for a rotated
 token, a Content-Type header forgotten in CoScale, or JSON that could not be repaired would be
 gone. Each is kept here, with why it was refused, until ``pagerbridge rejected --replay ID``
 sends it through the ingress again or it ages out (``PAGERBRIDGE_QUARANTINE_MAX_ROWS``,

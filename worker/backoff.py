@@ -33,6 +33,7 @@ def should_give_up(age: float, *, give_up_after: float) -> bool:
     """Whether an alert first wanting delivery ``age`` seconds ago has been retried long enough.
 
     The age counts from the first time the alert needed delivery, not from the last event, so a
-    resolve arriving late does not give up before its trigger would have (DESIGN.md §3).
+    resolve arriving late does not give up before its trigger would have (docs/design.md,
+    "Failure policy").
     """
     return age >= give_up_after

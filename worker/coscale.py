@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from worker.title import DETAILS_LIMIT, render_title, truncate
 
-# Webhook body field → CoScale placeholder (COSCALE.md). The suggested Format uses these names.
+# Webhook body field → CoScale placeholder (docs/coscale.md). The suggested Format uses these names.
 FIELD_PLACEHOLDERS: dict[str, str] = {
     "alert_id": "ALERT_ID",
     "message": "MSG",

@@ -7,7 +7,7 @@ Anything still owed to PagerDuty (pending, parked, failed) and anything not reso
 incident the bridge may still have to acknowledge or resolve) is never deleted, however old.
 
 Deletion runs in batches of at most ``BATCH_SIZE`` alerts, one short transaction each, walking
-the primary key upwards (a keyset, so no batch re-reads rows an earlier one looked at). On
+the primary key upwards (a keyset, so no batch re-reads rows a previous one looked at). On
 PostgreSQL the rows are taken ``FOR UPDATE SKIP LOCKED``: a row a worker holds is left for the
 next run instead of making either side wait.
 """

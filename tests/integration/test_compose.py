@@ -171,7 +171,8 @@ def test_compose_has_the_designed_services() -> None:
     # Given the compose file
     services = _services()
 
-    # Then it holds DESIGN.md §4's services, the app ones built from this repository's Dockerfile
+    # Then it holds the README's services (Deployment), the app ones built from this
+    # repository's Dockerfile
     assert set(services) == {"redis", "postgres", *APP_SERVICES}
     assert "version" not in _compose(), "the Compose spec has no `version:` key"
     assert sorted(name for name, service in services.items() if _built_here(service)) == sorted(

@@ -159,7 +159,7 @@ def test_acknowledge_sent_before_trigger(bridge: Bridge, api: httpx.Client) -> N
 
 
 def test_acknowledge_dequeued_before_its_trigger(bridge: Bridge, api: httpx.Client) -> None:
-    # Given the queue hands the acknowledge out before the trigger received earlier
+    # Given the queue hands the acknowledge out before the trigger received first
     alert_id = new_alert_id()
     queue = CeleryEventQueue(
         create_celery(

@@ -1,4 +1,4 @@
-"""Delivery that survives PagerDuty (issue 3): one test per behaviour, each failing if it breaks.
+"""Delivery that survives PagerDuty: one test per behaviour, each failing if it breaks.
 
 Outage then recovery; lost answers on create and on update; 429 with and without headers; 401;
 SIGKILL of a worker during a drain; Redis flushed mid-backlog; events shuffled across several

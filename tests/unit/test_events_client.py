@@ -314,7 +314,7 @@ def test_a_retrigger_after_resolve_opens_a_new_alert_with_the_next_cycle(
 def test_acknowledge_of_an_unknown_alert_is_taken_and_dropped(
     api: FakeEventsApi, client: EventsClient
 ) -> None:
-    # PAGERDUTY.md: acknowledge/resolve for an unknown key are dropped, still 202
+    # docs/pagerduty.md: an acknowledge or resolve with no open alert is dropped; 202 is done
     assert client.send(build_event("acknowledge", "never-triggered")) == "never-triggered"
     assert api.alerts() == []
     assert api.simulator.counts()["events"]["dropped"]["acknowledge"] == 1
@@ -457,7 +457,7 @@ def test_rate_limited_with_retry_after_only(api: FakeEventsApi, client: EventsCl
 
 
 def test_rate_limited_without_headers_or_body(api: FakeEventsApi, client: EventsClient) -> None:
-    # PAGERDUTY.md: a 429 may come with no headers and no body
+    # docs/pagerduty.md: a 429 may come with no headers and no body
     api.fault_plan.update(
         {"rate_limit_per_minute": 1, "rate_limit_burst": 1, "rate_limit_headers": False}
     )

@@ -1,4 +1,5 @@
-"""classify_response / classify_transport_failure: one test per row of PAGERDUTY.md's table."""
+"""classify_response / classify_transport_failure: one test per row of docs/pagerduty.md's
+error table."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from worker.pagerduty.errors import (
 
 
 def envelope(message: str, code: int | None = None, errors: list[str] | None = None) -> bytes:
-    """PagerDuty's error envelope, as PAGERDUTY.md shows it."""
+    """PagerDuty's error envelope, as docs/pagerduty.md shows it."""
     error: dict[str, object] = {"message": message, "errors": errors or []}
     if code is not None:
         error["code"] = code
@@ -67,8 +68,8 @@ def test_400_invalid_input_is_permanent_with_pagerduty_details() -> None:
 
 
 def test_400_duplicate_incident_key_is_its_own_error() -> None:
-    # Given the refusal PAGERDUTY.md quotes from the wild (code deliberately unusual: the
-    # numeric code is not confirmed, the text is what counts)
+    # Given the refusal docs/pagerduty.md quotes as PagerDuty sends it (code deliberately
+    # unusual: the numeric code is not confirmed, the text is what counts)
     body = envelope(
         "Invalid Input Provided",
         2001,
@@ -185,7 +186,7 @@ def test_429_with_retry_after_http_date_carries_seconds_until_then() -> None:
 
 
 def test_429_with_no_headers_and_no_body_is_still_retryable_and_readable() -> None:
-    # PAGERDUTY.md: 429s may come with no headers and no body.
+    # docs/pagerduty.md: 429s may come with no headers and no body.
     error = classify_response(429, b"", NO_HEADERS)
 
     assert type(error) is RetryableError

@@ -136,7 +136,7 @@ def test_create_sends_the_documented_request_and_parses_the_incident(
         details="cpu 97% for 5 min",
     )
 
-    # Then the request is exactly PAGERDUTY.md's POST /incidents
+    # Then the request is exactly docs/pagerduty.md's POST /incidents
     request = pagerduty.last
     assert request.method == "POST"
     assert str(request.url) == "https://api.pagerduty.com/incidents"
@@ -251,7 +251,7 @@ def test_update_incident_quotes_the_id_as_one_path_segment(
     [
         ("resolved", error_json("Incident Already Resolved", 1001)),
         ("acknowledged", error_json("Incident Already Acknowledged", 1002)),
-        # No code, only the text (PAGERDUTY.md: this behaviour is not documented)
+        # No code, only the text (docs/pagerduty.md: this behaviour is not documented)
         ("resolved", error_json("Invalid Input Provided", None, ["Incident Already Resolved"])),
         ("acknowledged", error_json("incident already acknowledged")),
     ],
@@ -336,7 +336,7 @@ def test_update_incidents_accepts_exactly_250(
 def test_update_incidents_refuses_empty_or_more_than_250(
     client: PagerDutyClient, pagerduty: FakePagerDuty, count: int
 ) -> None:
-    # PAGERDUTY.md: more than 250 items gives 413; refuse before spending a request.
+    # docs/pagerduty.md: more than 250 items gives 413; refuse before spending a request.
     with pytest.raises(ValueError, match=r"empty|at most 250"):
         client.update_incidents([(f"P{n}", "resolved") for n in range(count)])
 
@@ -408,7 +408,7 @@ def test_find_including_resolved_has_no_status_filter(
 
 
 def test_find_refuses_an_empty_key(client: PagerDutyClient, pagerduty: FakePagerDuty) -> None:
-    # PAGERDUTY.md: an empty incident_key lists everything.
+    # docs/pagerduty.md: an empty incident_key would be no filter at all.
     with pytest.raises(ValueError, match="incident_key"):
         client.find_incidents("")
 

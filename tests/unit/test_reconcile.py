@@ -133,7 +133,7 @@ def test_acknowledge_before_trigger_creates_then_acknowledges(
     # Given the acknowledge (received later) is processed first
     ack = send(A, at=5)
     deliver(reconciler, ack)
-    # When the trigger (received earlier) arrives
+    # When the trigger (received first) arrives
     trigger = send(T, at=1)
     # Then it only adds its text; one incident, acknowledged
     assert trigger.outcome in (EventOutcome.UNCHANGED, EventOutcome.DETAILS)
@@ -811,7 +811,7 @@ def test_a_claim_leaves_live_leases_alerts_without_a_call_and_alerts_past_its_li
     assert set(claim.first_calls()) == {pk["free"], pk["n1"]}
     assert alert(sqlite_sessions, "held").lease_owner == "another-worker-held"
     assert alert(sqlite_sessions, "untitled").lease_owner is None
-    # And reconcile_many plans the rest itself, as before: the held one is BUSY
+    # And reconcile_many plans the rest itself, as without a claim: the held one is BUSY
     results = reconciler.reconcile_many(
         [a.alert_pk or 0 for a in applied if a.needs_delivery], claim=claim
     )

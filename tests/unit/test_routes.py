@@ -90,7 +90,7 @@ def test_valid_file_loads_with_defaults(table: RouteTable) -> None:
     web, db = table
     assert isinstance(web.config, RestBackend)
     assert isinstance(db.config, EventsBackend)
-    # And the defaults of issue #7
+    # And the defaults routes.example.toml documents
     assert web.config.api_url == "https://api.pagerduty.com"
     assert web.config.title_template == SEED_TITLE_TEMPLATE
     assert web.config.urgency_for({}) is None  # the service decides

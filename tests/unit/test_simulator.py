@@ -785,7 +785,7 @@ def test_rate_limit_without_headers_has_no_headers_and_an_empty_body(faulty: Mak
 
     limited = create(client, "b")
 
-    # PAGERDUTY.md: a 429 may come with no headers and no body (only the framing remains)
+    # docs/pagerduty.md: a 429 may come with no headers and no body (only the framing remains)
     assert limited.status_code == 429
     assert limited.content == b""
     assert dict(limited.headers) == {"content-length": "0"}
