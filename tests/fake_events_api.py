@@ -11,6 +11,7 @@ answer at all).
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,6 +49,10 @@ class FakeEventsApi:
     )
     requests: list[httpx.Request] = field(default_factory=list)
     scripted: list[Scripted] = field(default_factory=list)
+    #: What the request for an event with this dedup_key gets instead of the app: events sent
+    #: together reach the API in any order, so an outcome meant for one of them names it.
+    scripted_for: dict[str, Scripted] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # requests come from threads
     monotonic: Callable[[], float] = lambda: 1000.0  # the rate-limit buckets' clock
 
     def __post_init__(self) -> None:
@@ -65,9 +70,12 @@ class FakeEventsApi:
         self.scripted.extend(outcomes)
 
     def handle(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        if self.scripted:
-            outcome = self.scripted.pop(0)
+        with self.lock:
+            self.requests.append(request)
+            outcome = self.scripted.pop(0) if self.scripted else None
+        if outcome is None:
+            outcome = self.scripted_for.get(json.loads(request.content).get("dedup_key"))
+        if outcome is not None:
             if isinstance(outcome, Exception):
                 raise outcome
             return outcome if isinstance(outcome, httpx.Response) else outcome(request)

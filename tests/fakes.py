@@ -4,6 +4,7 @@ CoScale events, and a count of a reconciler's planning transactions."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,11 +31,15 @@ class FakePagerDuty:
     ``faults`` holds, per call kind ("create", "update", "find"), a list of what the next calls
     of that kind do: ``"503"`` answers 503 without acting, ``"lost"`` acts and answers 502 (the
     bridge never hears that PagerDuty did the work), ``"401"`` refuses the credentials.
+    ``create_faults`` says the same of the creates for given alert ids: creates that go out
+    together reach PagerDuty in any order, so a fault meant for one of them names it.
     """
 
     simulator: SimulatedPagerDuty = field(default_factory=lambda: SimulatedPagerDuty(seed=1))
     faults: dict[str, list[str]] = field(default_factory=dict)
+    create_faults: Callable[[str], str | None] | None = None  # an alert id's create's fault
     calls: list[tuple[str, str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # requests come from threads
 
     def client(self) -> PagerDutyClient:
         return PagerDutyClient(
@@ -56,8 +61,13 @@ class FakePagerDuty:
             if request.method == "GET"
             else "update"
         )
-        self.calls.append((request.method, path))
-        fault = self.faults.get(kind, [None]).pop(0) if self.faults.get(kind) else None
+        with self.lock:
+            self.calls.append((request.method, path))
+            fault = self.faults[kind].pop(0) if self.faults.get(kind) else None
+        if kind == "create" and self.create_faults is not None:
+            # pagerbridge/<source>/<alert id>/<cycle> (worker/intake.py)
+            key = json.loads(request.content)["incident"]["incident_key"]
+            fault = self.create_faults(key.split("/")[2])
         if fault == "503":
             return httpx.Response(503, text="upstream unavailable")
         if fault == "401":

@@ -26,7 +26,7 @@ from worker.heap import freeze_startup_objects
 from worker.inbox import drain_inbox
 from worker.intake import apply_events
 from worker.leases import release_dead_leases
-from worker.pagerduty.pool import tls_context
+from worker.pagerduty.http_client import tls_context
 from worker.reconcile import Reconciler
 from worker.runtime import current_runtime
 from worker.settings import get_settings

@@ -15,7 +15,7 @@ from sqlalchemy.pool import QueuePool
 
 from worker import tasks
 from worker.pagerduty import PagerDutyClient
-from worker.pagerduty.pool import tls_context
+from worker.pagerduty.http_client import tls_context
 from worker.runtime import Runtime
 from worker.settings import Settings
 

@@ -19,7 +19,6 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -32,14 +31,7 @@ from worker.pagerduty.classify import (
     classify_transport_failure,
 )
 from worker.pagerduty.errors import PagerDutyError, PermanentError
-from worker.pagerduty.pool import (
-    Outgoing,
-    PooledClient,
-    Reply,
-    http_url,
-    json_content,
-    open_pool,
-)
+from worker.pagerduty.http_client import HttpClient, http_url, json_content, open_client
 
 __all__ = [
     "MAX_BULK_UPDATES",
@@ -109,7 +101,7 @@ class NewIncident:
     details: str | None = None
 
 
-class PagerDutyClient(PooledClient):
+class PagerDutyClient(HttpClient):
     """A synchronous PagerDuty REST API v2 client holding one keep-alive connection pool.
 
     Create one per worker process at start and ``close()`` it at shutdown (or use it as a
@@ -156,10 +148,9 @@ class PagerDutyClient(PooledClient):
         url = http_url(base_url, "base_url")
         self._base_url = base_url
         self._from_email = from_email
-        # Read-only and the same for every write: the pool merges it with its own once.
-        self._write_headers = MappingProxyType({"From": from_email})
+        self._write_headers = {"From": from_email}
         self._token = token
-        self._http = open_pool(
+        self._http = open_client(
             base_url=url,
             headers={
                 # PAGERDUTY.md: every request carries these four.
@@ -379,12 +370,13 @@ class PagerDutyClient(PooledClient):
     ) -> list[_T | PagerDutyError]:
         """One request per payload, all in flight at once; each parsed 2xx answer, or its
         classified error, in order."""
-        url = self._http.url(path)
         headers = self._write_headers if method != "GET" else None
+        requests = [
+            self._http.build_request(method, path, content=json_content(payload), headers=headers)
+            for payload in payloads
+        ]
         started = time.monotonic()
-        replies = self._http.send_together(
-            [Outgoing(method, url, json_content(payload), headers) for payload in payloads]
-        )
+        replies = self._send_together(requests)
         results: list[_T | PagerDutyError] = []
         for reply in replies:
             try:
@@ -404,21 +396,18 @@ class PagerDutyClient(PooledClient):
     ) -> _Answer:
         # PAGERDUTY.md: From is required on POST and PUT /incidents; sent on every write.
         headers = self._write_headers if method != "GET" else None
+        request = self._http.build_request(
+            method,
+            path,
+            content=None if payload is None else json_content(payload),
+            headers=headers,
+            params=params,
+        )
         started = time.monotonic()
-        reply: Reply | httpx.HTTPError
-        try:
-            reply = self._http.send(
-                method,
-                self._http.url(path, params),
-                content=None if payload is None else json_content(payload),
-                headers=headers,
-            )
-        except httpx.HTTPError as exc:
-            reply = exc
-        return self._answer(method, path, reply, started)
+        return self._answer(method, path, self._send(request), started)
 
     def _answer(
-        self, method: str, path: str, reply: Reply | httpx.HTTPError, started: float
+        self, method: str, path: str, reply: httpx.Response | httpx.HTTPError, started: float
     ) -> _Answer:
         """A 2xx answer, or the classified error raised; counted in the metrics either way."""
         endpoint = _endpoint(method, path)  # for metrics: counted here, the one way out

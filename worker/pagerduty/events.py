@@ -48,14 +48,7 @@ from worker.pagerduty.errors import (
     PermanentError,
     one_line,
 )
-from worker.pagerduty.pool import (
-    Outgoing,
-    PooledClient,
-    Reply,
-    http_url,
-    json_content,
-    open_pool,
-)
+from worker.pagerduty.http_client import HttpClient, http_url, json_content, open_client
 from worker.title import truncate
 
 __all__ = [
@@ -307,7 +300,7 @@ def classify_event_response(
 # -- the client -------------------------------------------------------------------------------
 
 
-class EventsClient(PooledClient):
+class EventsClient(HttpClient):
     """A synchronous Events API v2 client for one integration (routing key).
 
     Create one per routing key at worker start and ``close()`` it at shutdown (or use it as a
@@ -345,7 +338,7 @@ class EventsClient(PooledClient):
             raise ValueError("user_agent must be non-empty printable ASCII")
         self._url = http_url(url, "url")
         self._routing_key = routing_key
-        self._http = open_pool(
+        self._http = open_client(
             base_url=self._url,
             headers={"Content-Type": "application/json", "User-Agent": user_agent},
             connect_timeout=connect_timeout,
@@ -369,14 +362,10 @@ class EventsClient(PooledClient):
             PagerDutyError: see the module's table; never contains the routing key.
         """
         action, key, content = self._content(event)
+        request = self._http.build_request("POST", self._url, content=content)
         started = time.monotonic()
-        reply: Reply | httpx.HTTPError
         try:
-            reply = self._http.send("POST", self._url, content=content)
-        except httpx.HTTPError as exc:
-            reply = exc
-        try:
-            self._answer(action, reply, started)
+            self._answer(action, self._send(request), started)
         except PagerDutyError as error:
             self._scrub(error)
             raise  # keeps the ``from exc`` cause set in _answer
@@ -392,10 +381,11 @@ class EventsClient(PooledClient):
             ValueError: as :meth:`send`, before any request is sent.
         """
         made = [self._content(event) for event in events]
+        requests = [
+            self._http.build_request("POST", self._url, content=content) for _, _, content in made
+        ]
         started = time.monotonic()
-        replies = self._http.send_together(
-            [Outgoing("POST", self._url, content) for _, _, content in made]
-        )
+        replies = self._send_together(requests)
         results: list[str | PagerDutyError] = []
         for (action, key, _), reply in zip(made, replies, strict=True):
             try:
@@ -424,7 +414,7 @@ class EventsClient(PooledClient):
             )
         return str(action), key, content
 
-    def _answer(self, action: str, reply: Reply | httpx.HTTPError, started: float) -> None:
+    def _answer(self, action: str, reply: httpx.Response | httpx.HTTPError, started: float) -> None:
         """Nothing if PagerDuty took the event, else the classified error raised; counted in
         the metrics either way."""
         endpoint = f"events_{action}"  # the metrics label: events_trigger, ...
