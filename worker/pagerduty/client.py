@@ -26,10 +26,12 @@ from urllib.parse import quote
 import httpx
 
 from worker import metrics
+from worker.pacing import RateLimitReading
 from worker.pagerduty.classify import (
     classify_malformed_success,
     classify_response,
     classify_transport_failure,
+    rate_limit_reading,
 )
 from worker.pagerduty.errors import PagerDutyError, PermanentError
 from worker.pagerduty.pool import (
@@ -159,6 +161,7 @@ class PagerDutyClient(PooledClient):
         # Read-only and the same for every write: the pool merges it with its own once.
         self._write_headers = MappingProxyType({"From": from_email})
         self._token = token
+        self._rate_limit: RateLimitReading | None = None
         self._http = open_pool(
             base_url=url,
             headers={
@@ -349,6 +352,12 @@ class PagerDutyClient(PooledClient):
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    def take_rate_limit(self) -> RateLimitReading | None:
+        """The ``ratelimit-*`` headers of the latest answer not taken yet (the gate paces by
+        them), or ``None`` if no answer carried them since."""
+        reading, self._rate_limit = self._rate_limit, None
+        return reading
+
     # -- one request -----------------------------------------------------------------------
 
     def _call(
@@ -430,6 +439,7 @@ class PagerDutyClient(PooledClient):
             raise classify_transport_failure(reply) from reply
 
         metrics.observe_pagerduty_call(endpoint, reply.status_code, time.monotonic() - started)
+        self._rate_limit = rate_limit_reading(reply.headers) or self._rate_limit
         elapsed_ms = (time.monotonic() - started) * 1000
         logger.debug(
             "PagerDuty %s %s -> %d in %.0f ms", method, path, reply.status_code, elapsed_ms
