@@ -54,6 +54,7 @@ from worker.delivery import (
 from worker.event import DEFAULT_ROUTE
 from worker.gate import Admission, Decision, DeliveryGate
 from worker.leases import lease_owner_id
+from worker.pacing import RateLimitReading
 from worker.pagerduty import (
     CredentialsError,
     DuplicateIncidentKeyError,
@@ -64,7 +65,6 @@ from worker.pagerduty import (
     PermanentError,
     RetryableError,
 )
-from worker.pacing import RateLimitReading
 from worker.pagerduty.events import EventsClient
 from worker.settings import Settings
 from worker.status import AlertStatus, DeliveryState

@@ -33,7 +33,8 @@ def test_an_empty_budget_gives_no_tokens_and_keeps_the_configured_capacity() -> 
 
 
 def test_a_reading_lasts_a_window_or_until_the_reset_if_longer() -> None:
-    assert pace_from(RateLimitReading(960, 1, 5), now=100, burst=1).until == 100 + PACE_WINDOW_SECONDS
+    short = pace_from(RateLimitReading(960, 1, 5), now=100, burst=1)
+    assert short.until == 100 + PACE_WINDOW_SECONDS
     assert pace_from(RateLimitReading(960, 1, 90), now=100, burst=1).until == 190
 
 
@@ -50,8 +51,11 @@ def test_a_429_sets_the_rate_for_one_window_only() -> None:
             RateLimitReading(960, 12, 7),
         ),
         (
-            {"ratelimit-limit": "960, 960;w=60", "ratelimit-remaining": "3;w=60",
-             "ratelimit-reset": "0"},
+            {
+                "ratelimit-limit": "960, 960;w=60",
+                "ratelimit-remaining": "3;w=60",
+                "ratelimit-reset": "0",
+            },
             RateLimitReading(960, 3, 0),
         ),
         ({"ratelimit-limit": "960", "ratelimit-remaining": "12"}, None),

@@ -1508,9 +1508,9 @@ class ConfigurableFaults(FaultPlan):
         if settings.lost and 200 <= response.status_code < 300 and self._happens(settings.lost):
             call.simulator.record_fault("lost")
             return _server_error(502, "lost")
-        if call.api == "rest" and settings.rate_limit_per_minute is not None:
-            if settings.rate_limit_headers:
-                response.headers.update(self._budget_headers(call.credential, settings))
+        limited = settings.rate_limit_per_minute is not None and settings.rate_limit_headers
+        if call.api == "rest" and limited:
+            response.headers.update(self._budget_headers(call.credential, settings))
         return response
 
     def _budget_headers(
