@@ -48,6 +48,7 @@ from worker.delivery import (
     WaitForTrigger,
     calls_in_flight_after,
     choose_incident,
+    drain_rank,
     plan_delivery,
     schedule_after_failure,
 )
@@ -481,7 +482,7 @@ class Reconciler:
             for start in range(0, len(group), BULK_LIMIT):
                 answers.update(self._bulk_update(group[start : start + BULK_LIMIT], backend))
         singles: dict[str, list[int]] = {}
-        for pk in calls:
+        for pk in sorted(calls, key=lambda pk: drain_rank(calls[pk])):
             if pk not in answers and backends[routes[pk]] is not None:
                 singles.setdefault(routes[pk], []).append(pk)
         for route, pks in singles.items():

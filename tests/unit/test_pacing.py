@@ -66,3 +66,31 @@ def test_a_429_sets_the_rate_for_one_window_only() -> None:
 )
 def test_headers_to_a_reading(headers: dict[str, str], reading: RateLimitReading | None) -> None:
     assert rate_limit_reading(headers) == reading
+
+
+def test_acknowledges_and_resolves_drain_before_creates_high_urgency_first() -> None:
+    from worker.delivery import Create, FindByKey, SendEvent, Update, drain_rank
+    from worker.status import AlertStatus
+
+    def create(key: str, urgency: str | None) -> Create:
+        return Create("t", "PSVC", key, urgency, None)
+
+    waiting = [
+        create("old-low", "low"),
+        create("old-high", "high"),
+        Update("P1", AlertStatus.RESOLVED),
+        create("new-default", None),
+        FindByKey("k", include_resolved=True),
+        Update("P2", AlertStatus.ACKNOWLEDGED),
+        SendEvent(AlertStatus.RESOLVED, {"event_action": "resolve", "dedup_key": "e"}),
+    ]
+    drained = sorted(waiting, key=drain_rank)
+    assert drained == [
+        waiting[2],
+        waiting[4],
+        waiting[5],
+        waiting[6],  # end or quiet a page first
+        waiting[1],
+        waiting[3],  # high urgency creates, oldest first
+        waiting[0],  # low urgency last
+    ]
