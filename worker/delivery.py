@@ -143,6 +143,26 @@ def plan_event(alert: AlertLike) -> Step:
     return SendEvent(wanted, {"event_action": EVENT_ACTIONS[wanted], "dedup_key": key})
 
 
+def drain_rank(step: Step) -> int:
+    """Where a call goes when more wait than PagerDuty's budget allows (lowest first): what
+    ends or quiets a page (acknowledge, resolve, the look-up a resolve needs) before creates,
+    then high urgency creates (PagerDuty's default when none is set) before low ones. A stable
+    sort keeps the age order within a rank."""
+    if isinstance(step, Update | FindByKey):
+        return 0
+    if isinstance(step, Create):
+        return 2 if step.urgency == "low" else 1
+    if isinstance(step, SendEvent):
+        if step.action is not AlertStatus.TRIGGERED:
+            return 0
+        # PagerDuty: an event's severity sets the alert's urgency (warning and info are low
+        # under the default "based on severity" rule).
+        payload = step.event.get("payload")
+        severity = payload.get("severity") if isinstance(payload, dict) else None
+        return 2 if severity in ("warning", "info") else 1
+    return 1
+
+
 @dataclass(frozen=True, slots=True)
 class Schedule:
     """An alert's delivery bookkeeping after a failed call."""

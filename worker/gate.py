@@ -11,7 +11,8 @@ One gate per PagerDuty API token (keyed by a hash of it, never the token itself)
 - the **credentials flag**: a 401/403 marks the token bad; deliveries park (never fail) and one
   probe per ``credentials_probe_interval`` checks whether the token works again. A worker start
   clears it, so fixing the token and restarting resumes at once.
-- the **rate limit**: a token bucket below PagerDuty's 960 requests/minute per API key, and a
+- the **rate limit**: a token bucket at the configured rate until PagerDuty's answers say
+  theirs (``ratelimit-*`` headers, :mod:`worker.pacing`), then at PagerDuty's numbers; and a
   pause until ``ratelimit-reset`` / ``Retry-After`` (or a doubling backoff) after a 429.
 
 Each decision is one Lua script: atomic across workers, one round trip. A worker with several
@@ -33,6 +34,8 @@ from enum import StrEnum
 from typing import Any
 
 import redis
+
+from worker.pacing import RateLimitReading, pace_from, rate_after_429
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +110,12 @@ end
 local paused = tonumber(g[3] or '0')
 if paused > now then return {'wait', paused - now, 0} end
 local rate = tonumber(ARGV[4])
-local learned = redis.call('HMGET', KEYS[1], 'learned_rate', 'learned_until')
-if learned[1] and tonumber(learned[2]) > now then
-  rate = math.min(rate, tonumber(learned[1]))
-end
 local burst = tonumber(ARGV[5])
+local learned = redis.call('HMGET', KEYS[1], 'learned_rate', 'learned_until', 'learned_cap')
+if learned[1] and tonumber(learned[2]) > now then
+  rate = tonumber(learned[1])
+  if learned[3] then burst = math.max(burst, tonumber(learned[3])) end
+end
 local tokens = tonumber(g[4] or ARGV[5])
 local ts = tonumber(g[5] or ARGV[1])
 tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
@@ -150,7 +154,7 @@ return 0
 """
 
 # KEYS: gate hash. ARGV: now_ms, pause_ms or -1 (absent: doubling backoff), base_ms, max_ms,
-# learned rate per ms or -1 (PagerDuty did not say its limit), learned_ms (how long to keep it).
+# learned rate per ms or -1 (PagerDuty did not say its limit), until_ms (how long to keep it).
 _RATE_LIMITED = """
 local pauses = redis.call('HINCRBY', KEYS[1], 'pauses', 1)
 local pause = tonumber(ARGV[2])
@@ -160,22 +164,24 @@ end
 redis.call('HSET', KEYS[1], 'paused_until', tonumber(ARGV[1]) + pause, 'tokens', '0',
            'ts', ARGV[1])
 if tonumber(ARGV[5]) > 0 then
-  redis.call('HSET', KEYS[1], 'learned_rate', ARGV[5],
-             'learned_until', tonumber(ARGV[1]) + tonumber(ARGV[6]))
+  redis.call('HSET', KEYS[1], 'learned_rate', ARGV[5], 'learned_until', ARGV[6])
+  redis.call('HDEL', KEYS[1], 'learned_cap')
 end
 return pause
+"""
+
+# KEYS: gate hash. ARGV: now_ms, rate per ms, tokens, capacity, until_ms (worker/pacing.py).
+# A reading from an answer: the bucket takes PagerDuty's numbers. A 429's pause stands.
+_PACE = """
+redis.call('HSET', KEYS[1], 'learned_rate', ARGV[2], 'learned_cap', ARGV[4],
+           'learned_until', ARGV[5], 'tokens', ARGV[3], 'ts', ARGV[1])
+return 1
 """
 
 # The most calls one admission lets through: the gate's round trip is shared by up to this many
 # calls, and a worker goes on for at most this many calls after another worker opened the breaker.
 MAX_ADMIT = 10
 
-# The share of a limit PagerDuty announced that the bridge then uses: a little under it, so that
-# the clocks and windows of two token buckets never quite meet.
-LEARNED_RATE_SHARE = 0.98
-# How long an announced limit is kept: an account's limit changes seldom, but a stale one must
-# not throttle the bridge forever after someone raised it (or another tool stopped sharing it).
-LEARNED_RATE_SECONDS = 3600.0
 
 
 def _text(value: bytes | str) -> str:
@@ -210,6 +216,7 @@ class DeliveryGate:
         self._success = self.redis.register_script(_SUCCESS)
         self._failure = self.redis.register_script(_FAILURE)
         self._rate_limited = self.redis.register_script(_RATE_LIMITED)
+        self._pace = self.redis.register_script(_PACE)
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -277,22 +284,16 @@ class DeliveryGate:
     ) -> float:
         """Record a 429; returns the pause in seconds every worker now observes.
 
-        ``limit_per_minute``, PagerDuty's ``ratelimit-limit``: when it is below the configured
-        rate (the account's limit is lower, or other tools share it), every worker adopts it
-        for :data:`LEARNED_RATE_SECONDS`, so one 429 is not followed by a 429 a second.
+        ``limit_per_minute``, PagerDuty's ``ratelimit-limit``, becomes every worker's rate for
+        one window (:func:`worker.pacing.rate_after_429`); the next answers' readings replace it.
         """
-        learned = -1.0
-        if limit_per_minute is not None and limit_per_minute > 0:
-            learned = limit_per_minute * LEARNED_RATE_SHARE / 60_000
-            if learned < self.rate_per_minute / 60_000:
-                log.warning(
-                    "PagerDuty limits this token to %g calls/min, below the configured %g: "
-                    "using %g for the next %d min",
-                    limit_per_minute,
-                    self.rate_per_minute,
-                    limit_per_minute * LEARNED_RATE_SHARE,
-                    LEARNED_RATE_SECONDS // 60,
-                )
+        after = rate_after_429(limit_per_minute, now=self.clock())
+        if after is not None and after[0] < self.rate_per_minute:
+            log.warning(
+                "PagerDuty limits this token to %g calls/min, below the configured %g",
+                limit_per_minute,
+                self.rate_per_minute,
+            )
         pause_ms = self._run(
             self._rate_limited,
             keys=self._keys,
@@ -301,11 +302,26 @@ class DeliveryGate:
                 -1 if retry_after is None else math.ceil(retry_after * 1000),
                 int(self.rate_limit_backoff * 1000),
                 int(self.rate_limit_backoff_max * 1000),
-                repr(learned),
-                int(LEARNED_RATE_SECONDS * 1000),
+                repr(after[0] / 60_000) if after is not None else "-1",
+                int(after[1] * 1000) if after is not None else 0,
             ],
         )
         return (float(pause_ms) if pause_ms is not None else self.rate_limit_backoff * 1000) / 1000
+
+    def paced(self, reading: RateLimitReading) -> None:
+        """PagerDuty answered with ``ratelimit-*`` headers: every worker follows them now."""
+        pace = pace_from(reading, now=self.clock(), burst=self.burst)
+        self._run(
+            self._pace,
+            keys=self._keys,
+            args=[
+                self._now_ms(),
+                repr(pace.rate_per_minute / 60_000),
+                repr(pace.tokens),
+                repr(pace.capacity),
+                int(pace.until * 1000),
+            ],
+        )
 
     def forget_credentials(self) -> None:
         """A worker starts, perhaps with a fixed token: try it again at once."""

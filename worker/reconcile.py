@@ -48,12 +48,14 @@ from worker.delivery import (
     WaitForTrigger,
     calls_in_flight_after,
     choose_incident,
+    drain_rank,
     plan_delivery,
     schedule_after_failure,
 )
 from worker.event import DEFAULT_ROUTE
 from worker.gate import Admission, Decision, DeliveryGate
 from worker.leases import lease_owner_id
+from worker.pacing import RateLimitReading
 from worker.pagerduty import (
     CredentialsError,
     DuplicateIncidentKeyError,
@@ -480,7 +482,7 @@ class Reconciler:
             for start in range(0, len(group), BULK_LIMIT):
                 answers.update(self._bulk_update(group[start : start + BULK_LIMIT], backend))
         singles: dict[str, list[int]] = {}
-        for pk in calls:
+        for pk in sorted(calls, key=lambda pk: drain_rank(calls[pk])):
             if pk not in answers and backends[routes[pk]] is not None:
                 singles.setdefault(routes[pk], []).append(pk)
         for route, pks in singles.items():
@@ -491,6 +493,7 @@ class Reconciler:
                     [(pk, functools.partial(self._call, calls[pk], backend)) for pk in pks],
                     backend.gate,
                     together=self._together(calls, pks, backend),
+                    readings=_readings(backend),
                 )
             )
         return answers
@@ -516,7 +519,9 @@ class Reconciler:
         pairs = [(step.incident_id, step.status.value) for _, step in chunk]
         client = backend.rest
         assert client is not None
-        answer = self._through_gate(lambda: client.update_incidents(pairs), backend.gate)
+        answer = self._through_gate(
+            lambda: client.update_incidents(pairs), backend.gate, _readings(backend)
+        )
         if isinstance(answer, PermanentError):
             # A bulk update is all or nothing: one unknown or already-resolved incident refuses
             # the whole request. Send those one by one, and learn which one it was.
@@ -530,10 +535,13 @@ class Reconciler:
         return {pk: answer for pk, _ in chunk}  # the same failure, parking or wait for all
 
     def _through_gate(
-        self, call: Callable[[], T], gate: DeliveryGate | None
+        self,
+        call: Callable[[], T],
+        gate: DeliveryGate | None,
+        readings: Callable[[], RateLimitReading | None] | None = None,
     ) -> T | PagerDutyError | Parked | Deferred:
         """One PagerDuty call, if the gate admits it; its failures are returned, not raised."""
-        return self._calls_through_gate([(0, call)], gate)[0]
+        return self._calls_through_gate([(0, call)], gate, readings=readings)[0]
 
     def _calls_through_gate(
         self,
@@ -541,6 +549,7 @@ class Reconciler:
         gate: DeliveryGate | None,
         *,
         together: Together | None = None,
+        readings: Callable[[], RateLimitReading | None] | None = None,
     ) -> dict[int, T | PagerDutyError | Parked | Deferred]:
         """Calls one after the other (PagerDuty asks for serial requests per credential), or
         those ``together`` allows a few at once once PagerDuty answered the batch's first
@@ -551,7 +560,8 @@ class Reconciler:
         per admission. A failure other than a refusal of that one call hands the calls not made
         yet back to the gate: a PagerDuty that starts failing opens the breaker and parks them,
         instead of being called again. Calls already in flight beside the failed one were made,
-        and their answers count.
+        and their answers count. ``readings`` gives the ``ratelimit-*`` headers of the latest
+        answers, which set every worker's pace (:mod:`worker.pacing`) after each group.
         """
         answers: dict[int, T | PagerDutyError | Parked | Deferred] = {}
         pending = list(calls)
@@ -593,6 +603,9 @@ class Reconciler:
                     # PagerDuty failing, refusing the token or limiting the rate: the gate
                     # decides on the calls not made yet.
                     stop = stop or not isinstance(outcome, PermanentError)
+                reading = readings() if readings is not None and gate is not None else None
+                if reading is not None and gate is not None:
+                    gate.paced(reading)
                 if group[0][0] in together_pks:  # a group of those that may go together
                     width = calls_in_flight_after(width, answered=not stop, limit=together_size)
                 if stop:
@@ -860,6 +873,12 @@ def _audit(alert: AlertLike, outcome: str, *, detail: str | None) -> dict[str, A
         "detail": detail,
         "created_at": utcnow(),
     }
+
+
+def _readings(backend: Backend) -> Callable[[], RateLimitReading | None] | None:
+    """Where a route's answers leave their ``ratelimit-*`` headers: REST only. An Events API
+    key keeps its configured budget and its 429 handling."""
+    return backend.rest.take_rate_limit if backend.rest is not None else None
 
 
 def _group_at(

@@ -10,15 +10,32 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, case, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert
-from worker.status import DeliveryState
+from worker.status import AlertStatus, DeliveryState
 
 # How long a swept alert stays out of the next sweeps while its message waits in the queue.
 # Short: if the worker that prefetched the message dies, the alert is swept again this soon.
 REQUEUE_GRACE = timedelta(seconds=20)
+
+
+# worker.delivery.drain_rank in SQL: when more alerts are due than a sweep takes, those whose
+# incident exists (an acknowledge or resolve) or that resolved go first, then high urgency.
+DRAIN_ORDER = (
+    case(
+        (
+            or_(
+                Alert.pagerduty_incident_id.is_not(None),
+                Alert.desired_status != AlertStatus.TRIGGERED,
+            ),
+            0,
+        ),
+        else_=1,
+    ),
+    case((Alert.urgency == "low", 1), else_=0),
+)
 
 
 def due_alerts(
@@ -47,7 +64,7 @@ def due_alerts(
                 Alert.next_attempt_at <= now,
                 free,
             )
-            .order_by(Alert.next_attempt_at)
+            .order_by(*DRAIN_ORDER, Alert.next_attempt_at)
             .limit(limit)
         )
         if session.get_bind().dialect.name == "postgresql":

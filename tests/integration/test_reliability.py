@@ -510,11 +510,16 @@ def _deliver_through_rate_limit(bridge: Bridge, api: httpx.Client, **headers: bo
     )
     after = counts(bridge)
     rate_limited = after["faults"]["rate_limited"] - before["faults"]["rate_limited"]
-    assert rate_limited > 0, "the simulator never answered 429: the test proves nothing"
-    # Each 429 paused every worker: not one 429 per waiting alert per retry.
-    assert rate_limited <= len(alert_ids), rate_limited
-    assert seen_waiting, "no alert was seen waiting for the rate limit"
-    assert set(seen_waiting.values()) == {0}, seen_waiting
+    if headers.get("rate_limit_headers"):
+        # Every answer carries ratelimit-*: the workers pace by them and (almost) never meet
+        # a 429 (tests/integration/test_pacing.py); the 429 pause is the headerless case's.
+        assert rate_limited <= 1, rate_limited
+    else:
+        assert rate_limited > 0, "the simulator never answered 429: the test proves nothing"
+        # Each 429 paused every worker: not one 429 per waiting alert per retry.
+        assert rate_limited <= len(alert_ids), rate_limited
+        assert seen_waiting, "no alert was seen waiting for the rate limit"
+        assert set(seen_waiting.values()) == {0}, seen_waiting
 
     shown = assert_one_incident_each(bridge, api, alert_ids, "triggered")
     assert {view["attempts"] for view in shown.values()} == {0}, {

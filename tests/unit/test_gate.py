@@ -6,6 +6,7 @@ import fakeredis
 import pytest
 
 from worker.gate import Admission, DeliveryGate, token_id
+from worker.pacing import IN_FLIGHT_RESERVE, RateLimitReading
 
 
 class Clock:
@@ -149,27 +150,46 @@ def test_a_429_announcing_a_lower_limit_slows_every_worker_to_it(
     worker_b = gate(server, clock, rate_per_minute=900, burst=1)
     assert admitted_in(worker_b, clock, 10) == pytest.approx(150, rel=0.03)  # 900/min
     worker_a.rate_limited(retry_after=0.5, limit_per_minute=600)
-    assert worker_b.status().learned_rate_per_minute == pytest.approx(588)
+    assert worker_b.status().learned_rate_per_minute == pytest.approx(594)
     clock.now += 0.5
-    # 98% of 600/min: 9.8 a second, from the other worker too.
-    assert admitted_in(worker_b, clock, 10) == pytest.approx(98, rel=0.03)
+    # 99% of 600/min: 9.9 a second, from the other worker too.
+    assert admitted_in(worker_b, clock, 10) == pytest.approx(99, rel=0.03)
 
 
-def test_a_limit_above_the_configured_rate_changes_nothing(
+def test_answers_announcing_a_limit_above_the_configured_rate_raise_the_pace(
     server: fakeredis.FakeServer, clock: Clock
 ) -> None:
-    worker = gate(server, clock, rate_per_minute=600, burst=1)
-    worker.rate_limited(retry_after=0, limit_per_minute=960)
-    assert admitted_in(worker, clock, 10) == pytest.approx(100, rel=0.03)
+    worker_a = gate(server, clock, rate_per_minute=600, burst=1)
+    worker_b = gate(server, clock, rate_per_minute=600, burst=1)
+    assert admitted_in(worker_b, clock, 10) == pytest.approx(100, rel=0.03)
+    worker_a.paced(RateLimitReading(960, remaining=8, reset_seconds=10))
+    assert admitted_in(worker_b, clock, 10) == pytest.approx(158, rel=0.03)
 
 
-def test_a_learned_limit_is_forgotten_after_an_hour(
+def test_a_reading_sets_the_tokens_every_worker_has_to_pagerdutys_remaining(
+    server: fakeredis.FakeServer, clock: Clock
+) -> None:
+    worker_a = gate(server, clock, rate_per_minute=900, burst=30)
+    worker_b = gate(server, clock, rate_per_minute=900, burst=30)
+    # PagerDuty holds a larger burst than the configured one: all of it is used
+    worker_a.paced(RateLimitReading(960, remaining=160, reset_seconds=0))
+    assert worker_b.status().tokens == pytest.approx(160 - IN_FLIGHT_RESERVE)
+    # Another tool spent the budget: nothing goes until PagerDuty's refill
+    worker_a.paced(RateLimitReading(960, remaining=0, reset_seconds=10))
+    assert worker_b.admit().admission is Admission.WAIT
+
+
+def test_a_lower_limit_a_429_taught_lasts_only_until_answers_say_otherwise(
     server: fakeredis.FakeServer, clock: Clock
 ) -> None:
     worker = gate(server, clock, rate_per_minute=900, burst=1)
-    worker.rate_limited(retry_after=0, limit_per_minute=60)
-    assert admitted_in(worker, clock, 10) == pytest.approx(10, abs=1)
-    clock.now += 3600
+    worker.rate_limited(retry_after=0, limit_per_minute=300)
+    assert admitted_in(worker, clock, 10) == pytest.approx(50, rel=0.05)
+    # The limit is back: the next answer says so, and the pace follows at once
+    worker.paced(RateLimitReading(960, remaining=100, reset_seconds=5))
+    assert worker.status().learned_rate_per_minute == pytest.approx(960 * 0.99)
+    # With no answers for a window, the configured rate stands again
+    clock.now += 120
     assert worker.status().learned_rate_per_minute is None
     assert admitted_in(worker, clock, 10) == pytest.approx(150, rel=0.03)
 

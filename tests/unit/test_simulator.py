@@ -756,6 +756,20 @@ def test_rate_limit_429_with_ratelimit_headers(
     assert fault_counts(simulator)["rate_limited"] == 2
 
 
+def test_every_rest_answer_carries_the_ratelimit_headers(faulty: MakeClient) -> None:
+    # Given 60 calls a minute: a bucket of 10, one token back per second
+    clock = FakeMonotonic()
+    client = faulty(ConfigurableFaults(FaultSettings(rate_limit_per_minute=60), monotonic=clock))
+    answers = [create(client, f"k{n}") for n in range(3)]
+    assert [a.headers["ratelimit-remaining"] for a in answers] == ["9", "8", "7"]
+    assert {a.headers["ratelimit-limit"] for a in answers} == {"60"}
+    assert answers[-1].headers["ratelimit-reset"] == "3"  # three tokens to refill, one a second
+    clock.now += 1.5  # 8.5 tokens, one taken by this call: 7 left, 2.5 s from full
+    listed = client.get("/incidents")
+    assert listed.status_code == 200
+    assert (listed.headers["ratelimit-remaining"], listed.headers["ratelimit-reset"]) == ("7", "3")
+
+
 def test_rate_limit_with_retry_after(faulty: MakeClient) -> None:
     clock = FakeMonotonic()
     settings = FaultSettings(

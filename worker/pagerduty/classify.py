@@ -30,6 +30,7 @@ from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from typing import Any
 
+from worker.pacing import RateLimitReading
 from worker.pagerduty.errors import (
     CredentialsError,
     DuplicateIncidentKeyError,
@@ -40,9 +41,11 @@ from worker.pagerduty.errors import (
 )
 
 __all__ = [
+    "RateLimitReading",
     "classify_malformed_success",
     "classify_response",
     "classify_transport_failure",
+    "rate_limit_reading",
     "retry_after_seconds",
 ]
 
@@ -138,6 +141,28 @@ def rate_limit_per_minute(headers: Mapping[str, str]) -> float | None:
     except ValueError:
         return None
     return limit if math.isfinite(limit) and limit > 0 else None
+
+
+def rate_limit_reading(headers: Mapping[str, str]) -> RateLimitReading | None:
+    """The ``ratelimit-*`` headers of any REST answer, or ``None`` when one is missing or bad.
+
+    PAGERDUTY.md: REST answers in general carry ``ratelimit-limit``, ``ratelimit-remaining``
+    and ``ratelimit-reset``, so that a client can pace itself before it is throttled.
+    """
+    limit = rate_limit_per_minute(headers)
+    if limit is None:
+        return None
+    lowered = {name.lower(): value for name, value in headers.items()}
+    remaining = _non_negative_seconds(_first_item(lowered.get("ratelimit-remaining")))
+    reset = _non_negative_seconds(_first_item(lowered.get("ratelimit-reset")))
+    if remaining is None or reset is None:
+        return None
+    return RateLimitReading(limit, remaining, reset)
+
+
+def _first_item(raw: str | None) -> str | None:
+    """``"12, 12;w=60"`` -> ``"12"``: the RFC draft's list form names the current window first."""
+    return None if raw is None else raw.split(",")[0].split(";")[0]
 
 
 def retry_after_seconds(headers: Mapping[str, str], *, now: float | None = None) -> float | None:

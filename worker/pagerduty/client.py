@@ -25,10 +25,12 @@ from urllib.parse import quote
 import httpx
 
 from worker import metrics
+from worker.pacing import RateLimitReading
 from worker.pagerduty.classify import (
     classify_malformed_success,
     classify_response,
     classify_transport_failure,
+    rate_limit_reading,
 )
 from worker.pagerduty.errors import PagerDutyError, PermanentError
 from worker.pagerduty.http_client import HttpClient, http_url, json_content, open_client
@@ -150,6 +152,7 @@ class PagerDutyClient(HttpClient):
         self._from_email = from_email
         self._write_headers = {"From": from_email}
         self._token = token
+        self._rate_limit: RateLimitReading | None = None
         self._http = open_client(
             base_url=url,
             headers={
@@ -340,6 +343,12 @@ class PagerDutyClient(HttpClient):
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    def take_rate_limit(self) -> RateLimitReading | None:
+        """The ``ratelimit-*`` headers of the latest answer not taken yet (the gate paces by
+        them), or ``None`` if no answer carried them since."""
+        reading, self._rate_limit = self._rate_limit, None
+        return reading
+
     # -- one request -----------------------------------------------------------------------
 
     def _call(
@@ -419,6 +428,7 @@ class PagerDutyClient(HttpClient):
             raise classify_transport_failure(reply) from reply
 
         metrics.observe_pagerduty_call(endpoint, reply.status_code, time.monotonic() - started)
+        self._rate_limit = rate_limit_reading(reply.headers) or self._rate_limit
         elapsed_ms = (time.monotonic() - started) * 1000
         logger.debug(
             "PagerDuty %s %s -> %d in %.0f ms", method, path, reply.status_code, elapsed_ms

@@ -1255,6 +1255,8 @@ class FaultSettings:
        rounded up, i.e. 10 s worth), refilled continuously at ``rate_limit_per_minute / 60`` per
        second; a call finding no token → 429 (see :func:`_rate_limited_response` for headers and
        body), and is not acted on: "the event was NOT taken". Refused calls take no token.
+       Every other REST answer carries ``ratelimit-limit``, ``-remaining`` and ``-reset`` (the
+       bucket's state when it answers), as PagerDuty's do.
     4. ``hang`` — the call is not answered until the client disconnects (then nothing is sent;
        the call is counted with status 499, nginx's "client closed request") or until
        ``hang_seconds`` (seconds) have passed, then 504 / 2016.
@@ -1331,6 +1333,11 @@ class _TokenBucket:
             self.tokens -= 1
             return None
         return (1 - self.tokens) / self.per_second
+
+    def left(self, now: float) -> tuple[float, float]:
+        """Tokens there now, and seconds until the bucket is full."""
+        self._refill(now)
+        return self.tokens, (self.capacity - self.tokens) / self.per_second
 
     def is_full(self, now: float) -> bool:
         self._refill(now)
@@ -1501,7 +1508,30 @@ class ConfigurableFaults(FaultPlan):
         if settings.lost and 200 <= response.status_code < 300 and self._happens(settings.lost):
             call.simulator.record_fault("lost")
             return _server_error(502, "lost")
+        limited = settings.rate_limit_per_minute is not None and settings.rate_limit_headers
+        if call.api == "rest" and limited:
+            response.headers.update(self._budget_headers(call.credential, settings))
         return response
+
+    def _budget_headers(
+        self, credential: tuple[str, str | None], settings: FaultSettings
+    ) -> dict[str, str]:
+        """PAGERDUTY.md: every REST answer carries ``ratelimit-limit`` (per minute),
+        ``ratelimit-remaining`` (whole tokens left) and ``ratelimit-reset`` (whole seconds until
+        the bucket is full again, the token bucket's "window")."""
+        now = self._monotonic()
+        with self._lock:
+            bucket = self._buckets.get(credential)
+            remaining, full_in = (
+                bucket.left(now)
+                if bucket is not None
+                else (float(cast(int, settings.rate_limit_capacity)), 0.0)
+            )
+        return {
+            "ratelimit-limit": str(settings.rate_limit_per_minute),
+            "ratelimit-remaining": str(math.floor(remaining)),
+            "ratelimit-reset": str(math.ceil(round(full_in, 3))),
+        }
 
     def _happens(self, fraction: float) -> bool:
         with self._lock:
