@@ -541,8 +541,15 @@ def rejected(
     ] = False,
     show: Annotated[
         int | None,
-        typer.Option("--show", metavar="ID", help="print rejected request ID and its body"),
+        typer.Option(
+            "--show",
+            metavar="ID",
+            help="print rejected request ID and its body, non-printable characters escaped",
+        ),
     ] = None,
+    raw: Annotated[
+        bool, typer.Option("--raw", help="with --show: write the body's bytes as they came")
+    ] = False,
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="list at most N requests")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
@@ -551,12 +558,14 @@ def rejected(
 
     if replay is not None and show is not None:
         raise _fail("give --replay or --show, not both")
+    if raw and show is None:
+        raise _fail("--raw goes with --show ID")
     settings = _settings()
     if replay is not None:
         _replay_rejected(settings, replay, force=force)
         return
     if show is not None:
-        _show_rejected(settings, show, as_json=as_json)
+        _show_rejected(settings, show, as_json=as_json, raw=raw)
         return
     with _database(settings) as sessions, sessions() as session:
         rows = listing(session, limit=limit)
@@ -576,16 +585,24 @@ def rejected(
         table.add_row(
             str(row["id"]),
             _when(row["received_at"]),
-            escape(f"{row['method']} {row['path']}"),
+            escape(printable(f"{row['method']} {row['path']}")),
             str(row["status"]),
-            escape(_short(row["reason"], 120)),
+            escape(printable(_short(row["reason"], 120))),
             f"{row['size']}{'' if row['complete'] else ' (cut)'}",
             replayed,
         )
     _stdout().print(table if rows else "no rejected requests")
 
 
-def _show_rejected(settings: Settings, request_id: int, *, as_json: bool) -> None:
+def printable(text: str, *, keep: str = "") -> str:
+    """``text`` safe for a terminal: control characters (escape sequences among them) and other
+    non-printable ones written as Python escapes, but for those in ``keep``."""
+    return "".join(
+        char if char.isprintable() or char in keep else repr(char)[1:-1] for char in text
+    )
+
+
+def _show_rejected(settings: Settings, request_id: int, *, as_json: bool, raw: bool) -> None:
     from models import QuarantinedRequest
     from worker.quarantine import describe
 
@@ -595,14 +612,18 @@ def _show_rejected(settings: Settings, request_id: int, *, as_json: bool) -> Non
             console.print(f"no rejected request #{request_id} (unknown, or aged out)")
             raise typer.Exit(code=1)
         details, body = describe(row), row.body
+    if raw:
+        sys.stdout.buffer.write(body)
+        sys.stdout.buffer.flush()
+        return
     text = body.decode("utf-8", errors="replace")
-    if as_json:
+    if as_json:  # JSON escapes every control character itself
         typer.echo(json.dumps({**details, "body": text}, indent=2))
         return
     for key, value in details.items():
-        typer.echo(f"{key}: {value}")
+        typer.echo(f"{key}: {printable(str(value))}")
     typer.echo("body:")
-    typer.echo(text)
+    typer.echo(printable(text, keep="\n\t"))
 
 
 def _replay_rejected(settings: Settings, request_id: int, *, force: bool) -> None:

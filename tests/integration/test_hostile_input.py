@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,3 +169,31 @@ def test_a_rejected_coscale_body_is_kept_listed_shown_and_replayed(
     assert again.returncode == 1 and "already replayed" in again.stderr
     listed_again = json.loads(pagerbridge("rejected", "--json", env=env, cwd=tmp_path).stdout)
     assert [r["replay_status"] for r in listed_again] == [202]
+
+
+def test_rejected_show_escapes_what_a_terminal_would_obey(
+    api: str, env: dict[str, str], tmp_path: Path
+) -> None:
+    # Given a refused body holding a terminal escape sequence (red text, clear screen)
+    body = '{"alert_id": "esc-1", "action": "\x1b[31mexploded\x1b[2J"}'
+    refused = httpx.post(
+        f"{api}/webhooks/coscale",
+        content=body.encode(),
+        headers={"Authorization": f"Bearer {INGRESS_TOKEN}", "Content-Type": "application/json"},
+    )
+    assert refused.status_code in (400, 422)
+    rows = json.loads(pagerbridge("rejected", "--json", env=env, cwd=tmp_path).stdout)
+    (row,) = [r for r in rows if r["status"] == refused.status_code]
+    # When the operator shows it
+    shown = pagerbridge("rejected", "--show", str(row["id"]), env=env, cwd=tmp_path)
+    raw = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "rejected", "--show", str(row["id"]), "--raw"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        check=False,
+    )
+    # Then the escape character is written as text, and --raw gives the bytes as they came
+    assert shown.returncode == 0, shown.stderr
+    assert "\x1b" not in shown.stdout and "\\x1b[31mexploded" in shown.stdout
+    assert raw.returncode == 0 and raw.stdout == body.encode()
