@@ -90,6 +90,8 @@ class FakePagerDuty:
             return {
                 "incident": sim.update_incident(path.rsplit("/", 1)[1], json.loads(request.content))
             }
+        if path.startswith("/incidents/"):
+            return {"incident": sim.get_incident(path.rsplit("/", 1)[1])}
         params = request.url.params
         return sim.list_incidents(
             incident_key=params.get("incident_key"),

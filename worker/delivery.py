@@ -10,7 +10,7 @@ from typing import Any
 
 from models import AlertLike
 from worker.backoff import retry_delay, should_give_up
-from worker.event import BACKEND_EVENTS
+from worker.event import BACKEND_EVENTS, is_adopted_incident
 from worker.pagerduty import CredentialsError, Incident, PagerDutyError, RetryableError
 from worker.status import AlertStatus, DeliveryState, next_update
 
@@ -53,6 +53,14 @@ class Update:
 
 
 @dataclass(frozen=True, slots=True)
+class Inspect:
+    """Read an incident the bridge did not create before touching it: its service must be one
+    of the route's, and its status decides what is still owed (docs/security.md)."""
+
+    incident_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class WaitForTrigger:
     pass
 
@@ -73,7 +81,7 @@ class SendEvent:
     event: dict[str, Any]
 
 
-Step = Done | Create | FindByKey | Update | WaitForTrigger | Misconfigured | SendEvent
+Step = Done | Create | FindByKey | Inspect | Update | WaitForTrigger | Misconfigured | SendEvent
 
 # The Events API's name for each status an event sets.
 EVENT_ACTIONS = {
@@ -106,8 +114,12 @@ def plan_delivery(alert: AlertLike) -> Step:
             urgency=alert.urgency,
             details=alert.details,
         )
-    # An adopted incident's status is unknown: taking it as triggered sends the update, which
-    # is harmless (already in that state counts as success); assuming it was there is not.
+    if alert.confirmed_status is None and is_adopted_incident(alert.source, alert.source_alert_id):
+        # Opened before the bridge: never touched before it is read, so that an incident on
+        # another service is left alone and a resolved one is never acknowledged (reopened).
+        return Inspect(alert.pagerduty_incident_id)
+    # A confirmed status unknown otherwise: taking it as triggered sends the update, which is
+    # harmless (already in that state counts as success); assuming it was there is not.
     wanted = next_update(desired, alert.confirmed_status or AlertStatus.TRIGGERED)
     if wanted is None:
         return Done(f"incident {alert.pagerduty_incident_id} is {desired.value}")
@@ -148,7 +160,7 @@ def drain_rank(step: Step) -> int:
     ends or quiets a page (acknowledge, resolve, the look-up a resolve needs) before creates,
     then high urgency creates (PagerDuty's default when none is set) before low ones. A stable
     sort keeps the age order within a rank."""
-    if isinstance(step, Update | FindByKey):
+    if isinstance(step, Update | FindByKey | Inspect):
         return 0
     if isinstance(step, Create):
         return 2 if step.urgency == "low" else 1

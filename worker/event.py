@@ -6,6 +6,7 @@ and in its AOF file, readable by anyone who can read those.
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -18,6 +19,11 @@ SOURCE_API = "api"  # the PagerDuty-shaped API contact: the alert id is one the 
 # Set to "true" in an event's ``fields`` (and so in its timeline entry) when its body was not
 # valid JSON and the ingress repaired it (worker/ingress/body.py).
 REPAIRED = "repaired"
+
+# Ids the bridge mints for the API contact: "PB" and 16 base32 characters (80 random bits).
+# Matched by their whole shape: a PagerDuty incident id may start with "PB" too.
+BRIDGE_ID_PREFIX = "PB"
+_BRIDGE_ID = re.compile(r"^PB[A-Z2-7]{16}$")
 
 DEFAULT_ROUTE = "default"  # the PAGERBRIDGE_PAGERDUTY_* settings (worker.routes.DEFAULT_ROUTE_NAME)
 BACKEND_REST = "rest"  # PagerDuty's REST API: incidents
@@ -79,3 +85,13 @@ _FIELD_NAMES = tuple(f.name for f in fields(AlertEventMessage))
 
 def new_event_id() -> str:
     return uuid.uuid4().hex
+
+
+def is_bridge_id(incident_id: str) -> bool:
+    """Whether ``incident_id`` is one the bridge minted (else: a PagerDuty incident's id)."""
+    return _BRIDGE_ID.match(incident_id) is not None
+
+
+def is_adopted_incident(source: str, alert_id: str) -> bool:
+    """Whether an alert is the API contact's update of an incident the bridge did not create."""
+    return source == SOURCE_API and not is_bridge_id(alert_id)

@@ -41,6 +41,7 @@ from worker.delivery import (
     Create,
     Done,
     FindByKey,
+    Inspect,
     Misconfigured,
     SendEvent,
     Step,
@@ -119,6 +120,8 @@ class Backend:
     rest: PagerDutyClient | None = None
     events: EventsClient | None = None
     gate: DeliveryGate | None = None
+    # The services an incident the bridge did not create must be on to be updated.
+    services: frozenset[str] = frozenset()
 
 
 Answer = Incident | None | EventSent | PagerDutyError | Parked | Deferred
@@ -279,7 +282,11 @@ class Reconciler:
     def _backend(self, route: str) -> Backend | None:
         if route == DEFAULT_ROUTE or self.backends is None:
             # None when only routes are configured and an alert still names the default.
-            return Backend(rest=self.client, gate=self.gate) if self.client else None
+            if self.client is None:
+                return None
+            return Backend(
+                rest=self.client, gate=self.gate, services=default_services(self.settings)
+            )
         return self.backends(route)
 
     def reconcile(self, alert_pk: int) -> ReconcileResult:
@@ -672,6 +679,14 @@ class Reconciler:
                 )
             except DuplicateIncidentKeyError:
                 return _adopted(client, step)
+        if isinstance(step, Inspect):
+            incident = client.get_incident(step.incident_id)
+            if incident.service_id not in backend.services:
+                raise PermanentError(
+                    f"incident {incident.id} is on service {incident.service_id}, not one of "
+                    "this route's; the bridge did not create it and leaves it alone"
+                )
+            return incident
         if isinstance(step, FindByKey):
             return choose_incident(
                 client.find_incidents(step.incident_key, include_resolved=step.include_resolved)
@@ -854,6 +869,7 @@ _CALL_DONE = {
     "create": "created",
     "update": "updated",
     "findbykey": "adopted",
+    "inspect": "inspected",
     "not-found": "not_found",
     "trigger": "triggered",
     "acknowledge": "acknowledged",
@@ -998,8 +1014,16 @@ def _describe(step: Step, incident: Incident | EventSent | None) -> str:
         return f"incident {incident.id} is {incident.status}"
     if isinstance(step, FindByKey):
         return f"adopted incident {incident.id} ({incident.status}) found by key"
+    if isinstance(step, Inspect):
+        return f"incident {incident.id} is {incident.status} on service {incident.service_id}"
     return f"incident {incident.id} is now {incident.status}"
 
 
 def step_key(step: Step) -> str:
     return str(step.event.get("dedup_key")) if isinstance(step, SendEvent) else ""
+
+
+def default_services(settings: Settings) -> frozenset[str]:
+    """The default route's services: the configured one and the allow-list."""
+    configured = {settings.pagerduty_service_id} if settings.pagerduty_service_id else set()
+    return frozenset({*configured, *settings.allowed_service_ids})

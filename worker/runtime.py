@@ -125,6 +125,7 @@ class Runtime:
                     read_timeout=read,
                 ),
                 gate=self.gate_for(route),
+                services=frozenset({route.rest.service_id}),
             )
         else:
             assert route.events is not None

@@ -49,7 +49,9 @@ def pagerduty() -> FakePagerDuty:
 def reconciler(
     sqlite_sessions: sessionmaker[Session], pagerduty: FakePagerDuty, clock: Clock
 ) -> Reconciler:
-    settings = Settings(retry_min_backoff=5, retry_max_backoff=300, give_up_after=3600)
+    settings = Settings(
+        retry_min_backoff=5, retry_max_backoff=300, give_up_after=3600, pagerduty_service_id="PSVC"
+    )
     return Reconciler(sqlite_sessions, pagerduty.client(), settings, clock=clock)
 
 
@@ -351,6 +353,50 @@ def test_api_contact_update_for_unknown_pagerduty_id_adopts_it(
         R, alert_id=str(existing["id"]), source=SOURCE_API, incident_id=str(existing["id"])
     )
     assert deliver(reconciler, applied) is ReconcileResult.DELIVERED
+    assert pagerduty.incidents()[0]["status"] == "resolved"
+
+
+def _foreign_incident(pagerduty: FakePagerDuty, service_id: str) -> str:
+    """An incident PagerDuty opened before the switch to the bridge."""
+    existing = pagerduty.simulator.create_incident(
+        {
+            "incident": {
+                "type": "incident",
+                "title": "old",
+                "service": {"id": service_id, "type": "service_reference"},
+            }
+        }
+    )
+    return str(existing["id"])
+
+
+def test_an_adopted_incident_on_another_service_is_left_alone(
+    send: Send,
+    reconciler: Reconciler,
+    pagerduty: FakePagerDuty,
+    sqlite_sessions: sessionmaker[Session],
+) -> None:
+    incident_id = _foreign_incident(pagerduty, "PSOMEONE")
+    applied = send(R, alert_id=incident_id, source=SOURCE_API, incident_id=incident_id)
+    assert deliver(reconciler, applied) is ReconcileResult.FAILED
+    # Read, never written
+    assert pagerduty.incidents()[0]["status"] == "triggered"
+    assert [method for method, _ in pagerduty.calls] == ["GET"]
+    assert "not one of this route's" in (alert(sqlite_sessions, incident_id).last_error or "")
+
+
+def test_a_resolved_adopted_incident_is_never_acknowledged(
+    send: Send, reconciler: Reconciler, pagerduty: FakePagerDuty
+) -> None:
+    # A responder resolved it in PagerDuty; then the API contact acknowledges it
+    incident_id = _foreign_incident(pagerduty, "PSVC")
+    pagerduty.simulator.update_incident(
+        incident_id, {"incident": {"type": "incident_reference", "status": "resolved"}}
+    )
+    applied = send(A, alert_id=incident_id, source=SOURCE_API, incident_id=incident_id)
+    assert deliver(reconciler, applied) is ReconcileResult.DELIVERED
+    # It was read, and nothing was sent: an acknowledge would have reopened it
+    assert [method for method, _ in pagerduty.calls] == ["GET"]
     assert pagerduty.incidents()[0]["status"] == "resolved"
 
 

@@ -10,7 +10,6 @@ whole account (docs/security.md).
 from __future__ import annotations
 
 import base64
-import re
 import secrets
 import time
 from collections import deque
@@ -21,20 +20,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models import Alert, InboxEvent
-from worker.event import DEFAULT_ROUTE, SOURCE_API
+from worker.event import BRIDGE_ID_PREFIX, DEFAULT_ROUTE, SOURCE_API, is_bridge_id
 
-# Ids the bridge mints: "PB" and 16 base32 characters (80 random bits). Matched by their whole
-# shape: a PagerDuty incident id may start with "PB" too (they are 7 or 14 characters).
-BRIDGE_ID_PREFIX = "PB"
-_BRIDGE_ID = re.compile(r"^PB[A-Z2-7]{16}$")
+__all__ = ["BRIDGE_ID_PREFIX", "is_bridge_id"]
 
 
 def mint_bridge_id() -> str:
     return BRIDGE_ID_PREFIX + base64.b32encode(secrets.token_bytes(10)).decode().rstrip("=")
-
-
-def is_bridge_id(incident_id: str) -> bool:
-    return _BRIDGE_ID.match(incident_id) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,9 +135,7 @@ def bridge_incident_routes(session: Session, ids: Iterable[str]) -> dict[str, st
         return {}
     found: dict[str, str] = {}
     alert_id = InboxEvent.message["alert_id"].as_string()
-    for message in session.scalars(
-        select(InboxEvent.message).where(alert_id.in_(wanted))
-    ).all():
+    for message in session.scalars(select(InboxEvent.message).where(alert_id.in_(wanted))).all():
         if message.get("source") == SOURCE_API:
             found[str(message["alert_id"])] = str(message.get("route") or DEFAULT_ROUTE)
     rows = session.execute(

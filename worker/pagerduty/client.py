@@ -83,6 +83,7 @@ class Incident:
         number: the account-wide ``incident_number``, when PagerDuty sent it.
         html_url: the incident's page in PagerDuty's web app, when sent.
         incident_key: the de-duplication key, when sent.
+        service_id: the id of the service it is on, when sent.
     """
 
     id: str
@@ -90,6 +91,7 @@ class Incident:
     number: int | None = None
     html_url: str | None = None
     incident_key: str | None = None
+    service_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,6 +343,16 @@ class PagerDutyClient(HttpClient):
             )
         return found
 
+    def get_incident(self, incident_id: str) -> Incident:
+        """One incident: ``GET /incidents/{id}`` (its status and service).
+
+        Raises:
+            ValueError: an empty or malformed ``incident_id``.
+            PagerDutyError: see ``errors.py`` (404 for an incident PagerDuty does not have).
+        """
+        _require_update(incident_id, "resolved")
+        return self._call("GET", f"/incidents/{incident_id}", _parse_one)
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def take_rate_limit(self) -> RateLimitReading | None:
@@ -533,6 +545,8 @@ def _parse_incident(answer: _Answer, raw: object) -> Incident:
     number = raw.get("incident_number")
     html_url = raw.get("html_url")
     incident_key = raw.get("incident_key")
+    service = raw.get("service")
+    service_id = service.get("id") if isinstance(service, dict) else None
     return Incident(
         id=incident_id,
         status=status,
@@ -540,6 +554,7 @@ def _parse_incident(answer: _Answer, raw: object) -> Incident:
         number=number if isinstance(number, int) and not isinstance(number, bool) else None,
         html_url=html_url if isinstance(html_url, str) else None,
         incident_key=incident_key if isinstance(incident_key, str) else None,
+        service_id=service_id if isinstance(service_id, str) else None,
     )
 
 
