@@ -3,7 +3,7 @@ read from the shared state when Prometheus scrapes.
 
 Counted (``Counter``/``Histogram``, one line at the place they count):
 
-- ``pagerbridge_events_received_total{source, action}``: the api (``worker/ingress/app.py``);
+- ``pagerbridge_events_received_total{source, action}``: the api (``worker/ingress/context.py``);
 - ``pagerbridge_deliveries_total{outcome}``: alerts reconciled by a worker, by the outcome
   ``worker/reconcile.py`` returns (``delivered``, ``retry``, ``parked``, ``waiting``,
   ``failed``, ``busy``, ``missing``);
