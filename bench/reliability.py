@@ -72,8 +72,8 @@ from stack import (
     write_json,
 )
 
-from worker.pagerduty.simulator import SimulatorControl, SimulatorControlError
 from worker.settings import Settings
+from worker.simulator.pagerduty import SimulatorControl, SimulatorControlError
 
 DEFAULT_JSON = REPO / "bench" / "results" / "reliability.json"
 
@@ -103,10 +103,12 @@ DRAIN_TIMEOUT_S = 180.0  # recovery → all N incidents; past it, the updates ar
 QUIET_TIMEOUT_S = 240.0  # faults cleared → everything delivered
 
 NAMESPACE_PREFIX = "pagerbridge-rel-"
-BREAKER_OPENED_LOG = "breaker open after"  # worker/gate.py's error line when the breaker opens
+# The gate's error line when the breaker opens (worker/delivery/gate.py).
+BREAKER_OPENED_LOG = "breaker open after"
 # How long a worker's claim on an alert lasts: what a killed worker's alerts wait for.
 LEASE_SECONDS = Settings.model_fields["lease_seconds"].default
-SOURCE = "coscale"  # worker.event.SOURCE_COSCALE: the incident_key is pagerbridge/coscale/<id>/<n>
+# worker.pipeline.message.SOURCE_COSCALE: the incident_key is pagerbridge/coscale/<id>/<n>
+SOURCE = "coscale"
 
 
 @dataclass(frozen=True)

@@ -88,8 +88,8 @@ WRK_SCRIPT = BENCH_DIR / "webhook.lua"
 DEFAULT_JSON = BENCH_DIR / "results" / "latest.json"
 
 
-# The Celery queue's Redis list (worker/celery_app.py QUEUE). Not imported: importing
-# worker.celery_app builds the Celery app from this process's settings, a side effect the
+# The Celery queue's Redis list (worker/pipeline/celery_app.py QUEUE). Not imported: importing
+# worker.pipeline.celery_app builds the Celery app from this process's settings, a side effect the
 # harness does not need.
 QUEUE_KEY = "pagerbridge"
 APPLY_EVENT_TASK = b"pagerbridge.apply_event"

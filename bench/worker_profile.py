@@ -132,12 +132,13 @@ def bridge(options: argparse.Namespace, workdir: Path) -> Iterator[None]:
 
 def run(options: argparse.Namespace) -> dict[str, Any]:
     from models import utcnow
-    from worker import intake, reconcile
-    from worker.event import AlertEventMessage
-    from worker.runtime import Runtime
+    from worker.delivery import reconcile
+    from worker.pipeline import intake
+    from worker.pipeline.message import AlertEventMessage
+    from worker.pipeline.runtime import Runtime
+    from worker.pipeline.tasks import RECONCILE_INLINE
     from worker.settings import get_settings
-    from worker.status import AlertStatus
-    from worker.tasks import RECONCILE_INLINE
+    from worker.vocabulary import AlertStatus
 
     clock = StageClock()
     clock.wrap(intake, "apply_events", "apply")

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base, UTCDateTime, utcnow
 from models.bulk import update_rows
-from worker.status import AlertStatus, DeliveryState
+from worker.vocabulary import AlertStatus, DeliveryState
 
 # Integer on SQLite so the primary key is the rowid alias and autoincrements.
 Id = BigInteger().with_variant(Integer(), "sqlite")

@@ -21,7 +21,7 @@ import httpx
 from starlette.testclient import TestClient
 
 from worker.pagerduty.events import EventsClient
-from worker.pagerduty.simulator import (
+from worker.simulator.pagerduty import (
     EVENTS_ROUTE,
     ConfigurableFaults,
     FaultSettings,

@@ -13,13 +13,13 @@ from typing import Any
 import httpx
 import pytest
 
+from worker.delivery.reconcile import Reconciler
 from worker.errors import ServiceUnavailable
-from worker.event import SOURCE_COSCALE, AlertEventMessage, new_event_id
 from worker.pagerduty import PagerDutyClient
-from worker.pagerduty.simulator import SimulatedError, SimulatedPagerDuty
-from worker.queue import QueuedIn
-from worker.reconcile import Reconciler
-from worker.status import AlertStatus
+from worker.pipeline.message import SOURCE_COSCALE, AlertEventMessage, new_event_id
+from worker.pipeline.queue import QueuedIn
+from worker.simulator.pagerduty import SimulatedError, SimulatedPagerDuty
+from worker.vocabulary import AlertStatus
 
 TOKEN = "unit-test-pagerduty-token"
 
@@ -65,7 +65,7 @@ class FakePagerDuty:
             self.calls.append((request.method, path))
             fault = self.faults[kind].pop(0) if self.faults.get(kind) else None
         if kind == "create" and self.create_faults is not None:
-            # pagerbridge/<source>/<alert id>/<cycle> (worker/intake.py)
+            # pagerbridge/<source>/<alert id>/<cycle> (worker/pipeline/intake.py)
             key = json.loads(request.content)["incident"]["incident_key"]
             fault = self.create_faults(key.split("/")[2])
         if fault == "503":

@@ -25,9 +25,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from worker.errors import BridgeError
-from worker.event import SOURCE_API, SOURCE_COSCALE
+from worker.pipeline.message import SOURCE_API, SOURCE_COSCALE
 from worker.settings import ENV_PREFIX, Settings, get_settings
-from worker.status import DeliveryState
+from worker.vocabulary import DeliveryState
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -73,7 +73,7 @@ def migrate(
     ] = None,
 ) -> None:
     """Create or upgrade the database schema (Alembic `upgrade head`)."""
-    from worker.migrate import upgrade
+    from worker.ops.migrate import upgrade
 
     settings = _settings()
     _configure_logging(settings)
@@ -100,9 +100,9 @@ def api(
     """Serve the ingress (CoScale's Webhook and API contacts)."""
     import uvicorn
 
-    from worker.heap import freeze_startup_objects
     from worker.ingress.app import INSECURE_WARNING, build_app
-    from worker.preflight import check_database, check_redis
+    from worker.ops.preflight import check_database, check_redis
+    from worker.startup import freeze_startup_objects
 
     settings = _settings()
     _configure_logging(settings)
@@ -156,8 +156,8 @@ def worker(
     ] = None,
 ) -> None:
     """Run a Celery worker that delivers events to PagerDuty."""
-    from worker.preflight import check_database, check_redis
-    from worker.routes import load_route_table
+    from worker.ops.preflight import check_database, check_redis
+    from worker.routes_file import load_route_table
 
     settings = _settings()
     _configure_logging(settings)
@@ -170,7 +170,7 @@ def worker(
         check_database(settings.database_url)
     except BridgeError as exc:
         raise _fail(str(exc)) from exc
-    from worker.celery_app import app
+    from worker.pipeline.celery_app import app
 
     app.worker_main(
         [
@@ -188,7 +188,7 @@ def worker(
 @cli.command()
 def beat() -> None:
     """Run the scheduler: the sweeper of due retries, and the hourly retention prune."""
-    from worker.preflight import check_redis
+    from worker.ops.preflight import check_redis
 
     settings = _settings()
     _configure_logging(settings)
@@ -196,7 +196,7 @@ def beat() -> None:
         check_redis(settings.redis_url)
     except BridgeError as exc:
         raise _fail(str(exc)) from exc
-    from worker.celery_app import app
+    from worker.pipeline.celery_app import app
 
     schedule = settings.beat_schedule_path or str(
         Path(tempfile.gettempdir()) / f"pagerbridge-beat-{os.getuid()}"
@@ -257,7 +257,7 @@ def simulate(
     The fault options set the faults it starts with; POST /_simulator/faults changes them while
     it runs.
     """
-    from worker.pagerduty.simulator import FaultSettings, FaultSettingsError, serve
+    from worker.simulator.pagerduty import FaultSettings, FaultSettingsError, serve
 
     try:
         faults = FaultSettings(
@@ -359,7 +359,7 @@ def status(
 ) -> None:
     """Alerts by delivery state, oldest pending, PagerDuty breaker, rate budget, last error."""
     from models import utcnow
-    from worker.report import delivery_report
+    from worker.ops.report import delivery_report
 
     settings = _settings()
     with _database(settings) as sessions, sessions() as session:
@@ -380,7 +380,7 @@ def alerts(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Alert cycles, newest first, with where their delivery stands."""
-    from worker.report import list_alerts
+    from worker.ops.report import list_alerts
 
     settings = _settings()
     with _database(settings) as sessions, sessions() as session:
@@ -426,7 +426,7 @@ def alert(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """One alert: every cycle (PagerDuty incident) and the whole timeline of its events."""
-    from worker.report import alert_histories
+    from worker.ops.report import alert_histories
 
     settings = _settings()
     with _database(settings) as sessions, sessions() as session:
@@ -497,7 +497,7 @@ def replay(
     from rich.progress import Progress
 
     from models import utcnow
-    from worker.replay import replay as replay_alerts
+    from worker.ops.replay import replay as replay_alerts
 
     if alert_ids and failed:
         raise _fail("give alert ids or --failed, not both")
@@ -554,7 +554,7 @@ def rejected(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Requests the ingress rejected (4xx), newest first, kept with why; replay one once fixed."""
-    from worker.quarantine import listing
+    from worker.ops.rejected import listing
 
     if replay is not None and show is not None:
         raise _fail("give --replay or --show, not both")
@@ -604,7 +604,7 @@ def printable(text: str, *, keep: str = "") -> str:
 
 def _show_rejected(settings: Settings, request_id: int, *, as_json: bool, raw: bool) -> None:
     from models import QuarantinedRequest
-    from worker.quarantine import describe
+    from worker.ops.rejected import describe
 
     with _database(settings) as sessions, sessions() as session:
         row = session.get(QuarantinedRequest, request_id)
@@ -627,10 +627,10 @@ def _show_rejected(settings: Settings, request_id: int, *, as_json: bool, raw: b
 
 
 def _replay_rejected(settings: Settings, request_id: int, *, force: bool) -> None:
-    from worker.celery_app import app as celery_app
-    from worker.inbox import DurableEventQueue
-    from worker.ingress.resubmit import NotReplayable, replay_rejected
-    from worker.queue import CeleryEventQueue
+    from worker.ingress.replay_rejected import NotReplayable, replay_rejected
+    from worker.pipeline.celery_app import app as celery_app
+    from worker.pipeline.inbox import DurableEventQueue
+    from worker.pipeline.queue import CeleryEventQueue
 
     with _database(settings) as sessions:
         queue = DurableEventQueue(CeleryEventQueue(celery_app), sessions)
@@ -659,8 +659,8 @@ def prune(
     Their timelines (alert_events) go with them. Beat does this every hour.
     """
     from models import utcnow
-    from worker.retention import count_expired, retention_cutoff
-    from worker.retention import prune as prune_alerts
+    from worker.pipeline.retention import count_expired, retention_cutoff
+    from worker.pipeline.retention import prune as prune_alerts
 
     settings = _settings()
     cutoff = retention_cutoff(utcnow(), settings.retention_days)
@@ -690,7 +690,7 @@ def trigger_check(
     """
     import httpx
 
-    from worker.smoke import REQUEST_TIMEOUT, SmokeFailed, SmokeTest
+    from worker.ops.trigger_check import REQUEST_TIMEOUT, SmokeFailed, SmokeTest
 
     settings = _settings()
     if not settings.ingress_token_values:
@@ -723,7 +723,7 @@ def demo(
     simulator_port: Annotated[int, typer.Option(help="simulator port for the demo")] = 8189,
 ) -> None:
     """Watch the whole flow for a minute: simulator + bridge + a storyline of CoScale alerts."""
-    from worker.demo import run_demo
+    from worker.ops.demo import run_demo
 
     raise typer.Exit(code=run_demo(_settings().redis_url, api_port=port, sim_port=simulator_port))
 
@@ -732,7 +732,7 @@ def _gate_report(settings: Settings) -> dict[str, object]:
     """What the workers' shared gate says, or why it cannot be read."""
     import redis
 
-    from worker.gate import DeliveryGate
+    from worker.delivery.gate import DeliveryGate
 
     if settings.pagerduty_token is None:
         return {"error": "PAGERBRIDGE_PAGERDUTY_TOKEN unset here: gate state unknown"}

@@ -124,7 +124,7 @@ def secrets_of(settings: Settings) -> list[str]:
     """The secrets no log line may show: PagerDuty's token, the ingress tokens, and every
     route's tokens, API token and integration key."""
     from worker.errors import ConfigurationError
-    from worker.routes import load_route_table
+    from worker.routes_file import load_route_table
 
     found = list(settings.ingress_token_values)
     if settings.pagerduty_token is not None:

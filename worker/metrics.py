@@ -5,7 +5,7 @@ Counted (``Counter``/``Histogram``, one line at the place they count):
 
 - ``pagerbridge_events_received_total{source, action}``: the api (``worker/ingress/context.py``);
 - ``pagerbridge_deliveries_total{outcome}``: alerts reconciled by a worker, by the outcome
-  ``worker/reconcile.py`` returns (``delivered``, ``retry``, ``parked``, ``waiting``,
+  ``worker/delivery/reconcile.py`` returns (``delivered``, ``retry``, ``parked``, ``waiting``,
   ``failed``, ``busy``, ``missing``);
 - ``pagerbridge_retries_total{reason}``: retries scheduled after a failed PagerDuty call;
 - ``pagerbridge_pagerduty_calls_total{endpoint, status_class}``,
@@ -51,10 +51,10 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, utcnow
-from worker.event import DEFAULT_ROUTE
-from worker.gate import DeliveryGate
+from worker.delivery.gate import DeliveryGate
+from worker.pipeline.message import DEFAULT_ROUTE
 from worker.settings import Settings, get_settings
-from worker.status import DeliveryState
+from worker.vocabulary import DeliveryState
 
 log = logging.getLogger(__name__)
 
@@ -380,9 +380,7 @@ def serve_worker_metrics(port: int, directory: str, *, address: str = "127.0.0.1
     thread of this process; ``False`` (and an error logged) if the port is taken: a worker that
     cannot be scraped must still deliver."""
     try:
-        server, _thread = start_http_server(
-            port, addr=address, registry=worker_registry(directory)
-        )
+        server, _thread = start_http_server(port, addr=address, registry=worker_registry(directory))
     except OSError as exc:
         log.error(
             "worker metrics not served: %s port %d: %s (set PAGERBRIDGE_WORKER_METRICS_ADDRESS "
@@ -432,7 +430,7 @@ def _on_worker_shutdown(**_: Any) -> None:
 
 # Celery sends worker_init in the worker's main process before the pool forks,
 # worker_process_init in each pool process it forks, and worker_shutdown in the main process
-# after the pool has stopped. worker/celery_app.py imports this module, so every worker has
+# after the pool has stopped. worker/pipeline/celery_app.py imports this module, so every worker has
 # them connected.
 worker_init.connect(_on_worker_init, weak=False)
 worker_process_init.connect(_on_pool_process_init, weak=False)

@@ -32,6 +32,7 @@ def ingress_token_problem(value: str) -> str | None:
         )
     return None
 
+
 #: The seed page's incident title (CoScale's own PagerDuty configuration), so that switching to
 #: the bridge changes nothing a responder sees.
 SEED_TITLE_TEMPLATE = (
@@ -122,7 +123,7 @@ class Settings(BaseSettings):
         description="calls per minute per PagerDuty token, all workers together "
         "(PagerDuty allows 960)",
     )
-    # A batch's creates go out a few at once after a slow start (worker/delivery.py). With
+    # A batch's creates go out a few at once after a slow start (worker/delivery/policy.py). With
     # PagerDuty answering in 150 ms and a 900/min budget, two processes sending up to 4 each
     # delivered 15.8/s (all of it, the burst included); one at a time, 13.1-13.2/s (87-88%), and
     # four processes one at a time 15.0-15.3/s for 55% more CPU per alert (bench/run.py
@@ -165,7 +166,7 @@ class Settings(BaseSettings):
     # budget whole at PagerDuty's latency (above) and, in an alert storm on two CPUs, deliver
     # faster than four sending one at a time (bench/README.md). A worker killed outright strands
     # what its processes hold leased; the worker that replaces it takes those back
-    # (worker/leases.py).
+    # (worker/delivery/leases.py).
     worker_concurrency: int = Field(2, gt=0, description="worker processes per `worker`")
     apply_batch_window: float = Field(
         0.05,

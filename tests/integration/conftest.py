@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models import make_engine, make_session_factory
 from tests.conftest import secrets_in, service_missing
-from worker.migrate import upgrade
-from worker.pagerduty.simulator import SimulatorControl
+from worker.ops.migrate import upgrade
+from worker.simulator.pagerduty import SimulatorControl
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "PAGERBRIDGE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -1,6 +1,6 @@
-"""worker/batching.py with a real worker: an event that finds the worker idle is applied and
-delivered at once, not at the end of the batch window (here 10 s, so that waiting for it would
-show)."""
+"""worker/pipeline/batching.py with a real worker: an event that finds the worker idle is
+applied and delivered at once, not at the end of the batch window (here 10 s, so that waiting
+for it would show)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The Redis transport Celery talks through (worker/broker.py), against a real Redis: the same
-messages and acknowledgements as kombu's, with one redis-py client per pool."""
+"""The Redis transport Celery talks through (worker/pipeline/broker.py), against a real Redis:
+the same messages and acknowledgements as kombu's, with one redis-py client per pool."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from kombu.connection import Connection
 
 from models import utcnow
 from tests.fakes import trigger_events
-from worker import broker
-from worker.celery_app import APPLY_EVENT_TASK, create_celery
-from worker.queue import CeleryEventQueue
+from worker.pipeline import broker
+from worker.pipeline.celery_app import APPLY_EVENT_TASK, create_celery
+from worker.pipeline.queue import CeleryEventQueue
 from worker.settings import Settings
 
 
@@ -105,12 +105,13 @@ def test_the_api_publishes_apply_messages_a_worker_can_read(
 def test_an_event_published_without_declaring_its_queue_reaches_it(
     redis_url: str, namespace: str
 ) -> None:
-    # The api publishes without declaring the queue (worker/queue.py): on a Redis that has never
-    # seen the queue nor its bindings (no worker ever started), the message must still be in it.
+    # The api publishes without declaring the queue (worker/pipeline/queue.py): on a Redis that
+    # has never seen the queue nor its bindings (no worker ever started), the message must still
+    # be in it.
     from models import utcnow
-    from worker.event import AlertEventMessage
-    from worker.queue import CeleryEventQueue
-    from worker.status import AlertStatus
+    from worker.pipeline.message import AlertEventMessage
+    from worker.pipeline.queue import CeleryEventQueue
+    from worker.vocabulary import AlertStatus
 
     name = f"{namespace}-undeclared"
     client = redis.Redis.from_url(redis_url)

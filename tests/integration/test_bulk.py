@@ -29,11 +29,11 @@ from models.bulk import (
 from models.event import ALERT_EVENTS_TABLE
 from tests.fakes import ListQueue
 from tests.integration.conftest import fresh_database
-from worker.event import AlertEventMessage
-from worker.inbox import DurableEventQueue
-from worker.intake import EventOutcome, apply_events
-from worker.reconcile import _RECONCILED
-from worker.status import AlertStatus, DeliveryState
+from worker.delivery.reconcile import _RECONCILED
+from worker.pipeline.inbox import DurableEventQueue
+from worker.pipeline.intake import EventOutcome, apply_events
+from worker.pipeline.message import AlertEventMessage
+from worker.vocabulary import AlertStatus, DeliveryState
 
 pytestmark = pytest.mark.integration
 
@@ -289,7 +289,7 @@ def test_an_inbox_batch_is_one_statement_committed_whole_or_not_at_all(
     finally:
         event.remove(engine, "before_cursor_execute", seen)
     assert len(queue.events) == 26
-    # The refused batch's message is not marked as kept by the inbox (worker/broker.py).
+    # The refused batch's message is not marked as kept by the inbox (worker/pipeline/broker.py).
     assert queue.inbox_backed == [True, False]
     assert autocommitted and all(autocommitted)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import bridge_env, free_port
-from worker.migrate import upgrade
+from worker.ops.migrate import upgrade
 
 pytestmark = pytest.mark.integration
 

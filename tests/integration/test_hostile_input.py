@@ -29,7 +29,7 @@ from tests.integration.conftest import (
     wait_until_up,
 )
 from tests.integration.test_cli import pagerbridge
-from worker.event import REPAIRED
+from worker.pipeline.message import REPAIRED
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
 from models import Base, make_engine
-from worker.migrate import upgrade
+from worker.ops.migrate import upgrade
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,8 @@ from models import Alert, AlertEvent, make_engine, make_session_factory, utcnow
 from tests.fakes import trigger_events
 from tests.integration.conftest import Bridge, bridge_env, free_port, fresh_database
 from tests.integration.test_cli import pagerbridge
-from worker.intake import apply_event
-from worker.status import AlertStatus, DeliveryState
+from worker.pipeline.intake import apply_event
+from worker.vocabulary import AlertStatus, DeliveryState
 
 pytestmark = pytest.mark.integration
 

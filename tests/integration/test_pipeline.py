@@ -13,11 +13,11 @@ from sqlalchemy import select
 
 from models import AlertEvent, utcnow
 from tests.integration.conftest import Bridge, wait_for
-from worker.celery_app import create_celery
-from worker.event import SOURCE_COSCALE, AlertEventMessage, new_event_id
-from worker.queue import CeleryEventQueue
+from worker.pipeline.celery_app import create_celery
+from worker.pipeline.message import SOURCE_COSCALE, AlertEventMessage, new_event_id
+from worker.pipeline.queue import CeleryEventQueue
 from worker.settings import Settings
-from worker.status import AlertStatus
+from worker.vocabulary import AlertStatus
 
 pytestmark = pytest.mark.integration
 

@@ -45,12 +45,12 @@ from tests.integration.conftest import (
     start_service,
     wait_until_up,
 )
-from worker.celery_app import VISIBILITY_TIMEOUT, create_celery
-from worker.event import SOURCE_COSCALE, AlertEventMessage, new_event_id
-from worker.pagerduty.simulator import SimulatorControl
-from worker.queue import CeleryEventQueue
+from worker.pipeline.celery_app import VISIBILITY_TIMEOUT, create_celery
+from worker.pipeline.message import SOURCE_COSCALE, AlertEventMessage, new_event_id
+from worker.pipeline.queue import CeleryEventQueue
 from worker.settings import Settings
-from worker.status import AlertStatus
+from worker.simulator.pagerduty import SimulatorControl
+from worker.vocabulary import AlertStatus
 
 pytestmark = pytest.mark.integration
 

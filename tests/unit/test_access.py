@@ -12,8 +12,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.fakes import ListQueue
-from worker.event import DEFAULT_ROUTE
-from worker.inbox import DurableEventQueue
 from worker.ingress.access import (
     Caller,
     SlidingWindow,
@@ -22,8 +20,10 @@ from worker.ingress.access import (
     plan_updates,
 )
 from worker.ingress.app import create_app
-from worker.intake import apply_event
-from worker.routes import parse_routes
+from worker.pipeline.inbox import DurableEventQueue
+from worker.pipeline.intake import apply_event
+from worker.pipeline.message import DEFAULT_ROUTE
+from worker.routes_file import parse_routes
 from worker.settings import Settings
 
 DEFAULT_TOKEN = "default-route-token-0123456789abcdef"

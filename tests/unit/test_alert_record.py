@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, AlertRecord, utcnow
-from worker.status import AlertStatus, DeliveryState
+from worker.vocabulary import AlertStatus, DeliveryState
 
 
 def test_a_new_record_has_every_column_at_its_default_unless_given() -> None:

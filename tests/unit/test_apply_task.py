@@ -1,6 +1,6 @@
-"""The apply task's own steps (worker/tasks.py), with SQLite and a fake PagerDuty in place of
-the process's runtime: which alerts it reconciles itself, which it queues, and that the ones it
-reconciles were leased and planned by the transaction that applied their events."""
+"""The apply task's own steps (worker/pipeline/tasks.py), with SQLite and a fake PagerDuty in
+place of the process's runtime: which alerts it reconciles itself, which it queues, and that
+the ones it reconciles were leased and planned by the transaction that applied their events."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert
 from tests.fakes import FakePagerDuty, count_plans, trigger_events
-from worker import tasks
-from worker.reconcile import Reconciler
+from worker.delivery.reconcile import Reconciler
+from worker.pipeline import tasks
 from worker.settings import Settings
-from worker.status import DeliveryState
+from worker.vocabulary import DeliveryState
 
 
 @dataclass

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from worker.backoff import retry_delay, should_give_up
+from worker.delivery.backoff import retry_delay, should_give_up
 
 
 @pytest.mark.parametrize("attempt", [1, 2, 3, 5, 8, 20, 100, 10_000])

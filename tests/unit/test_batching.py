@@ -1,5 +1,5 @@
-"""worker/batching.py: a message that finds the worker's pool idle goes to it at once; while the
-pool is busy, messages wait for celery-batches' timer and go together."""
+"""worker/pipeline/batching.py: a message that finds the worker's pool idle goes to it at once;
+while the pool is busy, messages wait for celery-batches' timer and go together."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from celery import Celery
 from celery.contrib.testing.mocks import TaskMessage
 
-from worker.batching import ApplyBatches, hand_over_now, jobs_in_flight
+from worker.pipeline.batching import ApplyBatches, hand_over_now, jobs_in_flight
 
 
 class FakePool:

@@ -10,7 +10,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.bench_scripts import load_bench_script
-from worker.pagerduty.simulator import PAGERDUTY_ACCEPT, SimulatedPagerDuty, create_app
+from worker.simulator.pagerduty import PAGERDUTY_ACCEPT, SimulatedPagerDuty, create_app
 
 HEADERS = {
     "Authorization": "Token token=sim-token",

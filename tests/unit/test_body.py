@@ -1,5 +1,5 @@
 """Reading request bodies: strict JSON first, and CoScale's unescaped placeholders repaired only
-where one reading is meant (worker/ingress/body.py)."""
+where one reading is meant (worker/ingress/json_body.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.ingress.body import (
+from worker.ingress.json_body import (
     READ_BUDGET,
     WORK_BASE,
     WORK_PER_CHARACTER,

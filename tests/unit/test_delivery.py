@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.delivery import choose_incident
+from worker.delivery.policy import choose_incident
 from worker.pagerduty import Incident
 
 
@@ -25,7 +25,7 @@ def test_among_resolved_ones_the_newest() -> None:
 
 
 def test_calls_in_flight_start_at_one_double_on_answers_and_fall_back_on_failure() -> None:
-    from worker.delivery import calls_in_flight_after
+    from worker.delivery.policy import calls_in_flight_after
 
     widths = [1]
     for _ in range(4):

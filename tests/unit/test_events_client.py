@@ -66,7 +66,7 @@ def test_dedup_key_is_stable_per_alert_cycle() -> None:
 
 def test_dedup_key_matches_the_rest_incident_key() -> None:
     # One key names a cycle whichever backend delivers it
-    from worker.intake import incident_key
+    from worker.pipeline.intake import incident_key
 
     assert dedup_key("coscale", "42", 3) == incident_key("coscale", "42", 3)
 
@@ -322,7 +322,7 @@ def test_acknowledge_of_an_unknown_alert_is_taken_and_dropped(
 
 def test_an_event_built_from_a_route_is_accepted(api: FakeEventsApi, client: EventsClient) -> None:
     # The simulator validates like PagerDuty: the route's event passes it
-    from worker.routes import EventsBackend
+    from worker.routes_file import EventsBackend
 
     backend = EventsBackend.model_validate({"routing_key": ROUTING_KEY})
     fields = {

@@ -5,8 +5,8 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
-from worker.gate import Admission, DeliveryGate, token_id
-from worker.pacing import IN_FLIGHT_RESERVE, RateLimitReading
+from worker.delivery.gate import Admission, DeliveryGate, token_id
+from worker.delivery.pacing import IN_FLIGHT_RESERVE, RateLimitReading
 
 
 class Clock:
@@ -197,7 +197,7 @@ def test_a_lower_limit_a_429_taught_lasts_only_until_answers_say_otherwise(
 def test_one_admission_lets_several_calls_through(
     server: fakeredis.FakeServer, clock: Clock
 ) -> None:
-    from worker.gate import MAX_ADMIT
+    from worker.delivery.gate import MAX_ADMIT
 
     worker = gate(server, clock, rate_per_minute=60, burst=18)
     assert worker.admit(4).granted == 4

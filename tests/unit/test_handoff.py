@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 
 from tests.fakes import ListQueue
 from worker.errors import ServiceUnavailable
-from worker.event import SOURCE_COSCALE, AlertEventMessage, new_event_id
-from worker.ingress.handoff import GroupCommitHandoff
-from worker.queue import QueuedIn
-from worker.status import AlertStatus
+from worker.ingress.group_commit import GroupCommitHandoff
+from worker.pipeline.message import SOURCE_COSCALE, AlertEventMessage, new_event_id
+from worker.pipeline.queue import QueuedIn
+from worker.vocabulary import AlertStatus
 
 
 def event(alert_id: str) -> AlertEventMessage:

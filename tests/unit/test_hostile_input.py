@@ -23,15 +23,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, QuarantinedRequest, make_engine, make_session_factory, utcnow
 from tests.fakes import ListQueue
-from worker.event import REPAIRED
 from worker.ingress import auth
 from worker.ingress.app import create_app
-from worker.ingress.resubmit import NotReplayable, replay_rejected
+from worker.ingress.replay_rejected import NotReplayable, replay_rejected
 from worker.ingress.schemas import ErrorAnswer
-from worker.intake import apply_event
+from worker.ops.rejected import QuarantineBounds, Rejection, keep
 from worker.pagerduty import PagerDutyClient
-from worker.quarantine import QuarantineBounds, Rejection, keep
-from worker.queue import CeleryEventQueue
+from worker.pipeline.intake import apply_event
+from worker.pipeline.message import REPAIRED
+from worker.pipeline.queue import CeleryEventQueue
 from worker.settings import Settings
 from worker.title import TITLE_LIMIT
 

@@ -336,7 +336,7 @@ def test_https_goes_through_the_proxy_the_environment_names(
 
 PREFORK = """
 import os, sys
-from worker import runtime
+from worker.pipeline import runtime
 from worker.pagerduty.http_client import tls_context
 
 parent = runtime.current_runtime()

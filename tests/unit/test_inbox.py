@@ -14,12 +14,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from models import Alert, InboxEvent, make_engine, make_session_factory, utcnow
 from tests.fakes import ListQueue
 from worker.errors import ServiceUnavailable
-from worker.event import SOURCE_COSCALE, AlertEventMessage, new_event_id
-from worker.inbox import INBOX_GRACE, DurableEventQueue, drain_inbox
 from worker.ingress.app import create_app
-from worker.intake import apply_events
+from worker.pipeline.inbox import INBOX_GRACE, DurableEventQueue, drain_inbox
+from worker.pipeline.intake import apply_events
+from worker.pipeline.message import SOURCE_COSCALE, AlertEventMessage, new_event_id
 from worker.settings import Settings
-from worker.status import AlertStatus
+from worker.vocabulary import AlertStatus
 
 
 def event(alert_id: str = "9", action: AlertStatus = AlertStatus.TRIGGERED) -> AlertEventMessage:

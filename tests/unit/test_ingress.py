@@ -15,13 +15,13 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.fakes import ListQueue
-from worker.event import SOURCE_API, SOURCE_COSCALE
-from worker.inbox import DurableEventQueue
 from worker.ingress.access import BRIDGE_ID_PREFIX
 from worker.ingress.app import create_app, fastapi_telemetry
-from worker.intake import apply_event
+from worker.pipeline.inbox import DurableEventQueue
+from worker.pipeline.intake import apply_event
+from worker.pipeline.message import SOURCE_API, SOURCE_COSCALE
 from worker.settings import Settings
-from worker.status import AlertStatus
+from worker.vocabulary import AlertStatus
 
 TOKEN = "ingress-secret-1-0123456789abcdef01"
 AUTH = {"Authorization": f"Token token={TOKEN}"}
@@ -289,7 +289,7 @@ def test_no_service_anywhere_is_422(
 def test_readiness_reports_refused_credentials_and_breaker(
     queue: ListQueue, sqlite_sessions: sessionmaker[Session]
 ) -> None:
-    from worker.gate import DeliveryGate
+    from worker.delivery.gate import DeliveryGate
 
     gate = DeliveryGate(fakeredis.FakeRedis(), "pd-token", failure_threshold=1)
     settings = Settings(ingress_tokens=TOKEN)  # type: ignore[arg-type]

@@ -1,5 +1,5 @@
 """A reconcile's leases are renewed while it works, however slow PagerDuty is, and no longer once
-it is done (worker/reconcile.py: LeaseKeeper)."""
+it is done (worker/delivery/reconcile.py: LeaseKeeper)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, utcnow
 from tests.fakes import FakePagerDuty, trigger_events
-from worker.intake import apply_events
-from worker.reconcile import LeaseKeeper, Reconciler, ReconcileResult
+from worker.delivery.reconcile import LeaseKeeper, Reconciler, ReconcileResult
+from worker.pipeline.intake import apply_events
 from worker.settings import Settings
 
 LEASE = 0.3  # seconds: renewed every 0.1 s

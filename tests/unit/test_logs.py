@@ -13,8 +13,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.fakes import FakePagerDuty
-from worker.event import SOURCE_COSCALE, AlertEventMessage, new_event_id
-from worker.intake import apply_event
+from worker.delivery.reconcile import Reconciler, ReconcileResult
 from worker.logs import (
     HANDLER_NAME,
     REDACTED,
@@ -23,9 +22,10 @@ from worker.logs import (
     configure_logging,
     log_handler,
 )
-from worker.reconcile import Reconciler, ReconcileResult
+from worker.pipeline.intake import apply_event
+from worker.pipeline.message import SOURCE_COSCALE, AlertEventMessage, new_event_id
 from worker.settings import Settings
-from worker.status import AlertStatus
+from worker.vocabulary import AlertStatus
 
 PAGERDUTY_TOKEN = "pd-Secr3t-token-value"
 INGRESS_TOKENS = ("ingress-one-secret-0123456789abcdef", "ingress-two-secret-0123456789abcdef")
@@ -100,9 +100,11 @@ def test_a_field_named_like_a_base_key_does_not_hide_it() -> None:
 def test_text_format_is_the_classic_line() -> None:
     stream = io.StringIO()
     handler = log_handler(settings("text"), stream)
-    record = logging.LogRecord("worker.reconcile", logging.INFO, __file__, 1, "hi %s", ("x",), None)
+    record = logging.LogRecord(
+        "worker.delivery.reconcile", logging.INFO, __file__, 1, "hi %s", ("x",), None
+    )
     handler.handle(record)
-    assert stream.getvalue().rstrip().endswith(" INFO worker.reconcile hi x")
+    assert stream.getvalue().rstrip().endswith(" INFO worker.delivery.reconcile hi x")
 
 
 @pytest.mark.parametrize("log_format", ["text", "json"])
@@ -214,12 +216,12 @@ def test_each_delivery_step_is_one_line_with_alert_and_incident(
     assert applied.alert_pk is not None
 
     # When a worker tries, then tries again
-    with caplog.at_level(logging.INFO, logger="worker.reconcile"):
+    with caplog.at_level(logging.INFO, logger="worker.delivery.reconcile"):
         assert reconciler.reconcile(applied.alert_pk) is ReconcileResult.RETRY
         assert reconciler.reconcile(applied.alert_pk) is ReconcileResult.DELIVERED
 
     # Then the retry, the create and the delivery are one line each, naming alert and incident
-    records = [r for r in caplog.records if r.name == "worker.reconcile"]
+    records = [r for r in caplog.records if r.name == "worker.delivery.reconcile"]
     incident = pagerduty.incidents()[0]["id"]
     assert [getattr(r, "outcome", None) for r in records] == ["retry", "created", "delivered"]
     assert records[0].getMessage().startswith("retry scheduled alert=coscale:42 incident=None:")

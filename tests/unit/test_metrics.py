@@ -25,14 +25,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from models import make_engine, make_session_factory
 from tests.fakes import TOKEN, FakePagerDuty, ListQueue
 from worker import metrics
-from worker.event import SOURCE_COSCALE, AlertEventMessage, new_event_id
-from worker.gate import DeliveryGate
+from worker.delivery.gate import DeliveryGate
+from worker.delivery.reconcile import Reconciler, ReconcileResult
 from worker.ingress.app import create_app
-from worker.intake import AppliedEvent, apply_event
 from worker.pagerduty import PagerDutyClient, PagerDutyError
-from worker.reconcile import Reconciler, ReconcileResult
+from worker.pipeline.intake import AppliedEvent, apply_event
+from worker.pipeline.message import SOURCE_COSCALE, AlertEventMessage, new_event_id
 from worker.settings import Settings
-from worker.status import AlertStatus
+from worker.vocabulary import AlertStatus
 
 START = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parents[2]

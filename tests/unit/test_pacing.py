@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.pacing import (
+from worker.delivery.pacing import (
     IN_FLIGHT_RESERVE,
     PACE_SHARE,
     PACE_WINDOW_SECONDS,
@@ -69,8 +69,8 @@ def test_headers_to_a_reading(headers: dict[str, str], reading: RateLimitReading
 
 
 def test_acknowledges_and_resolves_drain_before_creates_high_urgency_first() -> None:
-    from worker.delivery import Create, FindByKey, SendEvent, Update, drain_rank
-    from worker.status import AlertStatus
+    from worker.delivery.policy import Create, FindByKey, SendEvent, Update, drain_rank
+    from worker.vocabulary import AlertStatus
 
     def create(key: str, urgency: str | None) -> Create:
         return Create("t", "PSVC", key, urgency, None)

@@ -1,5 +1,5 @@
 """What a worker prepares before its first task: the TLS context once, before the pool forks,
-and each pool process's runtime when the process starts (worker/tasks.py)."""
+and each pool process's runtime when the process starts (worker/pipeline/tasks.py)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from celery.signals import worker_init, worker_process_init
 from pydantic import SecretStr
 from sqlalchemy.pool import QueuePool
 
-from worker import tasks
 from worker.pagerduty import PagerDutyClient
 from worker.pagerduty.http_client import tls_context
-from worker.runtime import Runtime
+from worker.pipeline import tasks
+from worker.pipeline.runtime import Runtime
 from worker.settings import Settings
 
 # Nothing listens on port 1: a preparation that touched the network would fail or wait.

@@ -1,4 +1,4 @@
-"""The Celery message the ingress sends per batch of events (worker/queue.py)."""
+"""The Celery message the ingress sends per batch of events (worker/pipeline/queue.py)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from datetime import UTC, datetime
 
 from celery import Celery
 
-from worker.celery_app import APPLY_EVENT_TASK
-from worker.event import AlertEventMessage
-from worker.queue import CeleryEventQueue
-from worker.status import AlertStatus
+from worker.pipeline.celery_app import APPLY_EVENT_TASK
+from worker.pipeline.message import AlertEventMessage
+from worker.pipeline.queue import CeleryEventQueue
+from worker.vocabulary import AlertStatus
 
 
 def _event(alert_id: str, action: AlertStatus = AlertStatus.TRIGGERED) -> AlertEventMessage:

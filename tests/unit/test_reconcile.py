@@ -13,12 +13,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, AlertEvent
 from tests.fakes import FakePagerDuty, count_plans, trigger_events
-from worker.event import SOURCE_API, SOURCE_COSCALE, AlertEventMessage, new_event_id
-from worker.intake import AppliedEvent, EventOutcome, apply_event, apply_events
-from worker.reconcile import Reconciler, ReconcileResult
+from worker.delivery.reconcile import Reconciler, ReconcileResult
+from worker.pipeline.intake import AppliedEvent, EventOutcome, apply_event, apply_events
+from worker.pipeline.message import SOURCE_API, SOURCE_COSCALE, AlertEventMessage, new_event_id
+from worker.pipeline.sweeper import due_alerts
 from worker.settings import Settings
-from worker.status import AlertStatus, DeliveryState
-from worker.sweeper import due_alerts
+from worker.vocabulary import AlertStatus, DeliveryState
 
 T, A, R = AlertStatus.TRIGGERED, AlertStatus.ACKNOWLEDGED, AlertStatus.RESOLVED
 START = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -426,7 +426,7 @@ def test_a_dead_workers_leases_on_this_machine_are_taken_back_at_once(
     sqlite_sessions: sessionmaker[Session],
     clock: Clock,
 ) -> None:
-    from worker.leases import release_dead_leases
+    from worker.delivery.leases import release_dead_leases
 
     dead, alive, elsewhere = (send(T, alert_id=f"l{n}").alert_pk for n in range(3))
     owners = {dead: "host:node1234:4001:aaaa", alive: "host:node1234:4002:bbbb"}
@@ -458,7 +458,7 @@ def test_a_lease_owner_fits_its_column_and_names_this_machine(
     import os
     import socket
 
-    from worker import leases
+    from worker.delivery import leases
 
     monkeypatch.setattr(socket, "gethostname", lambda: "h:" + "x" * 250)
     owner = leases.lease_owner_id()
@@ -506,7 +506,7 @@ def gated(
 ) -> Reconciler:
     import fakeredis
 
-    from worker.gate import DeliveryGate
+    from worker.delivery.gate import DeliveryGate
 
     gate = DeliveryGate(
         fakeredis.FakeRedis(),
@@ -570,7 +570,7 @@ def test_outage_parks_without_calls_then_drains_on_recovery(
 def test_the_gate_is_asked_once_per_several_calls(
     send: Send, gated: Reconciler, pagerduty: FakePagerDuty
 ) -> None:
-    from worker.gate import MAX_ADMIT
+    from worker.delivery.gate import MAX_ADMIT
 
     gate = gated.gate
     assert gate is not None
@@ -734,7 +734,7 @@ def test_a_killed_process_not_yet_reaped_is_not_alive() -> None:
     import sys
     import time
 
-    from worker.leases import process_exists
+    from worker.delivery.leases import process_exists
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -876,7 +876,7 @@ def test_a_claim_is_not_kept_when_the_batch_is_applied_again_one_event_at_a_time
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Given the batch's transaction meets a conflict (another worker opened the same cycle)
-    import worker.intake as intake
+    import worker.pipeline.intake as intake
 
     batch = intake._apply_batch
     conflicts = [True]

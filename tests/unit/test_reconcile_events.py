@@ -14,12 +14,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert
 from tests.fake_events_api import ROUTING_KEY, FakeEventsApi
-from worker.event import BACKEND_EVENTS, SOURCE_COSCALE, AlertEventMessage, new_event_id
-from worker.intake import AppliedEvent, apply_event
-from worker.reconcile import Backend, Reconciler, ReconcileResult
-from worker.routes import parse_routes
+from worker.delivery.reconcile import Backend, Reconciler, ReconcileResult
+from worker.pipeline.intake import AppliedEvent, apply_event
+from worker.pipeline.message import BACKEND_EVENTS, SOURCE_COSCALE, AlertEventMessage, new_event_id
+from worker.routes_file import parse_routes
 from worker.settings import Settings
-from worker.status import AlertStatus, DeliveryState
+from worker.vocabulary import AlertStatus, DeliveryState
 
 T, A, R = AlertStatus.TRIGGERED, AlertStatus.ACKNOWLEDGED, AlertStatus.RESOLVED
 START = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)

@@ -6,10 +6,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert
-from worker.event import SOURCE_COSCALE, AlertEventMessage, new_event_id
-from worker.intake import apply_event
-from worker.replay import replay
-from worker.status import AlertStatus, DeliveryState
+from worker.ops.replay import replay
+from worker.pipeline.intake import apply_event
+from worker.pipeline.message import SOURCE_COSCALE, AlertEventMessage, new_event_id
+from worker.vocabulary import AlertStatus, DeliveryState
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 

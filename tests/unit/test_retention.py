@@ -11,10 +11,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, AlertEvent
-from worker.celery_app import PRUNE_TASK, create_celery
-from worker.retention import count_expired, prune, retention_cutoff
+from worker.pipeline.celery_app import PRUNE_TASK, create_celery
+from worker.pipeline.retention import count_expired, prune, retention_cutoff
 from worker.settings import Settings
-from worker.status import AlertStatus, DeliveryState
+from worker.vocabulary import AlertStatus, DeliveryState
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 CUTOFF = retention_cutoff(NOW, 30)

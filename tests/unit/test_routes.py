@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from worker.errors import ConfigurationError
-from worker.routes import (
+from worker.routes_file import (
     FALLBACK_SOURCE,
     EventsBackend,
     RestBackend,

@@ -16,9 +16,9 @@ from starlette.testclient import TestClient
 from starlette.types import Message
 from typer.testing import CliRunner
 
-import worker.pagerduty.simulator as simulator_module
+import worker.simulator.pagerduty as simulator_module
 from worker.cli import cli
-from worker.pagerduty.simulator import (
+from worker.simulator.pagerduty import (
     CALL_RATE_WINDOW_S,
     DUPLICATE_INCIDENT_KEY_ERROR,
     MAX_BULK_UPDATE,

@@ -13,9 +13,9 @@ import pytest
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
-import worker.pagerduty.simulator as simulator_module
+import worker.simulator.pagerduty as simulator_module
 from worker.cli import cli
-from worker.pagerduty.simulator import (
+from worker.simulator.pagerduty import (
     EVENTS_ROUTE,
     INVALID_ROUTING_KEY_ERROR,
     MAX_EVENT_BYTES,

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from worker.smoke import ALERT_ID_PREFIX, SmokeFailed, SmokeTest, new_alert_id
+from worker.ops.trigger_check import ALERT_ID_PREFIX, SmokeFailed, SmokeTest, new_alert_id
 
 TOKEN = "ingress-token-0123456789abcdef0123456"
 ALERT_ID = "pagerbridge-test-0123456789ab"

@@ -1,7 +1,7 @@
 import pytest
 
 from worker.errors import InvalidEvent
-from worker.status import AlertStatus, advance, next_update, parse_action
+from worker.vocabulary import AlertStatus, advance, next_update, parse_action
 
 T, A, R = AlertStatus.TRIGGERED, AlertStatus.ACKNOWLEDGED, AlertStatus.RESOLVED
 

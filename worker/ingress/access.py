@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models import Alert, InboxEvent
-from worker.event import BRIDGE_ID_PREFIX, DEFAULT_ROUTE, SOURCE_API, is_bridge_id
+from worker.pipeline.message import BRIDGE_ID_PREFIX, DEFAULT_ROUTE, SOURCE_API, is_bridge_id
 
 __all__ = ["BRIDGE_ID_PREFIX", "is_bridge_id"]
 

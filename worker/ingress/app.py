@@ -19,22 +19,22 @@ from fastapi.telemetry import TelemetryConfig
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from worker.delivery.gate import DeliveryGate
 from worker.errors import InvalidEvent, ServiceUnavailable
-from worker.gate import DeliveryGate
-from worker.heap import freeze_startup_objects
-from worker.ingress.alerts import alerts_router
+from worker.ingress.alert_views import alerts_router
 from worker.ingress.context import ERROR, ApiError, Ingress
-from worker.ingress.guard import IngressGuard, RejectionSink
-from worker.ingress.handoff import GroupCommitHandoff
+from worker.ingress.group_commit import GroupCommitHandoff
 from worker.ingress.health import ReadinessCheck, health_router
 from worker.ingress.incidents import incidents_router
-from worker.ingress.quarantine import QuarantineWriter
+from worker.ingress.middleware import IngressGuard, RejectionSink
+from worker.ingress.rejections import QuarantineWriter
 from worker.ingress.schemas import ErrorAnswer
 from worker.ingress.webhooks import webhooks_router
-from worker.quarantine import QuarantineBounds
-from worker.queue import EventQueue
-from worker.routes import RouteTable, credential_key, load_route_table
+from worker.ops.rejected import QuarantineBounds
+from worker.pipeline.queue import EventQueue
+from worker.routes_file import RouteTable, credential_key, load_route_table
 from worker.settings import Settings
+from worker.startup import freeze_startup_objects
 
 log = logging.getLogger(__name__)
 
@@ -208,9 +208,9 @@ def build_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI:
     import redis
 
     from models import make_engine, make_session_factory
-    from worker.celery_app import app as celery_app
-    from worker.inbox import DurableEventQueue
-    from worker.queue import CeleryEventQueue
+    from worker.pipeline.celery_app import app as celery_app
+    from worker.pipeline.inbox import DurableEventQueue
+    from worker.pipeline.queue import CeleryEventQueue
 
     routes = load_route_table(settings)
     if insecure_no_auth:

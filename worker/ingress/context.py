@@ -16,19 +16,12 @@ from prometheus_client import Counter
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
+from worker.delivery.gate import token_id
 from worker.errors import InvalidEvent
-from worker.event import (
-    BACKEND_EVENTS,
-    BACKEND_REST,
-    DEFAULT_ROUTE,
-    REPAIRED,
-    SOURCE_COSCALE,
-    AlertEventMessage,
-)
-from worker.gate import token_id
 from worker.ingress.access import Caller, SlidingWindow
 from worker.ingress.auth import WWW_AUTHENTICATE, presented_token, token_is_valid
-from worker.ingress.body import (
+from worker.ingress.group_commit import GroupCommitHandoff
+from worker.ingress.json_body import (
     REPAIR_DEADLINE,
     MalformedBody,
     ParsedBody,
@@ -36,11 +29,18 @@ from worker.ingress.body import (
     parse_strict,
     repair_body,
 )
-from worker.ingress.handoff import GroupCommitHandoff
 from worker.ingress.schemas import ErrorAnswer
 from worker.logs import quoted
-from worker.queue import QueuedIn
-from worker.routes import Route, RouteTable, credential_id
+from worker.pipeline.message import (
+    BACKEND_EVENTS,
+    BACKEND_REST,
+    DEFAULT_ROUTE,
+    REPAIRED,
+    SOURCE_COSCALE,
+    AlertEventMessage,
+)
+from worker.pipeline.queue import QueuedIn
+from worker.routes_file import Route, RouteTable, credential_id
 from worker.settings import Settings
 
 log = logging.getLogger("worker.ingress.app")
@@ -55,7 +55,7 @@ BODIES_REPAIRED = Counter(
 )
 
 # Repairs of bodies strict JSON refused run in threads of their own, two at a time: their work is
-# bounded (worker/ingress/body.py), and they never hold the threads sync endpoints run in.
+# bounded (worker/ingress/json_body.py), and they never hold the threads sync endpoints run in.
 REPAIRS_AT_ONCE = 2
 
 SECURITY_SCHEME = "IngressToken"  # the name of the token scheme in the OpenAPI schema
@@ -228,7 +228,8 @@ class Ingress:
         """The request's JSON body as ``model``, and whether it had to be repaired.
 
         Read here rather than by FastAPI, which would answer an unescaped CoScale value 422:
-        strict ``json.loads`` first, the repair only when that fails (``worker/ingress/body.py``).
+        strict ``json.loads`` first, the repair only when that fails
+        (``worker/ingress/json_body.py``).
         """
         content_type = request.headers.get("content-type")
         if content_type is not None and not is_json_media_type(content_type):

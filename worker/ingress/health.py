@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from worker.gate import DeliveryGate
+from worker.delivery.gate import DeliveryGate
 from worker.ingress.auth import presented_token
 from worker.ingress.context import INGRESS_TOKEN, JSON_ERROR, Ingress
 

@@ -12,7 +12,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from models import utcnow
 from worker.errors import ServiceUnavailable
-from worker.event import DEFAULT_ROUTE, SOURCE_API, AlertEventMessage, new_event_id
 from worker.ingress.access import Caller, bridge_incident_routes, mint_bridge_id, plan_updates
 from worker.ingress.context import BODY_ERRORS, ERROR, ApiError, Ingress, json_body
 from worker.ingress.schemas import (
@@ -26,8 +25,9 @@ from worker.ingress.schemas import (
     ServiceAnswer,
     SingleUpdateRequest,
 )
-from worker.status import AlertStatus, parse_action
+from worker.pipeline.message import DEFAULT_ROUTE, SOURCE_API, AlertEventMessage, new_event_id
 from worker.title import TITLE_LIMIT, truncate
+from worker.vocabulary import AlertStatus, parse_action
 
 REFUSALS: dict[int | str, dict[str, Any]] = {403: ERROR, 404: ERROR, 429: ERROR}
 
@@ -140,7 +140,7 @@ def incidents_router(ingress: Ingress) -> APIRouter:
                     action=parse_action(status),
                     received_at=utcnow(),
                     # An incident opened before the switch: adopted, its service and status
-                    # checked by the worker before anything is sent (worker/delivery.py).
+                    # checked by the worker before anything is sent (worker/delivery/policy.py).
                     incident_id=incident_id if foreign_route else None,
                     fields=ingress.audit(repaired),
                     **ingress.routed_fields(route),

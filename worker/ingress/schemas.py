@@ -64,7 +64,7 @@ def _any_case(word: str) -> str:
     return "".join(f"[{char.lower()}{char.upper()}]" for char in word)
 
 
-# What worker.status.parse_action accepts, for the OpenAPI schema only: parse_action's own 422
+# What worker.vocabulary.parse_action accepts, for the OpenAPI schema only: parse_action's own 422
 # ("unknown action 'x': expected ...") says more than a pattern mismatch would.
 ACTION_PATTERN = (
     r"^\s*(?:"

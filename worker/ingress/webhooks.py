@@ -9,7 +9,11 @@ from fastapi import APIRouter, Path, Request
 
 from models import utcnow
 from worker.coscale import incident_details, incident_title, is_web_link
-from worker.event import (
+from worker.ingress.access import Caller
+from worker.ingress.context import BODY_ERRORS, ERROR, ApiError, Ingress, json_body
+from worker.ingress.schemas import CoScaleWebhook, EventAccepted
+from worker.logs import quoted
+from worker.pipeline.message import (
     BACKEND_EVENTS,
     BACKEND_REST,
     DEFAULT_ROUTE,
@@ -18,13 +22,9 @@ from worker.event import (
     new_event_id,
     route_source,
 )
-from worker.ingress.access import Caller
-from worker.ingress.context import BODY_ERRORS, ERROR, ApiError, Ingress, json_body
-from worker.ingress.schemas import CoScaleWebhook, EventAccepted
-from worker.logs import quoted
-from worker.routes import ROUTE_NAME_PATTERN, Route, credential_id
-from worker.status import parse_action
+from worker.routes_file import ROUTE_NAME_PATTERN, Route, credential_id
 from worker.title import TITLE_LIMIT, truncate
+from worker.vocabulary import parse_action
 
 log = logging.getLogger("worker.ingress.app")
 

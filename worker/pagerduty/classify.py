@@ -30,7 +30,7 @@ from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from typing import Any
 
-from worker.pacing import RateLimitReading
+from worker.delivery.pacing import RateLimitReading
 from worker.pagerduty.errors import (
     CredentialsError,
     DuplicateIncidentKeyError,

@@ -25,7 +25,7 @@ from urllib.parse import quote
 import httpx
 
 from worker import metrics
-from worker.pacing import RateLimitReading
+from worker.delivery.pacing import RateLimitReading
 from worker.pagerduty.classify import (
     classify_malformed_success,
     classify_response,

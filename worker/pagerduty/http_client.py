@@ -1,7 +1,7 @@
 """What both PagerDuty clients share: an ``httpx.Client`` made with checked settings, and a
 group of requests in flight at once over it.
 
-One client object per process and API (worker/runtime.py builds them in each pool process,
+One client object per process and API (worker/pipeline/runtime.py builds them in each pool process,
 after the fork): its connection pool is never inherited across ``fork()``.
 """
 
@@ -55,8 +55,9 @@ def http_url(value: str, name: str) -> httpx.URL:
 def tls_context() -> ssl.SSLContext:
     """httpx's own TLS context (certifi's authorities, or SSL_CERT_FILE / SSL_CERT_DIR), one per
     process, handed to every client as ``verify=``. Loading the authorities costs tens of ms of
-    CPU: a worker loads it before its pool forks (worker/tasks.py), so every pool process starts
-    with it. A context holds no connection, so it is safe to share across a fork and threads."""
+    CPU: a worker loads it before its pool forks (worker/pipeline/tasks.py), so every pool process
+    starts with it. A context holds no connection, so it is safe to share across a fork and
+    threads."""
     return httpx.create_ssl_context()
 
 

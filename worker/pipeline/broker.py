@@ -37,8 +37,9 @@ from urllib.parse import urlsplit
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
-TRANSPORT = "worker.broker:Transport"
-# The header of an apply message whose every event is also in the inbox table (worker/inbox.py).
+TRANSPORT = "worker.pipeline.broker:Transport"
+# The header of an apply message whose every event is also in the inbox table
+# (worker/pipeline/inbox.py).
 INBOX_BACKED_HEADER = "pagerbridge_inbox"
 
 

@@ -26,7 +26,7 @@ from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from worker.ingress.schemas import ErrorAnswer
-from worker.quarantine import Rejection
+from worker.ops.rejected import Rejection
 
 log = logging.getLogger(__name__)
 

@@ -2,8 +2,8 @@
 
 PAGERDUTY.md: every REST answer carries ``ratelimit-limit`` (calls a minute), ``-remaining``
 (calls left before a 429) and ``-reset`` (seconds until the window is whole again). The shared
-gate (``worker/gate.py``) keeps one token bucket per token for all workers; each reading sets
-that bucket to PagerDuty's own numbers:
+gate (``worker/delivery/gate.py``) keeps one token bucket per token for all workers; each
+reading sets that bucket to PagerDuty's own numbers:
 
 - the refill is ``limit`` a minute, a hair under it (:data:`PACE_SHARE`), whether that is
   above or below the configured rate: the configured rate only stands until an answer says;

@@ -8,10 +8,10 @@ from typing import Literal, Protocol
 from celery import Celery
 from kombu.exceptions import OperationalError as BrokerError
 
-from worker.broker import INBOX_BACKED_HEADER
-from worker.celery_app import APPLY_EVENT_TASK
 from worker.errors import ServiceUnavailable
-from worker.event import AlertEventMessage
+from worker.pipeline.broker import INBOX_BACKED_HEADER
+from worker.pipeline.celery_app import APPLY_EVENT_TASK
+from worker.pipeline.message import AlertEventMessage
 
 # Where an accepted event was kept: the database inbox and the queue (normal), or only one of
 # them while the other is unavailable.
@@ -54,7 +54,7 @@ class CeleryEventQueue:
                 # the queue and its exchange bound to the channel: 8% of a publish, measured).
                 declare=[],
                 # The worker's transport keeps no Redis copy of a message the inbox keeps
-                # (worker/broker.py).
+                # (worker/pipeline/broker.py).
                 headers={INBOX_BACKED_HEADER: True} if inbox_backed else None,
                 # Fail fast: CoScale is waiting for the answer, and a 503 is better than a
                 # request held until CoScale's own timeout.

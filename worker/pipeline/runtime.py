@@ -16,12 +16,12 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import make_engine, make_session_factory
-from worker.event import DEFAULT_ROUTE
-from worker.gate import DeliveryGate
+from worker.delivery.gate import DeliveryGate
+from worker.delivery.reconcile import Backend, Reconciler
 from worker.pagerduty import PagerDutyClient
 from worker.pagerduty.events import EventsClient
-from worker.reconcile import Backend, Reconciler
-from worker.routes import Route, RouteTable, credential_key, load_route_table
+from worker.pipeline.message import DEFAULT_ROUTE
+from worker.routes_file import Route, RouteTable, credential_key, load_route_table
 from worker.settings import Settings, get_settings
 
 

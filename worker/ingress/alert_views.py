@@ -8,10 +8,10 @@ from fastapi import APIRouter, Path, Query
 from sqlalchemy import func, select
 
 from models import Alert, AlertEvent
-from worker.event import REPAIRED
 from worker.ingress.access import Caller
 from worker.ingress.context import ERROR, ApiError, Ingress
 from worker.ingress.schemas import ALERT_ID_MAX, ALERT_ID_PATTERN, AlertView, TimelineEntry
+from worker.pipeline.message import REPAIRED
 
 TIMELINE_LIMIT = 50
 

@@ -10,9 +10,9 @@ from celery.signals import worker_init, worker_ready
 # Imported for their Celery signal receivers: worker and beat log through our handler (format,
 # token redaction), and a worker serves its metrics port (worker/logs.py, worker/metrics.py).
 from worker import logs, metrics  # noqa: F401
-from worker.broker import transport_for
-from worker.heap import freeze_startup_objects
+from worker.pipeline.broker import transport_for
 from worker.settings import Settings, get_settings
+from worker.startup import freeze_startup_objects
 
 APPLY_EVENT_TASK = "pagerbridge.apply_event"
 APPLY_ONE_EVENT_TASK = "pagerbridge.apply_one_event"
@@ -21,7 +21,7 @@ SWEEP_TASK = "pagerbridge.sweep"
 PRUNE_TASK = "pagerbridge.prune"
 
 # How often beat runs the retention prune, seconds. Hourly: alerts are kept for days, so an
-# hour more costs nothing, and each run is short (worker/retention.py).
+# hour more costs nothing, and each run is short (worker/pipeline/retention.py).
 PRUNE_INTERVAL = 3600
 
 # A task runs a few PagerDuty calls of at most ~15 s each; past this it is stuck.
@@ -35,7 +35,7 @@ VISIBILITY_TIMEOUT = 300  # seconds
 
 
 def create_celery(settings: Settings) -> Celery:
-    app = Celery("pagerbridge", broker=settings.redis_url, include=["worker.tasks"])
+    app = Celery("pagerbridge", broker=settings.redis_url, include=["worker.pipeline.tasks"])
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -70,8 +70,8 @@ def _freeze(**_: Any) -> None:
     freeze_startup_objects()
 
 
-# A worker's start-up objects are frozen (worker/heap.py): in the main process before the pool
+# A worker's start-up objects are frozen (worker/startup.py): in the main process before the pool
 # forks (the children then share those pages, untouched by their collections) and again once its
-# consumer is running; each pool process freezes once it is set up (worker/tasks.py).
+# consumer is running; each pool process freezes once it is set up (worker/pipeline/tasks.py).
 for _started in (worker_init, worker_ready):
     _started.connect(_freeze, weak=False)

@@ -13,12 +13,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models import Alert, AlertEvent
-from worker.event import SOURCE_API, SOURCE_COSCALE
-from worker.status import DeliveryState
+from worker.pipeline.message import SOURCE_API, SOURCE_COSCALE
+from worker.vocabulary import DeliveryState
 
 SOURCES = (SOURCE_COSCALE, SOURCE_API)
 # Delivery outcomes the reconciler records when PagerDuty did not do what was asked
-# (worker/reconcile.py records the alert's new delivery state as the outcome).
+# (worker/delivery/reconcile.py records the alert's new delivery state as the outcome).
 ERROR_OUTCOMES = tuple(
     state.value for state in (DeliveryState.PENDING, DeliveryState.PARKED, DeliveryState.FAILED)
 )

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
-from worker.status import AlertStatus
+from worker.vocabulary import AlertStatus
 
 SOURCE_COSCALE = "coscale"  # CoScale's Webhook contact: the alert id is CoScale's {ALERT_ID}
 SOURCE_API = "api"  # the PagerDuty-shaped API contact: the alert id is one the bridge minted
 # Set to "true" in an event's ``fields`` (and so in its timeline entry) when its body was not
-# valid JSON and the ingress repaired it (worker/ingress/body.py).
+# valid JSON and the ingress repaired it (worker/ingress/json_body.py).
 REPAIRED = "repaired"
 
 # Ids the bridge mints for the API contact: "PB" and 16 base32 characters (80 random bits).
@@ -25,7 +25,8 @@ REPAIRED = "repaired"
 BRIDGE_ID_PREFIX = "PB"
 _BRIDGE_ID = re.compile(r"^PB[A-Z2-7]{16}$")
 
-DEFAULT_ROUTE = "default"  # the PAGERBRIDGE_PAGERDUTY_* settings (worker.routes.DEFAULT_ROUTE_NAME)
+# The PAGERBRIDGE_PAGERDUTY_* settings (worker.routes_file.DEFAULT_ROUTE_NAME).
+DEFAULT_ROUTE = "default"
 BACKEND_REST = "rest"  # PagerDuty's REST API: incidents
 BACKEND_EVENTS = "events"  # PagerDuty's Events API v2: alerts by dedup_key
 

@@ -31,7 +31,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert
-from worker.status import DeliveryState
+from worker.vocabulary import DeliveryState
 
 log = logging.getLogger(__name__)
 

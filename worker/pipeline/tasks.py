@@ -12,8 +12,11 @@ from celery_batches import SimpleRequest
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from models import utcnow
-from worker.batching import ApplyBatches
-from worker.celery_app import (
+from worker.delivery.leases import release_dead_leases
+from worker.delivery.reconcile import Reconciler
+from worker.pagerduty.http_client import tls_context
+from worker.pipeline.batching import ApplyBatches
+from worker.pipeline.celery_app import (
     APPLY_EVENT_TASK,
     APPLY_ONE_EVENT_TASK,
     PRUNE_TASK,
@@ -21,25 +24,23 @@ from worker.celery_app import (
     SWEEP_TASK,
     app,
 )
-from worker.event import AlertEventMessage
-from worker.heap import freeze_startup_objects
-from worker.inbox import drain_inbox
-from worker.intake import apply_events
-from worker.leases import release_dead_leases
-from worker.pagerduty.http_client import tls_context
-from worker.reconcile import Reconciler
-from worker.runtime import current_runtime
+from worker.pipeline.inbox import drain_inbox
+from worker.pipeline.intake import apply_events
+from worker.pipeline.message import AlertEventMessage
+from worker.pipeline.runtime import current_runtime
+from worker.pipeline.sweeper import due_alerts, wake_parked
 from worker.settings import get_settings
-from worker.sweeper import due_alerts, wake_parked
+from worker.startup import freeze_startup_objects
 
 log = logging.getLogger(__name__)
 
 # Alerts per reconcile message: big enough for bulk updates and few round trips, small enough
 # that several workers share a backlog.
 RECONCILE_BATCH = 50
-# Messages per apply task at most (each holds up to 200 events, worker/ingress/handoff.py).
+# Messages per apply task at most (each holds up to 200 events, worker/ingress/group_commit.py).
 # While the pool is busy, the messages taken wait up to PAGERBRIDGE_APPLY_BATCH_WINDOW for
-# others to join them; a message that finds the pool idle goes at once (worker/batching.py).
+# others to join them; a message that finds the pool idle goes at once
+# (worker/pipeline/batching.py).
 APPLY_BATCH = 100
 # Events per transaction: the ingress packs up to 200 events in a message, so a full batch of
 # messages is tens of thousands of events, too many for one transaction's locks.
@@ -197,7 +198,7 @@ def _prepare_pool_process(**_: Any) -> None:
     paid for it (an alert storm after a restart meets every pool process's first task at once).
     Nothing here touches the network: Celery kills a pool process that is not up within
     ``worker_proc_alive_timeout`` (4 s), and a database or Redis that is away must not stop the
-    pool from starting. Then the process's start-up objects are frozen (worker/heap.py)."""
+    pool from starting. Then the process's start-up objects are frozen (worker/startup.py)."""
     try:
         _reconciler()
     except Exception:  # a misconfiguration the first task reports again, with its alert
@@ -234,8 +235,8 @@ PRUNE_TIME_BUDGET = 60.0
 def prune_task() -> dict[str, Any]:
     """Delete alerts delivered and resolved more than PAGERBRIDGE_RETENTION_DAYS ago, and keep
     the quarantine of rejected requests within its bounds (each write also does)."""
-    from worker import quarantine
-    from worker.retention import prune, retention_cutoff
+    from worker.ops import rejected as quarantine
+    from worker.pipeline.retention import prune, retention_cutoff
 
     runtime = current_runtime()
     settings = runtime.settings

@@ -1,9 +1,9 @@
 """The quarantine: requests the ingress rejected, kept with why, bounded by count and age.
 
 CoScale does not retry a webhook it got a 4xx for (COSCALE.md), so a rejected body would be
-gone. The api keeps each one here (``worker/ingress/guard.py``); ``pagerbridge rejected`` lists
+gone. The api keeps each one here (``worker/ingress/middleware.py``); ``pagerbridge rejected`` lists
 them and ``pagerbridge rejected --replay ID`` sends one through the ingress again once the
-cause is fixed (``worker/ingress/resubmit.py``). The table never grows past
+cause is fixed (``worker/ingress/replay_rejected.py``). The table never grows past
 ``PAGERBRIDGE_QUARANTINE_MAX_ROWS`` rows nor keeps a row past
 ``PAGERBRIDGE_QUARANTINE_MAX_AGE_DAYS``: both bounds are applied in the transaction that adds
 rows, and by beat's hourly prune.

@@ -18,8 +18,8 @@ import httpx
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import QuarantinedRequest, utcnow
-from worker.quarantine import Rejection, record_replay
-from worker.queue import EventQueue
+from worker.ops.rejected import Rejection, record_replay
+from worker.pipeline.queue import EventQueue
 from worker.settings import Settings
 
 # Seconds the in-process ingress may take to answer: it writes to the database and Redis.

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import utcnow
-from worker.ingress.handoff import GroupCommit
-from worker.quarantine import QuarantineBounds, Rejection, keep
+from worker.ingress.group_commit import GroupCommit
+from worker.ops.rejected import QuarantineBounds, Rejection, keep
 
 log = logging.getLogger(__name__)
 

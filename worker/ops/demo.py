@@ -26,8 +26,8 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from worker.pagerduty.simulator import SimulatorControl
 from worker.settings import ENV_PREFIX
+from worker.simulator.pagerduty import SimulatorControl
 
 REDIS_HELP = (
     "the demo needs Redis on {url}. Start one with `redis-server` (Debian/Ubuntu: "
@@ -174,7 +174,7 @@ def _table(bridge: DemoBridge, caption: str) -> Group:
 def run_demo(redis_url: str, *, api_port: int = 8180, sim_port: int = 8189) -> int:
     console = Console()
     from worker.errors import ServiceUnavailable
-    from worker.preflight import check_redis
+    from worker.ops.preflight import check_redis
 
     try:
         check_redis(redis_url)

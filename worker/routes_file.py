@@ -59,8 +59,8 @@ from worker.coscale import (
     is_web_link,
     placeholder_values,
 )
+from worker.delivery.gate import token_id
 from worker.errors import ConfigurationError
-from worker.gate import token_id
 from worker.ingress.auth import token_is_valid
 from worker.pagerduty.events import (
     EVENTS_URL,

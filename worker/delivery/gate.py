@@ -12,8 +12,8 @@ One gate per PagerDuty API token (keyed by a hash of it, never the token itself)
   probe per ``credentials_probe_interval`` checks whether the token works again. A worker start
   clears it, so fixing the token and restarting resumes at once.
 - the **rate limit**: a token bucket at the configured rate until PagerDuty's answers say
-  theirs (``ratelimit-*`` headers, :mod:`worker.pacing`), then at PagerDuty's numbers; and a
-  pause until ``ratelimit-reset`` / ``Retry-After`` (or a doubling backoff) after a 429.
+  theirs (``ratelimit-*`` headers, :mod:`worker.delivery.pacing`), then at PagerDuty's numbers;
+  and a pause until ``ratelimit-reset`` / ``Retry-After`` (or a doubling backoff) after a 429.
 
 Each decision is one Lua script: atomic across workers, one round trip. A worker with several
 calls to make asks for up to :data:`MAX_ADMIT` rate-limit tokens at once, so the round trip is
@@ -35,7 +35,7 @@ from typing import Any
 
 import redis
 
-from worker.pacing import RateLimitReading, pace_from, rate_after_429
+from worker.delivery.pacing import RateLimitReading, pace_from, rate_after_429
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,8 @@ end
 return pause
 """
 
-# KEYS: gate hash. ARGV: now_ms, rate per ms, tokens, capacity, until_ms (worker/pacing.py).
+# KEYS: gate hash. ARGV: now_ms, rate per ms, tokens, capacity, until_ms
+# (worker/delivery/pacing.py).
 # A reading from an answer: the bucket takes PagerDuty's numbers. A 429's pause stands.
 _PACE = """
 redis.call('HSET', KEYS[1], 'learned_rate', ARGV[2], 'learned_cap', ARGV[4],
@@ -181,7 +182,6 @@ return 1
 # The most calls one admission lets through: the gate's round trip is shared by up to this many
 # calls, and a worker goes on for at most this many calls after another worker opened the breaker.
 MAX_ADMIT = 10
-
 
 
 def _text(value: bytes | str) -> str:
@@ -285,7 +285,8 @@ class DeliveryGate:
         """Record a 429; returns the pause in seconds every worker now observes.
 
         ``limit_per_minute``, PagerDuty's ``ratelimit-limit``, becomes every worker's rate for
-        one window (:func:`worker.pacing.rate_after_429`); the next answers' readings replace it.
+        one window (:func:`worker.delivery.pacing.rate_after_429`); the next answers' readings
+        replace it.
         """
         after = rate_after_429(limit_per_minute, now=self.clock())
         if after is not None and after[0] < self.rate_per_minute:

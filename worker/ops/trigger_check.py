@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from worker.event import SOURCE_COSCALE
 from worker.ingress.schemas import AlertView
+from worker.pipeline.message import SOURCE_COSCALE
 
 ALERT_ID_PREFIX = "pagerbridge-test-"
 POLL_INTERVAL = 0.5  # seconds between two looks at the alert

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, AlertEvent
-from worker.status import DeliveryState
+from worker.vocabulary import DeliveryState
 
 # Alerts put back per transaction: a replay of thousands of failed alerts never holds their row
 # locks all at once, and the command can show its progress.

@@ -35,7 +35,10 @@ from models.alert import ALERTS_TABLE, write_back
 from models.bulk import built_once, insert_rows, is_one_of, param_one_of
 from models.event import ALERT_EVENTS_TABLE
 from worker import metrics
-from worker.delivery import (
+from worker.delivery.gate import Admission, Decision, DeliveryGate
+from worker.delivery.leases import lease_owner_id
+from worker.delivery.pacing import RateLimitReading
+from worker.delivery.policy import (
     EVENT_ACTIONS,
     WAIT_FOR_TRIGGER,
     Create,
@@ -53,10 +56,6 @@ from worker.delivery import (
     plan_delivery,
     schedule_after_failure,
 )
-from worker.event import DEFAULT_ROUTE
-from worker.gate import Admission, Decision, DeliveryGate
-from worker.leases import lease_owner_id
-from worker.pacing import RateLimitReading
 from worker.pagerduty import (
     CredentialsError,
     DuplicateIncidentKeyError,
@@ -68,8 +67,9 @@ from worker.pagerduty import (
     RetryableError,
 )
 from worker.pagerduty.events import EventsClient
+from worker.pipeline.message import DEFAULT_ROUTE
 from worker.settings import Settings
-from worker.status import AlertStatus, DeliveryState
+from worker.vocabulary import AlertStatus, DeliveryState
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class LeaseKeeper:
 @dataclass
 class BatchClaim:
     """A reconcile's first step taken inside the transaction that applies the batch's events
-    (:class:`worker.intake.Claim`).
+    (:class:`worker.pipeline.intake.Claim`).
 
     For each alert that now needs a PagerDuty call and that no live worker holds, it plans the
     call, takes the lease and sets the create mark on the alert's record before the intake
@@ -568,7 +568,7 @@ class Reconciler:
         yet back to the gate: a PagerDuty that starts failing opens the breaker and parks them,
         instead of being called again. Calls already in flight beside the failed one were made,
         and their answers count. ``readings`` gives the ``ratelimit-*`` headers of the latest
-        answers, which set every worker's pace (:mod:`worker.pacing`) after each group.
+        answers, which set every worker's pace (:mod:`worker.delivery.pacing`) after each group.
         """
         answers: dict[int, T | PagerDutyError | Parked | Deferred] = {}
         pending = list(calls)

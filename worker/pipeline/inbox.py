@@ -26,9 +26,9 @@ from models import InboxEvent, utcnow
 from models.bulk import insert_rows
 from models.inbox import INBOX_EVENTS_TABLE
 from worker.errors import ServiceUnavailable
-from worker.event import AlertEventMessage
-from worker.intake import AppliedEvent, apply_events
-from worker.queue import EventQueue, QueuedIn
+from worker.pipeline.intake import AppliedEvent, apply_events
+from worker.pipeline.message import AlertEventMessage
+from worker.pipeline.queue import EventQueue, QueuedIn
 
 log = logging.getLogger(__name__)
 

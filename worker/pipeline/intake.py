@@ -30,9 +30,9 @@ from models.bulk import (
 )
 from models.event import ALERT_EVENTS_TABLE
 from models.inbox import INBOX_EVENTS_TABLE
-from worker.event import AlertEventMessage
 from worker.pagerduty.events import dedup_key
-from worker.status import AlertStatus, DeliveryState, advance
+from worker.pipeline.message import AlertEventMessage
+from worker.vocabulary import AlertStatus, DeliveryState, advance
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class AppliedEvent:
 
 class Claim(Protocol):
     """Whoever delivers a batch's alerts next, given its say inside the transaction that
-    applies the batch (the reconciler's :class:`~worker.reconcile.BatchClaim`).
+    applies the batch (the reconciler's :class:`~worker.delivery.reconcile.BatchClaim`).
 
     ``take`` sees the alerts that now need a delivery, locked or not yet inserted, in the order
     their events came, and may set what a reconcile's first step sets (:data:`CLAIM_COLUMNS`):

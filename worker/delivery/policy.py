@@ -9,10 +9,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from models import AlertLike
-from worker.backoff import retry_delay, should_give_up
-from worker.event import BACKEND_EVENTS, is_adopted_incident
+from worker.delivery.backoff import retry_delay, should_give_up
 from worker.pagerduty import CredentialsError, Incident, PagerDutyError, RetryableError
-from worker.status import AlertStatus, DeliveryState, next_update
+from worker.pipeline.message import BACKEND_EVENTS, is_adopted_incident
+from worker.vocabulary import AlertStatus, DeliveryState, next_update
 
 # With bad credentials nothing heals by itself; look again now and then (a probe) so that a
 # fixed token resumes deliveries without a restart.

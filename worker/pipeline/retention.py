@@ -24,7 +24,7 @@ from sqlalchemy import ColumnElement, CursorResult, and_, delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, AlertEvent
-from worker.status import AlertStatus, DeliveryState
+from worker.vocabulary import AlertStatus, DeliveryState
 
 BATCH_SIZE = 1000  # alerts per transaction
 

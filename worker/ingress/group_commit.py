@@ -28,8 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from worker.event import AlertEventMessage
-from worker.queue import EventQueue, QueuedIn
+from worker.pipeline.message import AlertEventMessage
+from worker.pipeline.queue import EventQueue, QueuedIn
 
 log = logging.getLogger(__name__)
 

@@ -14,14 +14,14 @@ from sqlalchemy import and_, case, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert
-from worker.status import AlertStatus, DeliveryState
+from worker.vocabulary import AlertStatus, DeliveryState
 
 # How long a swept alert stays out of the next sweeps while its message waits in the queue.
 # Short: if the worker that prefetched the message dies, the alert is swept again this soon.
 REQUEUE_GRACE = timedelta(seconds=20)
 
 
-# worker.delivery.drain_rank in SQL: when more alerts are due than a sweep takes, those whose
+# worker.delivery.policy.drain_rank in SQL: when more alerts are due than a sweep takes, those whose
 # incident exists (an acknowledge or resolve) or that resolved go first, then high urgency.
 DRAIN_ORDER = (
     case(

@@ -1,4 +1,4 @@
-"""Start-up objects frozen out of the garbage collector's walks (worker/heap.py), in every
+"""Start-up objects frozen out of the garbage collector's walks (worker/startup.py), in every
 process that serves: the api (one process or several) and the worker's processes."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from typer.testing import CliRunner
 
-from worker import heap
+from worker import startup as heap
 from worker.cli import cli
 
 
@@ -46,7 +46,7 @@ def test_the_orm_is_configured_before_the_freeze(monkeypatch: pytest.MonkeyPatch
 def test_the_worker_freezes_before_the_pool_forks_and_once_ready() -> None:
     from celery.signals import worker_init, worker_ready
 
-    from worker import celery_app
+    from worker.pipeline import celery_app
 
     # Each pool process freezes once prepared: tests/unit/test_pool_process_start.py.
     for signal in (worker_init, worker_ready):
@@ -73,8 +73,8 @@ def test_the_single_process_api_freezes_before_it_serves(monkeypatch: pytest.Mon
     import uvicorn
 
     from worker import cli as cli_module
-    from worker import preflight
     from worker.ingress import app as app_module
+    from worker.ops import preflight
     from worker.settings import get_settings
 
     steps: list[str] = []
