@@ -111,19 +111,15 @@ class ListQueue:
     broken: bool = False
     on_publish: Callable[[AlertEventMessage], None] | None = None
     batches: list[int] = field(default_factory=list)  # events per publish_many call
-    inbox_backed: list[bool] = field(default_factory=list)  # per publish_many call
 
     def publish(self, event: AlertEventMessage) -> QueuedIn:
         return self.publish_many([event])
 
-    def publish_many(
-        self, events: Sequence[AlertEventMessage], *, inbox_backed: bool = False
-    ) -> QueuedIn:
+    def publish_many(self, events: Sequence[AlertEventMessage]) -> QueuedIn:
         if self.broken:
             raise ServiceUnavailable("redis is down (fake)")
         self.events.extend(events)
         self.batches.append(len(events))
-        self.inbox_backed.append(inbox_backed)
         for event in events:
             if self.on_publish:
                 self.on_publish(event)

@@ -172,9 +172,9 @@ class Settings(BaseSettings):
         0.05,
         gt=0,
         le=10,
-        description="seconds: while its processes are busy, how long a `worker` gathers the "
-        "events it takes into one batch (an idle worker takes each at once); longer makes an "
-        "alert storm's batches bigger, and its alerts later",
+        description="seconds: how long a `worker` gathers the events it takes into one batch "
+        "before applying them; longer makes an alert storm's batches bigger, and every alert "
+        "later (by half the window on average)",
     )
     api_workers: int = Field(1, gt=0, description="api processes per `api`")
     beat_schedule_path: str = Field(

@@ -1,94 +1,63 @@
-"""The Redis transport Celery talks through (worker/pipeline/broker.py), against a real Redis:
-the same messages and acknowledgements as kombu's, with one redis-py client per pool."""
+"""What the queue promises, on kombu's own Redis transport with the bridge's settings
+(worker/pipeline/celery_app.py), against a real Redis: the api's messages reach a worker; a
+message a worker took is not gone until it is acknowledged; a worker killed with SIGKILL loses
+none of what it held, which comes back on its queue once the visibility timeout has passed.
+
+Those that make a consumer restore messages past a visibility timeout use a redis-server of
+their own: kombu's copies of unacknowledged messages are one hash per Redis database, shared by
+every namespace, and a short timeout there would hand back messages other tests still hold.
+"""
 
 from __future__ import annotations
 
+import base64
+import json
+import shutil
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from celery import Celery
-from kombu.connection import Connection
+from kombu.transport import redis as kombu_redis
 
 from models import utcnow
+from tests.conftest import service_missing
 from tests.fakes import trigger_events
-from worker.pipeline import broker
-from worker.pipeline.celery_app import APPLY_EVENT_TASK, create_celery
+from tests.integration.conftest import free_port
+from tests.integration.test_durability import PrivateRedis
+from worker.pipeline.celery_app import APPLY_EVENT_TASK, VISIBILITY_TIMEOUT, create_celery
 from worker.pipeline.queue import CeleryEventQueue
 from worker.settings import Settings
 
-
-@pytest.fixture
-def clients_made(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
-    """Every redis-py client made while the test runs."""
-    made: list[object] = []
-    real_init = redis.Redis.__init__
-
-    def counting_init(self: redis.Redis, *args: Any, **kwargs: Any) -> None:
-        made.append(self)
-        real_init(self, *args, **kwargs)
-
-    monkeypatch.setattr(redis.Redis, "__init__", counting_init)
-    yield made
+pytestmark = pytest.mark.integration
 
 
-def test_celery_uses_it_for_redis_urls_and_kombus_own_for_tls_and_sentinel() -> None:
-    assert broker.transport_for("redis://127.0.0.1:6379/0") == broker.TRANSPORT
-    for url in ("rediss://redis.example:6380/0", "sentinel://s1:26379;sentinel://s2:26379"):
-        assert broker.transport_for(url) is None
-    plain = create_celery(Settings(redis_url="redis://127.0.0.1:6379/3"))
-    assert type(plain.connection_for_write().transport) is broker.Transport
-    secure = create_celery(Settings(redis_url="rediss://redis.example:6380/3"))
-    assert type(secure.connection_for_write().transport) is not broker.Transport
-
-
-def test_messages_and_acks_go_through_one_client(
-    redis_url: str, clients_made: list[object]
+def test_celery_talks_through_kombus_own_redis_transport_with_ack_emulation(
+    redis_url: str, namespace: str
 ) -> None:
-    queue_name = f"pagerbridge-test-broker-{uuid.uuid4().hex[:8]}"
-    with Connection(redis_url, transport=broker.TRANSPORT) as connection:  # type: ignore[no-untyped-call]
-        queue = connection.SimpleQueue(queue_name)
-        try:
-            for n in range(40):
-                queue.put({"n": n})
-            taken = []
-            for _ in range(40):
-                message = queue.get(timeout=5)
-                taken.append(message.payload["n"])
-                message.ack()
-            assert taken == list(range(40))
-            # kombu's own transport makes a client per put and two per message taken (one
-            # to record it as unacknowledged, one to acknowledge it): 120 here.
-            assert len(clients_made) <= 4
-            with queue.channel.conn_or_acquire() as client:
-                assert client.hlen(queue.channel.unacked_key) == 0
-        finally:
-            queue.clear()
-            queue.close()
-
-
-def test_a_replaced_pool_gets_a_client_of_its_own(redis_url: str) -> None:
-    with Connection(redis_url, transport=broker.TRANSPORT) as connection:  # type: ignore[no-untyped-call]
+    app = create_celery(Settings(redis_url=redis_url, namespace=f"{namespace}-transport"))
+    with app.connection_for_read() as connection:
+        assert type(connection.transport) is kombu_redis.Transport
         channel = connection.default_channel
-        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as again:
-            assert first is again and first.connection_pool is channel.pool
-        channel._disconnect_pools()  # as after a fork or a lost connection
-        with channel.conn_or_acquire() as after:
-            assert after is not first and after.connection_pool is channel.pool
-            assert after.ping()
+        # What redelivery after a SIGKILL rests on: a copy of each message taken, restored
+        # past the visibility timeout.
+        assert channel.ack_emulation is True
+        assert channel.visibility_timeout == VISIBILITY_TIMEOUT
+        assert isinstance(channel.qos, kombu_redis.QoS)
 
 
-def test_the_api_publishes_apply_messages_a_worker_can_read(
-    redis_url: str, namespace: str, clients_made: list[object]
-) -> None:
+def test_the_api_publishes_apply_messages_a_worker_can_read(redis_url: str, namespace: str) -> None:
     app = create_celery(Settings(redis_url=redis_url, namespace=f"{namespace}-broker"))
     try:
         for n in range(20):
             app.send_task(APPLY_EVENT_TASK, args=[[{"n": n}]])
-        assert len(clients_made) <= 4
         with app.connection_for_read() as connection:
             queue = connection.SimpleQueue(f"{namespace}-broker")
             bodies = []
@@ -108,22 +77,11 @@ def test_an_event_published_without_declaring_its_queue_reaches_it(
     # The api publishes without declaring the queue (worker/pipeline/queue.py): on a Redis that
     # has never seen the queue nor its bindings (no worker ever started), the message must still
     # be in it.
-    from models import utcnow
-    from worker.pipeline.message import AlertEventMessage
-    from worker.pipeline.queue import CeleryEventQueue
-    from worker.vocabulary import AlertStatus
-
     name = f"{namespace}-undeclared"
     client = redis.Redis.from_url(redis_url)
     assert not client.keys(f"*{name}*")
     app = create_celery(Settings(redis_url=redis_url, namespace=name))
-    event = AlertEventMessage(
-        event_id=uuid.uuid4().hex,
-        source="coscale",
-        alert_id="a1",
-        action=AlertStatus.TRIGGERED,
-        received_at=utcnow(),
-    )
+    (event,) = trigger_events("a1", received_at=utcnow())
     try:
         assert CeleryEventQueue(app).publish_many([event]) == "queue"
         assert client.llen(name) == 1
@@ -132,7 +90,7 @@ def test_an_event_published_without_declaring_its_queue_reaches_it(
             message = queue.get(timeout=5)
             message.ack()
             queue.close()
-        assert message.payload[0][0][0]["event_id"] == event.event_id
+        assert _event_id(message) == event.event_id
     finally:
         client.delete(name)
 
@@ -140,76 +98,169 @@ def test_an_event_published_without_declaring_its_queue_reaches_it(
 @dataclass
 class OwnQueue:
     """A Celery app on a queue of the test's own, what the api publishes with, and a Redis
-    client to look at the queue and kombu's copies."""
+    client to look at the queue and at kombu's copies of the messages taken."""
 
     name: str
+    redis_url: str
     app: Celery
     events: CeleryEventQueue
     client: redis.Redis
 
+    def copies(self) -> list[str]:
+        """Event ids of this queue's messages taken and not acknowledged: kombu's ``unacked``
+        hash of [message, exchange, routing key], the body base64-encoded."""
+        found = []
+        for _tag, raw in self.client.hscan_iter("unacked"):
+            message, _exchange, routing_key = json.loads(raw)
+            if routing_key == self.name:
+                assert message["properties"]["body_encoding"] == "base64"
+                args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+                found.append(str(args[0][0]["event_id"]))
+        return found
 
-@pytest.fixture
-def own_queue(redis_url: str, namespace: str) -> Iterator[OwnQueue]:
-    name = f"{namespace}-inbox-backed-{uuid.uuid4().hex[:8]}"
+    def app_restoring_after(self, seconds: int) -> Celery:
+        """The bridge's app for this queue, but with ``seconds`` as visibility timeout."""
+        app = create_celery(Settings(redis_url=self.redis_url, namespace=self.name))
+        app.conf.broker_transport_options = {
+            **app.conf.broker_transport_options,
+            "visibility_timeout": seconds,
+        }
+        return app
+
+
+def _own_queue(redis_url: str, namespace: str) -> Iterator[OwnQueue]:
+    name = f"{namespace}-taken-{uuid.uuid4().hex[:8]}"
     client = redis.Redis.from_url(redis_url)
     app = create_celery(Settings(redis_url=redis_url, namespace=name))
     try:
-        yield OwnQueue(name, app, CeleryEventQueue(app), client)
+        yield OwnQueue(name, redis_url, app, CeleryEventQueue(app), client)
     finally:
         client.delete(name)
         client.close()
+
+
+@pytest.fixture
+def own_queue(redis_url: str, namespace: str) -> Iterator[OwnQueue]:
+    yield from _own_queue(redis_url, namespace)
+
+
+@pytest.fixture
+def private_queue(tmp_path: Path, namespace: str) -> Iterator[OwnQueue]:
+    if shutil.which("redis-server") is None:
+        service_missing("redis-server binary (apt-get install redis-server)")
+    private = PrivateRedis(free_port(), tmp_path)
+    private.start()
+    try:
+        yield from _own_queue(private.url, namespace)
+    finally:
+        private.stop()
 
 
 def _event_id(message: Any) -> str:
     return str(message.payload[0][0][0]["event_id"])
 
 
-def test_a_message_the_inbox_keeps_leaves_no_copy_in_redis_the_others_keep_kombus(
-    own_queue: OwnQueue,
-) -> None:
+def test_a_message_taken_is_kept_in_redis_until_acknowledged(own_queue: OwnQueue) -> None:
     name, client = own_queue.name, own_queue.client
-    kept, queued_only = trigger_events("kept", "queued-only", received_at=utcnow())
-    own_queue.events.publish_many([kept], inbox_backed=True)
-    own_queue.events.publish_many([queued_only])  # the database was away
+    first, second = trigger_events("first", "second", received_at=utcnow())
+    own_queue.events.publish_many([first])
+    own_queue.events.publish_many([second])
     with own_queue.app.connection_for_read() as connection:
         queue = connection.SimpleQueue(name)
-        first, second = queue.get(timeout=5), queue.get(timeout=5)
-        taken = {_event_id(message): message for message in (first, second)}
-        copies = queue.channel.unacked_key
-        # Taken, not acknowledged: kombu's copy of the queued-only one, none of the other.
-        assert client.hget(copies, taken[queued_only.event_id].delivery_tag) is not None
-        assert client.hget(copies, taken[kept.event_id].delivery_tag) is None
-        for message in taken.values():
-            message.ack()
-        assert client.hget(copies, taken[queued_only.event_id].delivery_tag) is None
+        taken = [queue.get(timeout=5), queue.get(timeout=5)]
         assert client.llen(name) == 0
+        assert sorted(own_queue.copies()) == sorted([first.event_id, second.event_id])
+        taken[0].ack()
+        assert own_queue.copies() == [_event_id(taken[1])]
+        taken[1].ack()
+        assert own_queue.copies() == []
         queue.close()
     # Acknowledged: neither comes back.
     assert client.llen(name) == 0
 
 
-def test_a_message_the_inbox_keeps_goes_back_on_its_queue_when_rejected_or_left_unacked(
+def test_a_message_rejected_or_left_unacked_at_shutdown_goes_back_at_once(
     own_queue: OwnQueue,
 ) -> None:
     name, client, app = own_queue.name, own_queue.client, own_queue.app
-    (kept,) = trigger_events("kept", received_at=utcnow())
-    own_queue.events.publish_many([kept], inbox_backed=True)
+    (event,) = trigger_events("kept", received_at=utcnow())
+    own_queue.events.publish_many([event])
     with app.connection_for_read() as connection:
         queue = connection.SimpleQueue(name)
         message = queue.get(timeout=5)
         assert client.llen(name) == 0
-        message.reject(requeue=True)  # as Celery does when a pool process dies mid-task
+        # As Celery does when a pool process dies mid-task (task_reject_on_worker_lost)
+        message.reject(requeue=True)
         assert client.llen(name) == 1
         again = queue.get(timeout=5)
-        assert _event_id(again) == kept.event_id
+        assert _event_id(again) == event.event_id
         queue.close()
     # The connection closed with the message taken and not acknowledged (a warm shutdown):
-    # it is back on the queue, as kombu puts back the messages it holds a copy of.
+    # it is back on the queue, without waiting for the visibility timeout.
     assert client.llen(name) == 1
+    assert own_queue.copies() == []
     with app.connection_for_read() as connection:
         queue = connection.SimpleQueue(name)
         last = queue.get(timeout=5)
-        assert _event_id(last) == kept.event_id
+        assert _event_id(last) == event.event_id
         last.ack()
         queue.close()
     assert client.llen(name) == 0
+
+
+# A consumer like a worker's: the bridge's app takes one message, says so, and waits to be
+# killed without acknowledging it.
+_TAKE_AND_HOLD = """
+import sys, time
+from worker.pipeline.celery_app import create_celery
+from worker.settings import Settings
+app = create_celery(Settings(redis_url=sys.argv[1], namespace=sys.argv[2]))
+with app.connection_for_read() as connection:
+    message = connection.SimpleQueue(sys.argv[2]).get(timeout=30)
+    print("taken", flush=True)
+    time.sleep(120)
+"""
+
+
+def _take_and_get_killed(own: OwnQueue) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-c", _TAKE_AND_HOLD, own.redis_url, own.name],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline().strip() == "taken"
+        finally:
+            holder.send_signal(signal.SIGKILL)
+            holder.wait(timeout=10)
+
+
+def test_a_message_held_by_a_consumer_killed_with_sigkill_comes_back_past_the_timeout(
+    private_queue: OwnQueue,
+) -> None:
+    own = private_queue
+    (event,) = trigger_events("held", received_at=utcnow())
+    own.events.publish_many([event])
+    _take_and_get_killed(own)
+    # Gone from the queue with its consumer, but not lost: kombu's copy is in Redis.
+    assert own.client.llen(own.name) == 0
+    assert own.copies() == [event.event_id]
+
+    # A live worker looks for copies past the visibility timeout (kombu's restore_visible, on
+    # its event loop): within the bridge's timeout the message is still the dead consumer's.
+    with own.app.connection_for_read() as connection:
+        connection.default_channel.qos.restore_visible(num=100, interval=1)
+    assert own.client.llen(own.name) == 0 and own.copies() == [event.event_id]
+
+    # Past it (here a timeout of 0 s stands for 300 s gone by), the message is put back.
+    with own.app_restoring_after(0).connection_for_read() as connection:
+        connection.default_channel.qos.restore_visible(num=100, interval=1)
+    assert own.client.llen(own.name) == 1 and own.copies() == []
+    with own.app.connection_for_read() as connection:
+        queue = connection.SimpleQueue(own.name)
+        message = queue.get(timeout=5)
+        assert _event_id(message) == event.event_id
+        message.ack()
+        queue.close()
+    assert own.copies() == [] and own.client.llen(own.name) == 0

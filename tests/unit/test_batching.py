@@ -1,5 +1,6 @@
-"""worker/pipeline/batching.py: a message that finds the worker's pool idle goes to it at once;
-while the pool is busy, messages wait for celery-batches' timer and go together."""
+"""How the worker gathers apply messages into batches (celery-batches, as
+worker/pipeline/tasks.py sets it up): the messages taken wait for the window's timer and go
+together, and a full batch goes without waiting."""
 
 from __future__ import annotations
 
@@ -10,16 +11,16 @@ from typing import Any
 import pytest
 from celery import Celery
 from celery.contrib.testing.mocks import TaskMessage
+from celery_batches import Batches
 
-from worker.pipeline.batching import ApplyBatches, hand_over_now, jobs_in_flight
+from worker.pipeline.tasks import APPLY_BATCH, apply_event_task
+from worker.settings import get_settings
 
 
 class FakePool:
-    """Celery's prefork pool as the consumer sees it: the jobs in flight in billiard's
-    ``_cache``, and the batches handed to it."""
+    """The worker's pool as celery-batches hands it a batch (``apply_async``)."""
 
-    def __init__(self, in_flight: int) -> None:
-        self._pool = SimpleNamespace(_cache={job: object() for job in range(in_flight)})
+    def __init__(self) -> None:
         self.batches: list[int] = []
 
     def apply_async(self, _target: Any, args: tuple[Any, ...], **_: Any) -> None:
@@ -29,9 +30,11 @@ class FakePool:
 
 class FakeTimer:
     def __init__(self) -> None:
+        self.intervals: list[float] = []
         self.ticks: list[Callable[[], None]] = []
 
-    def call_repeatedly(self, _interval: float, tick: Callable[[], None]) -> SimpleNamespace:
+    def call_repeatedly(self, interval: float, tick: Callable[[], None]) -> SimpleNamespace:
+        self.intervals.append(interval)
         self.ticks.append(tick)
         return SimpleNamespace(cancel=lambda: None)
 
@@ -39,27 +42,22 @@ class FakeTimer:
         self.ticks[-1]()
 
 
-def test_the_jobs_in_flight_are_read_from_the_prefork_pool_or_unknown() -> None:
-    assert jobs_in_flight(FakePool(0)) == 0
-    assert jobs_in_flight(FakePool(3)) == 3
-    assert jobs_in_flight(SimpleNamespace()) is None  # solo or threads: it does not say
-    assert jobs_in_flight(None) is None
+def test_the_apply_task_batches_by_the_window_and_the_batch_size() -> None:
+    assert isinstance(apply_event_task, Batches)
+    assert apply_event_task.flush_every == APPLY_BATCH
+    assert apply_event_task.flush_interval == get_settings().apply_batch_window
+    assert apply_event_task.acks_late is True
 
 
-def test_only_a_pool_known_to_be_idle_takes_a_message_at_once() -> None:
-    assert hand_over_now(0) is True
-    assert hand_over_now(1) is False
-    assert hand_over_now(None) is False  # the timer, as celery-batches does
-
-
-def _handler(in_flight: int) -> tuple[Callable[..., None], FakePool, FakeTimer]:
+def _handler(window: float) -> tuple[Callable[..., None], FakePool, FakeTimer]:
+    """A batch task set up as the apply task is (its batch size, a window), on a fresh app."""
     app = Celery("batching-test", set_as_current=False)
 
-    @app.task(name="batching.test", base=ApplyBatches, flush_every=100, flush_interval=30)
+    @app.task(name="batching.test", base=Batches, flush_every=APPLY_BATCH, flush_interval=window)
     def batch(requests: list[Any]) -> None:  # pragma: no cover - never run here
         pass
 
-    pool, timer = FakePool(in_flight), FakeTimer()
+    pool, timer = FakePool(), FakeTimer()
     consumer = SimpleNamespace(
         pool=pool,
         hostname="worker@test",
@@ -67,8 +65,7 @@ def _handler(in_flight: int) -> tuple[Callable[..., None], FakePool, FakeTimer]:
         event_dispatcher=SimpleNamespace(enabled=False),
         timer=timer,
     )
-    handle = batch.Strategy(batch, app, consumer)
-    return handle, pool, timer
+    return batch.Strategy(batch, app, consumer), pool, timer
 
 
 def _take(handle: Callable[..., None], count: int) -> None:
@@ -76,19 +73,19 @@ def _take(handle: Callable[..., None], count: int) -> None:
         handle(TaskMessage("batching.test", args=([{"n": n}],)), None, None, None, set())
 
 
-def test_a_message_that_finds_the_pool_idle_goes_at_once() -> None:
-    handle, pool, _timer = _handler(in_flight=0)
-    _take(handle, 1)
-    # Not 30 s later at the timer: now.
-    assert pool.batches == [1]
-
-
 @pytest.mark.parametrize("waiting", [1, 7])
-def test_messages_taken_while_the_pool_is_busy_wait_for_the_timer_and_go_together(
-    waiting: int,
-) -> None:
-    handle, pool, timer = _handler(in_flight=2)
+def test_messages_taken_wait_for_the_window_and_go_together(waiting: int) -> None:
+    handle, pool, timer = _handler(window=0.05)
     _take(handle, waiting)
     assert pool.batches == []
+    assert timer.intervals == [0.05]  # the first message taken started the window
     timer.tick()
     assert pool.batches == [waiting]
+
+
+def test_a_full_batch_goes_without_waiting_for_the_window() -> None:
+    handle, pool, timer = _handler(window=30)
+    _take(handle, APPLY_BATCH + 3)
+    assert pool.batches == [APPLY_BATCH]
+    timer.tick()
+    assert pool.batches == [APPLY_BATCH, 3]

@@ -35,12 +35,10 @@ class SlowQueue(ListQueue):
         self.release = threading.Event()
         self.writing = threading.Event()
 
-    def publish_many(
-        self, events: Sequence[AlertEventMessage], *, inbox_backed: bool = False
-    ) -> QueuedIn:
+    def publish_many(self, events: Sequence[AlertEventMessage]) -> QueuedIn:
         self.writing.set()
         assert self.release.wait(5), "the test never released the write"
-        return super().publish_many(events, inbox_backed=inbox_backed)
+        return super().publish_many(events)
 
 
 def test_a_lone_event_is_written_at_once_in_a_batch_of_one() -> None:

@@ -10,7 +10,6 @@ from celery.signals import worker_init, worker_ready
 # Imported for their Celery signal receivers: worker and beat log through our handler (format,
 # token redaction), and a worker serves its metrics port (worker/logs.py, worker/metrics.py).
 from worker import logs, metrics  # noqa: F401
-from worker.pipeline.broker import transport_for
 from worker.settings import Settings, get_settings
 from worker.startup import freeze_startup_objects
 
@@ -26,12 +25,24 @@ PRUNE_INTERVAL = 3600
 
 # A task runs a few PagerDuty calls of at most ~15 s each; past this it is stuck.
 TASK_TIME_LIMIT = 120  # seconds
-# Redis re-delivers an unacknowledged message after this long: that is how a message held by a
-# worker killed with SIGKILL comes back. It must exceed a task's run time plus its wait in the
-# worker's prefetch buffer (else a slow task runs twice, harmlessly but wastefully), and we use
-# no countdown near it: retries wait in SQL, and alerts already applied are re-found by the
-# sweeper long before this.
+# kombu's Redis transport, as shipped (kombu.transport.redis, "Transport Options"). With
+# ``ack_emulation`` (its default, stated here because delivery depends on it) every message a
+# worker takes is copied into Redis (the ``unacked`` hash, indexed by the time it was taken)
+# until it is acknowledged, so a worker killed with SIGKILL loses none of what it held: any
+# live worker puts a copy back on its queue once it is older than ``visibility_timeout``. The
+# timeout must exceed a task's run time plus its wait in the worker's prefetch buffer (else a
+# slow task runs twice, harmlessly but wastefully); retries wait in SQL, not in countdowns near
+# it. Events also in the inbox table come back sooner through the sweeper
+# (worker/pipeline/inbox.py).
 VISIBILITY_TIMEOUT = 300  # seconds
+BROKER_TRANSPORT_OPTIONS = {
+    "ack_emulation": True,
+    "visibility_timeout": VISIBILITY_TIMEOUT,
+    # A worker looks for copies past the timeout every ``unacked_restore_interval`` (10 s) times
+    # this. kombu's default (10) looks only every 100 s, delaying a redelivery by as much; a look
+    # is three commands.
+    "unacked_restore_throttle": 1,
+}
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -41,18 +52,20 @@ def create_celery(settings: Settings) -> Celery:
         accept_content=["json"],
         task_ignore_result=True,
         task_default_queue=settings.namespace,
-        # At least once: acknowledge after the work, and requeue when the worker process dies.
-        # Reconcile is idempotent, so a redelivery costs a look, not a duplicate incident.
+        # At least once: acknowledge after the work (a message taken is not done until its task
+        # returned), and put it back at once when a pool process dies under it. An event
+        # redelivered is applied once (its id is recorded); reconcile is idempotent, so a
+        # redelivery costs a look, not a duplicate incident.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_time_limit=TASK_TIME_LIMIT,
         task_soft_time_limit=TASK_TIME_LIMIT - 10,
-        # The apply task takes up to 100 events at once (celery-batches): the worker must be
-        # allowed to hold that many unacknowledged messages per process.
+        # The apply task takes up to 100 messages at once (celery-batches): the worker must be
+        # allowed to hold that many unacknowledged messages per process. These are what a
+        # SIGKILL of the whole worker leaves to the visibility timeout (or to the sweeper).
         worker_prefetch_multiplier=100,
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
+        broker_transport_options=dict(BROKER_TRANSPORT_OPTIONS),
         broker_connection_retry_on_startup=True,
-        broker_transport=transport_for(settings.redis_url),
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         beat_schedule={

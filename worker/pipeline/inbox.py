@@ -46,11 +46,8 @@ class DurableEventQueue:
     def publish(self, event: AlertEventMessage) -> QueuedIn:
         return self.publish_many([event])
 
-    def publish_many(
-        self, events: Sequence[AlertEventMessage], *, inbox_backed: bool = False
-    ) -> QueuedIn:
-        """Store ``events`` in the inbox and on the queue (``inbox_backed`` is not the caller's
-        to say here: the queue's message is marked so when the inbox took them)."""
+    def publish_many(self, events: Sequence[AlertEventMessage]) -> QueuedIn:
+        """Store ``events`` in the inbox and on the queue."""
         if not events:
             return "database+queue"
         now = utcnow()
@@ -79,7 +76,7 @@ class DurableEventQueue:
         else:
             database_error = None
         try:
-            self._queue.publish_many(events, inbox_backed=database_error is None)
+            self._queue.publish_many(events)
         except ServiceUnavailable as redis_down:
             if database_error is not None:
                 raise ServiceUnavailable(

@@ -9,7 +9,6 @@ from celery import Celery
 from kombu.exceptions import OperationalError as BrokerError
 
 from worker.errors import ServiceUnavailable
-from worker.pipeline.broker import INBOX_BACKED_HEADER
 from worker.pipeline.celery_app import APPLY_EVENT_TASK
 from worker.pipeline.message import AlertEventMessage
 
@@ -19,12 +18,9 @@ QueuedIn = Literal["database+queue", "database", "queue"]
 
 
 class EventQueue(Protocol):
-    def publish_many(
-        self, events: Sequence[AlertEventMessage], *, inbox_backed: bool = False
-    ) -> QueuedIn:
+    def publish_many(self, events: Sequence[AlertEventMessage]) -> QueuedIn:
         """Queue ``events`` durably, all in one place, and say where; or raise
-        :class:`ServiceUnavailable` having kept none of them. ``inbox_backed``: every one of
-        them is in the inbox table already (the broker then keeps no copy of its own)."""
+        :class:`ServiceUnavailable` having kept none of them."""
 
 
 class CeleryEventQueue:
@@ -34,9 +30,7 @@ class CeleryEventQueue:
     def publish(self, event: AlertEventMessage) -> QueuedIn:
         return self.publish_many([event])
 
-    def publish_many(
-        self, events: Sequence[AlertEventMessage], *, inbox_backed: bool = False
-    ) -> QueuedIn:
+    def publish_many(self, events: Sequence[AlertEventMessage]) -> QueuedIn:
         if not events:
             return "queue"
         try:
@@ -53,9 +47,6 @@ class CeleryEventQueue:
                 # declare. Celery would otherwise re-declare it with every message (a copy of
                 # the queue and its exchange bound to the channel: 8% of a publish, measured).
                 declare=[],
-                # The worker's transport keeps no Redis copy of a message the inbox keeps
-                # (worker/pipeline/broker.py).
-                headers={INBOX_BACKED_HEADER: True} if inbox_backed else None,
                 # Fail fast: CoScale is waiting for the answer, and a 503 is better than a
                 # request held until CoScale's own timeout.
                 retry=True,

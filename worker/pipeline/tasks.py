@@ -8,14 +8,13 @@ from typing import Any
 import redis
 from celery import Task
 from celery.signals import worker_init, worker_process_init, worker_ready
-from celery_batches import SimpleRequest
+from celery_batches import Batches, SimpleRequest
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from models import utcnow
 from worker.delivery.leases import release_dead_leases
 from worker.delivery.reconcile import Reconciler
 from worker.pagerduty.http_client import tls_context
-from worker.pipeline.batching import ApplyBatches
 from worker.pipeline.celery_app import (
     APPLY_EVENT_TASK,
     APPLY_ONE_EVENT_TASK,
@@ -38,9 +37,10 @@ log = logging.getLogger(__name__)
 # that several workers share a backlog.
 RECONCILE_BATCH = 50
 # Messages per apply task at most (each holds up to 200 events, worker/ingress/group_commit.py).
-# While the pool is busy, the messages taken wait up to PAGERBRIDGE_APPLY_BATCH_WINDOW for
-# others to join them; a message that finds the pool idle goes at once
-# (worker/pipeline/batching.py).
+# celery-batches hands the messages taken to the pool every PAGERBRIDGE_APPLY_BATCH_WINDOW
+# (``flush_interval``), or as soon as this many wait (``flush_every``): in an alert storm the
+# messages that arrive while the pool is busy go together, and a batch costs its transactions
+# and its Celery round trip whatever its size. A lone message waits for the window's end.
 APPLY_BATCH = 100
 # Events per transaction: the ingress packs up to 200 events in a message, so a full batch of
 # messages is tens of thousands of events, too many for one transaction's locks.
@@ -74,7 +74,7 @@ def _reconciler() -> Reconciler:
 
 @app.task(
     name=APPLY_EVENT_TASK,
-    base=ApplyBatches,
+    base=Batches,
     flush_every=APPLY_BATCH,
     flush_interval=get_settings().apply_batch_window,
     acks_late=True,
