@@ -123,32 +123,39 @@ def test_a_body_announced_over_the_limit_is_refused_before_it_is_sent(api: str) 
 def test_a_rejected_coscale_body_is_kept_listed_shown_and_replayed(
     api: str, env: dict[str, str], tmp_path: Path
 ) -> None:
-    # Given CoScale's body with unescaped quotes, a backslash and markup, sent with a token
-    # since rotated away
+    # Given a wrong-token request, which is refused and not kept
     message = '<b>disk</b> "full" on C:\\data'
     body = (
         '{"alert_id": "hostile-1", "action": "triggered", "message": "' + message + '", '
         '"app": "shop"}'
     )
-    refused = httpx.post(
+    wrong_token = httpx.post(
         f"{api}/webhooks/coscale",
         content=body.encode(),
         headers={"Authorization": "Bearer rotated-away", "Content-Type": "application/json"},
     )
-    assert refused.status_code == 401
+    assert wrong_token.status_code == 401
+    # And CoScale's body with unescaped quotes, a backslash and markup, sent with a valid token
+    # but a Content-Type the contact was misconfigured with
+    refused = httpx.post(
+        f"{api}/webhooks/coscale",
+        content=body.encode(),
+        headers={"Authorization": f"Bearer {INGRESS_TOKEN}", "Content-Type": "text/plain"},
+    )
+    assert refused.status_code == 415
 
     # When the operator lists the rejected requests and looks at the one refused
     listed = pagerbridge("rejected", "--json", env=env, cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     (row,) = json.loads(listed.stdout)
-    assert (row["status"], row["method"], row["path"]) == (401, "POST", "/webhooks/coscale")
-    assert row["reason"].startswith("missing or invalid ingress token")
+    assert (row["status"], row["method"], row["path"]) == (415, "POST", "/webhooks/coscale")
+    assert row["reason"].startswith("Content-Type 'text/plain' is not JSON")
     shown = pagerbridge("rejected", "--show", str(row["id"]), "--json", env=env, cwd=tmp_path)
     assert json.loads(shown.stdout)["body"] == body
     table = pagerbridge("rejected", env={**env, "COLUMNS": "250"}, cwd=tmp_path)
-    assert "POST /webhooks/coscale" in table.stdout and "401" in table.stdout
+    assert "POST /webhooks/coscale" in table.stdout and "415" in table.stdout
 
-    # And replays it once the token is fixed
+    # And replays it (as JSON)
     replayed = pagerbridge("rejected", "--replay", str(row["id"]), env=env, cwd=tmp_path)
     assert replayed.returncode == 0, replayed.stderr
     assert f"replayed #{row['id']}: 202" in replayed.stdout

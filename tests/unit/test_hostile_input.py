@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,6 +26,7 @@ from models import Alert, QuarantinedRequest, make_engine, make_session_factory,
 from tests.fakes import ListQueue
 from worker.ingress import auth
 from worker.ingress.app import create_app
+from worker.ingress.middleware import RefusalLog
 from worker.ingress.replay_rejected import NotReplayable, replay_rejected
 from worker.ingress.schemas import ErrorAnswer
 from worker.ops.rejected import QuarantineBounds, Rejection, keep
@@ -429,7 +431,6 @@ def test_anything_else_is_400_saying_what_and_where(
 @pytest.mark.parametrize(
     ("headers", "body", "status", "field"),
     [
-        ({"Authorization": "Bearer wrong"}, json.dumps(WEBHOOK).encode(), 401, None),
         ({**AUTH, "Content-Type": "text/plain"}, json.dumps(WEBHOOK).encode(), 415, "Content-Type"),
         ({**AUTH}, b'{"alert_id": "1", "action": tri', 400, "body"),
         ({**AUTH}, json.dumps({"alert_id": "1", "action": "boom"}).encode(), 422, "action"),
@@ -466,6 +467,42 @@ def test_every_rejected_body_is_kept_with_why_and_when(
     # And never the token it carried
     stored = json.dumps({c.key: str(getattr(row, c.key)) for c in inspect(row).mapper.columns})
     assert TOKEN not in stored and TOKEN.encode() not in row.body
+
+
+def test_a_request_without_a_valid_token_is_counted_and_logged_but_not_kept(
+    client: TestClient, sqlite_sessions: sessionmaker[Session], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a flood of webhooks with a wrong token, up to the failed-authentication limit and
+    # past it (429)
+    before = _sample("pagerbridge_requests_unauthenticated_total")
+    with caplog.at_level(logging.WARNING):
+        statuses = {
+            client.post(
+                "/webhooks/coscale",
+                json=WEBHOOK,
+                headers={"Authorization": f"Bearer wrong-{n}"},
+            ).status_code
+            for n in range(30)
+        }
+    assert statuses == {401, 429}
+    # Then none of them is in the quarantine, every one is counted, and the log has one line
+    assert quarantined(sqlite_sessions) == []
+    assert _sample("pagerbridge_requests_unauthenticated_total") == before + 30
+    lines = [r.getMessage() for r in caplog.records if "no valid ingress token" in r.getMessage()]
+    assert len(lines) == 1 and "not kept" in lines[0]
+
+
+def test_the_refusal_log_says_how_many_it_held_back() -> None:
+    now = [0.0]
+    refusals = RefusalLog(interval=60.0, clock=lambda: now[0])
+    logged = [refusals.refused("POST", "/webhooks/coscale", 401) for _ in range(5)]
+    now[0] = 61.0
+    logged.append(refusals.refused("POST", "/webhooks/coscale", 401))
+    assert logged == [True, False, False, False, False, True]
+
+
+def _sample(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
 
 
 def test_only_event_carrying_requests_are_kept(
@@ -535,16 +572,16 @@ def _reject(
     return quarantined(sessions)[-1].id
 
 
-def test_a_request_refused_for_its_token_is_replayed_once_fixed(
+def test_a_request_refused_for_its_content_type_is_replayed_once_fixed(
     client: TestClient, sqlite_sessions: sessionmaker[Session]
 ) -> None:
-    # Given an unescaped CoScale body refused for an old token
+    # Given an unescaped CoScale body refused for the Content-Type the contact was set up with
     body = coscale_body('disk "full"')
     row_id = _reject(
         client,
         sqlite_sessions,
         body,
-        {"Authorization": "Bearer old", "Content-Type": "application/json"},
+        {**AUTH, "Content-Type": "text/plain"},
     )
 
     # When the operator replays it

@@ -29,6 +29,7 @@ from worker.ingress.json_body import (
     parse_strict,
     repair_body,
 )
+from worker.ingress.middleware import UNAUTHENTICATED
 from worker.ingress.schemas import ErrorAnswer
 from worker.logs import quoted
 from worker.pipeline.message import (
@@ -209,6 +210,7 @@ class Ingress:
     def _caller(self, request: Request, authorization: str | None) -> Caller:
         address = request.client.host if request.client else "-"
         if self.failures.count(address) >= self.settings.auth_failures_per_minute:
+            setattr(request.state, UNAUTHENTICATED, True)
             wait = max(1, round(self.failures.retry_after(address)))
             raise ApiError(
                 429,
@@ -218,7 +220,8 @@ class Ingress:
         caller = self.caller_of(presented_token(authorization))
         if caller is None:
             self.failures.add(address)
-            log.warning("refused a request to %s: no valid ingress token", request.url.path)
+            # Counted and logged (at most once a minute) by the guard, never kept.
+            setattr(request.state, UNAUTHENTICATED, True)
             raise self.refused()
         return caller
 

@@ -7,10 +7,16 @@ answered 413 as soon as the count passes the limit, so at most the limit is ever
 memory, and nothing over it is parsed.
 
 The quarantine: when the ingress answers a POST or PUT of an event-carrying endpoint with a 4xx
-(401, 413, 415, 400, 422, ...), the answer is held back while the body (up to the limit) is read
-to its end, if the endpoint had not read it (a 401 is decided on the headers), and handed to
-the quarantine with the answer's message; then the answer goes out. The happy path pays one
-wrapped ``receive`` and ``send`` per request, nothing else.
+(413, 415, 400, 422, ...), the answer is held back while the body (up to the limit) is read
+to its end, if the endpoint had not read it, and handed to the quarantine with the answer's
+message; then the answer goes out. The happy path pays one wrapped ``receive`` and ``send`` per
+request, nothing else.
+
+A request without a valid token (401, or the 429 of an address past its failed
+authentications) is not kept: the quarantine holds what a legitimate sender got wrong, and
+anyone could otherwise flush those rows out with refused requests. Such requests are counted
+(``pagerbridge_requests_unauthenticated_total``) and logged at most once per
+:data:`UNAUTHENTICATED_LOG_INTERVAL`.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
@@ -36,6 +43,15 @@ REQUESTS_REJECTED = Counter(
     ["status"],
 )
 
+REQUESTS_UNAUTHENTICATED = Counter(
+    "pagerbridge_requests_unauthenticated_total",
+    "Event-carrying requests refused for a missing or invalid ingress token (never kept)",
+)
+# Seconds between two log lines about refused tokens: a flood of them is one line a minute.
+UNAUTHENTICATED_LOG_INTERVAL = 60.0
+#: The request-state key (``request.state``) the token check sets on a request it refuses.
+UNAUTHENTICATED = "unauthenticated"
+
 RejectionSink = Callable[[Rejection], Awaitable[None]]
 # Which requests carry events (and are kept when rejected): (method, path) → bool.
 EventRequest = Callable[[str, str], bool]
@@ -43,6 +59,39 @@ EventRequest = Callable[[str, str], bool]
 # Seconds the guard waits for the rest of a rejected request's body (a client that stops
 # sending must not hold the answer for ever).
 DRAIN_TIMEOUT = 10.0
+
+
+class RefusalLog:
+    """Refused requests, one log line per interval at most: the first at once, then the count
+    of those the interval held back."""
+
+    def __init__(
+        self,
+        interval: float = UNAUTHENTICATED_LOG_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._interval = interval
+        self._clock = clock
+        self._last: float | None = None
+        self._held_back = 0
+
+    def refused(self, method: str, path: str, status: int) -> bool:
+        """Count one refusal; log it when the interval allows, and say whether it did."""
+        REQUESTS_UNAUTHENTICATED.inc()
+        now = self._clock()
+        if self._last is not None and now - self._last < self._interval:
+            self._held_back += 1
+            return False
+        more = f" (and {self._held_back} more since the last line)" if self._held_back else ""
+        log.warning(
+            "refused %s %s (%d): no valid ingress token; not kept%s",
+            method,
+            path,
+            status,
+            more,
+        )
+        self._last, self._held_back = now, 0
+        return True
 
 
 class BodyTooLarge(Exception):
@@ -62,6 +111,7 @@ class IngressGuard:
         self.max_body_bytes = max_body_bytes
         self.keep = keep
         self.carries_events = carries_events
+        self.refusals = RefusalLog()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -132,6 +182,10 @@ class _Exchange:
         if self.over_limit:
             return  # whatever the application answers, the answer is the guard's 413
         if message["type"] == "http.response.start":
+            if self.kept and self._unauthenticated():
+                self.kept = False
+                path = _raw_path(self.scope)[:200]
+                self.guard.refusals.refused(self.scope["method"], path, message["status"])
             if self.kept and 400 <= message["status"] < 500:
                 self.held = message
                 return
@@ -147,6 +201,10 @@ class _Exchange:
             await self._send({"type": "http.response.body", "body": body})
             return
         await self._send(message)
+
+    def _unauthenticated(self) -> bool:
+        state = self.scope.get("state")
+        return isinstance(state, dict) and bool(state.get(UNAUTHENTICATED))
 
     async def _too_large(self, size: int) -> None:
         limit = self.guard.max_body_bytes
