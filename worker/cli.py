@@ -101,6 +101,7 @@ def api(
     import uvicorn
 
     from worker.ingress.app import INSECURE_WARNING, build_app
+    from worker.ingress.connections import server_options
     from worker.ops.preflight import check_database, check_redis
     from worker.startup import freeze_startup_objects
 
@@ -120,6 +121,11 @@ def api(
         application = build_app(settings, insecure_no_auth=insecure_no_auth)
     except BridgeError as exc:
         raise _fail(str(exc)) from exc
+    options = server_options(settings)
+    console.print(
+        f"serving {'HTTPS' if settings.tls_certfile else 'plain HTTP'} on {host}:{port}",
+        soft_wrap=True,
+    )
     processes = workers or settings.api_workers
     if processes > 1:
         # Each process builds its own app (its own connections) from the environment.
@@ -132,10 +138,11 @@ def api(
             port=port,
             log_level="warning",
             access_log=False,
+            **options,
         )
         return
     freeze_startup_objects()  # the app is built: what exists now lives as long as the process
-    uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False, **options)
 
 
 def _require_ingress_token(settings: Settings) -> None:

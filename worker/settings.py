@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.errors import ConfigurationError
@@ -107,6 +107,40 @@ class Settings(BaseSettings):
         description="bytes: the largest request body the api reads; a larger one is answered 413 "
         "without being read (Content-Length checked first, then the bytes as they arrive)",
     )
+    ingress_store_deadline: float = Field(
+        1.5,
+        gt=0,
+        le=10,
+        description="seconds the api waits for the database to store an accepted event; past "
+        "it the event is kept on the queue alone (made durable there, or answered 503), so "
+        "CoScale has its answer within about this plus a Redis round trip",
+    )
+    http_idle_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="seconds a connection may stay open without sending a request (before its "
+        "first one, and between two); then it is closed",
+    )
+    http_request_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="seconds a request has to arrive whole once it has begun: its headers, "
+        "then its body; a slower one is answered 408 (or closed, while the headers are "
+        "incomplete)",
+    )
+    http_max_connections: int = Field(
+        1000,
+        gt=0,
+        description="open connections the api serves at once (per api process); past it a "
+        "new connection is answered 503 and closed; lowered at start to fit the process's "
+        "open-file limit",
+    )
+    tls_certfile: str | None = Field(
+        None,
+        description="PEM certificate (chain) the api serves HTTPS with; unset: plain HTTP "
+        "(behind a TLS-terminating proxy)",
+    )
+    tls_keyfile: str | None = Field(None, description="PEM private key of PAGERBRIDGE_TLS_CERTFILE")
     quarantine_max_rows: int = Field(
         1000,
         gt=0,
@@ -197,6 +231,14 @@ class Settings(BaseSettings):
         le=65535,
         description="port on which each `worker` serves its Prometheus metrics; 0: none",
     )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if bool(self.tls_certfile) != bool(self.tls_keyfile):
+            raise ValueError(
+                f"set both {ENV_PREFIX}TLS_CERTFILE and {ENV_PREFIX}TLS_KEYFILE, or neither"
+            )
+        return self
 
     @field_validator("log_format", mode="before")
     @classmethod

@@ -173,7 +173,10 @@ def test_compose_has_the_designed_services() -> None:
 
     # Then it holds the README's services (Deployment), the app ones built from this
     # repository's Dockerfile
-    assert set(services) == {"redis", "postgres", *APP_SERVICES}
+    assert set(services) == {"redis", "postgres", "tls", *APP_SERVICES}
+    # And the TLS-terminating front only on demand (its profile), forwarding to the api
+    assert services["tls"]["profiles"] == ["tls"]
+    assert "api:8080" in services["tls"]["command"]
     assert "version" not in _compose(), "the Compose spec has no `version:` key"
     assert sorted(name for name, service in services.items() if _built_here(service)) == sorted(
         APP_SERVICES

@@ -134,6 +134,7 @@ def create_app(
         max_body_bytes=settings.max_body_bytes,
         keep=rejections,
         carries_events=carries_events,
+        request_timeout=settings.http_request_timeout,
     )
     ingress = Ingress(
         settings,

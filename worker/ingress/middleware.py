@@ -12,6 +12,11 @@ to its end, if the endpoint had not read it, and handed to the quarantine with t
 message; then the answer goes out. The happy path pays one wrapped ``receive`` and ``send`` per
 request, nothing else.
 
+The body's deadline: a request whose body has not arrived whole within
+``PAGERBRIDGE_HTTP_REQUEST_TIMEOUT`` seconds of its headers is answered 408 and its connection
+closed (the headers' own deadline is the protocol's, ``worker/ingress/connections.py``). A
+client that goes away in the middle of its body is one log line.
+
 A request without a valid token (401, or the 429 of an address past its failed
 authentications) is not kept: the quarantine holds what a legitimate sender got wrong, and
 anyone could otherwise flush those rows out with refused requests. Such requests are counted
@@ -98,6 +103,14 @@ class BodyTooLarge(Exception):
     """Raised into the application by ``receive`` when the body passes the limit."""
 
 
+class BodyTimedOut(Exception):
+    """Raised into the application by ``receive`` when the body is late."""
+
+
+class ClientGone(Exception):
+    """Raised into the application by ``receive`` when the client left before its body ended."""
+
+
 class IngressGuard:
     def __init__(
         self,
@@ -106,9 +119,11 @@ class IngressGuard:
         max_body_bytes: int,
         keep: RejectionSink,
         carries_events: EventRequest,
+        request_timeout: float = 30.0,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.request_timeout = request_timeout
         self.keep = keep
         self.carries_events = carries_events
         self.refusals = RefusalLog()
@@ -143,6 +158,7 @@ class _Exchange:
         self.answering = False  # the answer has started going out
         self.held: Message | None = None  # a 4xx answer's start, held until the body is kept
         self.held_body: list[bytes] = []
+        self.deadline = asyncio.get_running_loop().time() + guard.request_timeout
 
     async def run(self) -> None:
         declared = _content_length(self.scope)
@@ -155,18 +171,66 @@ class _Exchange:
         except BodyTooLarge:
             if self.answering:
                 raise
+        except BodyTimedOut:
+            self._log_cut("arrived too slowly", f"408 after {self.guard.request_timeout:g}s")
+            if not self.answering:
+                await self._timed_out()
+            return
+        except ClientGone:
+            self._log_cut("was abandoned by the client", "no answer")
+            return
         if self.over_limit and not self.answering:
             await self._too_large(self.received)
 
     async def receive(self) -> Message:
-        message = await self._receive()
+        if self.more_body:
+            try:
+                # asyncio.timeout_at: no task of its own, unlike wait_for (the hot path).
+                async with asyncio.timeout_at(self.deadline):
+                    message = await self._receive()
+            except TimeoutError:
+                self.more_body = False
+                raise BodyTimedOut from None
+        else:  # the body is whole: the application waits for a disconnect, for ever is fine
+            message = await self._receive()
         if message["type"] == "http.request":
             self._count(message)
             if self.over_limit:
                 raise BodyTooLarge
-        elif message["type"] == "http.disconnect":
+        elif message["type"] == "http.disconnect" and self.more_body:
             self.more_body = False
+            raise ClientGone
         return message
+
+    def _log_cut(self, what: str, outcome: str) -> None:
+        log.info(
+            "the body of %s %s %s (%d bytes received): %s",
+            self.scope["method"],
+            _raw_path(self.scope)[:200],
+            what,
+            self.received,
+            outcome,
+        )
+
+    async def _timed_out(self) -> None:
+        message = (
+            f"the request body did not arrive within {self.guard.request_timeout:g} s "
+            "(PAGERBRIDGE_HTTP_REQUEST_TIMEOUT)"
+        )
+        body = ErrorAnswer.of(message, field="body").model_dump_json().encode()
+        self.answering = True
+        await self._send(
+            {
+                "type": "http.response.start",
+                "status": 408,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await self._send({"type": "http.response.body", "body": body})
 
     def _count(self, message: Message) -> None:
         chunk: bytes = message.get("body", b"")
