@@ -26,7 +26,7 @@ import asyncio
 import logging
 import resource
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from prometheus_client import Counter
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
@@ -143,7 +143,8 @@ class GuardedHTTPProtocol(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A stream transport (uvloop's is not an asyncio.Transport subclass, hence no check).
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         cls = type(self)
         if cls.open_connections >= self._limits.max_connections:
