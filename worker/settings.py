@@ -108,7 +108,7 @@ class Settings(BaseSettings):
         "without being read (Content-Length checked first, then the bytes as they arrive)",
     )
     ingress_store_deadline: float = Field(
-        1.5,
+        1.0,
         gt=0,
         le=10,
         description="seconds the api waits for the database to store an accepted event; past "

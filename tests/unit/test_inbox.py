@@ -3,11 +3,14 @@ loses (a killed worker's prefetched messages, a flushed Redis, a Redis that was 
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -109,3 +112,83 @@ def test_ingress_answers_202_from_the_database(sqlite_sessions: sessionmaker[Ses
         )
     assert answer.status_code == 202
     assert answer.json()["queued_in"] == "database"
+
+
+# -- a database that does not answer, and what Redis can promise ------------------------------
+
+
+class FrozenDatabase:
+    """A SQLite database whose statements wait while it is frozen (a PostgreSQL stopped with
+    SIGSTOP: connected, and silent)."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+        self.thawed = threading.Event()
+        self.statements = 0
+        engine = sessions.kw["bind"]
+
+        @sqlalchemy_event.listens_for(engine, "before_cursor_execute")
+        def _wait(*_args: object) -> None:
+            self.statements += 1
+            self.thawed.wait()
+
+
+class Confirmations:
+    """The durability check: counts confirmations, refuses when told to."""
+
+    def __init__(self, *, refuse: bool = False) -> None:
+        self.calls = 0
+        self.refuse = refuse
+
+    def confirm(self) -> None:
+        self.calls += 1
+        if self.refuse:
+            raise ServiceUnavailable("Redis cannot confirm the event is on disk (fake)")
+
+
+def test_a_frozen_database_is_waited_for_until_the_deadline_then_not_at_all(
+    sqlite_sessions: sessionmaker[Session],
+) -> None:
+    # Given a database that stops answering
+    frozen = FrozenDatabase(sqlite_sessions)
+    queue, confirmations = ListQueue(), Confirmations()
+    durable = DurableEventQueue(
+        queue, sqlite_sessions, store_deadline=0.05, durability=confirmations
+    )
+    # When events come, the first waits out the deadline and goes on the queue alone, made
+    # durable there; the next ones do not wait for the database at all
+    assert [durable.publish(event(str(n))) for n in range(3)] == ["queue"] * 3
+    assert len(queue.events) == 3 and confirmations.calls == 3
+    statements_while_frozen = frozen.statements
+    assert statements_while_frozen == 1
+    # Then, thawed, the stuck write lands and the database is used again
+    frozen.thawed.set()
+    for _ in range(200):  # the late write lands (a thread of its own)
+        if count(sqlite_sessions, InboxEvent) == 1:
+            break
+        time.sleep(0.05)
+    assert durable.publish(event("after")) == "database+queue"
+    assert count(sqlite_sessions, InboxEvent) == 2  # the late write, and the one after
+
+
+def test_an_event_on_the_queue_alone_is_refused_when_redis_cannot_confirm_it(
+    tmp_path: Path,
+) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'no-tables.db'}")  # inserts fail
+    durable = DurableEventQueue(
+        ListQueue(), make_session_factory(engine), durability=Confirmations(refuse=True)
+    )
+    with pytest.raises(ServiceUnavailable, match="cannot confirm"):
+        durable.publish(event())
+    engine.dispose()
+
+
+def test_the_queue_is_not_asked_to_confirm_what_the_database_holds(
+    sqlite_sessions: sessionmaker[Session],
+) -> None:
+    confirmations = Confirmations(refuse=True)
+    durable = DurableEventQueue(
+        ListQueue(), sqlite_sessions, store_deadline=1.0, durability=confirmations
+    )
+    assert durable.publish(event()) == "database+queue"
+    assert confirmations.calls == 0

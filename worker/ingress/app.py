@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -31,6 +31,7 @@ from worker.ingress.rejections import QuarantineWriter
 from worker.ingress.schemas import ErrorAnswer
 from worker.ingress.webhooks import webhooks_router
 from worker.ops.rejected import QuarantineBounds
+from worker.pipeline.durability import RedisDurability
 from worker.pipeline.queue import EventQueue
 from worker.routes_file import RouteTable, credential_key, load_route_table
 from worker.settings import Settings
@@ -40,6 +41,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["ApiError", "build_app", "carries_events", "create_app", "fastapi_telemetry"]
 
+# Milliseconds: the api's statements are small; one that takes longer than this is a database in
+# trouble, and the event is on the queue by then (PAGERBRIDGE_INGRESS_STORE_DEADLINE).
+API_STATEMENT_TIMEOUT_MS = 10_000
 # The endpoints whose requests carry events, by method: a rejected one is kept in the quarantine.
 _EVENT_PATHS = {
     # /webhooks/coscale/<name>: per-route webhooks; one for an unknown route is kept too (the
@@ -91,6 +95,7 @@ def create_app(
     authenticate: bool = True,
     rejections: RejectionSink | None = None,
     routes: RouteTable | None = None,
+    durability: Callable[[], RedisDurability] | None = None,
 ) -> FastAPI:
     """The ingress application, wired to its queue and database (and, when the PagerDuty token
     is known here, the delivery gate whose state ``/readyz`` reports).
@@ -106,6 +111,7 @@ def create_app(
         writer = QuarantineWriter(
             sessions,
             QuarantineBounds(settings.quarantine_max_rows, settings.quarantine_max_age_days),
+            timeout=settings.ingress_store_deadline,
         )
         rejections = writer.keep
 
@@ -148,7 +154,14 @@ def create_app(
     app.include_router(incidents_router(ingress))
     app.include_router(alerts_router(ingress))
     app.include_router(
-        health_router(app, ingress, redis_ping=redis_ping, gate=gate, route_gates=route_gates)
+        health_router(
+            app,
+            ingress,
+            redis_ping=redis_ping,
+            gate=gate,
+            route_gates=route_gates,
+            durability=durability,
+        )
     )
     return app
 
@@ -210,6 +223,7 @@ def build_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI:
 
     from models import make_engine, make_session_factory
     from worker.pipeline.celery_app import app as celery_app
+    from worker.pipeline.durability import DurableQueueCheck
     from worker.pipeline.inbox import DurableEventQueue
     from worker.pipeline.queue import CeleryEventQueue
 
@@ -225,8 +239,22 @@ def build_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI:
     def redis_ping() -> None:
         redis_client.ping()
 
-    sessions = make_session_factory(make_engine(settings.database_url))
-    queue = DurableEventQueue(CeleryEventQueue(celery_app), sessions)
+    sessions = make_session_factory(
+        make_engine(settings.database_url, statement_timeout_ms=API_STATEMENT_TIMEOUT_MS)
+    )
+    durable = DurableQueueCheck(redis_client, settings.namespace)
+    if durable.durability.can_confirm:
+        log.info("queue durability: %s", durable.durability.reason)
+    else:
+        log.warning(
+            "queue durability: %s; see /readyz (redis_durability)", durable.durability.reason
+        )
+    queue = DurableEventQueue(
+        CeleryEventQueue(celery_app),
+        sessions,
+        store_deadline=settings.ingress_store_deadline,
+        durability=durable,
+    )
     gate = None
     if settings.pagerduty_token is not None:
         gate = DeliveryGate(
@@ -245,6 +273,7 @@ def build_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI:
         route_gates=route_gates,
         authenticate=not insecure_no_auth,
         routes=routes,
+        durability=lambda: durable.durability,
     )
 
 
