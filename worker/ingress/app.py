@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from worker.delivery.gate import DeliveryGate
-from worker.errors import InvalidEvent, ServiceUnavailable
+from worker.errors import InvalidEvent, NotDurable, ServiceUnavailable
 from worker.ingress.alert_views import alerts_router
 from worker.ingress.context import ERROR, ApiError, Ingress
 from worker.ingress.group_commit import GroupCommitHandoff
@@ -180,6 +180,12 @@ def _answer_errors_in_one_shape(app: FastAPI) -> None:
     @app.exception_handler(ServiceUnavailable)
     async def _unavailable(_request: Request, exc: ServiceUnavailable) -> JSONResponse:
         log.error("event not accepted: %s", exc)
+        if isinstance(exc, NotDurable):
+            return _error(
+                503,
+                f"the bridge cannot keep events safely right now: {exc}",
+                headers={"Retry-After": "5"},
+            )
         return _error(
             503,
             "the bridge cannot queue events right now; nothing was accepted",

@@ -28,7 +28,7 @@ from typing import Literal
 
 import redis
 
-from worker.errors import ServiceUnavailable
+from worker.errors import NotDurable
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +116,14 @@ class DurableQueueCheck:
         self.durability = detect(client)
 
     def confirm(self) -> None:
-        """Return once the queue's last write is on disk; :class:`ServiceUnavailable` saying
+        """Return once the queue's last write is on disk; ``NotDurable`` saying
         why when it cannot be confirmed."""
         if not self.durability.can_confirm:
             self.durability = detect(self._client)  # Redis may have been down, or reconfigured
         if self.durability.confirmation == "fsync-always":
             return
         if self.durability.confirmation != "waitaof":
-            raise ServiceUnavailable(
+            raise NotDurable(
                 f"the database is unavailable and Redis cannot confirm the event is on disk "
                 f"({self.durability.reason})"
             )
@@ -131,12 +131,12 @@ class DurableQueueCheck:
             self._client.set(self._mark, repr(time.time()))
             local, _replicas = self._client.waitaof(1, 0, self._timeout_ms)
         except (redis.RedisError, OSError) as exc:
-            raise ServiceUnavailable(
+            raise NotDurable(
                 f"the database is unavailable and Redis did not confirm the event is on disk "
                 f"({type(exc).__name__})"
             ) from exc
         if int(local) < 1:
-            raise ServiceUnavailable(
+            raise NotDurable(
                 "the database is unavailable and Redis did not fsync the event within "
                 f"{self._timeout_ms} ms"
             )
