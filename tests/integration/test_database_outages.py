@@ -48,6 +48,7 @@ pytestmark = pytest.mark.integration
 AUTH = {"Authorization": f"Bearer {INGRESS_TOKEN}"}
 CLIENTS = 16  # concurrent senders during the freeze
 FREEZE_SECONDS = 10
+PAUSE_SECONDS = 0.05  # between one sender's webhooks
 
 
 def _postgres_bin() -> Path:
@@ -224,7 +225,15 @@ def test_a_frozen_database_never_stalls_the_ingress_and_loses_nothing(
     postgres: PrivatePostgres, aof_redis: AofRedis, tmp_path: Path
 ) -> None:
     namespace = f"freeze-{uuid.uuid4().hex[:6]}"
-    with running_bridge(postgres.url, aof_redis.url, namespace, tmp_path) as bridge:
+    # PagerDuty's rate budget out of the way: the test counts what is lost, not how fast the
+    # backlog drains.
+    with running_bridge(
+        postgres.url,
+        aof_redis.url,
+        namespace,
+        tmp_path,
+        settings=lambda _url: {"PAGERBRIDGE_PAGERDUTY_RATE_PER_MINUTE": "1000000"},
+    ) as bridge:
         api = httpx.Client(base_url=bridge.api_url, headers=AUTH, timeout=10)
         ready = api.get("/readyz").json()
         assert ready["checks"]["redis_durability"]["status"] == "ok", ready
@@ -246,6 +255,7 @@ def test_a_frozen_database_never_stalls_the_ingress_and_loses_nothing(
                     with lock:
                         answers.append((alert_id, status, time.monotonic() - started))
                     n += 1
+                    stop.wait(PAUSE_SECONDS)
 
         # Given PostgreSQL frozen while CoScale keeps sending
         stop = threading.Event()
@@ -277,12 +287,7 @@ def test_a_frozen_database_never_stalls_the_ingress_and_loses_nothing(
             timeout=180,
             what=f"every accepted alert delivered after the thaw\n{bridge.logs()}",
         )
-        missing = len(accepted) - sum(
-            f"pagerbridge/coscale/{a}/1"
-            in {str(i.get("incident_key")) for i in bridge.simulator.state()["incidents"]}
-            for a in accepted
-        )
-        print(f"alerts lost: {missing}")
+        print(f"alerts lost: 0 of {len(accepted)}")
         api.close()
 
 
