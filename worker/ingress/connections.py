@@ -45,6 +45,7 @@ CONNECTIONS_CLOSED = Counter(
 # logs, the listening socket, the interpreter's own files.
 RESERVED_FILES = 64
 HEADERS_END = b"\r\n\r\n"
+CONTINUE = b"HTTP/1.1 100"
 
 _REFUSED_BODY = (
     b'{"error":{"message":"the bridge has too many open connections; retry shortly",'
@@ -100,7 +101,8 @@ class _WatchedTransport:
         self._guard = guard
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._guard.answering()
+        if not bytes(data[:12]).startswith(CONTINUE):  # an interim answer: the body follows
+            self._guard.answering()
         self._transport.write(data)
 
     def writelines(self, lines: Any) -> None:
