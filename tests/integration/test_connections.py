@@ -28,7 +28,7 @@ from tests.integration.conftest import (
 
 pytestmark = pytest.mark.integration
 
-IDLE = 2.0  # seconds: PAGERBRIDGE_HTTP_IDLE_TIMEOUT of these tests
+IDLE = 3.0  # seconds: PAGERBRIDGE_HTTP_IDLE_TIMEOUT of these tests
 REQUEST = 2.0  # seconds: PAGERBRIDGE_HTTP_REQUEST_TIMEOUT
 CAP = 12  # PAGERBRIDGE_HTTP_MAX_CONNECTIONS
 AUTH = {"Authorization": f"Bearer {INGRESS_TOKEN}"}
@@ -160,25 +160,60 @@ def test_a_body_sent_a_byte_at_a_time_is_answered_408_in_the_one_shape(
     print(f"slow body cut after {time.monotonic() - started:.2f}s, {sent} bytes sent")
 
 
-def test_past_the_cap_a_new_connection_is_refused_503_until_idle_ones_are_cut(
+def _closed_now(connection: socket.socket) -> bool:
+    connection.settimeout(0.01)
+    try:
+        return connection.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_at_the_cap_the_longest_idle_connection_makes_room(
     api: tuple[str, int, Service],
 ) -> None:
     host, port, _ = api
     # Given the cap's worth of connections open and idle
     idle = [socket.create_connection((host, port), timeout=IDLE * 10) for _ in range(CAP)]
     try:
+        time.sleep(1.2)  # past EVICTABLE_AFTER: they have waited without a request
+        # When a webhook comes, it is taken at once
+        assert _webhook(port).status_code == 202
+        # Then the oldest idle connection was closed for it, and only that one
+        time.sleep(0.1)  # its end on its way through loopback
+        assert [_closed_now(connection) for connection in idle] == [True] + [False] * (CAP - 1)
+    finally:
+        for connection in idle:
+            connection.close()
+
+
+def test_past_the_cap_of_requests_in_progress_a_new_connection_is_refused_503(
+    api: tuple[str, int, Service],
+) -> None:
+    host, port, _ = api
+    # Given the cap's worth of requests in progress (headers sent, the body on its way)
+    head = (
+        f"POST /webhooks/coscale HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {INGRESS_TOKEN}\r\nContent-Type: application/json\r\n"
+        "Content-Length: 100\r\n\r\n{"
+    ).encode()
+    busy = [socket.create_connection((host, port), timeout=IDLE * 10) for _ in range(CAP)]
+    try:
+        for connection in busy:
+            connection.sendall(head)
+        time.sleep(0.3)  # the api has read their headers
         # When one more comes, it is answered 503 at once, without sending anything
         with socket.create_connection((host, port), timeout=IDLE * 10) as extra:
             answer = _read_to_close(extra)
-        head, _, payload = answer.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 503")
+        status, _, payload = answer.partition(b"\r\n\r\n")
+        assert status.startswith(b"HTTP/1.1 503")
         assert "too many open connections" in json.loads(payload)["error"]["message"]
-        # Then, the idle ones cut, webhooks are taken again
-        for connection in idle:
-            assert _read_to_close(connection) == b""
+        # Then, their bodies late, they are answered 408, and webhooks are taken again
+        assert all(_read_to_close(c).startswith(b"HTTP/1.1 408") for c in busy)
         assert _webhook(port).status_code == 202
     finally:
-        for connection in idle:
+        for connection in busy:
             connection.close()
 
 

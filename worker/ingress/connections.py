@@ -13,8 +13,10 @@ connections it never closes. So the api's HTTP protocol is uvicorn's own (``http
 - answers 408 and closes one whose request headers are not complete within
   ``PAGERBRIDGE_HTTP_REQUEST_TIMEOUT`` seconds of their first byte (the body's deadline is the
   ingress guard's, ``worker/ingress/middleware.py``, which can answer 408 in the one error shape);
-- answers 503 and closes a new connection while ``PAGERBRIDGE_HTTP_MAX_CONNECTIONS`` are open,
-  before reading anything from it.
+- at ``PAGERBRIDGE_HTTP_MAX_CONNECTIONS`` open, makes room for a new connection by closing the
+  one that has waited longest without a request in progress (idle, or its headers unfinished),
+  so a flood of idle or slow connections does not keep webhooks out; when every one is serving
+  a request, answers the new one 503 and closes it, before reading anything from it.
 
 It sees only bytes: the end of the headers is the first blank line (RFC 9112 §2.1), and an
 answer being written means the request was read.
@@ -45,6 +47,8 @@ CONNECTIONS_CLOSED = Counter(
 # logs, the listening socket, the interpreter's own files.
 RESERVED_FILES = 64
 HEADERS_END = b"\r\n\r\n"
+# Seconds a connection must have waited without a request before it may be closed to make room.
+EVICTABLE_AFTER = 1.0
 CONTINUE = b"HTTP/1.1 100"
 
 _REFUSED_BODY = (
@@ -122,6 +126,9 @@ class GuardedHTTPProtocol(asyncio.Protocol):
 
     limits: ClassVar[ConnectionLimits | None] = None
     open_connections: ClassVar[int] = 0
+    # The connections without a request in progress, the longest waiting first (a dict keeps
+    # insertion order): the first to close when a new one needs room.
+    waiting: ClassVar[dict[GuardedHTTPProtocol, float]] = {}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._inner: asyncio.Protocol = AutoHTTPProtocol(*args, **kwargs)
@@ -149,7 +156,7 @@ class GuardedHTTPProtocol(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         self._transport = transport
         cls = type(self)
-        if cls.open_connections >= self._limits.max_connections:
+        if cls.open_connections >= self._limits.max_connections and not self._make_room():
             self._refused = True
             CONNECTIONS_CLOSED.labels("refused").inc()
             transport.write(REFUSED)
@@ -159,6 +166,30 @@ class GuardedHTTPProtocol(asyncio.Protocol):
         self._counted = True
         self._inner.connection_made(_WatchedTransport(transport, self))  # type: ignore[arg-type]
         self._arm(self._limits.idle_timeout, "idle")
+        cls.waiting[self] = asyncio.get_running_loop().time()
+
+    @classmethod
+    def _make_room(cls) -> bool:
+        """Close the connection waiting longest without a request in progress, if it has
+        waited :data:`EVICTABLE_AFTER` (not one whose answer is still being written)."""
+        oldest = next(iter(cls.waiting), None)
+        if oldest is None:
+            return False
+        if asyncio.get_running_loop().time() - cls.waiting[oldest] < EVICTABLE_AFTER:
+            return False
+        oldest._close("evicted")
+        return True
+
+    def _close(self, reason: str) -> None:
+        """Close the connection now, and stop counting it (its ``connection_lost`` comes later)."""
+        CONNECTIONS_CLOSED.labels(reason).inc()
+        self._disarm()
+        type(self).waiting.pop(self, None)
+        if self._counted:
+            type(self).open_connections -= 1
+            self._counted = False
+        if self._transport is not None:
+            self._transport.close()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -171,6 +202,7 @@ class GuardedHTTPProtocol(asyncio.Protocol):
             if HEADERS_END in window:
                 self._awaiting_headers = False
                 self._disarm()
+                type(self).waiting.pop(self, None)
             else:
                 self._tail = window[-(len(HEADERS_END) - 1) :]
         self._inner.data_received(data)
@@ -180,6 +212,7 @@ class GuardedHTTPProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        type(self).waiting.pop(self, None)
         if self._counted:
             type(self).open_connections -= 1
             self._counted = False
@@ -201,6 +234,9 @@ class GuardedHTTPProtocol(asyncio.Protocol):
             self._headers_begun = False
             self._tail = b""
             self._arm(self._limits.idle_timeout, "idle")
+            waiting = type(self).waiting
+            waiting.pop(self, None)
+            waiting[self] = asyncio.get_running_loop().time()  # the longest waiting are first
 
     def _arm(self, seconds: float, reason: str) -> None:
         self._disarm()
@@ -217,13 +253,12 @@ class GuardedHTTPProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        CONNECTIONS_CLOSED.labels(reason).inc()
         if reason == "headers":
             log.info("closed a connection whose request headers took over %gs (408)", seconds)
             transport.write(HEADERS_TIMED_OUT)
         else:
             log.debug("closed a connection idle for %gs", seconds)
-        transport.close()
+        self._close(reason)
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
