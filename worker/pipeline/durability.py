@@ -4,7 +4,7 @@ While the database is unavailable an accepted event lives only in Redis, so the 
 only once Redis has it durably. How Redis can confirm that depends on its version and its
 persistence settings (https://redis.io/docs/latest/operate/oss_and_stack/management/persistence/):
 
-- ``WAITAOF numlocal numreplicas timeout`` (Redis ≥ 7.2) blocks until the client's earlier writes
+- ``WAITAOF numlocal numreplicas timeout`` (Redis ≥ 7.2) blocks until the client's prior writes
   are fsynced to the local AOF (https://redis.io/docs/latest/commands/waitaof/). It covers the
   writes of the connection that sends it, and the queue's message goes out on the Celery
   producer's connection: so the api writes a mark of its own, on its own connection, after the

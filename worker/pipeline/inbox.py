@@ -115,7 +115,7 @@ class DurableEventQueue:
             return _failure(lambda: self._insert(events))
         if self._stuck is not None:
             if not self._stuck.done():
-                return "an earlier write is still waiting for it"
+                return "a previous write is still waiting for it"
             self._stuck = None
         write = self._store_thread.submit(lambda: self._insert(events))
         try:
