@@ -27,13 +27,13 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 SUITE_SECRETS = (
     "integration-ingress-token-0123456789",  # tests/integration/conftest.py
     "integration-pagerduty-token",
-    "ingress-secret-1-0123456789abcdef01",  # tests/unit/test_ingress.py
+    "ingress-secret-1-0123456789abcdef01",  # tests/unit/ingress/test_app.py
     "unit-test-pagerduty-token",  # tests/fakes.py
-    "u+Secr3tT0kenValue_xyz",  # tests/unit/test_pagerduty_client.py
+    "u+Secr3tT0kenValue_xyz",  # tests/unit/pagerduty/test_client.py
     "pd-Secr3t-token-value",  # tests/unit/test_logs.py: logged on purpose, through redaction
     "ingress-one-secret-0123456789abcdef",
     "ingress-two-secret-0123456789abcdef",
-    "hostile-ingress-token-7f3a9c-012345",  # tests/unit/test_hostile_input.py
+    "hostile-ingress-token-7f3a9c-012345",  # tests/unit/ingress/test_hostile_input.py
     "hostile-rotated-token-91c2e4-0123456",
     "hostile-pagerduty-token-5d8b",
 )

@@ -9,7 +9,10 @@ import pytest
 from tests import conftest, fakes
 from tests.conftest import SUITE_SECRETS, secrets_in
 from tests.integration import conftest as integration
-from tests.unit import test_hostile_input, test_ingress, test_logs, test_pagerduty_client
+from tests.unit import test_logs
+from tests.unit.ingress import test_app as test_ingress
+from tests.unit.ingress import test_hostile_input
+from tests.unit.pagerduty import test_client as test_pagerduty_client
 from worker.logs import REDACTED, RedactSecrets
 
 
