@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.integration.conftest import free_port
 
@@ -44,6 +46,15 @@ def test_demo_plays_the_storyline(redis_url: str, tmp_path: Path) -> None:
     for line in ("cpu-1", "cpu-2", "cpu-3"):
         assert line in result.stdout
     assert "'triggered': 2, 'acknowledged': 1, 'resolved': 42" in result.stdout
+    # And it leaves nothing behind in the Redis it used: no gate, no queue, no kombu binding
+    namespace = re.search(r"namespace (pagerbridge-demo-\w+)", result.stdout)
+    assert namespace is not None
+    client = redis.Redis.from_url(redis_url)
+    try:
+        left = [key for key in client.scan_iter() if namespace.group(1).encode() in key]
+    finally:
+        client.close()
+    assert left == []
 
 
 def test_demo_without_redis_says_how_to_get_it(tmp_path: Path) -> None:

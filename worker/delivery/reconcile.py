@@ -774,7 +774,8 @@ class Reconciler:
             alert.pagerduty_incident_number = incident.number or alert.pagerduty_incident_number
             alert.pagerduty_incident_url = incident.html_url or alert.pagerduty_incident_url
             alert.confirmed_status = AlertStatus(incident.status)
-            outcome = type(step).__name__.lower()
+            # A create refused as a duplicate and then found by key is an adoption, not a page.
+            outcome = "findbykey" if isinstance(incident, Adopted) else type(step).__name__.lower()
         if alert.delivery_state is DeliveryState.PARKED:
             alert.delivery_state = DeliveryState.PENDING
         timeline.append(_audit(alert, outcome, detail=_describe(step, incident)))
@@ -965,6 +966,12 @@ def _new_incident(step: Create) -> NewIncident:
     return NewIncident(step.title, step.service_id, step.incident_key, step.urgency, step.details)
 
 
+@dataclass(frozen=True, slots=True)
+class Adopted(Incident):
+    """An incident an earlier create made, found by its key after PagerDuty refused the
+    repeated create as a duplicate."""
+
+
 def _adopted(client: PagerDutyClient, step: Create) -> Incident:
     """PagerDuty refused a create as a duplicate: an earlier attempt created the incident and
     its answer was lost. Adopt that incident."""
@@ -975,7 +982,7 @@ def _adopted(client: PagerDutyClient, step: Create) -> Incident:
             "the create will be retried",
             status=400,
         )
-    return found[0]
+    return Adopted(**{name: getattr(found[0], name) for name in Incident.__dataclass_fields__})
 
 
 def _adopted_or_error(client: PagerDutyClient, step: Create) -> Incident | PagerDutyError:
@@ -1010,6 +1017,8 @@ def _describe(step: Step, incident: Incident | EventSent | None) -> str:
         return f"{EVENT_ACTIONS[incident.action]} event taken for {step_key(step)}"
     if incident is None:
         return "no incident with this key: the create never landed"
+    if isinstance(incident, Adopted):
+        return f"adopted incident {incident.id} ({incident.status}): the create's answer was lost"
     if isinstance(step, Create):
         return f"incident {incident.id} is {incident.status}"
     if isinstance(step, FindByKey):

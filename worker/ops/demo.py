@@ -54,12 +54,14 @@ class DemoBridge:
         self.api = f"http://127.0.0.1:{api_port}"
         self.simulator = SimulatorControl(f"http://127.0.0.1:{sim_port}")
         self.alert_ids: list[str] = []
+        self.redis_url = redis_url
+        self.namespace = f"pagerbridge-demo-{secrets.token_hex(3)}"
         env = dict(os.environ)
         env.update(
             {
                 f"{ENV_PREFIX}DATABASE_URL": f"sqlite:///{workdir / 'demo.db'}",
                 f"{ENV_PREFIX}REDIS_URL": redis_url,
-                f"{ENV_PREFIX}NAMESPACE": f"pagerbridge-demo-{secrets.token_hex(3)}",
+                f"{ENV_PREFIX}NAMESPACE": self.namespace,
                 f"{ENV_PREFIX}INGRESS_TOKENS": self.token,
                 f"{ENV_PREFIX}BEAT_SCHEDULE_PATH": str(workdir / "beat-schedule"),
                 f"{ENV_PREFIX}SWEEP_INTERVAL": "1",
@@ -139,6 +141,26 @@ class DemoBridge:
                 self.process.kill()
         self.simulator.close()
         self.log.close()
+        forget_namespace(self.redis_url, self.namespace)
+
+
+def forget_namespace(redis_url: str, namespace: str) -> int:
+    """Delete the demo's Redis keys: its gates, its queue and kombu's binding of it
+    (``_kombu.binding.<queue>``); a demo leaves nothing behind in a Redis it shares."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        keys = [
+            *client.scan_iter(match=f"{namespace}*"),
+            *client.scan_iter(match=f"_kombu.binding.{namespace}*"),
+            *client.scan_iter(match=f"_kombu.binding_permanent.{namespace}*"),
+        ]
+        return int(client.delete(*keys)) if keys else 0
+    except redis.RedisError:
+        return 0  # the demo is over either way; a Redis gone has nothing left to clean
+    finally:
+        client.close()
 
 
 def _table(bridge: DemoBridge, caption: str) -> Group:
@@ -208,6 +230,7 @@ def run_demo(redis_url: str, *, api_port: int = 8180, sim_port: int = 8189) -> i
             console.print("stopping…")
         finally:
             bridge.stop()
+            console.print(f"removed the demo's keys from Redis (namespace {bridge.namespace})")
     return 0
 
 
