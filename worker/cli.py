@@ -332,7 +332,7 @@ def _tryout_redis(stack: ExitStack, redis_url: str) -> TryoutRedis | None:
     try:
         tryout = stack.enter_context(tryout_redis(redis_url))
     except BridgeError as exc:
-        raise _fail(str(exc)) from exc
+        raise _fail(escape(str(exc))) from exc
     if tryout is not None:
         console.print(f"[bold yellow]{escape(notice(redis_url, tryout))}[/]", soft_wrap=True)
     return tryout

@@ -72,9 +72,11 @@ def tryout_url(configured_url: str, port: int) -> str:
 
 def notice(configured_url: str, started: TryoutRedis) -> str:
     """What a try-out says, once, when it started its own Redis."""
+    configured = _without_credentials(configured_url)
+    where = "there" if started.url == configured else f"on {started.url}"
     return (
-        f"try-out mode: no Redis answers at {_without_credentials(configured_url)}, so one was "
-        f"started for this run on {started.url}: {started.kind}. It keeps everything in memory: "
+        f"try-out mode: no Redis answers at {configured}, so this run started its own {where}: "
+        f"{started.kind}. It keeps everything in memory: "
         "not durable (stopping loses the queue and the delivery gate's state), not for "
         "production. In production, run a Redis server and set PAGERBRIDGE_REDIS_URL."
     )
