@@ -54,7 +54,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-#: What `run --simulate` and `demo` say when they start a Redis of their own (worker/tryout.py).
+#: What `run --simulate` and `demo` say when they start a Redis of their own (worker/ops/tryout.py).
 TRYOUT_NOTICE = "try-out mode"
 #: Runs the command with fakeredis unimportable: an install without the `tryout` extra.
 WITHOUT_FAKEREDIS = (

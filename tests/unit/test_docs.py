@@ -34,7 +34,7 @@ def test_every_command_is_documented() -> None:
 
 
 #: A machine with nothing but Python >= 3.11: one command runs the bridge and its simulator (with a
-#: Redis of its own, worker/tryout.py), the other runs the tests.
+#: Redis of its own, worker/ops/tryout.py), the other runs the tests.
 TRY_IT = (
     'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[tryout]" '
     "&& pagerbridge migrate && pagerbridge run --simulate"
