@@ -108,6 +108,20 @@ def _no_secret_in_logs() -> Iterator[None]:
         pytest.fail(f"a log line holds a token: {leaked[:3]}", pytrace=False)
 
 
+#: What a test that needs the service says to install and start (the Debian package names, as
+#: .ci/run installs them), or which setting points the suite at one elsewhere.
+REDIS_HOWTO = (
+    "install the Debian package redis-server (`apt-get install redis-server`; macOS: "
+    "`brew install redis`) and start it (`redis-server --daemonize yes`), or point "
+    "PAGERBRIDGE_TEST_REDIS at one"
+)
+POSTGRES_HOWTO = (
+    "install the Debian package postgresql (`apt-get install postgresql`), start it "
+    "(`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`) with trust "
+    "auth for user postgres on 127.0.0.1, or point PAGERBRIDGE_TEST_POSTGRES at one"
+)
+
+
 def service_missing(message: str) -> None:
     """Fail in CI, skip elsewhere, always saying which service and how to start it."""
     if IN_CI:

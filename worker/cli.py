@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -31,6 +31,8 @@ from worker.vocabulary import DeliveryState
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
+
+    from worker.ops.tryout import TryoutRedis
 
 cli = typer.Typer(
     name="pagerbridge",
@@ -294,19 +296,56 @@ def run(
     simulator_port: Annotated[int, typer.Option(help="simulator port with --simulate")] = 8089,
     concurrency: Annotated[int | None, typer.Option(help="worker processes")] = None,
 ) -> None:
-    """Run api, worker and beat together (and the simulator with --simulate)."""
+    """Run api, worker and beat together (and the simulator with --simulate).
+
+    With --simulate and no Redis at PAGERBRIDGE_REDIS_URL, a Redis of its own for the try-out.
+    """
     settings = _settings()
     env = dict(os.environ)
-    if simulate:
-        env[f"{ENV_PREFIX}PAGERDUTY_URL"] = f"http://127.0.0.1:{simulator_port}"
-        env[f"{ENV_PREFIX}PAGERDUTY_TOKEN"] = SIMULATOR_TOKEN
-        env.setdefault(f"{ENV_PREFIX}PAGERDUTY_FROM", "pagerbridge@example.com")
-        if not settings.pagerduty_service_id:
-            env[f"{ENV_PREFIX}PAGERDUTY_SERVICE_ID"] = SIMULATOR_SERVICE
-        if not settings.ingress_tokens:
-            token = secrets.token_urlsafe(32)
-            env[f"{ENV_PREFIX}INGRESS_TOKENS"] = token
-            console.print(f"ingress token for this run: [bold]{token}[/]")
+    # SIGTERM stops the run as Ctrl-C does: its processes first, then a try-out's Redis.
+    signal.signal(signal.SIGTERM, _interrupt)
+    with ExitStack() as stack:
+        if simulate:
+            tryout = _tryout_redis(stack, settings.redis_url)
+            if tryout is not None:
+                env[f"{ENV_PREFIX}REDIS_URL"] = tryout.url
+            env[f"{ENV_PREFIX}PAGERDUTY_URL"] = f"http://127.0.0.1:{simulator_port}"
+            env[f"{ENV_PREFIX}PAGERDUTY_TOKEN"] = SIMULATOR_TOKEN
+            env.setdefault(f"{ENV_PREFIX}PAGERDUTY_FROM", "pagerbridge@example.com")
+            if not settings.pagerduty_service_id:
+                env[f"{ENV_PREFIX}PAGERDUTY_SERVICE_ID"] = SIMULATOR_SERVICE
+            if not settings.ingress_tokens:
+                token = secrets.token_urlsafe(32)
+                env[f"{ENV_PREFIX}INGRESS_TOKENS"] = token
+                console.print(f"ingress token for this run: [bold]{token}[/]")
+        _run_processes(env, simulate, host, port, simulator_port, concurrency)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _tryout_redis(stack: ExitStack, redis_url: str) -> TryoutRedis | None:
+    """A Redis for the block of ``stack`` when none answers at ``redis_url``, said once."""
+    from worker.ops.tryout import notice, tryout_redis
+
+    try:
+        tryout = stack.enter_context(tryout_redis(redis_url))
+    except BridgeError as exc:
+        raise _fail(escape(str(exc))) from exc
+    if tryout is not None:
+        console.print(f"[bold yellow]{escape(notice(redis_url, tryout))}[/]", soft_wrap=True)
+    return tryout
+
+
+def _run_processes(
+    env: dict[str, str],
+    simulate: bool,
+    host: str,
+    port: int,
+    simulator_port: int,
+    concurrency: int | None,
+) -> None:
     me = [sys.executable, "-m", "worker.cli"]
     commands: list[tuple[str, list[str]]] = []
     if simulate:

@@ -2,7 +2,8 @@
 
 It starts the simulator and the bridge (`pagerbridge run --simulate`, on a throw-away SQLite
 file and its own Redis namespace), plays a storyline of CoScale webhooks, and shows alerts and
-incidents side by side as they change. Only Redis is needed.
+incidents side by side as they change. Nothing else needs to run: without a Redis at
+PAGERBRIDGE_REDIS_URL it starts one for itself (worker/ops/tryout.py).
 """
 
 from __future__ import annotations
@@ -18,22 +19,18 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from worker.settings import ENV_PREFIX
 from worker.simulator.pagerduty import SimulatorControl
-
-REDIS_HELP = (
-    "the demo needs Redis on {url}. Start one with `redis-server` (Debian/Ubuntu: "
-    "`apt-get install redis-server`; macOS: `brew install redis`; or "
-    "`docker run -p 6379:6379 redis:7`), or point PAGERBRIDGE_REDIS_URL at yours."
-)
 
 
 @dataclass
@@ -195,14 +192,23 @@ def _table(bridge: DemoBridge, caption: str) -> Group:
 
 def run_demo(redis_url: str, *, api_port: int = 8180, sim_port: int = 8189) -> int:
     console = Console()
-    from worker.errors import ServiceUnavailable
-    from worker.ops.preflight import check_redis
+    from worker.errors import BridgeError
+    from worker.ops.tryout import notice, tryout_redis
 
-    try:
-        check_redis(redis_url)
-    except ServiceUnavailable:
-        console.print("[bold red]pagerbridge demo:[/] " + REDIS_HELP.format(url=redis_url))
-        return 2
+    with ExitStack() as stack:
+        try:
+            tryout = stack.enter_context(tryout_redis(redis_url))
+        except BridgeError as exc:
+            console.print(f"[bold red]pagerbridge demo:[/] {escape(str(exc))}", soft_wrap=True)
+            return 2
+        if tryout is not None:
+            console.print(f"[bold yellow]{escape(notice(redis_url, tryout))}[/]", soft_wrap=True)
+            redis_url = tryout.url
+        _play(console, redis_url, api_port, sim_port)
+    return 0
+
+
+def _play(console: Console, redis_url: str, api_port: int, sim_port: int) -> None:
     with tempfile.TemporaryDirectory(prefix="pagerbridge-demo-") as tmp:
         bridge = DemoBridge(Path(tmp), redis_url, api_port, sim_port)
         try:
@@ -231,7 +237,6 @@ def run_demo(redis_url: str, *, api_port: int = 8180, sim_port: int = 8189) -> i
         finally:
             bridge.stop()
             console.print(f"removed the demo's keys from Redis (namespace {bridge.namespace})")
-    return 0
 
 
 def _storyline(bridge: DemoBridge) -> Storyline:
