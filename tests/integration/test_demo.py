@@ -56,7 +56,15 @@ def test_demo_plays_the_storyline_without_a_redis_running(tmp_path: Path) -> Non
     for line in ("cpu-1", "cpu-2", "cpu-3"):
         assert line in result.stdout
     assert "'triggered': 2, 'acknowledged': 1, 'resolved': 42" in result.stdout
-    # And it leaves nothing behind in the Redis it used: no gate, no queue, no kombu binding
+
+
+def test_demo_leaves_nothing_in_a_redis_it_shares(redis_url: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAGERBRIDGE_")}
+    env["PAGERBRIDGE_REDIS_URL"] = redis_url
+    result = run_demo(env, tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert TRYOUT_NOTICE not in result.stdout  # the Redis that answered was used
+    # No gate, no queue, no kombu binding of its namespace is left
     namespace = re.search(r"namespace (pagerbridge-demo-\w+)", result.stdout)
     assert namespace is not None
     client = redis.Redis.from_url(redis_url)
