@@ -114,7 +114,7 @@ def incidents_router(ingress: Ingress) -> APIRouter:
             created_at=timestamp(view.created_at),
             service=ServiceAnswer(id=view.service_id) if view.service_id else None,
             urgency=view.urgency,
-            html_url=view.pagerduty_incident_url or ingress.alert_url(view.id, SOURCE_API),
+            html_url=view.pagerduty_incident_url or ingress.alert_url(view.id),
             priority=forwarded.get("priority"),
             escalation_policy=forwarded.get("escalation_policy"),
             assignments=forwarded.get("assignments"),
@@ -124,7 +124,7 @@ def incidents_router(ingress: Ingress) -> APIRouter:
                 delivery_state=view.delivery_state,
                 desired_status=view.desired_status,
                 pagerduty_incident_id=view.pagerduty_incident_id,
-                alert_url=ingress.alert_url(view.id, SOURCE_API),
+                alert_url=ingress.alert_url(view.id),
             ),
         )
 

@@ -215,7 +215,12 @@ def _reason(status: int, body: bytes) -> tuple[str, str | None]:
     """The message and field of one of the ingress's error answers."""
     try:
         error = json.loads(body)["error"]
-        return str(error["message"]), error.get("field")
+        message = str(error["message"])
+        if error.get("code") is not None and error.get("errors"):
+            # PagerDuty's shape: a generic message ("Invalid Input Provided"), what is wrong
+            # in errors.
+            message = f"{message}: {'; '.join(str(item) for item in error['errors'])}"
+        return message, error.get("field")
     except (ValueError, KeyError, TypeError):
         try:
             return HTTPStatus(status).phrase, None
