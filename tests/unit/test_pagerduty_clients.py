@@ -88,6 +88,7 @@ def bridge(tmp_path: Path, sqlite_sessions: sessionmaker[Session]) -> Iterator[B
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+        assert not thread.is_alive(), "uvicorn did not stop"
         listener.close()
 
 
@@ -161,6 +162,9 @@ def test_pdpyras_works_against_the_bridge(bridge: Bridge) -> None:
     # (psf/requests#3829): the environment is not read, so the CA given here is the one used.
     session.trust_env = False
     session.max_network_attempts = 0
+    # No keep-alive: the server's shutdown then has no idle connection of requests' pool to
+    # wait out.
+    session.headers["Connection"] = "close"
     try:
         user_session(session, bridge, pdpyras.PDClientError)
     finally:
