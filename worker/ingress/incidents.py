@@ -55,7 +55,8 @@ READ_ERRORS: dict[int | str, dict[str, Any]] = {400: ERROR, 404: ERROR, 429: ERR
 _PAGERDUTY_PATHS = re.compile(r"^/incidents(?:/|$)")
 # PagerDuty's error codes (its "Errors" reference; PAGERDUTY.md): what each status carries.
 _CODES = {400: 2001, 401: 2006, 403: 2010, 404: 2100, 429: 2020}
-_MESSAGES = {400: "Invalid Input Provided", 404: "Not Found"}
+# PagerDuty's 400 message; on the others the bridge's own says more (which ids, and why).
+_MESSAGES = {400: "Invalid Input Provided"}
 # errors[] of PagerDuty's 400 for a create repeating an open incident's incident_key on the
 # same service (PAGERDUTY.md; worker/simulator/pagerduty.py sends the same).
 DUPLICATE_KEY = "Open incident with matching dedup key already exists on this service"
@@ -73,8 +74,8 @@ def pagerduty_error(
     status: int, message: str, *, field: str | None, errors: list[str] | None
 ) -> tuple[int, ErrorAnswer]:
     """An error of the PagerDuty-shaped endpoints as PagerDuty answers it: invalid input is
-    400 (its OpenAPI documents no 422 there), with the code of the status, PagerDuty's message
-    and what is wrong in ``errors``; ``field`` is kept beside them."""
+    400 "Invalid Input Provided" (its OpenAPI documents no 422 there), every error carries the
+    code of its status and says what is wrong in ``errors``; ``field`` is kept beside them."""
     if status == 422:
         status = 400
     details = errors or [message]

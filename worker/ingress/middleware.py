@@ -216,10 +216,12 @@ def _reason(status: int, body: bytes) -> tuple[str, str | None]:
     try:
         error = json.loads(body)["error"]
         message = str(error["message"])
-        if error.get("code") is not None and error.get("errors"):
+        errors = error.get("errors") or []
+        if error.get("code") is not None and errors and errors[0] != message:
             # PagerDuty's shape: a generic message ("Invalid Input Provided"), what is wrong
             # in errors.
-            message = f"{message}: {'; '.join(str(item) for item in error['errors'])}"
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            message = f"{message}: {str(errors[0])[:500]}{more}"
         return message, error.get("field")
     except (ValueError, KeyError, TypeError):
         try:
