@@ -36,6 +36,8 @@ class Create:
     incident_key: str
     urgency: str | None
     details: str | None
+    # The API contact's other create fields, sent as given (priority, assignments, ...).
+    forwarded: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +115,7 @@ def plan_delivery(alert: AlertLike) -> Step:
             incident_key=alert.incident_key,
             urgency=alert.urgency,
             details=alert.details,
+            forwarded=alert.forwarded,
         )
     if alert.confirmed_status is None and is_adopted_incident(alert.source, alert.source_alert_id):
         # Opened before the bridge: never touched before it is read, so that an incident on

@@ -676,6 +676,7 @@ class Reconciler:
                     incident_key=step.incident_key,
                     urgency=step.urgency,
                     details=step.details,
+                    forwarded=step.forwarded,
                 )
             except DuplicateIncidentKeyError:
                 return _adopted(client, step)
@@ -963,7 +964,9 @@ def _send_all(client: EventsClient, steps: list[Step]) -> list[EventSent | Pager
 
 
 def _new_incident(step: Create) -> NewIncident:
-    return NewIncident(step.title, step.service_id, step.incident_key, step.urgency, step.details)
+    return NewIncident(
+        step.title, step.service_id, step.incident_key, step.urgency, step.details, step.forwarded
+    )
 
 
 @dataclass(frozen=True, slots=True)

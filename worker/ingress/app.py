@@ -25,7 +25,7 @@ from worker.ingress.alert_views import alerts_router
 from worker.ingress.context import ERROR, ApiError, Ingress
 from worker.ingress.group_commit import GroupCommitHandoff
 from worker.ingress.health import ReadinessCheck, health_router
-from worker.ingress.incidents import incidents_router
+from worker.ingress.incidents import incidents_router, is_pagerduty_path, pagerduty_error
 from worker.ingress.middleware import IngressGuard, RejectionSink
 from worker.ingress.rejections import QuarantineWriter
 from worker.ingress.schemas import ErrorAnswer
@@ -64,8 +64,12 @@ def _error(
     field: str | None = None,
     errors: list[str] | None = None,
     headers: dict[str, str] | None = None,
+    path: str = "",
 ) -> JSONResponse:
-    body = ErrorAnswer.of(message, field=field, errors=errors)
+    if is_pagerduty_path(path):
+        status, body = pagerduty_error(status, message, field=field, errors=errors)
+    else:
+        body = ErrorAnswer.of(message, field=field, errors=errors)
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
@@ -154,14 +158,19 @@ def create_app(
 
 def _answer_errors_in_one_shape(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return _error(
-            exc.status, exc.message, field=exc.field, errors=exc.errors, headers=exc.headers
+            exc.status,
+            exc.message,
+            field=exc.field,
+            errors=exc.errors,
+            headers=exc.headers,
+            path=request.url.path,
         )
 
     @app.exception_handler(InvalidEvent)
-    async def _invalid_event(_request: Request, exc: InvalidEvent) -> JSONResponse:
-        return _error(422, str(exc), field=exc.field)
+    async def _invalid_event(request: Request, exc: InvalidEvent) -> JSONResponse:
+        return _error(422, str(exc), field=exc.field, path=request.url.path)
 
     @app.exception_handler(ServiceUnavailable)
     async def _unavailable(_request: Request, exc: ServiceUnavailable) -> JSONResponse:
@@ -173,7 +182,7 @@ def _answer_errors_in_one_shape(app: FastAPI) -> None:
         )
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid_body(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = []
         first_field = None
         for error in exc.errors():
@@ -184,12 +193,21 @@ def _answer_errors_in_one_shape(app: FastAPI) -> None:
             first_field = first_field or location
             problems.append(f"{location}: {error['msg']}")
         return _error(
-            422, "invalid request: " + "; ".join(problems), field=first_field, errors=problems
+            422,
+            "invalid request: " + "; ".join(problems),
+            field=first_field,
+            errors=problems,
+            path=request.url.path,
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(
+            exc.status_code,
+            str(exc.detail),
+            headers=getattr(exc, "headers", None),
+            path=request.url.path,
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:

@@ -103,6 +103,9 @@ class NewIncident:
     incident_key: str
     urgency: str | None = None
     details: str | None = None
+    # Other fields of createIncident's ``incident`` (priority, escalation_policy, assignments,
+    # conference_bridge, incident_type, body), sent as given; the fields above win over them.
+    forwarded: Mapping[str, Any] | None = None
 
 
 class PagerDutyClient(HttpClient):
@@ -182,6 +185,7 @@ class PagerDutyClient(HttpClient):
         incident_key: str,
         urgency: str | None = None,
         details: str | None = None,
+        forwarded: Mapping[str, Any] | None = None,
     ) -> Incident:
         """Create an incident: ``POST /incidents``, expecting 201.
 
@@ -196,12 +200,14 @@ class PagerDutyClient(HttpClient):
             incident_key: the de-duplication key.
             urgency: ``"high"`` or ``"low"``; ``None`` leaves the service's default.
             details: free text for the incident body; ``None`` sends no body.
+            forwarded: other fields of the ``incident`` object (``priority``,
+                ``escalation_policy``, ``assignments``, ...), sent as given.
 
         Raises:
             ValueError: empty title, service_id or incident_key, or an unknown urgency.
             PagerDutyError: see ``errors.py``.
         """
-        new = NewIncident(title, service_id, incident_key, urgency, details)
+        new = NewIncident(title, service_id, incident_key, urgency, details, forwarded)
         return _created(new, self._call("POST", "/incidents", _parse_one, payload=_creation(new)))
 
     def create_incidents(self, incidents: Sequence[NewIncident]) -> list[Incident | PagerDutyError]:
@@ -467,6 +473,7 @@ def _creation(new: NewIncident) -> dict[str, Any]:
     if new.urgency is not None and new.urgency not in URGENCIES:
         raise ValueError(f"urgency must be one of {sorted(URGENCIES)}, got {new.urgency!r}")
     incident: dict[str, Any] = {
+        **(new.forwarded or {}),
         "type": "incident",
         "title": new.title,
         "service": {"id": new.service_id, "type": "service_reference"},

@@ -132,6 +132,10 @@ def _fill_details(alert: AlertLike, event: AlertEventMessage) -> None:
     alert.urgency = event.urgency
     alert.service_id = event.service_id or alert.service_id
     alert.event_payload = event.event_payload or alert.event_payload
+    alert.forwarded = event.forwarded or alert.forwarded
+    if event.incident_key and alert.create_sent_at is None:
+        # Nothing sent yet: the create goes out with the client's key.
+        alert.incident_key = event.incident_key
     alert.title_from_trigger = event.action is AlertStatus.TRIGGERED
 
 
@@ -149,7 +153,7 @@ def _open_cycle(event: AlertEventMessage, cycle: int, now: datetime) -> AlertRec
         source=event.source,
         source_alert_id=event.alert_id,
         cycle=cycle,
-        incident_key=incident_key(event.source, event.alert_id, cycle),
+        incident_key=event.incident_key or incident_key(event.source, event.alert_id, cycle),
         service_id=event.service_id,
         desired_status=event.action,
         delivery_state=DeliveryState.PENDING,
@@ -315,6 +319,8 @@ _INTAKE_COLUMNS = (
     "urgency",
     "service_id",
     "event_payload",
+    "forwarded",
+    "incident_key",
     "title_from_trigger",
     "delivery_state",
     "attempts",

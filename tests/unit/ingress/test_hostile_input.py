@@ -742,7 +742,13 @@ def test_an_unexpected_error_is_a_json_500_that_tells_nothing(
         ("POST", "/webhooks/coscale", b"{}", AUTH, 422),
         ("GET", "/nowhere", b"", AUTH, 404),
         ("DELETE", "/webhooks/coscale", b"", AUTH, 405),
-        ("PUT", "/incidents/not%20an%20id", b"{}", AUTH, 422),
+        (
+            "PUT",
+            "/incidents/not%20an%20id",
+            b"{}",
+            AUTH,
+            400,
+        ),  # PagerDuty-shaped: invalid input is 400
     ],
 )
 def test_every_refusal_is_json_in_the_one_shape(
