@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, utcnow
 from tests.fakes import ListQueue
-from tests.unit.test_access import DEFAULT_TOKEN, ROUTES, WEB_TOKEN, auth
+from tests.unit.ingress.test_access import DEFAULT_TOKEN, ROUTES, WEB_TOKEN, auth
 from worker.delivery.policy import Create, plan_delivery
 from worker.ingress.app import create_app
 from worker.ingress.incidents import DUPLICATE_KEY
