@@ -9,7 +9,14 @@ import pytest
 from tests import conftest, fakes
 from tests.conftest import SUITE_SECRETS, secrets_in
 from tests.integration import conftest as integration
-from tests.unit import test_hostile_input, test_ingress, test_logs, test_pagerduty_client
+from tests.integration import test_console_browser
+from tests.unit import (
+    test_console,
+    test_hostile_input,
+    test_ingress,
+    test_logs,
+    test_pagerduty_client,
+)
 from worker.logs import REDACTED, RedactSecrets
 
 
@@ -23,6 +30,8 @@ def test_the_tokens_the_suite_configures_are_the_ones_checked() -> None:
         test_logs.PAGERDUTY_TOKEN,
         *test_logs.INGRESS_TOKENS,
         *test_hostile_input.SECRETS,
+        test_console.OPERATOR_TOKEN,
+        test_console_browser.OPERATOR_TOKEN,
     }
     assert configured <= set(SUITE_SECRETS)
 

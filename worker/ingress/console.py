@@ -61,6 +61,9 @@ SECURITY_HEADERS = {
 FORM_TYPE = "application/x-www-form-urlencoded"
 
 AlertId = Annotated[str, Path(min_length=1, max_length=ALERT_ID_MAX, pattern=ALERT_ID_PATTERN)]
+Filter = Annotated[str | None, Query(max_length=ALERT_ID_MAX)]
+Before = Annotated[int | None, Query(ge=1)]
+RequestId = Annotated[int, Path(ge=1)]
 
 
 def console_state(settings: Settings) -> str:
@@ -128,16 +131,14 @@ def console_router(
 
     async def form_of(request: Request, expected_csrf: str | None) -> dict[str, str]:
         """A POSTed form, after the CSRF checks; a refused one answers 403."""
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type != FORM_TYPE:
-            raise HTTPException(415, f"send the form as {FORM_TYPE}")
         origin = request.headers.get("origin")
         if origin and origin != "null" and urlsplit(origin).netloc != request.url.netloc:
             raise HTTPException(403, "refused: the form was sent from another site")
-        fields = {
-            key: values[0]
-            for key, values in parse_qs((await request.body()).decode("utf-8", "replace")).items()
-        }
+        fields: dict[str, str] = {}
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type == FORM_TYPE:  # anything else has no CSRF field, and is refused
+            body = (await request.body()).decode("utf-8", "replace")
+            fields = {key: values[0] for key, values in parse_qs(body).items()}
         if not same_token(expected_csrf, fields.get(CSRF_FIELD)):
             log.warning(
                 "console: refused a POST to %s: CSRF token missing or wrong", request.url.path
@@ -265,9 +266,6 @@ def console_router(
             "sources": sources,
         }
 
-    Filter = Annotated[str | None, Query(max_length=ALERT_ID_MAX)]
-    Before = Annotated[int | None, Query(ge=1)]
-
     @router.get("/alerts")
     def alerts(
         request: Request,
@@ -373,8 +371,6 @@ def console_router(
     def rejected(request: Request, operator: OperatorSession = Depends(signed_in)) -> Response:
         rows = pages.rejected_requests(sessions)
         return page(request, "rejected.html", operator, nav="rejected", rows=rows)
-
-    RequestId = Annotated[int, Path(ge=1)]
 
     @router.get("/rejected/{request_id}/replay")
     def confirm_rejected_replay(
