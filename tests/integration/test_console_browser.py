@@ -120,7 +120,7 @@ def screenshot(page: Any, name: str) -> None:
 
 
 def test_an_operator_follows_an_alert_from_webhook_to_replay(
-    console_bridge: Bridge, page: Any
+    page: Any, console_bridge: Bridge
 ) -> None:
     from playwright.sync_api import expect
 
