@@ -36,6 +36,8 @@ SUITE_SECRETS = (
     "hostile-ingress-token-7f3a9c-012345",  # tests/unit/ingress/test_hostile_input.py
     "hostile-rotated-token-91c2e4-0123456",
     "hostile-pagerduty-token-5d8b",
+    "console-operator-token-0123456789abcdef",  # tests/unit/ingress/test_console.py
+    "integration-operator-token-0123456789ab",  # tests/integration/test_console_browser.py
 )
 
 

@@ -121,12 +121,12 @@ def quoted(value: object) -> str:
 
 
 def secrets_of(settings: Settings) -> list[str]:
-    """The secrets no log line may show: PagerDuty's token, the ingress tokens, and every
-    route's tokens, API token and integration key."""
+    """The secrets no log line may show: PagerDuty's token, the ingress and operator tokens,
+    and every route's tokens, API token and integration key."""
     from worker.errors import ConfigurationError
     from worker.routes_file import load_route_table
 
-    found = list(settings.ingress_token_values)
+    found = [*settings.ingress_token_values, *settings.operator_token_values]
     if settings.pagerduty_token is not None:
         found.append(settings.pagerduty_token.get_secret_value())
     try:

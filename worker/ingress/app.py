@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from worker.delivery.gate import DeliveryGate
 from worker.errors import InvalidEvent, ServiceUnavailable
 from worker.ingress.alert_views import alerts_router
+from worker.ingress.console import console_router, console_state
 from worker.ingress.context import ERROR, ApiError, Ingress
 from worker.ingress.group_commit import GroupCommitHandoff
 from worker.ingress.health import ReadinessCheck, health_router
@@ -31,6 +32,7 @@ from worker.ingress.rejections import QuarantineWriter
 from worker.ingress.schemas import ErrorAnswer
 from worker.ingress.webhooks import webhooks_router
 from worker.ops.rejected import QuarantineBounds
+from worker.pipeline.message import DEFAULT_ROUTE
 from worker.pipeline.queue import EventQueue
 from worker.routes_file import RouteTable, credential_key, load_route_table
 from worker.settings import Settings
@@ -95,6 +97,7 @@ def create_app(
     authenticate: bool = True,
     rejections: RejectionSink | None = None,
     routes: RouteTable | None = None,
+    queue_depth: Callable[[], int] | None = None,
 ) -> FastAPI:
     """The ingress application, wired to its queue and database (and, when the PagerDuty token
     is known here, the delivery gate whose state ``/readyz`` reports).
@@ -102,7 +105,7 @@ def create_app(
     ``authenticate=False`` serves every endpoint without a token (``api --insecure-no-auth``,
     and the replay of a quarantined request, which an operator vouches for). ``rejections``
     receives every rejected event-carrying request; by default they are written to the
-    quarantine table.
+    quarantine table. ``queue_depth`` reads the Celery queue's length for the console.
     """
     handoff = GroupCommitHandoff(queue)
     writer = None
@@ -152,6 +155,14 @@ def create_app(
     app.include_router(alerts_router(ingress))
     app.include_router(
         health_router(app, ingress, redis_ping=redis_ping, gate=gate, route_gates=route_gates)
+    )
+    app.include_router(
+        console_router(
+            ingress,
+            queue=queue,
+            queue_depth=queue_depth,
+            gates={**({DEFAULT_ROUTE: gate} if gate else {}), **(route_gates or {})},
+        )
     )
     return app
 
@@ -231,6 +242,7 @@ def build_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI:
     from worker.pipeline.queue import CeleryEventQueue
 
     routes = load_route_table(settings)
+    log.info(console_state(settings))
     if insecure_no_auth:
         log.warning(INSECURE_WARNING)
     elif not len(routes):
@@ -262,6 +274,8 @@ def build_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI:
         route_gates=route_gates,
         authenticate=not insecure_no_auth,
         routes=routes,
+        # Celery's Redis transport keeps a queue's messages in a list named after the queue.
+        queue_depth=lambda: int(redis_client.llen(settings.namespace)),
     )
 
 
