@@ -318,7 +318,51 @@ def run(
                 token = secrets.token_urlsafe(32)
                 env[f"{ENV_PREFIX}INGRESS_TOKENS"] = token
                 console.print(f"ingress token for this run: [bold]{token}[/]")
+        problems = _run_problems(env)
+        if problems:
+            raise _fail(
+                "nothing started: "
+                + "; ".join(problems)
+                + " (set them in the environment or in .env)"
+            )
         _run_processes(env, simulate, host, port, simulator_port, concurrency)
+
+
+def _run_problems(env: dict[str, str]) -> list[str]:
+    """Every reason api, worker or beat would stop at start, checked before any starts, so the
+    operator fixes them all at once rather than one child's at a time."""
+    from worker.ops.preflight import check_database, check_redis
+    from worker.routes_file import load_route_table
+
+    # What `run` sets for its children, over what the environment and .env say.
+    overrides: dict[str, Any] = {
+        name.removeprefix(ENV_PREFIX).lower(): value
+        for name, value in env.items()
+        if name.startswith(ENV_PREFIX) and os.environ.get(name) != value
+    }
+    try:
+        settings = Settings(**overrides)
+    except Exception as exc:  # pydantic's ValidationError names each variable
+        return [str(exc)]
+    problems: list[str] = []
+    try:
+        routes = load_route_table(settings)
+    except BridgeError as exc:
+        return [str(exc)]
+    needed = ["ingress_tokens"] if not len(routes) else []
+    if not len(routes):
+        needed += ["pagerduty_token", "pagerduty_from"]
+    for name in needed:
+        try:
+            settings.require(name)
+        except BridgeError as exc:
+            problems.append(str(exc).split(" (set them")[0])
+    for check, url in ((check_redis, settings.redis_url), (check_database, settings.database_url)):
+        try:
+            check(url)
+        except BridgeError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -398,16 +442,26 @@ def status(
 ) -> None:
     """Alerts by delivery state, oldest pending, PagerDuty breaker, rate budget, last error."""
     from models import utcnow
+    from worker.ops.preflight import check_redis
     from worker.ops.report import delivery_report
 
     settings = _settings()
     with _database(settings) as sessions, sessions() as session:
         report = delivery_report(session, utcnow())
+    try:
+        check_redis(settings.redis_url)
+    except BridgeError as exc:
+        report["redis"] = {"error": str(exc)}
+    else:
+        report["redis"] = {"status": "answers"}
     report["pagerduty"] = _gate_report(settings)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
-        return
-    _stdout().print(_status_table(report))
+    else:
+        _stdout().print(_status_table(report))
+    if "error" in report["redis"]:
+        # The queue, the gate and the workers all live on Redis: not a healthy bridge.
+        raise typer.Exit(code=1)
 
 
 @cli.command()
@@ -793,14 +847,21 @@ def _database(settings: Settings) -> Iterator[sessionmaker[Session]]:
     from sqlalchemy.exc import SQLAlchemyError
 
     from models import make_engine, make_session_factory
+    from worker.ops.preflight import check_database, check_database_exists, safe_database_url
 
+    try:
+        check_database_exists(settings.database_url)
+        check_database(settings.database_url)
+    except BridgeError as exc:
+        raise _fail(str(exc)) from exc
     engine = make_engine(settings.database_url)
     try:
         yield make_session_factory(engine)
     except SQLAlchemyError as exc:
+        cause = str(exc).splitlines()[0] if str(exc) else ""
         raise _fail(
-            f"cannot use the database ({exc.__class__.__name__}); is it migrated "
-            "(`pagerbridge migrate`) and up?"
+            f"cannot use the database {safe_database_url(settings.database_url)} "
+            f"({exc.__class__.__name__}: {cause})"
         ) from exc
     finally:
         engine.dispose()
@@ -834,6 +895,11 @@ def _status_table(report: dict[str, Any]) -> Table:
             f"last error: {escape(oldest['last_error'] or 'none')}",
         )
     table.add_section()
+    redis_state = report.get("redis", {})
+    if "error" in redis_state:
+        table.add_row("Redis", f"[red]{escape(str(redis_state['error']))}[/]")
+    else:
+        table.add_row("Redis", "answers")
     pagerduty = report["pagerduty"]
     if "error" in pagerduty:
         table.add_row("PagerDuty", escape(str(pagerduty["error"])))
