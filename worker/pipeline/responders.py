@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -38,7 +38,10 @@ INCIDENT_EVENTS: dict[str, AlertStatus] = {
     "incident.resolved": AlertStatus.RESOLVED,
     "incident.reopened": AlertStatus.TRIGGERED,
 }
-SOMEONE = "someone in PagerDuty"  # a change whose agent PagerDuty did not name
+SOMEONE = "someone in PagerDuty"
+# A delivery the ingress stored is applied by the sweeper only after this: the ingress applies
+# it itself right after storing it.
+APPLY_GRACE = timedelta(seconds=5)  # a change whose agent PagerDuty did not name
 
 
 class ReportOutcome(StrEnum):
@@ -258,13 +261,17 @@ def apply_delivery(sessions: sessionmaker[Session], delivery_id: int) -> ReportO
     return outcome
 
 
-def apply_stored_deliveries(sessions: sessionmaker[Session], *, limit: int) -> int:
-    """Apply deliveries stored but not applied (the ingress stopped between the two)."""
+def apply_stored_deliveries(sessions: sessionmaker[Session], now: datetime, *, limit: int) -> int:
+    """Apply deliveries stored but not applied (the ingress stopped between the two, or its
+    apply failed); not those the ingress is applying right now."""
     with sessions.begin() as session:
         pending = list(
             session.scalars(
                 select(PagerDutyDelivery.id)
-                .where(PagerDutyDelivery.applied_at.is_(None))
+                .where(
+                    PagerDutyDelivery.applied_at.is_(None),
+                    PagerDutyDelivery.received_at < now - APPLY_GRACE,
+                )
                 .order_by(PagerDutyDelivery.id)
                 .limit(limit)
             )
