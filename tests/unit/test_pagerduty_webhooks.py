@@ -15,8 +15,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, AlertRecord, PagerDutyDelivery
-from tests.fakes import ListQueue
+from tests.fakes import FakePagerDuty, ListQueue
 from worker.delivery.policy import Done, Inspect, Update, plan_delivery
+from worker.delivery.reconcile import Reconciler
 from worker.ingress.app import carries_events, create_app
 from worker.ingress.signatures import presented_signatures, sign, signature_matches
 from worker.pipeline.intake import EventOutcome, apply_event, plan_event
@@ -505,3 +506,98 @@ def test_the_sweeper_applies_a_delivery_stored_but_not_applied(
     assert apply_stored_deliveries(sqlite_sessions, T0 + timedelta(minutes=1), limit=10) == 1
     assert _alert(sqlite_sessions, cycle).confirmed_status is AlertStatus.RESOLVED
     assert apply_stored_deliveries(sqlite_sessions, T0 + timedelta(minutes=2), limit=10) == 0
+
+
+# -- without webhooks: the read before an acknowledge, end to end ----------------------------
+
+
+def _reconciler(
+    sessions: sessionmaker[Session], pagerduty: FakePagerDuty, **settings: Any
+) -> Reconciler:
+    return Reconciler(
+        sessions, pagerduty.client(), Settings(pagerduty_service_id="PSVC", **settings)
+    )
+
+
+def _delivered_triggers(
+    sessions: sessionmaker[Session], reconciler: Reconciler, count: int
+) -> list[int]:
+    pks = []
+    for n in range(count):
+        event = AlertEventMessage(
+            event_id=new_event_id(),
+            source=SOURCE_COSCALE,
+            alert_id=f"a-{n}",
+            action=AlertStatus.TRIGGERED,
+            received_at=T0,
+            title="CPU high",
+            service_id="PSVC",
+        )
+        applied = apply_event(sessions, event, T0)
+        assert applied.alert_pk is not None
+        pks.append(applied.alert_pk)
+    reconciler.reconcile_many(pks)
+    return pks
+
+
+def _acknowledge(sessions: sessionmaker[Session], count: int) -> None:
+    later = datetime.now(UTC)
+    for n in range(count):
+        event = AlertEventMessage(
+            event_id=new_event_id(),
+            source=SOURCE_COSCALE,
+            alert_id=f"a-{n}",
+            action=AlertStatus.ACKNOWLEDGED,
+            received_at=later,
+        )
+        apply_event(sessions, event, later)
+
+
+def test_without_webhooks_a_resolved_incident_is_read_and_never_acknowledged(
+    sqlite_sessions: sessionmaker[Session],
+) -> None:
+    pagerduty = FakePagerDuty()
+    reconciler = _reconciler(sqlite_sessions, pagerduty)
+    (pk,) = _delivered_triggers(sqlite_sessions, reconciler, 1)
+    incident_id = _alert(sqlite_sessions, pk).pagerduty_incident_id
+    assert incident_id is not None
+    pagerduty.simulator.respond(incident_id, "resolve", "Ada Lovelace")  # the bridge is not told
+    _acknowledge(sqlite_sessions, 1)
+    pagerduty.calls.clear()
+    reconciler.reconcile(pk)
+    assert pagerduty.calls == [("GET", f"/incidents/{incident_id}")]
+    assert pagerduty.simulator.counts()["reopened"] == 0
+    assert _alert(sqlite_sessions, pk).confirmed_status is AlertStatus.RESOLVED
+
+
+@pytest.mark.parametrize(("read", "acks", "calls"), [(True, 1, 2), (False, 1, 1), (True, 20, 21)])
+def test_what_the_read_costs_per_acknowledge(
+    sqlite_sessions: sessionmaker[Session], read: bool, acks: int, calls: int
+) -> None:
+    # One GET per acknowledge; the acknowledges themselves still go as one bulk update.
+    pagerduty = FakePagerDuty()
+    reconciler = _reconciler(sqlite_sessions, pagerduty, read_before_acknowledge=read)
+    pks = _delivered_triggers(sqlite_sessions, reconciler, acks)
+    _acknowledge(sqlite_sessions, acks)
+    pagerduty.calls.clear()
+    reconciler.reconcile_many(pks)
+    assert len(pagerduty.calls) == calls
+    assert {_alert(sqlite_sessions, pk).confirmed_status for pk in pks} == {
+        AlertStatus.ACKNOWLEDGED
+    }
+
+
+def test_with_webhook_secrets_the_default_route_reads_nothing(
+    sqlite_sessions: sessionmaker[Session],
+) -> None:
+    pagerduty = FakePagerDuty()
+    reconciler = _reconciler(
+        sqlite_sessions,
+        pagerduty,
+        pagerduty_webhook_secrets=SECRET,
+    )
+    pks = _delivered_triggers(sqlite_sessions, reconciler, 1)
+    _acknowledge(sqlite_sessions, 1)
+    pagerduty.calls.clear()
+    reconciler.reconcile_many(pks)
+    assert [method for method, _ in pagerduty.calls] == ["PUT"]
