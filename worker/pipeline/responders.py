@@ -323,8 +323,11 @@ def _cycle_of(session: Session, route: str, report: StatusReport) -> Alert | Non
             return found
     if report.incident_key is None:
         return None
+    # A key can come back once its incident is resolved (the API contact's keys): the newest.
     return session.scalars(
         select(Alert)
         .where(Alert.route == route, Alert.incident_key == report.incident_key)
+        .order_by(Alert.id.desc())
+        .limit(1)
         .with_for_update()
     ).first()
