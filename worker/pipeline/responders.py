@@ -17,9 +17,9 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import CursorResult, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -277,6 +277,18 @@ def apply_stored_deliveries(sessions: sessionmaker[Session], now: datetime, *, l
             )
         )
     return sum(1 for delivery_id in pending if apply_delivery(sessions, delivery_id) is not None)
+
+
+def prune_deliveries(sessions: sessionmaker[Session], cutoff: datetime) -> int:
+    """Forget deliveries applied before ``cutoff`` (PAGERBRIDGE_RETENTION_DAYS): PagerDuty
+    stops retrying a delivery long before, so de-duplication no longer needs them."""
+    with sessions.begin() as session:
+        result = session.execute(
+            delete(PagerDutyDelivery)
+            .where(PagerDutyDelivery.applied_at < cutoff)
+            .execution_options(synchronize_session=False)
+        )
+    return int(cast(CursorResult[Any], result).rowcount)
 
 
 def _apply(session: Session, delivery: PagerDutyDelivery) -> ReportOutcome:

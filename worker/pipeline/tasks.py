@@ -26,7 +26,7 @@ from worker.pipeline.celery_app import (
 from worker.pipeline.inbox import drain_inbox
 from worker.pipeline.intake import apply_events
 from worker.pipeline.message import AlertEventMessage
-from worker.pipeline.responders import apply_stored_deliveries
+from worker.pipeline.responders import apply_stored_deliveries, prune_deliveries
 from worker.pipeline.runtime import current_runtime
 from worker.pipeline.sweeper import due_alerts, wake_parked
 from worker.settings import get_settings
@@ -252,6 +252,11 @@ def prune_task() -> dict[str, Any]:
         )
     if rejected:
         log.info("pruned %d rejected request(s) past the quarantine's bounds", rejected)
+    deliveries = prune_deliveries(
+        runtime.sessions, retention_cutoff(utcnow(), runtime.settings.retention_days)
+    )
+    if deliveries:
+        log.info("pruned %d applied PagerDuty webhook deliveries", deliveries)
     result = prune(
         runtime.sessions,
         retention_cutoff(utcnow(), runtime.settings.retention_days),

@@ -29,6 +29,7 @@ from worker.pipeline.responders import (
     follow_responder,
     is_echo,
     judge,
+    prune_deliveries,
     read_report,
     responder_wish,
 )
@@ -506,6 +507,9 @@ def test_the_sweeper_applies_a_delivery_stored_but_not_applied(
     assert apply_stored_deliveries(sqlite_sessions, T0 + timedelta(minutes=1), limit=10) == 1
     assert _alert(sqlite_sessions, cycle).confirmed_status is AlertStatus.RESOLVED
     assert apply_stored_deliveries(sqlite_sessions, T0 + timedelta(minutes=2), limit=10) == 0
+    # Retention forgets it once applied long enough ago.
+    assert prune_deliveries(sqlite_sessions, T0) == 0
+    assert prune_deliveries(sqlite_sessions, datetime.now(UTC) + timedelta(seconds=1)) == 1
 
 
 # -- without webhooks: the read before an acknowledge, end to end ----------------------------
