@@ -114,6 +114,16 @@ class Alert(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
+    # What PagerDuty said about the incident by itself (its v3 webhooks, worker/pipeline/
+    # responders.py): when the newest status it reported happened (PagerDuty's clock; an older
+    # delivery arriving late is not applied over it), and who last changed it other than the
+    # bridge, with when the bridge heard of it (the ingress clock, as CoScale's events).
+    pagerduty_event_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    responder: Mapped[str | None] = mapped_column(String(255))
+    responder_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When the bridge last read the incident's status before an acknowledge (without webhooks).
+    status_read_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -185,6 +195,10 @@ class AlertRecord:
     resolve_received_at: datetime | None
     lease_owner: str | None
     lease_expires_at: datetime | None
+    pagerduty_event_at: datetime | None
+    responder: str | None
+    responder_at: datetime | None
+    status_read_at: datetime | None
     created_at: datetime
     updated_at: datetime
 

@@ -100,6 +100,17 @@ class Settings(BaseSettings):
         description="failed authentications one client address may make per minute before its "
         "requests are answered 429 (per api process)",
     )
+    pagerduty_webhook_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        (),
+        description="comma-separated secrets of the PagerDuty webhook subscriptions that post to "
+        "/webhooks/pagerduty (two while one is rotated); empty: that endpoint refuses everything",
+    )
+    read_before_acknowledge: bool = Field(
+        True,
+        description="read an incident's status (one GET) before acknowledging it, so that an "
+        "incident a responder resolved is never reopened; only for routes without PagerDuty "
+        "webhook secrets, whose webhooks tell the bridge instead",
+    )
     title_template: str = SEED_TITLE_TEMPLATE
     routes_file: str | None = Field(
         None,
@@ -211,7 +222,13 @@ class Settings(BaseSettings):
     def _lower_log_format(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("ingress_tokens", "operator_tokens", "allowed_service_ids", mode="before")
+    @field_validator(
+        "ingress_tokens",
+        "operator_tokens",
+        "allowed_service_ids",
+        "pagerduty_webhook_secrets",
+        mode="before",
+    )
     @classmethod
     def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
@@ -257,6 +274,10 @@ class Settings(BaseSettings):
     @property
     def operator_token_values(self) -> tuple[str, ...]:
         return tuple(token.get_secret_value() for token in self.operator_tokens)
+
+    @property
+    def pagerduty_webhook_secret_values(self) -> tuple[str, ...]:
+        return tuple(secret.get_secret_value() for secret in self.pagerduty_webhook_secrets)
 
 
 def _is_placeholder(value: object) -> bool:

@@ -28,6 +28,7 @@ from worker.ingress.group_commit import GroupCommitHandoff
 from worker.ingress.health import ReadinessCheck, health_router
 from worker.ingress.incidents import incidents_router, is_pagerduty_path, pagerduty_error
 from worker.ingress.middleware import IngressGuard, RejectionSink
+from worker.ingress.pagerduty_webhooks import pagerduty_webhooks_router
 from worker.ingress.rejections import QuarantineWriter
 from worker.ingress.schemas import ErrorAnswer
 from worker.ingress.webhooks import webhooks_router
@@ -45,7 +46,8 @@ __all__ = ["ApiError", "build_app", "carries_events", "create_app", "fastapi_tel
 # The endpoints whose requests carry events, by method: a rejected one is kept in the quarantine.
 _EVENT_PATHS = {
     # /webhooks/coscale/<name>: per-route webhooks; one for an unknown route is kept too (the
-    # operator adds the route, then replays).
+    # operator adds the route, then replays). Not /webhooks/pagerduty: PagerDuty retries what
+    # it was refused, and a forged delivery is nothing to replay.
     "POST": re.compile(r"^/(?:webhooks/coscale(?:/[^/]+)?|incidents)$"),
     "PUT": re.compile(r"^/incidents(?:/[^/]*)?$"),
 }
@@ -151,6 +153,7 @@ def create_app(
     )
     _answer_errors_in_one_shape(app)
     app.include_router(webhooks_router(ingress))
+    app.include_router(pagerduty_webhooks_router(ingress))
     app.include_router(incidents_router(ingress))
     app.include_router(alerts_router(ingress))
     app.include_router(

@@ -364,6 +364,9 @@ class AlertView(BaseModel):
     pagerduty_incident_url: str | None
     desired_status: str
     confirmed_status: str | None
+    # The last change made in PagerDuty by someone other than the bridge (its webhooks).
+    responder: str | None = None
+    responder_at: str | None = None
     delivery_state: str
     attempts: int
     next_attempt_at: str | None
@@ -371,6 +374,15 @@ class AlertView(BaseModel):
     created_at: str
     updated_at: str
     timeline: list[TimelineEntry]
+
+
+class PagerDutyWebhookTaken(BaseModel):
+    """The answer to a PagerDuty webhook delivery: what it did (worker/pipeline/responders.py:
+    responder, echo, stale, unknown, ignored, duplicate; stored: applied by the sweeper)."""
+
+    webhook_id: str
+    event_type: str
+    outcome: str
 
 
 class ErrorDetail(BaseModel):

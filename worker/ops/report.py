@@ -236,6 +236,8 @@ def alert_row(alert: Alert) -> dict[str, Any]:
         "title": alert.title,
         "desired_status": alert.desired_status.value,
         "confirmed_status": alert.confirmed_status.value if alert.confirmed_status else None,
+        "responder": alert.responder,
+        "responder_at": _iso(alert.responder_at),
         "delivery_state": alert.delivery_state.value,
         "attempts": alert.attempts,
         "pagerduty_incident_id": alert.pagerduty_incident_id,

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -359,6 +359,46 @@ class PagerDutyClient(HttpClient):
         _require_update(incident_id, "resolved")
         return self._call("GET", f"/incidents/{incident_id}", _parse_one)
 
+    # -- webhook subscriptions -------------------------------------------------------------
+
+    def create_webhook_subscription(
+        self, url: str, *, service_id: str, events: Sequence[str], description: str
+    ) -> WebhookSubscription:
+        """``POST /webhook_subscriptions``: PagerDuty posts ``events`` of the incidents of
+        ``service_id`` to ``url``. The answer is the only one that carries the secret."""
+        _require_non_empty(url=url, service_id=service_id)
+        payload = {
+            "webhook_subscription": {
+                "type": "webhook_subscription",
+                "delivery_method": {"type": "http_delivery_method", "url": url},
+                "description": description,
+                "events": list(events),
+                "filter": {"type": "service_reference", "id": service_id},
+            }
+        }
+        return self._call(
+            "POST",
+            "/webhook_subscriptions",
+            lambda answer: _parse_subscription(answer, _field(answer, "webhook_subscription")),
+            payload=payload,
+        )
+
+    def list_webhook_subscriptions(self) -> list[WebhookSubscription]:
+        """``GET /webhook_subscriptions``, every page (classic pagination)."""
+        found: list[WebhookSubscription] = []
+        offset = 0
+        while True:
+            page = self._call(
+                "GET",
+                "/webhook_subscriptions",
+                _parse_subscription_page,
+                params=[("limit", MAX_FIND_RESULTS), ("offset", offset)],
+            )
+            found += page[0]
+            if not page[1] or not page[0]:
+                return found
+            offset += len(page[0])
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def take_rate_limit(self) -> RateLimitReading | None:
@@ -494,7 +534,10 @@ def _created(new: NewIncident, created: Incident) -> Incident:
 
 
 def _endpoint(method: str, path: str) -> str:
-    """The call's name in metrics: ``create``, ``update``, ``bulk_update`` or ``find``."""
+    """The call's name in metrics: ``create``, ``update``, ``bulk_update``, ``find`` or
+    ``subscriptions``."""
+    if path == "/webhook_subscriptions":
+        return "subscriptions"
     if method == "POST":
         return "create"
     if method == "GET":
@@ -563,6 +606,47 @@ def _parse_incident(answer: _Answer, raw: object) -> Incident:
         incident_key=incident_key if isinstance(incident_key, str) else None,
         service_id=service_id if isinstance(service_id, str) else None,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSubscription:
+    """A v3 webhook subscription as PagerDuty shows it; ``secret`` only in a create's answer."""
+
+    id: str
+    url: str
+    events: tuple[str, ...]
+    filter_type: str
+    filter_id: str | None
+    description: str | None = None
+    secret: str | None = field(default=None, repr=False)
+
+
+def _parse_subscription(answer: _Answer, raw: object) -> WebhookSubscription:
+    if not isinstance(raw, dict) or not isinstance(raw.get("id"), str):
+        raise classify_malformed_success(answer.status, answer.body, "no webhook_subscription")
+    method = raw.get("delivery_method")
+    method = method if isinstance(method, dict) else {}
+    where = raw.get("filter")
+    where = where if isinstance(where, dict) else {}
+    events = raw.get("events")
+    url, secret, description = method.get("url"), method.get("secret"), raw.get("description")
+    return WebhookSubscription(
+        id=raw["id"],
+        url=url if isinstance(url, str) else "",
+        events=tuple(e for e in events if isinstance(e, str)) if isinstance(events, list) else (),
+        filter_type=str(where.get("type") or ""),
+        filter_id=where.get("id") if isinstance(where.get("id"), str) else None,
+        description=description if isinstance(description, str) else None,
+        secret=secret if isinstance(secret, str) and secret else None,
+    )
+
+
+def _parse_subscription_page(answer: _Answer) -> tuple[list[WebhookSubscription], bool]:
+    raw = _field(answer, "webhook_subscriptions")
+    if not isinstance(raw, list):
+        raise classify_malformed_success(answer.status, answer.body, "no subscriptions list")
+    more = isinstance(answer.json_body, dict) and answer.json_body.get("more") is True
+    return [_parse_subscription(answer, item) for item in raw], more
 
 
 def _is_already_in_state(error: PermanentError, wanted: str) -> bool:
