@@ -115,7 +115,7 @@ def incidents_router(ingress: Ingress) -> APIRouter:
             created_at=timestamp(view.created_at),
             service=ServiceAnswer(id=view.service_id) if view.service_id else None,
             urgency=view.urgency,
-            html_url=view.pagerduty_incident_url or ingress.alert_url(view.id),
+            html_url=view.pagerduty_incident_url or ingress.page_url(view.id, SOURCE_API),
             priority=forwarded.get("priority"),
             escalation_policy=forwarded.get("escalation_policy"),
             assignments=forwarded.get("assignments"),
@@ -332,7 +332,9 @@ def incidents_router(ingress: Ingress) -> APIRouter:
             )
         await ingress.publish(*events)
         return [
-            IncidentAnswer(id=incident_id, status=status, html_url=ingress.alert_url(incident_id))
+            IncidentAnswer(
+                id=incident_id, status=status, html_url=ingress.page_url(incident_id, SOURCE_API)
+            )
             for incident_id, status in updates
         ]
 
