@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -318,6 +319,12 @@ def run(
                 token = secrets.token_urlsafe(32)
                 env[f"{ENV_PREFIX}INGRESS_TOKENS"] = token
                 console.print(f"ingress token for this run: [bold]{token}[/]")
+            console.print(
+                "for `pagerbridge status`, `test-trigger` and the rest in another terminal:\n"
+                + _export_lines(env, settings),
+                soft_wrap=True,
+                highlight=False,
+            )
         problems = _run_problems(env)
         if problems:
             raise _fail(
@@ -363,6 +370,31 @@ def _run_problems(env: dict[str, str]) -> list[str]:
         except BridgeError as exc:
             problems.append(str(exc))
     return problems
+
+
+def _export_lines(env: dict[str, str], settings: Settings) -> str:
+    """The shell lines that give another terminal what this run set for its processes."""
+    names = ("INGRESS_TOKENS", "REDIS_URL", "PAGERDUTY_URL", "PAGERDUTY_TOKEN", "DATABASE_URL")
+    lines = []
+    for name in names:
+        value = env.get(f"{ENV_PREFIX}{name}")
+        if name == "DATABASE_URL" and value is None:
+            value = _absolute_sqlite_url(settings.database_url)
+        if value is not None:
+            lines.append(f"  export {ENV_PREFIX}{name}={shlex.quote(value)}")
+    return "\n".join(lines)
+
+
+def _absolute_sqlite_url(url: str) -> str:
+    """A relative SQLite URL made absolute, so that it names the same file from anywhere."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return url
+    return parsed.set(database=str(Path(parsed.database).resolve())).render_as_string(
+        hide_password=False
+    )
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -776,6 +808,13 @@ def trigger_check(
         float,
         typer.Option(min=0.1, help="seconds to wait for the incident, then for its resolve"),
     ] = 30.0,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="the ingress token to call the api with (default: the first of "
+            "PAGERBRIDGE_INGRESS_TOKENS)",
+        ),
+    ] = None,
 ) -> None:
     """CoScale's "Test trigger": a test alert's incident opened and resolved, end to end.
 
@@ -787,15 +826,17 @@ def trigger_check(
     from worker.ops.trigger_check import REQUEST_TIMEOUT, SmokeFailed, SmokeTest
 
     settings = _settings()
-    if not settings.ingress_token_values:
+    token = token or next(iter(settings.ingress_token_values), None)
+    if not token:
         raise _fail(
-            f"{ENV_PREFIX}INGRESS_TOKENS is unset: test-trigger calls the api with its first token"
+            f"no ingress token: give --token, or set {ENV_PREFIX}INGRESS_TOKENS (test-trigger "
+            "calls the api with its first)"
         )
     url = (api_url or settings.public_url).rstrip("/")
     with httpx.Client(base_url=url, timeout=min(REQUEST_TIMEOUT, timeout)) as client:
         test = SmokeTest(
             client,
-            settings.ingress_token_values[0],
+            token,
             timeout=timeout,
             say=lambda message: console.print(escape(message), soft_wrap=True),
         )
