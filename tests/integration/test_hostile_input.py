@@ -10,6 +10,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -204,3 +205,40 @@ def test_rejected_show_escapes_what_a_terminal_would_obey(
     assert shown.returncode == 0, shown.stderr
     assert "\x1b" not in shown.stdout and "\\x1b[31mexploded" in shown.stdout
     assert raw.returncode == 0 and raw.stdout == body.encode()
+
+
+def test_healthz_answers_while_bodies_built_to_stall_the_repair_are_read(api: str) -> None:
+    # Given bodies at the size limit built to make the JSON repair branch and rescan
+    size = 256 * 1024 - 64  # just under PAGERBRIDGE_MAX_BODY_BYTES
+    half = size // 2
+    hostile = [
+        ('{"' + "a" * half + "\x01" + '"' * (size - half - 3)).encode(),
+        ('{"m": "' + "a" * half + "\x01" + '"' * (size - half - 8) + "}").encode(),
+        ("[" + '"\x01",' * ((size - 2) // 5) + "]").encode(),
+    ] * 2
+    headers = {"Authorization": f"Bearer {INGRESS_TOKEN}", "Content-Type": "application/json"}
+    answers: list[int] = []
+
+    def post(body: bytes) -> None:
+        answers.append(
+            httpx.post(
+                f"{api}/webhooks/coscale", content=body, headers=headers, timeout=60
+            ).status_code
+        )
+
+    # When they are sent at once, and /healthz is asked meanwhile
+    threads = [threading.Thread(target=post, args=(body,)) for body in hostile]
+    for thread in threads:
+        thread.start()
+    health: list[int] = []
+    answered_while_pending = 0
+    while any(thread.is_alive() for thread in threads):
+        health.append(httpx.get(f"{api}/healthz", timeout=10).status_code)
+        answered_while_pending += any(thread.is_alive() for thread in threads)
+    for thread in threads:
+        thread.join()
+    # Then every hostile body is refused (400, or 422 for one read but missing its fields), and
+    # /healthz answered throughout
+    assert len(answers) == len(hostile) and set(answers) <= {400, 422}
+    assert health and set(health) == {200}
+    assert answered_while_pending >= 1

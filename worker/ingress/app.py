@@ -22,16 +22,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from worker.delivery.gate import DeliveryGate
 from worker.errors import InvalidEvent, NotDurable, ServiceUnavailable
 from worker.ingress.alert_views import alerts_router
+from worker.ingress.console import console_router, console_state
 from worker.ingress.context import ERROR, ApiError, Ingress
 from worker.ingress.group_commit import GroupCommitHandoff
 from worker.ingress.health import ReadinessCheck, health_router
-from worker.ingress.incidents import incidents_router
+from worker.ingress.incidents import incidents_router, is_pagerduty_path, pagerduty_error
 from worker.ingress.middleware import IngressGuard, RejectionSink
+from worker.ingress.pagerduty_webhooks import pagerduty_webhooks_router
 from worker.ingress.rejections import QuarantineWriter
 from worker.ingress.schemas import ErrorAnswer
 from worker.ingress.webhooks import webhooks_router
 from worker.ops.rejected import QuarantineBounds
 from worker.pipeline.durability import RedisDurability
+from worker.pipeline.message import DEFAULT_ROUTE
 from worker.pipeline.queue import EventQueue
 from worker.routes_file import RouteTable, credential_key, load_route_table
 from worker.settings import Settings
@@ -47,7 +50,8 @@ API_STATEMENT_TIMEOUT_MS = 10_000
 # The endpoints whose requests carry events, by method: a rejected one is kept in the quarantine.
 _EVENT_PATHS = {
     # /webhooks/coscale/<name>: per-route webhooks; one for an unknown route is kept too (the
-    # operator adds the route, then replays).
+    # operator adds the route, then replays). Not /webhooks/pagerduty: PagerDuty retries what
+    # it was refused, and a forged delivery is nothing to replay.
     "POST": re.compile(r"^/(?:webhooks/coscale(?:/[^/]+)?|incidents)$"),
     "PUT": re.compile(r"^/incidents(?:/[^/]*)?$"),
 }
@@ -68,8 +72,12 @@ def _error(
     field: str | None = None,
     errors: list[str] | None = None,
     headers: dict[str, str] | None = None,
+    path: str = "",
 ) -> JSONResponse:
-    body = ErrorAnswer.of(message, field=field, errors=errors)
+    if is_pagerduty_path(path):
+        status, body = pagerduty_error(status, message, field=field, errors=errors)
+    else:
+        body = ErrorAnswer.of(message, field=field, errors=errors)
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
@@ -96,6 +104,7 @@ def create_app(
     rejections: RejectionSink | None = None,
     routes: RouteTable | None = None,
     durability: Callable[[], RedisDurability] | None = None,
+    queue_depth: Callable[[], int] | None = None,
 ) -> FastAPI:
     """The ingress application, wired to its queue and database (and, when the PagerDuty token
     is known here, the delivery gate whose state ``/readyz`` reports).
@@ -103,7 +112,7 @@ def create_app(
     ``authenticate=False`` serves every endpoint without a token (``api --insecure-no-auth``,
     and the replay of a quarantined request, which an operator vouches for). ``rejections``
     receives every rejected event-carrying request; by default they are written to the
-    quarantine table.
+    quarantine table. ``queue_depth`` reads the Celery queue's length for the console.
     """
     handoff = GroupCommitHandoff(queue)
     writer = None
@@ -151,6 +160,7 @@ def create_app(
     )
     _answer_errors_in_one_shape(app)
     app.include_router(webhooks_router(ingress))
+    app.include_router(pagerduty_webhooks_router(ingress))
     app.include_router(incidents_router(ingress))
     app.include_router(alerts_router(ingress))
     app.include_router(
@@ -163,19 +173,32 @@ def create_app(
             durability=durability,
         )
     )
+    app.include_router(
+        console_router(
+            ingress,
+            queue=queue,
+            queue_depth=queue_depth,
+            gates={**({DEFAULT_ROUTE: gate} if gate else {}), **(route_gates or {})},
+        )
+    )
     return app
 
 
 def _answer_errors_in_one_shape(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return _error(
-            exc.status, exc.message, field=exc.field, errors=exc.errors, headers=exc.headers
+            exc.status,
+            exc.message,
+            field=exc.field,
+            errors=exc.errors,
+            headers=exc.headers,
+            path=request.url.path,
         )
 
     @app.exception_handler(InvalidEvent)
-    async def _invalid_event(_request: Request, exc: InvalidEvent) -> JSONResponse:
-        return _error(422, str(exc), field=exc.field)
+    async def _invalid_event(request: Request, exc: InvalidEvent) -> JSONResponse:
+        return _error(422, str(exc), field=exc.field, path=request.url.path)
 
     @app.exception_handler(ServiceUnavailable)
     async def _unavailable(_request: Request, exc: ServiceUnavailable) -> JSONResponse:
@@ -193,7 +216,7 @@ def _answer_errors_in_one_shape(app: FastAPI) -> None:
         )
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid_body(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = []
         first_field = None
         for error in exc.errors():
@@ -204,12 +227,21 @@ def _answer_errors_in_one_shape(app: FastAPI) -> None:
             first_field = first_field or location
             problems.append(f"{location}: {error['msg']}")
         return _error(
-            422, "invalid request: " + "; ".join(problems), field=first_field, errors=problems
+            422,
+            "invalid request: " + "; ".join(problems),
+            field=first_field,
+            errors=problems,
+            path=request.url.path,
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(
+            exc.status_code,
+            str(exc.detail),
+            headers=getattr(exc, "headers", None),
+            path=request.url.path,
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
@@ -234,6 +266,7 @@ def build_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI:
     from worker.pipeline.queue import CeleryEventQueue
 
     routes = load_route_table(settings)
+    log.info(console_state(settings))
     if insecure_no_auth:
         log.warning(INSECURE_WARNING)
     elif not len(routes):
@@ -280,6 +313,8 @@ def build_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI:
         authenticate=not insecure_no_auth,
         routes=routes,
         durability=lambda: durable.durability,
+        # Celery's Redis transport keeps a queue's messages in a list named after the queue.
+        queue_depth=lambda: int(redis_client.llen(settings.namespace)),
     )
 
 

@@ -293,6 +293,13 @@ class Ingress:
         url = f"{self.settings.public_url.rstrip('/')}/alerts/{alert_id}"
         return f"{url}?source={source}" if source and source != SOURCE_COSCALE else url
 
+    def page_url(self, alert_id: str, source: str) -> str:
+        """Where a person follows an alert: its console page when the console is on (an
+        operator signs in there), else the API's view, which needs an ingress token."""
+        if not self.settings.operator_tokens:
+            return self.alert_url(alert_id)
+        return f"{self.settings.public_url.rstrip('/')}/ui/alerts/{alert_id}?source={source}"
+
     async def publish(self, *events: AlertEventMessage) -> QueuedIn:
         answers = await self._handoff.publish_all(events)
         for event, where in zip(events, answers, strict=True):

@@ -337,7 +337,14 @@ def _reason(status: int, body: bytes) -> tuple[str, str | None]:
     """The message and field of one of the ingress's error answers."""
     try:
         error = json.loads(body)["error"]
-        return str(error["message"]), error.get("field")
+        message = str(error["message"])
+        errors = error.get("errors") or []
+        if error.get("code") is not None and errors and errors[0] != message:
+            # PagerDuty's shape: a generic message ("Invalid Input Provided"), what is wrong
+            # in errors.
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            message = f"{message}: {str(errors[0])[:500]}{more}"
+        return message, error.get("field")
     except (ValueError, KeyError, TypeError):
         try:
             return HTTPStatus(status).phrase, None

@@ -28,7 +28,7 @@ from worker.pagerduty.http_client import tls_context
 TOKEN = "loopback-token"
 FROM = "bridge@example.com"
 ROUTING_KEY = "R0UTINGKEY0000000000000000000001"
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 class _Server:

@@ -11,7 +11,7 @@ from types import ModuleType
 
 import pytest
 
-from tests.bench_scripts import load_bench_script
+from bench.tests.scripts import load_bench_script
 
 STATUS = """Name:\tpython
 State:\tS (sleeping)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.bench_scripts import load_bench_script
+from bench.tests.scripts import load_bench_script
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from types import ModuleType
 import pytest
 from starlette.testclient import TestClient
 
-from tests.bench_scripts import load_bench_script
+from bench.tests.scripts import load_bench_script
 from worker.simulator.pagerduty import PAGERDUTY_ACCEPT, SimulatedPagerDuty, create_app
 
 HEADERS = {

@@ -329,3 +329,25 @@ def test_readyz_answers_a_probe_without_details(make_client: AppFactory) -> None
     assert anonymous.status_code == 200 and anonymous.json() == {"ready": True}
     detailed = client.get("/readyz", headers=auth(DEFAULT_TOKEN))
     assert set(detailed.json()["checks"]) >= {"redis", "database"}
+
+
+def test_the_api_contacts_link_opens_the_console_when_it_is_on(make_client: AppFactory) -> None:
+    # Without the console, the link is the API's view (it needs an ingress token)
+    plain = make_client(public_url="https://bridge.example")
+    answer = plain.post(
+        "/incidents",
+        headers=auth(DEFAULT_TOKEN),
+        json={"incident": {"type": "incident", "title": "t", "service": {"id": "PDEFAULT"}}},
+    ).json()["incident"]
+    assert answer["html_url"] == f"https://bridge.example/alerts/{answer['id']}"
+    # With it, a page a person opens by signing in
+    console = make_client(
+        public_url="https://bridge.example",
+        operator_tokens="operator-token-0123456789abcdef0123456789",
+    )
+    answer = console.post(
+        "/incidents",
+        headers=auth(DEFAULT_TOKEN),
+        json={"incident": {"type": "incident", "title": "t", "service": {"id": "PDEFAULT"}}},
+    ).json()["incident"]
+    assert answer["html_url"] == f"https://bridge.example/ui/alerts/{answer['id']}?source=api"

@@ -183,6 +183,7 @@ def test_lost_create_answer_is_adopted_not_doubled(
     pagerduty: FakePagerDuty,
     clock: Clock,
     sqlite_sessions: sessionmaker[Session],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Given PagerDuty creates the incident but the answer is lost
     pagerduty.fail_next("create", "lost")
@@ -198,6 +199,12 @@ def test_lost_create_answer_is_adopted_not_doubled(
     (incident,) = pagerduty.incidents()
     assert alert(sqlite_sessions).pagerduty_incident_id == incident["id"]
     assert pagerduty.simulator.state()["counts"]["duplicate_creates_refused"] == 1
+    # And the log and the timeline call it an adoption, not a creation
+    lines = [r.getMessage() for r in caplog.records if "incident=" in r.getMessage()]
+    assert any(": adopted incident" in line for line in lines), lines
+    with sqlite_sessions() as session:
+        outcomes = session.scalars(select(AlertEvent.outcome)).all()
+    assert "findbykey" in outcomes and "create" not in outcomes
 
 
 def test_resolve_after_lost_create_finds_and_resolves_the_incident(

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.bench_scripts import captured_commands, load_bench_script
+from bench.tests.scripts import captured_commands, load_bench_script
 
 
 @pytest.fixture(scope="module")
