@@ -150,8 +150,9 @@ class Settings(BaseSettings):
     http_max_connections: int = Field(
         1000,
         gt=0,
-        description="open connections the api serves at once (per api process); past it a "
-        "new connection is answered 503 and closed; lowered at start to fit the process's "
+        description="open connections the api serves at once (per api process); at it, the "
+        "one waiting longest without a request is closed to make room, and when every one is "
+        "serving a request a new one is answered 503; lowered at start to fit the process's "
         "open-file limit",
     )
     tls_certfile: str | None = Field(
