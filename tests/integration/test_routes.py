@@ -157,7 +157,8 @@ def alert_view(bridge: Bridge, route: str, alert_id: str) -> dict[str, Any]:
     answer = httpx.get(
         f"{bridge.api_url}/alerts/{alert_id}",
         params={"source": f"coscale:{route}"},
-        headers=bridge.headers,
+        # A token reads its own route's alerts only.
+        headers={"Authorization": f"Bearer {TOKENS[route]}"},
         timeout=10,
     )
     return dict(answer.json()) if answer.status_code == 200 else {}
@@ -312,14 +313,10 @@ def test_the_api_contact_picks_the_route_by_service_id(routed: Bridge) -> None:
         timeout=10,
     )
     assert created.status_code == 201, created.text
-    bridge_id = created.json()["incident"]["id"]
+    key = created.json()["incident"]["incident_key"]
     incident = wait_for(
         lambda: next(
-            (
-                i
-                for i in routed.simulator.state()["incidents"]
-                if str(i.get("incident_key")).startswith(f"pagerbridge/api/{bridge_id}/")
-            ),
+            (i for i in routed.simulator.state()["incidents"] if i.get("incident_key") == key),
             None,
         ),
         what="the API contact's incident",
