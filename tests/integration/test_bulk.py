@@ -88,6 +88,7 @@ def _row(alert_id: str, **given: Any) -> dict[str, Any]:
         "resolve_received_at": None,
         "lease_owner": None,
         "lease_expires_at": None,
+        "status_read_at": None,
         "created_at": now,
         "updated_at": now,
     }
