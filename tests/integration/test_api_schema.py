@@ -92,6 +92,7 @@ def test_no_answer_is_a_server_error_and_every_answer_matches_the_schema(
         check=False,
     )
     # Then it found nothing (a 5xx or an answer off the schema fails the run)
-    report = done.stdout[-8000:] + done.stderr[-2000:]
+    api_log = "\n".join(p.read_text(errors="replace")[-4000:] for p in tmp_path.glob("*.log"))
+    report = done.stdout[-8000:] + done.stderr[-2000:] + "\n--- api log\n" + api_log
     assert done.returncode == 0, report
     assert " passed" in done.stdout and "Operations:" in done.stdout, report

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import anyio.to_thread
 from fastapi import APIRouter, Path, Query, Request
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from models import utcnow
@@ -30,6 +30,7 @@ from worker.ingress.schemas import (
     INCIDENT_ID_PATTERN,
     INCIDENT_KEY_MAX,
     MAX_BULK_UPDATES,
+    NO_NUL,
     BridgeState,
     BulkUpdateRequest,
     CreateIncidentRequest,
@@ -95,6 +96,10 @@ def incidents_router(ingress: Ingress) -> APIRouter:
         try:
             with ingress.sessions() as session:
                 return read(session)
+        except DataError as exc:
+            # A value the database refuses to compare (PostgreSQL text holds no NUL): the
+            # caller's input, not an outage.
+            raise ApiError(400, f"cannot read {what}: a value the database cannot compare") from exc
         except SQLAlchemyError as exc:
             raise ServiceUnavailable(
                 f"cannot read {what}: the database is unavailable ({type(exc).__name__})"
@@ -206,13 +211,16 @@ def incidents_router(ingress: Ingress) -> APIRouter:
         responses=READ_ERRORS,
     )
     async def list_incidents_endpoint(
-        incident_key: Annotated[str | None, Query(max_length=INCIDENT_KEY_MAX)] = None,
+        incident_key: Annotated[
+            str | None, Query(max_length=INCIDENT_KEY_MAX, pattern=NO_NUL)
+        ] = None,
         statuses: Annotated[
             list[Literal["triggered", "acknowledged", "resolved"]] | None,
             Query(alias="statuses[]"),
         ] = None,
         service_ids: Annotated[
-            list[Annotated[str, Query(max_length=64)]] | None, Query(alias="service_ids[]")
+            list[Annotated[str, Query(max_length=64, pattern=NO_NUL)]] | None,
+            Query(alias="service_ids[]"),
         ] = None,
         limit: Annotated[int, Query(ge=1, le=LIST_LIMIT_MAX)] = 25,
         offset: Annotated[int, Query(ge=0, le=LIST_WINDOW)] = 0,
