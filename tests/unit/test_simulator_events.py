@@ -153,6 +153,7 @@ def test_trigger_answers_202_and_opens_an_alert(
         "created_at_ms": 1759320000000.0,  # NOW to the millisecond, for benchmarks
         "acknowledged_at": None,
         "resolved_at": None,
+        "resolved_at_ms": None,
         "status_history": [{"at": NOW, "from": None, "to": "triggered", "reopened": False}],
     }
     # And no incident: the Events API's alerts live apart
@@ -173,6 +174,7 @@ def test_trigger_acknowledge_resolve(client: TestClient, simulator: SimulatedPag
     [alert] = alerts(simulator)
     assert alert["status"] == "resolved"
     assert (alert["acknowledged_at"], alert["resolved_at"]) == (NOW, NOW)
+    assert alert["resolved_at_ms"] == 1759320000000.0  # to the millisecond, for benchmarks
     assert [(change["from"], change["to"]) for change in alert["status_history"]] == [
         (None, "triggered"),
         ("triggered", "acknowledged"),

@@ -297,6 +297,7 @@ class _Incident:
     created_at_ms: float = 0.0
     status: IncidentStatus = "triggered"
     history: list[StatusChange] = field(default_factory=list)
+    resolved_at_ms: float | None = None  # as created_at_ms; None while open
 
     @property
     def is_open(self) -> bool:
@@ -354,6 +355,7 @@ class _Incident:
             "html_url": self.html_url,
             "created_at": self.created_at,
             "created_at_ms": self.created_at_ms,
+            "resolved_at_ms": self.resolved_at_ms,
             "status_history": [change.to_json() for change in self.history],
         }
 
@@ -388,14 +390,16 @@ class _Alert:
     acknowledged_at: str | None = None
     resolved_at: str | None = None
     history: list[StatusChange] = field(default_factory=list)
+    resolved_at_ms: float | None = None  # as created_at_ms
 
-    def move_to(self, status: IncidentStatus, at: str) -> None:
+    def move_to(self, status: IncidentStatus, at: str, at_ms: float = 0.0) -> None:
         self.history.append(StatusChange(at, self.status, status))
         self.status = status
         if status == "acknowledged":
             self.acknowledged_at = at
         elif status == "resolved":
             self.resolved_at = at
+            self.resolved_at_ms = at_ms
 
     def to_state(self) -> dict[str, Any]:
         """The alert as the control API shows it: flat, with its status history."""
@@ -410,6 +414,7 @@ class _Alert:
             "created_at_ms": self.created_at_ms,
             "acknowledged_at": self.acknowledged_at,
             "resolved_at": self.resolved_at,
+            "resolved_at_ms": self.resolved_at_ms,
             "status_history": [change.to_json() for change in self.history],
         }
 
@@ -665,7 +670,7 @@ class SimulatedPagerDuty:
                 elif outcome == "acknowledge":
                     alert.move_to("acknowledged", at)
                 elif outcome == "resolve":
-                    alert.move_to("resolved", at)
+                    alert.move_to("resolved", at, now.timestamp() * 1000)
                     del self._open_alerts[key]
         return {"status": "success", "message": "Event processed", "dedup_key": dedup_key}
 
@@ -816,11 +821,15 @@ class SimulatedPagerDuty:
                 tentative[incident_id] = new_status
                 plan.append((incident, new_status, reopened))
             # Pass 2: apply.
-            at = _timestamp(self._clock())
+            moment = self._clock()
+            at = _timestamp(moment)
             for incident, new_status, reopened in plan:
                 was_open = incident.is_open
                 incident.history.append(StatusChange(at, incident.status, new_status, reopened))
                 incident.status = new_status
+                incident.resolved_at_ms = (
+                    moment.timestamp() * 1000 if new_status == "resolved" else None
+                )
                 if reopened:
                     self._reopened += 1
                 if incident.incident_key is not None and was_open != incident.is_open:
