@@ -150,6 +150,7 @@ class Options:
     phases: tuple[str, ...] = ()
     live_warm_up: int = LIVE_WARM_UP
     storm_limit: int = storm.REST_LIMIT_PER_MINUTE
+    storm_peer: bool = True
 
 
 # The phases in the order they run; --phases picks some (a phase that needs another's work
@@ -258,6 +259,12 @@ def parse_options(argv: list[str] | None = None) -> Options:
         help="the storm phase: REST calls a minute the simulator allows the token (default "
         f"{storm.REST_LIMIT_PER_MINUTE}, PagerDuty's); the bridge is never told it",
     )
+    parser.add_argument(
+        "--no-storm-peer",
+        action="store_false",
+        dest="storm_peer",
+        help="the storm phase without Alertmanager (the bridge's side alone, half the time)",
+    )
     parser.add_argument("--postgres-admin-url", default=DEFAULT_POSTGRES_ADMIN_URL)
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
     args = parser.parse_args(argv)
@@ -301,6 +308,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         phases=tuple(name for name in PHASES if name in phases),
         live_warm_up=args.live_warm_up,
         storm_limit=args.storm_limit,
+        storm_peer=args.storm_peer,
     )
 
 
@@ -1528,6 +1536,8 @@ def phase_storm(run: Run) -> None:
     worker.check_alive()
 
     binary = alertmanager.find_binary()
+    if not options.storm_peer:
+        return
     if binary is None:
         run.notes.append(f"storm: Alertmanager not measured: {alertmanager.INSTALL_HINT}")
         return
