@@ -364,6 +364,7 @@ def status(
     settings = _settings()
     with _database(settings) as sessions, sessions() as session:
         report = delivery_report(session, utcnow())
+        report["backlog"] = _backlog_report(settings, session)
     report["pagerduty"] = _gate_report(settings)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
@@ -728,6 +729,23 @@ def demo(
     raise typer.Exit(code=run_demo(_settings().redis_url, api_port=port, sim_port=simulator_port))
 
 
+def _backlog_report(settings: Settings, session: Session) -> dict[str, object]:
+    """The events waiting to be applied, in the queue and the inbox, or why it is unknown."""
+    import redis
+
+    from models import utcnow
+    from worker.pipeline.backlog import read_backlog
+
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        backlog = read_backlog(client, settings.namespace, session, utcnow())
+        return {**backlog.as_dict(), "summary": backlog.summary()}
+    except redis.RedisError as exc:
+        return {"error": f"Redis does not answer: {exc}"}
+    finally:
+        client.close()
+
+
 def _gate_report(settings: Settings) -> dict[str, object]:
     """What the workers' shared gate says, or why it cannot be read."""
     import redis
@@ -794,6 +812,11 @@ def _status_table(report: dict[str, Any]) -> Table:
             f"for {_age(age) if age is not None else '?'}, {oldest['attempts']} attempt(s); "
             f"last error: {escape(oldest['last_error'] or 'none')}",
         )
+    backlog = report["backlog"]
+    table.add_row(
+        "waiting to be applied",
+        escape(str(backlog["error"])) if "error" in backlog else escape(str(backlog["summary"])),
+    )
     table.add_section()
     pagerduty = report["pagerduty"]
     if "error" in pagerduty:

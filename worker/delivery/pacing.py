@@ -20,9 +20,10 @@ from dataclasses import dataclass
 
 # Of the limit PagerDuty announces, the share used: the clocks of two buckets never quite meet.
 PACE_SHARE = 0.99
-# Calls another worker process may have sent (or been admitted for) that the reading does not
-# count yet: up to ``pagerduty_calls_in_flight`` creates out at once, per process.
-IN_FLIGHT_RESERVE = 8.0
+# Calls the reading does not count yet. A process reads after its whole group was answered, so
+# its own calls are counted; another process may have up to ``pagerduty_calls_in_flight`` (4 by
+# default) out. Each token kept back is a call PagerDuty would have taken when a storm ends.
+IN_FLIGHT_RESERVE = 4.0
 # PagerDuty's limit is per minute: a reading stands at least this long, then the configured
 # rate again (no answers for a minute means nothing to pace).
 PACE_WINDOW_SECONDS = 60.0

@@ -24,7 +24,7 @@ from worker.errors import InvalidEvent, ServiceUnavailable
 from worker.ingress.alert_views import alerts_router
 from worker.ingress.context import ERROR, ApiError, Ingress
 from worker.ingress.group_commit import GroupCommitHandoff
-from worker.ingress.health import ReadinessCheck, health_router
+from worker.ingress.health import BacklogReading, ReadinessCheck, health_router
 from worker.ingress.incidents import incidents_router
 from worker.ingress.middleware import IngressGuard, RejectionSink
 from worker.ingress.rejections import QuarantineWriter
@@ -91,6 +91,7 @@ def create_app(
     authenticate: bool = True,
     rejections: RejectionSink | None = None,
     routes: RouteTable | None = None,
+    backlog: BacklogReading | None = None,
 ) -> FastAPI:
     """The ingress application, wired to its queue and database (and, when the PagerDuty token
     is known here, the delivery gate whose state ``/readyz`` reports).
@@ -147,7 +148,14 @@ def create_app(
     app.include_router(incidents_router(ingress))
     app.include_router(alerts_router(ingress))
     app.include_router(
-        health_router(app, ingress, redis_ping=redis_ping, gate=gate, route_gates=route_gates)
+        health_router(
+            app,
+            ingress,
+            redis_ping=redis_ping,
+            gate=gate,
+            route_gates=route_gates,
+            backlog=backlog,
+        )
     )
     return app
 
@@ -207,7 +215,8 @@ def build_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI:
     """
     import redis
 
-    from models import make_engine, make_session_factory
+    from models import make_engine, make_session_factory, utcnow
+    from worker.pipeline.backlog import read_backlog
     from worker.pipeline.celery_app import app as celery_app
     from worker.pipeline.inbox import DurableEventQueue
     from worker.pipeline.queue import CeleryEventQueue
@@ -226,6 +235,11 @@ def build_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI:
 
     sessions = make_session_factory(make_engine(settings.database_url))
     queue = DurableEventQueue(CeleryEventQueue(celery_app), sessions)
+
+    def backlog() -> str:
+        with sessions() as session:
+            return read_backlog(redis_client, settings.namespace, session, utcnow()).summary()
+
     gate = None
     if settings.pagerduty_token is not None:
         gate = DeliveryGate(
@@ -244,6 +258,7 @@ def build_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI:
         route_gates=route_gates,
         authenticate=not insecure_no_auth,
         routes=routes,
+        backlog=backlog,
     )
 
 
