@@ -72,3 +72,12 @@ def rate_after_429(limit_per_minute: float | None, *, now: float) -> tuple[float
     if limit_per_minute is None or limit_per_minute <= 0:
         return None
     return limit_per_minute * PACE_SHARE, now + PACE_WINDOW_SECONDS
+
+
+def deferral_waits(first_wait: float, calls: int, rate_per_minute: float) -> list[float]:
+    """Seconds until each of ``calls`` waiting calls may go, in their order: the first when the
+    gate has a token again (``first_wait``), each next one a refill later. Calls handed back to
+    the database with these waits come due as fast as the budget spends them, not all at once
+    (which would only meet the gate's wait again)."""
+    step = 60.0 / rate_per_minute if rate_per_minute > 0 else 0.0
+    return [first_wait + index * step for index in range(calls)]

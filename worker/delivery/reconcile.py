@@ -37,7 +37,7 @@ from models.event import ALERT_EVENTS_TABLE
 from worker import metrics
 from worker.delivery.gate import Admission, Decision, DeliveryGate
 from worker.delivery.leases import lease_owner_id
-from worker.delivery.pacing import RateLimitReading
+from worker.delivery.pacing import RateLimitReading, deferral_waits
 from worker.delivery.policy import (
     EVENT_ACTIONS,
     WAIT_FOR_TRIGGER,
@@ -76,6 +76,12 @@ log = logging.getLogger(__name__)
 MAX_STEPS = 6  # create, then ack, then resolve is three; the rest is room for events arriving
 BULK_LIMIT = 250  # PagerDuty's most incidents per bulk update (more → 413)
 MAX_RATE_LIMIT_SLEEP = 1.0  # seconds a worker waits in place for a rate-limit token
+# Seconds one task paces its calls in place, all waits together. Past it, the calls not made
+# yet go back to the database, each due when the budget will allow it (pacing.deferral_waits):
+# a worker busy pacing a storm's creates would otherwise hold its pool process for minutes,
+# while the resolves that arrived meanwhile wait behind it in the queue. Due again, the
+# sweeper hands them out in drain order, what stops a page first.
+MAX_PACING_IN_PLACE = 2.0
 # A parked alert is looked at again after this; a recovery drains the parked ones at once.
 PARK_RECHECK = timedelta(seconds=30)
 
@@ -575,6 +581,7 @@ class Reconciler:
         together_pks = together.pks if together is not None else frozenset()
         together_size = together.size if together is not None else 1
         width = 1  # calls in flight in the next group of those ``together`` allows
+        paced = 0.0  # seconds waited in place for the rate limit
         while pending:
             granted = len(pending)
             while gate is not None:
@@ -586,6 +593,15 @@ class Reconciler:
                 if refusal is not None:
                     answers.update((pk, refusal) for pk, _ in pending)
                     return answers
+                if paced + decision.wait > MAX_PACING_IN_PLACE and len(pending) > 1:
+                    waits = deferral_waits(decision.wait, len(pending), gate.pace_per_minute())
+                    reason = "rate limit: waiting for PagerDuty's budget"
+                    answers.update(
+                        (pk, Deferred(wait, reason))
+                        for (pk, _), wait in zip(pending, waits, strict=True)
+                    )
+                    return answers
+                paced += decision.wait
                 self.sleep(decision.wait)
             admitted, pending = pending[:granted], pending[granted:]
             answered = False
