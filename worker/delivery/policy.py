@@ -10,6 +10,7 @@ from typing import Any
 
 from models import AlertLike
 from worker.delivery.backoff import retry_delay, should_give_up
+from worker.delivery.flapping import resolve_held_until
 from worker.pagerduty import CredentialsError, Incident, PagerDutyError, RetryableError
 from worker.pipeline.message import BACKEND_EVENTS, is_adopted_incident
 from worker.vocabulary import AlertStatus, DeliveryState, next_update
@@ -66,6 +67,13 @@ class WaitForTrigger:
 
 
 @dataclass(frozen=True, slots=True)
+class HoldResolve:
+    """A resolve waits out the flap window (worker/delivery/flapping.py) before it is sent."""
+
+    until: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Misconfigured:
     """Nothing can be sent and waiting will not help (no service id)."""
 
@@ -81,7 +89,17 @@ class SendEvent:
     event: dict[str, Any]
 
 
-Step = Done | Create | FindByKey | Inspect | Update | WaitForTrigger | Misconfigured | SendEvent
+Step = (
+    Done
+    | Create
+    | FindByKey
+    | Inspect
+    | Update
+    | WaitForTrigger
+    | HoldResolve
+    | Misconfigured
+    | SendEvent
+)
 
 # The Events API's name for each status an event sets.
 EVENT_ACTIONS = {
@@ -91,8 +109,14 @@ EVENT_ACTIONS = {
 }
 
 
-def plan_delivery(alert: AlertLike) -> Step:
-    """The next PagerDuty call that brings PagerDuty closer to the alert's desired status."""
+def plan_delivery(
+    alert: AlertLike, now: datetime | None = None, flap_window: timedelta = timedelta(0)
+) -> Step:
+    """The next PagerDuty call that brings PagerDuty closer to the alert's desired status;
+    given ``now``, a resolve is first held for ``flap_window`` (worker/delivery/flapping.py)."""
+    held = resolve_held_until(alert, now, flap_window) if now is not None else None
+    if held is not None:
+        return HoldResolve(held)
     if alert.backend == BACKEND_EVENTS:
         return plan_event(alert)
     desired = alert.desired_status

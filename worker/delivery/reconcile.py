@@ -44,6 +44,7 @@ from worker.delivery.policy import (
     Create,
     Done,
     FindByKey,
+    HoldResolve,
     Inspect,
     Misconfigured,
     SendEvent,
@@ -248,8 +249,8 @@ class BatchClaim:
             expired = alert.lease_expires_at is None or alert.lease_expires_at < now
             if alert.lease_owner is not None and not expired:
                 continue  # its worker will see this change when it records its call
-            step = plan_delivery(alert)
-            if isinstance(step, Done | WaitForTrigger | Misconfigured):
+            step = self.reconciler._plan_step(alert)
+            if isinstance(step, Done | WaitForTrigger | HoldResolve | Misconfigured):
                 continue  # finished without a call, by reconcile_many (logged once stored)
             alert.lease_owner, alert.lease_expires_at = self.owner, until
             self.reconciler._mark_create(alert, step)
@@ -413,7 +414,7 @@ class Reconciler:
             for missing in set(alert_pks) - {alert.id for alert in alerts} - set(results):
                 results[missing] = ReconcileResult.MISSING  # deleted, or our lease expired
             for alert in alerts:
-                step = plan_delivery(alert)
+                step = self._plan_step(alert)
                 finished = self._finish_without_call(alert, step)
                 if finished is not None:
                     results[alert.id] = finished
@@ -427,6 +428,10 @@ class Reconciler:
             write_back(session, [a for a in alerts if a.id not in calls], _RECONCILED, now)
             write_back(session, [a for a in alerts if a.id in calls], _LEASED, now)
         return calls
+
+    def _plan_step(self, alert: AlertLike) -> Step:
+        window = timedelta(seconds=self.settings.flap_window)
+        return plan_delivery(alert, self.clock(), window)
 
     def _mark_create(self, alert: AlertLike, step: Step) -> None:
         sends_trigger = isinstance(step, SendEvent) and step.action is AlertStatus.TRIGGERED
@@ -459,6 +464,11 @@ class Reconciler:
         elif isinstance(step, WaitForTrigger):
             alert.next_attempt_at = now + WAIT_FOR_TRIGGER
             result = ReconcileResult.WAITING
+        elif isinstance(step, HoldResolve):
+            # Due when the flap window ends; a re-fire before then drops the resolve.
+            alert.next_attempt_at = step.until
+            result = ReconcileResult.WAITING
+            _log_delivery(logging.DEBUG, "holding resolve", alert, f"until {step.until}")
         elif isinstance(step, Misconfigured):
             alert.delivery_state = DeliveryState.FAILED
             alert.next_attempt_at = None
@@ -739,7 +749,7 @@ class Reconciler:
                     self._record_success(timeline, alert, step, answer)
                     # Usually that was the last call the alert needed: finish it in this
                     # transaction rather than loading it again to find out.
-                    finished = self._finish_without_call(alert, plan_delivery(alert))
+                    finished = self._finish_without_call(alert, self._plan_step(alert))
                     if finished is None:
                         again.append(alert.id)
                     else:

@@ -30,8 +30,10 @@ from models.bulk import (
 )
 from models.event import ALERT_EVENTS_TABLE
 from models.inbox import INBOX_EVENTS_TABLE
+from worker.delivery.flapping import continues_cycle
 from worker.pagerduty.events import dedup_key
 from worker.pipeline.message import AlertEventMessage
+from worker.settings import get_settings
 from worker.vocabulary import AlertStatus, DeliveryState, advance
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ class EventOutcome(StrEnum):
     UNCHANGED = "unchanged"  # nothing new (a repeated trigger, a second resolve)
     LATE = "late"  # belongs to a cycle already resolved; recorded, nothing to send
     DUPLICATE = "duplicate"  # this very event was applied before (a redelivered message)
+    REFIRED = "refired"  # fired again while its resolve was held: the same cycle goes on
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,7 +326,7 @@ _INTAKE_COLUMNS = (
     "last_error",
 )
 # Outcomes that change a stored cycle (an OPENED one is inserted whole).
-_CHANGED = frozenset({EventOutcome.ADVANCED, EventOutcome.DETAILS})
+_CHANGED = frozenset({EventOutcome.ADVANCED, EventOutcome.DETAILS, EventOutcome.REFIRED})
 
 
 def _apply_batch(
@@ -411,6 +414,10 @@ def _insert_cycles(session: Session, alerts: list[AlertRecord]) -> None:
         alert.id = pk
 
 
+def _flap_window() -> timedelta:
+    return timedelta(seconds=get_settings().flap_window)
+
+
 def _pk(alert: AlertLike | None) -> int | None:
     return alert.id if alert is not None else None
 
@@ -421,6 +428,11 @@ def _decide(
     """Fold ``event`` into the alert whose newest cycle is ``latest``: (the alert it belongs
     to, a new cycle when OPENED, not yet added to the session; the outcome; whether the alert
     now needs a delivery)."""
+    if latest is not None and continues_cycle(latest, event, _flap_window()):
+        # A re-fire while the resolve is held (worker/delivery/flapping.py): the same cycle.
+        latest.desired_status = AlertStatus.TRIGGERED
+        _mark_pending(latest, now)
+        return latest, EventOutcome.REFIRED, True
     outcome = plan_event(latest, event)
     if outcome is EventOutcome.OPENED:
         return _open_cycle(event, latest.cycle + 1 if latest else 1, now), outcome, True
