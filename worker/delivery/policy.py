@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from models import AlertLike
 from worker.delivery.backoff import retry_delay, should_give_up
@@ -268,3 +268,21 @@ def choose_incident(found: Sequence[Incident]) -> Incident | None:
         found,
         key=lambda incident: (incident.status != "resolved", incident.number or 0),
     )
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def share_fairly(groups: Sequence[tuple[K, list[V]]], turn: int) -> list[tuple[K, list[V]]]:
+    """The calls of several routes as turns of at most ``turn`` calls each, the routes taking
+    turns in order (round robin), each route's own order kept: a route with a long backlog
+    cannot hold another's calls back until it is done. One route: one turn with everything
+    (its calls keep going out together)."""
+    if len(groups) < 2:
+        return [(key, list(items)) for key, items in groups if items]
+    turns: list[tuple[K, list[V]]] = []
+    longest = max(len(items) for _, items in groups)
+    for start in range(0, longest, turn):
+        turns += [(key, items[start : start + turn]) for key, items in groups if items[start:]]
+    return turns

@@ -56,6 +56,7 @@ from worker.delivery.policy import (
     drain_rank,
     plan_delivery,
     schedule_after_failure,
+    share_fairly,
 )
 from worker.pagerduty import (
     CredentialsError,
@@ -83,6 +84,18 @@ MAX_RATE_LIMIT_SLEEP = 1.0  # seconds a worker waits in place for a rate-limit t
 # while the resolves that arrived meanwhile wait behind it in the queue. Due again, the
 # sweeper hands them out in drain order, what stops a page first.
 MAX_PACING_IN_PLACE = 2.0
+# Calls one route makes before the next route of the same batch takes its turn: a gate
+# admission's worth (MAX_ADMIT), so a turn costs no extra round trip to Redis.
+FAIR_SHARE_TURN = 10
+
+
+@dataclass
+class WaitedInPlace:
+    """Seconds a task has waited in place for rate-limit tokens, all its calls together."""
+
+    seconds: float = 0.0
+
+
 # A parked alert is looked at again after this; a recovery drains the parked ones at once.
 PARK_RECHECK = timedelta(seconds=30)
 
@@ -508,7 +521,10 @@ class Reconciler:
         for pk in sorted(calls, key=lambda pk: drain_rank(calls[pk])):
             if pk not in answers and backends[routes[pk]] is not None:
                 singles.setdefault(routes[pk], []).append(pk)
-        for route, pks in singles.items():
+        # Routes take turns (routes sharing a token share its budget), and the task's waits
+        # for the budget count together against MAX_PACING_IN_PLACE.
+        waited = WaitedInPlace()
+        for route, pks in share_fairly(list(singles.items()), FAIR_SHARE_TURN):
             backend = backends[route]
             assert backend is not None
             answers.update(
@@ -517,6 +533,7 @@ class Reconciler:
                     backend.gate,
                     together=self._together(calls, pks, backend),
                     readings=_readings(backend),
+                    waited=waited,
                 )
             )
         return answers
@@ -573,6 +590,7 @@ class Reconciler:
         *,
         together: Together | None = None,
         readings: Callable[[], RateLimitReading | None] | None = None,
+        waited: WaitedInPlace | None = None,
     ) -> dict[int, T | PagerDutyError | Parked | Deferred]:
         """Calls one after the other (PagerDuty asks for serial requests per credential), or
         those ``together`` allows a few at once once PagerDuty answered the batch's first
@@ -591,7 +609,7 @@ class Reconciler:
         together_pks = together.pks if together is not None else frozenset()
         together_size = together.size if together is not None else 1
         width = 1  # calls in flight in the next group of those ``together`` allows
-        paced = 0.0  # seconds waited in place for the rate limit
+        waited = waited if waited is not None else WaitedInPlace()
         while pending:
             granted = len(pending)
             while gate is not None:
@@ -603,7 +621,7 @@ class Reconciler:
                 if refusal is not None:
                     answers.update((pk, refusal) for pk, _ in pending)
                     return answers
-                if paced + decision.wait > MAX_PACING_IN_PLACE and len(pending) > 1:
+                if waited.seconds + decision.wait > MAX_PACING_IN_PLACE and len(pending) > 1:
                     waits = deferral_waits(decision.wait, len(pending), gate.pace_per_minute())
                     reason = "rate limit: waiting for PagerDuty's budget"
                     answers.update(
@@ -611,7 +629,7 @@ class Reconciler:
                         for (pk, _), wait in zip(pending, waits, strict=True)
                     )
                     return answers
-                paced += decision.wait
+                waited.seconds += decision.wait
                 self.sleep(decision.wait)
             admitted, pending = pending[:granted], pending[granted:]
             answered = False
