@@ -5,6 +5,7 @@ from models.base import Base, utcnow
 from models.db import make_engine, make_session_factory
 from models.event import AlertEvent
 from models.inbox import InboxEvent
+from models.pagerduty_delivery import PagerDutyDelivery
 from models.quarantine import QuarantinedRequest
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "AlertRecord",
     "Base",
     "InboxEvent",
+    "PagerDutyDelivery",
     "QuarantinedRequest",
     "make_engine",
     "make_session_factory",

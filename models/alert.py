@@ -49,7 +49,10 @@ class Alert(Base):
     __tablename__ = "alerts"
     __table_args__ = (
         UniqueConstraint("source", "source_alert_id", "cycle"),
-        UniqueConstraint("incident_key"),
+        # Not unique: a client of the API contact may reuse its incident_key once the incident
+        # it named is resolved, as PagerDuty allows (createIncident: only an open incident
+        # with the key refuses a create).
+        Index("ix_alerts_incident_key", "incident_key"),
         # The sweeper's look-up: what is due, oldest first.
         Index("ix_alerts_due", "delivery_state", "next_attempt_at"),
         # The API contact's look-up of a PagerDuty id it did not mint.
@@ -81,6 +84,9 @@ class Alert(Base):
     # Events backend: the trigger as the route built it at the ingress (no routing key, no
     # dedup_key: the worker adds both when it sends).
     event_payload: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # API contact: the create's fields PagerDuty takes that the bridge does not read itself
+    # (priority, escalation_policy, assignments, ...), sent with the create as given.
+    forwarded: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     pagerduty_incident_id: Mapped[str | None] = mapped_column(String(64))
     pagerduty_incident_number: Mapped[int | None] = mapped_column(Integer)
@@ -107,6 +113,16 @@ class Alert(Base):
 
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    # What PagerDuty said about the incident by itself (its v3 webhooks, worker/pipeline/
+    # responders.py): when the newest status it reported happened (PagerDuty's clock; an older
+    # delivery arriving late is not applied over it), and who last changed it other than the
+    # bridge, with when the bridge heard of it (the ingress clock, as CoScale's events).
+    pagerduty_event_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    responder: Mapped[str | None] = mapped_column(String(255))
+    responder_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When the bridge last read the incident's status before an acknowledge (without webhooks).
+    status_read_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
@@ -163,6 +179,7 @@ class AlertRecord:
     backend: str
     credential_id: str | None
     event_payload: dict[str, Any] | None
+    forwarded: dict[str, Any] | None
     pagerduty_incident_id: str | None
     pagerduty_incident_number: int | None
     pagerduty_incident_url: str | None
@@ -178,6 +195,10 @@ class AlertRecord:
     resolve_received_at: datetime | None
     lease_owner: str | None
     lease_expires_at: datetime | None
+    pagerduty_event_at: datetime | None
+    responder: str | None
+    responder_at: datetime | None
+    status_read_at: datetime | None
     created_at: datetime
     updated_at: datetime
 

@@ -13,6 +13,13 @@ from sqlalchemy.orm import Session, sessionmaker
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 LOCK_TIMEOUT_MS = 10_000  # PostgreSQL: longest wait for a row lock
 STATEMENT_TIMEOUT_MS = 60_000  # PostgreSQL: longest statement (migrations included)
+# Client-side, so that they hold when the server cannot act (frozen, or gone with its host):
+# libpq's connection parameters (https://www.postgresql.org/docs/current/libpq-connect.html).
+CONNECT_TIMEOUT_S = 5  # the whole connection set-up, authentication included
+KEEPALIVES_IDLE_S = 10  # TCP keepalives: an unreachable server is noticed on an idle link
+KEEPALIVES_INTERVAL_S = 5
+KEEPALIVES_COUNT = 3
+TCP_USER_TIMEOUT_MS = 30_000  # data sent and not acknowledged this long: the link is dead
 
 
 def normalize_url(url: str) -> str:
@@ -23,7 +30,9 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(
+    url: str, *, statement_timeout_ms: int = STATEMENT_TIMEOUT_MS, **kwargs: Any
+) -> Engine:
     url = normalize_url(url)
     if make_url(url).get_backend_name() == "sqlite":
         engine = create_engine(
@@ -41,7 +50,13 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         # holding its leases. Milliseconds.
         connect_args={
             "options": f"-c lock_timeout={LOCK_TIMEOUT_MS} "
-            f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+            f"-c statement_timeout={statement_timeout_ms}",
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "keepalives": 1,
+            "keepalives_idle": KEEPALIVES_IDLE_S,
+            "keepalives_interval": KEEPALIVES_INTERVAL_S,
+            "keepalives_count": KEEPALIVES_COUNT,
+            "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
         },
         **kwargs,
     )

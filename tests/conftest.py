@@ -27,15 +27,17 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 SUITE_SECRETS = (
     "integration-ingress-token-0123456789",  # tests/integration/conftest.py
     "integration-pagerduty-token",
-    "ingress-secret-1-0123456789abcdef01",  # tests/unit/test_ingress.py
+    "ingress-secret-1-0123456789abcdef01",  # tests/unit/ingress/test_app.py
     "unit-test-pagerduty-token",  # tests/fakes.py
-    "u+Secr3tT0kenValue_xyz",  # tests/unit/test_pagerduty_client.py
+    "u+Secr3tT0kenValue_xyz",  # tests/unit/pagerduty/test_client.py
     "pd-Secr3t-token-value",  # tests/unit/test_logs.py: logged on purpose, through redaction
     "ingress-one-secret-0123456789abcdef",
     "ingress-two-secret-0123456789abcdef",
-    "hostile-ingress-token-7f3a9c-012345",  # tests/unit/test_hostile_input.py
+    "hostile-ingress-token-7f3a9c-012345",  # tests/unit/ingress/test_hostile_input.py
     "hostile-rotated-token-91c2e4-0123456",
     "hostile-pagerduty-token-5d8b",
+    "console-operator-token-0123456789abcdef",  # tests/unit/ingress/test_console.py
+    "integration-operator-token-0123456789ab",  # tests/integration/test_console_browser.py
 )
 
 
@@ -118,6 +120,20 @@ def _no_secret_in_logs() -> Iterator[None]:
     leaked = secrets_in(_as_written(record) for record in collector.records)
     if leaked:
         pytest.fail(f"a log line holds a token: {leaked[:3]}", pytrace=False)
+
+
+#: What a test that needs the service says to install and start (the Debian package names, as
+#: .ci/run installs them), or which setting points the suite at one elsewhere.
+REDIS_HOWTO = (
+    "install the Debian package redis-server (`apt-get install redis-server`; macOS: "
+    "`brew install redis`) and start it (`redis-server --daemonize yes`), or point "
+    "PAGERBRIDGE_TEST_REDIS at one"
+)
+POSTGRES_HOWTO = (
+    "install the Debian package postgresql (`apt-get install postgresql`), start it "
+    "(`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`) with trust "
+    "auth for user postgres on 127.0.0.1, or point PAGERBRIDGE_TEST_POSTGRES at one"
+)
 
 
 def service_missing(message: str) -> None:

@@ -6,13 +6,14 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -31,6 +32,8 @@ from worker.vocabulary import DeliveryState
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
+
+    from worker.ops.tryout import TryoutRedis
 
 cli = typer.Typer(
     name="pagerbridge",
@@ -101,6 +104,7 @@ def api(
     import uvicorn
 
     from worker.ingress.app import INSECURE_WARNING, build_app
+    from worker.ingress.connections import server_options
     from worker.ops.preflight import check_database, check_redis
     from worker.startup import freeze_startup_objects
 
@@ -120,6 +124,11 @@ def api(
         application = build_app(settings, insecure_no_auth=insecure_no_auth)
     except BridgeError as exc:
         raise _fail(str(exc)) from exc
+    options = server_options(settings)
+    console.print(
+        f"serving {'HTTPS' if settings.tls_certfile else 'plain HTTP'} on {host}:{port}",
+        soft_wrap=True,
+    )
     processes = workers or settings.api_workers
     if processes > 1:
         # Each process builds its own app (its own connections) from the environment.
@@ -132,10 +141,11 @@ def api(
             port=port,
             log_level="warning",
             access_log=False,
+            **options,
         )
         return
     freeze_startup_objects()  # the app is built: what exists now lives as long as the process
-    uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False, **options)
 
 
 def _require_ingress_token(settings: Settings) -> None:
@@ -294,19 +304,131 @@ def run(
     simulator_port: Annotated[int, typer.Option(help="simulator port with --simulate")] = 8089,
     concurrency: Annotated[int | None, typer.Option(help="worker processes")] = None,
 ) -> None:
-    """Run api, worker and beat together (and the simulator with --simulate)."""
+    """Run api, worker and beat together (and the simulator with --simulate).
+
+    With --simulate and no Redis at PAGERBRIDGE_REDIS_URL, a Redis of its own for the try-out.
+    """
     settings = _settings()
     env = dict(os.environ)
-    if simulate:
-        env[f"{ENV_PREFIX}PAGERDUTY_URL"] = f"http://127.0.0.1:{simulator_port}"
-        env[f"{ENV_PREFIX}PAGERDUTY_TOKEN"] = SIMULATOR_TOKEN
-        env.setdefault(f"{ENV_PREFIX}PAGERDUTY_FROM", "pagerbridge@example.com")
-        if not settings.pagerduty_service_id:
-            env[f"{ENV_PREFIX}PAGERDUTY_SERVICE_ID"] = SIMULATOR_SERVICE
-        if not settings.ingress_tokens:
-            token = secrets.token_urlsafe(32)
-            env[f"{ENV_PREFIX}INGRESS_TOKENS"] = token
-            console.print(f"ingress token for this run: [bold]{token}[/]")
+    # SIGTERM stops the run as Ctrl-C does: its processes first, then a try-out's Redis.
+    signal.signal(signal.SIGTERM, _interrupt)
+    with ExitStack() as stack:
+        if simulate:
+            tryout = _tryout_redis(stack, settings.redis_url)
+            if tryout is not None:
+                env[f"{ENV_PREFIX}REDIS_URL"] = tryout.url
+            env[f"{ENV_PREFIX}PAGERDUTY_URL"] = f"http://127.0.0.1:{simulator_port}"
+            env[f"{ENV_PREFIX}PAGERDUTY_TOKEN"] = SIMULATOR_TOKEN
+            env.setdefault(f"{ENV_PREFIX}PAGERDUTY_FROM", "pagerbridge@example.com")
+            if not settings.pagerduty_service_id:
+                env[f"{ENV_PREFIX}PAGERDUTY_SERVICE_ID"] = SIMULATOR_SERVICE
+            if not settings.ingress_tokens:
+                token = secrets.token_urlsafe(32)
+                env[f"{ENV_PREFIX}INGRESS_TOKENS"] = token
+                console.print(f"ingress token for this run: [bold]{token}[/]")
+            console.print(
+                "for `pagerbridge status`, `test-trigger` and the rest in another terminal:\n"
+                + _export_lines(env, settings),
+                soft_wrap=True,
+                highlight=False,
+            )
+        problems = _run_problems(env)
+        if problems:
+            raise _fail(
+                "nothing started: "
+                + "; ".join(problems)
+                + " (set them in the environment or in .env)"
+            )
+        _run_processes(env, simulate, host, port, simulator_port, concurrency)
+
+
+def _run_problems(env: dict[str, str]) -> list[str]:
+    """Every reason api, worker or beat would stop at start, checked before any starts, so the
+    operator fixes them all at once rather than one child's at a time."""
+    from worker.ops.preflight import check_database, check_redis
+    from worker.routes_file import load_route_table
+
+    # What `run` sets for its children, over what the environment and .env say.
+    overrides: dict[str, Any] = {
+        name.removeprefix(ENV_PREFIX).lower(): value
+        for name, value in env.items()
+        if name.startswith(ENV_PREFIX) and os.environ.get(name) != value
+    }
+    try:
+        settings = Settings(**overrides)
+    except Exception as exc:  # pydantic's ValidationError names each variable
+        return [str(exc)]
+    problems: list[str] = []
+    try:
+        routes = load_route_table(settings)
+    except BridgeError as exc:
+        return [str(exc)]
+    needed = ["ingress_tokens"] if not len(routes) else []
+    if not len(routes):
+        needed += ["pagerduty_token", "pagerduty_from"]
+    for name in needed:
+        try:
+            settings.require(name)
+        except BridgeError as exc:
+            problems.append(str(exc).split(" (set them")[0])
+    for check, url in ((check_redis, settings.redis_url), (check_database, settings.database_url)):
+        try:
+            check(url)
+        except BridgeError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def _export_lines(env: dict[str, str], settings: Settings) -> str:
+    """The shell lines that give another terminal what this run set for its processes."""
+    names = ("INGRESS_TOKENS", "REDIS_URL", "PAGERDUTY_URL", "PAGERDUTY_TOKEN", "DATABASE_URL")
+    lines = []
+    for name in names:
+        value = env.get(f"{ENV_PREFIX}{name}")
+        if name == "DATABASE_URL" and value is None:
+            value = _absolute_sqlite_url(settings.database_url)
+        if value is not None:
+            lines.append(f"  export {ENV_PREFIX}{name}={shlex.quote(value)}")
+    return "\n".join(lines)
+
+
+def _absolute_sqlite_url(url: str) -> str:
+    """A relative SQLite URL made absolute, so that it names the same file from anywhere."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return url
+    return parsed.set(database=str(Path(parsed.database).resolve())).render_as_string(
+        hide_password=False
+    )
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _tryout_redis(stack: ExitStack, redis_url: str) -> TryoutRedis | None:
+    """A Redis for the block of ``stack`` when none answers at ``redis_url``, said once."""
+    from worker.ops.tryout import notice, tryout_redis
+
+    try:
+        tryout = stack.enter_context(tryout_redis(redis_url))
+    except BridgeError as exc:
+        raise _fail(escape(str(exc))) from exc
+    if tryout is not None:
+        console.print(f"[bold yellow]{escape(notice(redis_url, tryout))}[/]", soft_wrap=True)
+    return tryout
+
+
+def _run_processes(
+    env: dict[str, str],
+    simulate: bool,
+    host: str,
+    port: int,
+    simulator_port: int,
+    concurrency: int | None,
+) -> None:
     me = [sys.executable, "-m", "worker.cli"]
     commands: list[tuple[str, list[str]]] = []
     if simulate:
@@ -359,17 +481,27 @@ def status(
 ) -> None:
     """Alerts by delivery state, oldest pending, PagerDuty breaker, rate budget, last error."""
     from models import utcnow
+    from worker.ops.preflight import check_redis
     from worker.ops.report import delivery_report
 
     settings = _settings()
     with _database(settings) as sessions, sessions() as session:
         report = delivery_report(session, utcnow())
         report["backlog"] = _backlog_report(settings, session)
+    try:
+        check_redis(settings.redis_url)
+    except BridgeError as exc:
+        report["redis"] = {"error": str(exc)}
+    else:
+        report["redis"] = {"status": "answers"}
     report["pagerduty"] = _gate_report(settings)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
-        return
-    _stdout().print(_status_table(report))
+    else:
+        _stdout().print(_status_table(report))
+    if "error" in report["redis"]:
+        # The queue, the gate and the workers all live on Redis: not a healthy bridge.
+        raise typer.Exit(code=1)
 
 
 @cli.command()
@@ -404,6 +536,7 @@ def alerts(
             str(row["cycle"]),
             row["desired_status"],
             row["confirmed_status"] or "-",
+            escape(row.get("responder") or "-"),
             _state(row["delivery_state"]),
             str(row["attempts"]),
             row["pagerduty_incident_id"] or "-",
@@ -448,7 +581,7 @@ def alert(
         return
     name = f"{history['source']}:{escape(alert_id)}"
     cycles = Table(title=f"{name}: {len(history['cycles'])} cycle(s)", box=box.SIMPLE_HEAD)
-    for column in ("cycle", "desired", "confirmed", "state", "attempts", "incident"):
+    for column in ("cycle", "desired", "confirmed", "responder", "state", "attempts", "incident"):
         cycles.add_column(column)
     cycles.add_column("last error", overflow="fold")
     cycles.add_column("created")
@@ -683,6 +816,13 @@ def trigger_check(
         float,
         typer.Option(min=0.1, help="seconds to wait for the incident, then for its resolve"),
     ] = 30.0,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="the ingress token to call the api with (default: the first of "
+            "PAGERBRIDGE_INGRESS_TOKENS)",
+        ),
+    ] = None,
 ) -> None:
     """CoScale's "Test trigger": a test alert's incident opened and resolved, end to end.
 
@@ -694,15 +834,17 @@ def trigger_check(
     from worker.ops.trigger_check import REQUEST_TIMEOUT, SmokeFailed, SmokeTest
 
     settings = _settings()
-    if not settings.ingress_token_values:
+    token = token or next(iter(settings.ingress_token_values), None)
+    if not token:
         raise _fail(
-            f"{ENV_PREFIX}INGRESS_TOKENS is unset: test-trigger calls the api with its first token"
+            f"no ingress token: give --token, or set {ENV_PREFIX}INGRESS_TOKENS (test-trigger "
+            "calls the api with its first)"
         )
     url = (api_url or settings.public_url).rstrip("/")
     with httpx.Client(base_url=url, timeout=min(REQUEST_TIMEOUT, timeout)) as client:
         test = SmokeTest(
             client,
-            settings.ingress_token_values[0],
+            token,
             timeout=timeout,
             say=lambda message: console.print(escape(message), soft_wrap=True),
         )
@@ -746,6 +888,90 @@ def _backlog_report(settings: Settings, session: Session) -> dict[str, object]:
         client.close()
 
 
+pagerduty_cli = typer.Typer(
+    help="PagerDuty's webhook subscriptions: how the bridge hears what responders do.",
+    no_args_is_help=True,
+)
+cli.add_typer(pagerduty_cli, name="pagerduty")
+
+
+@pagerduty_cli.command("subscribe")
+def pagerduty_subscribe(
+    url: Annotated[
+        str, typer.Option(help="the bridge's public URL, e.g. https://<bridge>/webhooks/pagerduty")
+    ],
+    route: Annotated[
+        str | None, typer.Option(help="a REST route of the routes file (default: the default)")
+    ] = None,
+) -> None:
+    """Subscribe the bridge to the route's service's incident events (one subscription)."""
+    from worker.ops.subscriptions import secret_line, subscribe
+    from worker.pagerduty import PagerDutyError
+
+    settings = _settings()
+    try:
+        made = subscribe(settings, url, route)
+    except (BridgeError, PagerDutyError, ValueError) as exc:
+        raise _fail(escape(str(exc))) from exc
+    name = route or "default"
+    typer.echo(
+        f"subscription {made.id}: {', '.join(made.events)} of {made.filter_id} -> {made.url}"
+    )
+    if made.secret is None:
+        raise _fail("PagerDuty's answer carried no secret; delete the subscription and retry")
+    # The one time PagerDuty shows the secret: it goes to stdout, for the operator to keep.
+    typer.echo("The signing secret is shown this once. Set it where the api runs:")
+    if name == "default":
+        typer.echo(f"  {secret_line(name, made.secret)}")
+        typer.echo("(keep the previous secrets in that comma-separated list until they are gone)")
+    else:
+        typer.echo(f"  in the [[route]] named {name!r} of the routes file:")
+        typer.echo(f"  {secret_line(name, made.secret)}")
+
+
+@pagerduty_cli.command("subscriptions")
+def pagerduty_subscriptions(
+    route: Annotated[
+        str | None, typer.Option(help="a REST route of the routes file (default: the default)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """List the account's webhook subscriptions (PagerDuty never shows their secrets again)."""
+    from worker.ops.subscriptions import subscriptions
+    from worker.pagerduty import PagerDutyError
+
+    settings = _settings()
+    try:
+        found = subscriptions(settings, route)
+    except (BridgeError, PagerDutyError, ValueError) as exc:
+        raise _fail(escape(str(exc))) from exc
+    rows = [
+        {
+            "id": item.id,
+            "url": item.url,
+            "filter": f"{item.filter_type} {item.filter_id or ''}".strip(),
+            "events": list(item.events),
+            "description": item.description,
+        }
+        for item in found
+    ]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("id", "url", "filter", "events", "description"):
+        table.add_column(column, overflow="fold")
+    for item in found:
+        table.add_row(
+            item.id,
+            escape(item.url),
+            f"{item.filter_type} {item.filter_id or ''}".strip(),
+            ", ".join(item.events),
+            escape(item.description or ""),
+        )
+    _stdout().print(table if rows else "no webhook subscriptions")
+
+
 def _gate_report(settings: Settings) -> dict[str, object]:
     """What the workers' shared gate says, or why it cannot be read."""
     import redis
@@ -772,14 +998,21 @@ def _database(settings: Settings) -> Iterator[sessionmaker[Session]]:
     from sqlalchemy.exc import SQLAlchemyError
 
     from models import make_engine, make_session_factory
+    from worker.ops.preflight import check_database, check_database_exists, safe_database_url
 
+    try:
+        check_database_exists(settings.database_url)
+        check_database(settings.database_url)
+    except BridgeError as exc:
+        raise _fail(str(exc)) from exc
     engine = make_engine(settings.database_url)
     try:
         yield make_session_factory(engine)
     except SQLAlchemyError as exc:
+        cause = str(exc).splitlines()[0] if str(exc) else ""
         raise _fail(
-            f"cannot use the database ({exc.__class__.__name__}); is it migrated "
-            "(`pagerbridge migrate`) and up?"
+            f"cannot use the database {safe_database_url(settings.database_url)} "
+            f"({exc.__class__.__name__}: {cause})"
         ) from exc
     finally:
         engine.dispose()
@@ -818,6 +1051,11 @@ def _status_table(report: dict[str, Any]) -> Table:
         escape(str(backlog["error"])) if "error" in backlog else escape(str(backlog["summary"])),
     )
     table.add_section()
+    redis_state = report.get("redis", {})
+    if "error" in redis_state:
+        table.add_row("Redis", f"[red]{escape(str(redis_state['error']))}[/]")
+    else:
+        table.add_row("Redis", "answers")
     pagerduty = report["pagerduty"]
     if "error" in pagerduty:
         table.add_row("PagerDuty", escape(str(pagerduty["error"])))

@@ -19,6 +19,11 @@ class ServiceUnavailable(BridgeError):
     """A service the bridge depends on (Redis, the database) does not answer."""
 
 
+class NotDurable(ServiceUnavailable):
+    """The database did not take an event and Redis cannot confirm it has it on disk. Its
+    message is the caller's answer: it names no host, address or secret."""
+
+
 class InvalidEvent(BridgeError):
     """An event that cannot be understood; ``field`` names the offending field."""
 

@@ -121,12 +121,17 @@ def quoted(value: object) -> str:
 
 
 def secrets_of(settings: Settings) -> list[str]:
-    """The secrets no log line may show: PagerDuty's token, the ingress tokens, and every
-    route's tokens, API token and integration key."""
+    """The secrets no log line may show: PagerDuty's token, the ingress and operator tokens,
+    the webhook secrets, and every route's tokens, API token, integration key and webhook
+    secrets."""
     from worker.errors import ConfigurationError
     from worker.routes_file import load_route_table
 
-    found = list(settings.ingress_token_values)
+    found = [
+        *settings.ingress_token_values,
+        *settings.operator_token_values,
+        *settings.pagerduty_webhook_secret_values,
+    ]
     if settings.pagerduty_token is not None:
         found.append(settings.pagerduty_token.get_secret_value())
     try:
@@ -135,6 +140,7 @@ def secrets_of(settings: Settings) -> list[str]:
         return found  # the command that needs the routes reports the file's problems
     for route in routes:
         found += [token.get_secret_value() for token in route.tokens]
+        found += [secret.get_secret_value() for secret in route.webhook_secrets]
         if route.rest is not None:
             found.append(route.rest.api_token.get_secret_value())
         if route.events is not None:

@@ -45,7 +45,7 @@ from typing import Any
 
 import redis
 from celery.signals import worker_init, worker_process_init, worker_shutdown
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server, values
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -56,6 +56,7 @@ from models import Alert, utcnow
 from worker.delivery.gate import DeliveryGate
 from worker.pipeline.backlog import QUEUE_SCAN_LIMIT, inbox_backlog, queue_backlog
 from worker.pipeline.message import DEFAULT_ROUTE
+from worker.prometheus_multiprocess import choose_value_class_again
 from worker.settings import Settings, get_settings
 from worker.vocabulary import DeliveryState
 
@@ -392,7 +393,7 @@ def enable_multiprocess(directory: str) -> None:
         metric.clear()  # first: prometheus-client warns about clearing in multiprocess mode
     _CALL_SERIES.clear()
     os.environ[MULTIPROC_ENV] = directory
-    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+    choose_value_class_again()
 
 
 def worker_registry(directory: str) -> CollectorRegistry:

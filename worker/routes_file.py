@@ -211,6 +211,7 @@ def _check_token_list(tokens: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
 
 Template = Annotated[str, AfterValidator(_check_template)]
 CoScaleField = Annotated[str, AfterValidator(_check_field)]
+WebhookSecret = Annotated[SecretStr, AfterValidator(_check_secret_text)]
 IngressToken = Annotated[SecretStr, AfterValidator(_check_ingress_token)]
 ApiToken = Annotated[SecretStr, AfterValidator(_check_secret_text)]
 RoutingKey = Annotated[SecretStr, AfterValidator(_check_routing_key)]
@@ -409,6 +410,13 @@ class Route(_Model):
     backend: Literal["rest", "events"]
     rest: RestBackend | None = None
     events: EventsBackend | None = None
+    # The secrets of the PagerDuty webhook subscriptions posting to /webhooks/pagerduty/<name>
+    # (two while one is rotated); none: that endpoint refuses everything for this route.
+    webhook_secrets: tuple[WebhookSecret, ...] = ()
+
+    @property
+    def webhook_secret_values(self) -> tuple[str, ...]:
+        return tuple(secret.get_secret_value() for secret in self.webhook_secrets)
 
     @model_validator(mode="before")
     @classmethod

@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.errors import ConfigurationError
@@ -23,11 +23,11 @@ MIN_INGRESS_TOKEN_CHARS = 32
 MAKE_A_TOKEN = "openssl rand -hex 32"  # noqa: S105  (a command, not a secret)
 
 
-def ingress_token_problem(value: str) -> str | None:
-    """Why ``value`` cannot be an ingress token, or ``None``."""
+def ingress_token_problem(value: str, kind: str = "an ingress token") -> str | None:
+    """Why ``value`` cannot be an ingress token (or an operator token: ``kind``), or ``None``."""
     if len(value) < MIN_INGRESS_TOKEN_CHARS:
         return (
-            f"an ingress token must be at least {MIN_INGRESS_TOKEN_CHARS} characters "
+            f"{kind} must be at least {MIN_INGRESS_TOKEN_CHARS} characters "
             f"(this one has {len(value)}); make one with `{MAKE_A_TOKEN}`"
         )
     return None
@@ -66,6 +66,14 @@ class Settings(BaseSettings):
 
     # NoDecode: a comma-separated list, not the JSON pydantic-settings expects for lists.
     ingress_tokens: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    operator_tokens: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        (),
+        description="comma-separated tokens that sign an operator in to the console (/ui); "
+        "each at least 32 characters; unset: the console is off",
+    )
+    console_session_hours: float = Field(
+        8.0, gt=0, le=24 * 7, description="hours a console sign-in lasts; then sign in again"
+    )
     allowed_service_ids: Annotated[tuple[str, ...], NoDecode] = Field(
         (),
         description="comma-separated PagerDuty service ids the default route's callers may "
@@ -92,6 +100,17 @@ class Settings(BaseSettings):
         description="failed authentications one client address may make per minute before its "
         "requests are answered 429 (per api process)",
     )
+    pagerduty_webhook_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        (),
+        description="comma-separated secrets of the PagerDuty webhook subscriptions that post to "
+        "/webhooks/pagerduty (two while one is rotated); empty: that endpoint refuses everything",
+    )
+    read_before_acknowledge: bool = Field(
+        True,
+        description="read an incident's status (one GET) before acknowledging it, so that an "
+        "incident a responder resolved is never reopened; only for routes without PagerDuty "
+        "webhook secrets, whose webhooks tell the bridge instead",
+    )
     title_template: str = SEED_TITLE_TEMPLATE
     routes_file: str | None = Field(
         None,
@@ -107,6 +126,41 @@ class Settings(BaseSettings):
         description="bytes: the largest request body the api reads; a larger one is answered 413 "
         "without being read (Content-Length checked first, then the bytes as they arrive)",
     )
+    ingress_store_deadline: float = Field(
+        1.0,
+        gt=0,
+        le=10,
+        description="seconds the api waits for the database to store an accepted event; past "
+        "it the event is kept on the queue alone (made durable there, or answered 503), so "
+        "CoScale has its answer within about this plus a Redis round trip",
+    )
+    http_idle_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="seconds a connection may stay open without sending a request (before its "
+        "first one, and between two); then it is closed",
+    )
+    http_request_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="seconds a request has to arrive whole once it has begun: its headers, "
+        "then its body; a slower one is answered 408 (or closed, while the headers are "
+        "incomplete)",
+    )
+    http_max_connections: int = Field(
+        1000,
+        gt=0,
+        description="open connections the api serves at once (per api process); at it, the "
+        "one waiting longest without a request is closed to make room, and when every one is "
+        "serving a request a new one is answered 503; lowered at start to fit the process's "
+        "open-file limit",
+    )
+    tls_certfile: str | None = Field(
+        None,
+        description="PEM certificate (chain) the api serves HTTPS with; unset: plain HTTP "
+        "(behind a TLS-terminating proxy)",
+    )
+    tls_keyfile: str | None = Field(None, description="PEM private key of PAGERBRIDGE_TLS_CERTFILE")
     quarantine_max_rows: int = Field(
         1000,
         gt=0,
@@ -207,24 +261,41 @@ class Settings(BaseSettings):
         description="port on which each `worker` serves its Prometheus metrics; 0: none",
     )
 
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if bool(self.tls_certfile) != bool(self.tls_keyfile):
+            raise ValueError(
+                f"set both {ENV_PREFIX}TLS_CERTFILE and {ENV_PREFIX}TLS_KEYFILE, or neither"
+            )
+        return self
+
     @field_validator("log_format", mode="before")
     @classmethod
     def _lower_log_format(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("ingress_tokens", "allowed_service_ids", mode="before")
+    @field_validator(
+        "ingress_tokens",
+        "operator_tokens",
+        "allowed_service_ids",
+        "pagerduty_webhook_secrets",
+        mode="before",
+    )
     @classmethod
     def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
-    @field_validator("ingress_tokens")
+    @field_validator("ingress_tokens", "operator_tokens")
     @classmethod
-    def _long_enough(cls, tokens: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+    def _long_enough(
+        cls, tokens: tuple[SecretStr, ...], info: ValidationInfo
+    ) -> tuple[SecretStr, ...]:
+        kind = "an operator token" if info.field_name == "operator_tokens" else "an ingress token"
         for token in tokens:
             value = token.get_secret_value()
-            problem = None if value == PLACEHOLDER else ingress_token_problem(value)
+            problem = None if value == PLACEHOLDER else ingress_token_problem(value, kind)
             if problem:  # the placeholder is require()'s to report, by name
                 raise ValueError(problem)
         return tokens
@@ -251,6 +322,14 @@ class Settings(BaseSettings):
     @property
     def ingress_token_values(self) -> tuple[str, ...]:
         return tuple(token.get_secret_value() for token in self.ingress_tokens)
+
+    @property
+    def operator_token_values(self) -> tuple[str, ...]:
+        return tuple(token.get_secret_value() for token in self.operator_tokens)
+
+    @property
+    def pagerduty_webhook_secret_values(self) -> tuple[str, ...]:
+        return tuple(secret.get_secret_value() for secret in self.pagerduty_webhook_secrets)
 
 
 def _is_placeholder(value: object) -> bool:

@@ -21,7 +21,7 @@ import redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import make_engine, make_session_factory
-from tests.conftest import secrets_in, service_missing
+from tests.conftest import POSTGRES_HOWTO, REDIS_HOWTO, secrets_in, service_missing
 from worker.ops.migrate import upgrade
 from worker.simulator.pagerduty import SimulatorControl
 
@@ -54,6 +54,36 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+#: What `run --simulate` and `demo` say when they start a Redis of their own (worker/ops/tryout.py).
+TRYOUT_NOTICE = "try-out mode"
+#: Runs the command with fakeredis unimportable: an install without the `tryout` extra.
+WITHOUT_FAKEREDIS = (
+    "import sys; sys.modules['fakeredis'] = None; from worker.cli import main; main()"
+)
+
+
+def nothing_listens() -> str:
+    """A Redis URL on a loopback port where nothing listens."""
+    return f"redis://127.0.0.1:{free_port()}/0"
+
+
+def answers(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+    finally:
+        client.close()
+
+
+def path_without_redis_server(tmp_path: Path) -> str:
+    """A PATH on which no redis-server is found (the interpreter needs none)."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    return str(empty)
+
+
 @contextlib.contextmanager
 def fresh_database() -> Iterator[str]:
     """A new, migrated PostgreSQL database, dropped afterwards.
@@ -64,10 +94,8 @@ def fresh_database() -> Iterator[str]:
     try:
         admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
-        service_missing(
-            f"PostgreSQL at {POSTGRES_ADMIN_URL} ({exc}); start it with "
-            "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
-        )
+        reason = str(exc).strip().splitlines()[0]
+        service_missing(f"PostgreSQL at {POSTGRES_ADMIN_URL} ({reason}): {POSTGRES_HOWTO}")
         raise AssertionError("unreachable") from exc
     name = f"pagerbridge_test_{uuid.uuid4().hex[:10]}"
     admin.execute(f'CREATE DATABASE "{name}"')
@@ -93,7 +121,7 @@ def redis_url() -> str:
     try:
         client.ping()
     except (redis.RedisError, OSError) as exc:
-        service_missing(f"Redis at {REDIS_TEST_URL} ({exc}); start it with redis-server")
+        service_missing(f"Redis at {REDIS_TEST_URL} ({exc}): {REDIS_HOWTO}")
     client.close()
     return REDIS_TEST_URL
 

@@ -63,6 +63,23 @@ def test_unmigrated_database_is_said_at_start(env: dict[str, str], tmp_path: Pat
     assert "pagerbridge migrate" in result.stderr
 
 
+def test_run_lists_every_missing_setting_before_starting_anything(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    # Given three things wrong at once: two settings unset and a database not migrated
+    del env["PAGERBRIDGE_PAGERDUTY_TOKEN"], env["PAGERBRIDGE_INGRESS_TOKENS"]
+    result = pagerbridge("run", "--port", str(free_port()), env=env, cwd=tmp_path)
+    # Then run starts nothing and names each of them, not whichever child died first
+    assert result.returncode == 2
+    for problem in (
+        "PAGERBRIDGE_PAGERDUTY_TOKEN",
+        "PAGERBRIDGE_INGRESS_TOKENS",
+        "pagerbridge migrate",
+    ):
+        assert problem in result.stderr, result.stderr
+    assert "nothing started" in result.stderr and "running" not in result.stdout
+
+
 def test_status_reports_counts(env: dict[str, str], tmp_path: Path) -> None:
     upgrade(env["PAGERBRIDGE_DATABASE_URL"])
     result = pagerbridge("status", "--json", env=env, cwd=tmp_path)

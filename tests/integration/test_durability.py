@@ -106,7 +106,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def _stack(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if shutil.which("redis-server") is None:
-        service_missing("redis-server binary (apt-get install redis-server)")
+        service_missing(
+            "the redis-server binary, to run a private Redis: install the Debian package "
+            "redis-server (`apt-get install redis-server`)"
+        )
     workdir = tmp_path_factory.mktemp("private-stack")
     private = PrivateRedis(free_port(), workdir)
     private.start()

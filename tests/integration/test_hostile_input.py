@@ -10,6 +10,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,32 +124,39 @@ def test_a_body_announced_over_the_limit_is_refused_before_it_is_sent(api: str) 
 def test_a_rejected_coscale_body_is_kept_listed_shown_and_replayed(
     api: str, env: dict[str, str], tmp_path: Path
 ) -> None:
-    # Given CoScale's body with unescaped quotes, a backslash and markup, sent with a token
-    # since rotated away
+    # Given a wrong-token request, which is refused and not kept
     message = '<b>disk</b> "full" on C:\\data'
     body = (
         '{"alert_id": "hostile-1", "action": "triggered", "message": "' + message + '", '
         '"app": "shop"}'
     )
-    refused = httpx.post(
+    wrong_token = httpx.post(
         f"{api}/webhooks/coscale",
         content=body.encode(),
         headers={"Authorization": "Bearer rotated-away", "Content-Type": "application/json"},
     )
-    assert refused.status_code == 401
+    assert wrong_token.status_code == 401
+    # And CoScale's body with unescaped quotes, a backslash and markup, sent with a valid token
+    # but a Content-Type the contact was misconfigured with
+    refused = httpx.post(
+        f"{api}/webhooks/coscale",
+        content=body.encode(),
+        headers={"Authorization": f"Bearer {INGRESS_TOKEN}", "Content-Type": "text/plain"},
+    )
+    assert refused.status_code == 415
 
     # When the operator lists the rejected requests and looks at the one refused
     listed = pagerbridge("rejected", "--json", env=env, cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     (row,) = json.loads(listed.stdout)
-    assert (row["status"], row["method"], row["path"]) == (401, "POST", "/webhooks/coscale")
-    assert row["reason"].startswith("missing or invalid ingress token")
+    assert (row["status"], row["method"], row["path"]) == (415, "POST", "/webhooks/coscale")
+    assert row["reason"].startswith("Content-Type 'text/plain' is not JSON")
     shown = pagerbridge("rejected", "--show", str(row["id"]), "--json", env=env, cwd=tmp_path)
     assert json.loads(shown.stdout)["body"] == body
     table = pagerbridge("rejected", env={**env, "COLUMNS": "250"}, cwd=tmp_path)
-    assert "POST /webhooks/coscale" in table.stdout and "401" in table.stdout
+    assert "POST /webhooks/coscale" in table.stdout and "415" in table.stdout
 
-    # And replays it once the token is fixed
+    # And replays it (as JSON)
     replayed = pagerbridge("rejected", "--replay", str(row["id"]), env=env, cwd=tmp_path)
     assert replayed.returncode == 0, replayed.stderr
     assert f"replayed #{row['id']}: 202" in replayed.stdout
@@ -197,3 +205,40 @@ def test_rejected_show_escapes_what_a_terminal_would_obey(
     assert shown.returncode == 0, shown.stderr
     assert "\x1b" not in shown.stdout and "\\x1b[31mexploded" in shown.stdout
     assert raw.returncode == 0 and raw.stdout == body.encode()
+
+
+def test_healthz_answers_while_bodies_built_to_stall_the_repair_are_read(api: str) -> None:
+    # Given bodies at the size limit built to make the JSON repair branch and rescan
+    size = 256 * 1024 - 64  # just under PAGERBRIDGE_MAX_BODY_BYTES
+    half = size // 2
+    hostile = [
+        ('{"' + "a" * half + "\x01" + '"' * (size - half - 3)).encode(),
+        ('{"m": "' + "a" * half + "\x01" + '"' * (size - half - 8) + "}").encode(),
+        ("[" + '"\x01",' * ((size - 2) // 5) + "]").encode(),
+    ] * 2
+    headers = {"Authorization": f"Bearer {INGRESS_TOKEN}", "Content-Type": "application/json"}
+    answers: list[int] = []
+
+    def post(body: bytes) -> None:
+        answers.append(
+            httpx.post(
+                f"{api}/webhooks/coscale", content=body, headers=headers, timeout=60
+            ).status_code
+        )
+
+    # When they are sent at once, and /healthz is asked meanwhile
+    threads = [threading.Thread(target=post, args=(body,)) for body in hostile]
+    for thread in threads:
+        thread.start()
+    health: list[int] = []
+    answered_while_pending = 0
+    while any(thread.is_alive() for thread in threads):
+        health.append(httpx.get(f"{api}/healthz", timeout=10).status_code)
+        answered_while_pending += any(thread.is_alive() for thread in threads)
+    for thread in threads:
+        thread.join()
+    # Then every hostile body is refused (400, or 422 for one read but missing its fields), and
+    # /healthz answered throughout
+    assert len(answers) == len(hostile) and set(answers) <= {400, 422}
+    assert health and set(health) == {200}
+    assert answered_while_pending >= 1

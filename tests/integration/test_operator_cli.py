@@ -365,3 +365,33 @@ def test_test_trigger_without_an_api(env: dict[str, str], tmp_path: Path) -> Non
     result = pagerbridge("test-trigger", "--api-url", url, "--timeout", "2", env=env, cwd=tmp_path)
     assert result.returncode == 1
     assert f"the api at {url} is unreachable" in result.stderr
+
+
+def test_status_with_redis_unreachable_says_so_and_fails(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    unreachable = {**env, "PAGERBRIDGE_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    done = pagerbridge("status", env=unreachable, cwd=tmp_path)
+    assert done.returncode == 1
+    assert "Redis" in done.stdout and "does not answer" in done.stdout
+    as_json = pagerbridge("status", "--json", env=unreachable, cwd=tmp_path)
+    assert as_json.returncode == 1
+    assert "does not answer" in json.loads(as_json.stdout)["redis"]["error"]
+
+
+@pytest.mark.parametrize("command", [["status"], ["alerts"], ["alert", "42"]])
+def test_a_missing_sqlite_file_is_an_error_naming_it_not_a_new_database(
+    env: dict[str, str], tmp_path: Path, command: list[str]
+) -> None:
+    # Given an operator command run in a directory where the bridge's SQLite file is not
+    missing = tmp_path / "elsewhere" / "pagerbridge.db"
+    missing.parent.mkdir()
+    done = pagerbridge(
+        *command,
+        env={**env, "PAGERBRIDGE_DATABASE_URL": "sqlite:///pagerbridge.db"},
+        cwd=missing.parent,
+    )
+    # Then it says where it looked, and creates nothing there
+    assert done.returncode != 0
+    assert f"no database at {missing}" in done.stderr
+    assert not missing.exists()

@@ -126,7 +126,7 @@ def test_seed_api_contact_unchanged_but_for_host_and_token(
     headers = {
         "Content-Type": "application/json",
         "Accept": "application/vnd.pagerduty+json;version=2",
-        "Authorization": "Token token=integration-ingress-token",
+        "Authorization": "Token token=integration-ingress-token-0123456789",
         "From": "oncall@example.com",
     }
     trigger = api.post("/incidents", headers=headers, content=SEED_TRIGGER_BODY)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,6 @@ import httpx
 import pytest
 
 from tests.integration.conftest import (
-    INGRESS_TOKEN,
     Service,
     bridge_env,
     free_port,
@@ -33,6 +33,7 @@ def test_run_simulate_on_sqlite_with_three_workers(
     database = f"sqlite:///{tmp_path / 'pagerbridge.db'}"
     env = bridge_env(database, redis_url, "unused", f"{namespace}-run")
     env["PAGERBRIDGE_BEAT_SCHEDULE_PATH"] = str(tmp_path / "beat-schedule")
+    del env["PAGERBRIDGE_INGRESS_TOKENS"]  # run --simulate makes one, and says how to use it
     assert (
         subprocess.run(
             [sys.executable, "-m", "worker.cli", "migrate"],
@@ -65,11 +66,33 @@ def test_run_simulate_on_sqlite_with_three_workers(
         )
     run = Service("run", process, log)
     simulator = SimulatorControl(f"http://127.0.0.1:{sim_port}")
-    headers = {"Authorization": f"Bearer {INGRESS_TOKEN}"}
     try:
+        wait_until_up(run, lambda: "ready." in run.output())
+        exports = dict(re.findall(r"export (PAGERBRIDGE_\w+)=(\S+)", run.output()))
+        assert {"PAGERBRIDGE_INGRESS_TOKENS", "PAGERBRIDGE_DATABASE_URL"} <= set(exports)
+        headers = {"Authorization": f"Bearer {exports['PAGERBRIDGE_INGRESS_TOKENS']}"}
+        # A second terminal, elsewhere, with the exports it printed: test-trigger and status work
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        terminal = {"PATH": env["PATH"], "HOME": str(elsewhere), **exports}
+        me = [sys.executable, "-m", "worker.cli"]
+        checked = subprocess.run(
+            [*me, "test-trigger", "--api-url", f"http://127.0.0.1:{api_port}"],
+            env=terminal,
+            cwd=elsewhere,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert "test trigger ok" in checked.stdout
+        status = subprocess.run(
+            [*me, "status"], env=terminal, cwd=elsewhere, capture_output=True, text=True
+        )
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert not (elsewhere / "pagerbridge.db").exists()
         with httpx.Client(base_url=f"http://127.0.0.1:{api_port}", headers=headers) as api:
             wait_until_up(run, lambda: api.get("/healthz").status_code == 200)
-            wait_until_up(run, lambda: "ready." in run.output())
             # When a burst of triggers, then their resolves, arrive
             for action in ("triggered", "resolved"):
                 for n in range(ALERTS):

@@ -3,6 +3,8 @@ every one that exists must be in it."""
 
 from __future__ import annotations
 
+import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,9 @@ import pytest
 from worker.cli import cli
 from worker.settings import ENV_PREFIX, Settings
 
-README = (Path(__file__).parents[2] / "README.md").read_text()
+ROOT = Path(__file__).parents[2]
+README = (ROOT / "README.md").read_text()
+PYPROJECT = ROOT / "pyproject.toml"
 
 
 @pytest.mark.parametrize("name", sorted(Settings.model_fields))
@@ -29,6 +33,24 @@ def test_every_command_is_documented() -> None:
         assert f"`pagerbridge {name}" in README, name
 
 
-def test_readme_has_the_two_setup_commands() -> None:
-    assert "pip install -e . && pagerbridge migrate && pagerbridge run --simulate" in README
-    assert 'pip install -e ".[test]" && pytest' in README
+#: A machine with nothing but Python >= 3.11: one command runs the bridge and its simulator (with a
+#: Redis of its own, worker/ops/tryout.py), the other runs the tests.
+TRY_IT = (
+    'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[tryout]" '
+    "&& pagerbridge migrate && pagerbridge run --simulate"
+)
+TEST_IT = 'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[test]" && pytest'
+
+
+def test_readme_set_up_starts_with_the_two_commands() -> None:
+    """The first two command blocks of "Set up" are the bare machine's; production follows."""
+    set_up = README.split("\n## Set up\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", set_up, flags=re.DOTALL)
+    assert [block.strip() for block in blocks[:2]] == [TRY_IT, TEST_IT]
+
+
+def test_the_extras_the_set_up_installs_exist() -> None:
+    extras = tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"]
+    for command in (TRY_IT, TEST_IT):
+        for extra in re.findall(r'pip install -e "\.\[(\w+)\]"', command):
+            assert extra in extras, extra

@@ -545,3 +545,25 @@ def test_worker_metrics_port_setting() -> None:
     assert Settings(worker_metrics_port=0).worker_metrics_port == 0
     with pytest.raises(ValueError, match="worker_metrics_port"):
         Settings(worker_metrics_port=70000)
+
+
+def test_prometheus_client_still_chooses_its_value_class_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The internal worker/prometheus_multiprocess.py relies on: after a new choice, a metric made
+    # with PROMETHEUS_MULTIPROC_DIR set counts in a file there; without it, in memory.
+    from prometheus_client import CollectorRegistry, Counter, values
+
+    from worker.prometheus_multiprocess import choose_value_class_again
+
+    before = values.ValueClass
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    try:
+        choose_value_class_again()
+        counter = Counter("probe_total", "a probe", ["kind"], registry=CollectorRegistry())
+        counter.labels("x").inc()
+        assert list(tmp_path.glob("counter_*.db"))
+        monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+        assert choose_value_class_again() is values.MutexValue
+    finally:
+        values.ValueClass = before

@@ -48,7 +48,7 @@ def test_the_worker_freezes_before_the_pool_forks_and_once_ready() -> None:
 
     from worker.pipeline import celery_app
 
-    # Each pool process freezes once prepared: tests/unit/test_pool_process_start.py.
+    # Each pool process freezes once prepared: tests/unit/pagerduty/test_process_start.py.
     for signal in (worker_init, worker_ready):
         assert celery_app._freeze in signal._live_receivers(None), signal.name
 

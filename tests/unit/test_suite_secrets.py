@@ -9,7 +9,11 @@ import pytest
 from tests import conftest, fakes
 from tests.conftest import SUITE_SECRETS, secrets_in
 from tests.integration import conftest as integration
-from tests.unit import test_hostile_input, test_ingress, test_logs, test_pagerduty_client
+from tests.integration import test_console_browser
+from tests.unit import test_logs
+from tests.unit.ingress import test_app as test_ingress
+from tests.unit.ingress import test_console, test_hostile_input
+from tests.unit.pagerduty import test_client as test_pagerduty_client
 from worker.logs import REDACTED, RedactSecrets
 
 
@@ -23,6 +27,8 @@ def test_the_tokens_the_suite_configures_are_the_ones_checked() -> None:
         test_logs.PAGERDUTY_TOKEN,
         *test_logs.INGRESS_TOKENS,
         *test_hostile_input.SECRETS,
+        test_console.OPERATOR_TOKEN,
+        test_console_browser.OPERATOR_TOKEN,
     }
     assert configured <= set(SUITE_SECRETS)
 

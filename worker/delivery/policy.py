@@ -37,6 +37,8 @@ class Create:
     incident_key: str
     urgency: str | None
     details: str | None
+    # The API contact's other create fields, sent as given (priority, assignments, ...).
+    forwarded: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,8 @@ class Inspect:
     of the route's, and its status decides what is still owed (docs/security.md)."""
 
     incident_id: str
+    # False for the bridge's own incident, read only for its status before an acknowledge.
+    check_service: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,10 +114,18 @@ EVENT_ACTIONS = {
 
 
 def plan_delivery(
-    alert: AlertLike, now: datetime | None = None, flap_window: timedelta = timedelta(0)
+    alert: AlertLike,
+    now: datetime | None = None,
+    flap_window: timedelta = timedelta(0),
+    *,
+    read_before_acknowledge: bool = False,
 ) -> Step:
-    """The next PagerDuty call that brings PagerDuty closer to the alert's desired status;
-    given ``now``, a resolve is first held for ``flap_window`` (worker/delivery/flapping.py)."""
+    """The next PagerDuty call that brings PagerDuty closer to the alert's desired status.
+
+    ``read_before_acknowledge``: an acknowledge is sent only once the incident's status was
+    read since the acknowledge was wanted (a route without webhooks hears of a responder's
+    resolve no other way, and acknowledging a resolved incident reopens it). Given ``now``, a
+    resolve is first held for ``flap_window`` (worker/delivery/flapping.py)."""
     held = resolve_held_until(alert, now, flap_window) if now is not None else None
     if held is not None:
         return HoldResolve(held)
@@ -137,6 +149,7 @@ def plan_delivery(
             incident_key=alert.incident_key,
             urgency=alert.urgency,
             details=alert.details,
+            forwarded=alert.forwarded,
         )
     if alert.confirmed_status is None and is_adopted_incident(alert.source, alert.source_alert_id):
         # Opened before the bridge: never touched before it is read, so that an incident on
@@ -147,7 +160,23 @@ def plan_delivery(
     wanted = next_update(desired, alert.confirmed_status or AlertStatus.TRIGGERED)
     if wanted is None:
         return Done(f"incident {alert.pagerduty_incident_id} is {desired.value}")
+    if read_before_acknowledge and wanted is AlertStatus.ACKNOWLEDGED and status_unread(alert):
+        return Inspect(alert.pagerduty_incident_id, check_service=False)
     return Update(alert.pagerduty_incident_id, wanted)
+
+
+def status_unread(alert: AlertLike) -> bool:
+    """Whether the incident's status is unknown since the alert last fell behind PagerDuty.
+
+    An incident the bridge created in that same stretch (the trigger and the acknowledge
+    pending together) is known: nobody saw it before the bridge's create answered.
+    """
+    since = alert.pending_since
+    if since is None:
+        return alert.status_read_at is None
+    if alert.create_sent_at is not None and alert.create_sent_at >= since:
+        return False
+    return alert.status_read_at is None or alert.status_read_at < since
 
 
 def plan_event(alert: AlertLike) -> Step:

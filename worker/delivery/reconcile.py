@@ -142,6 +142,8 @@ class Backend:
     gate: DeliveryGate | None = None
     # The services an incident the bridge did not create must be on to be updated.
     services: frozenset[str] = frozenset()
+    # Read an incident's status before acknowledging it (a REST route without webhooks).
+    reads_before_acknowledge: bool = False
 
 
 Answer = Incident | None | EventSent | PagerDutyError | Parked | Deferred
@@ -262,7 +264,7 @@ class BatchClaim:
             expired = alert.lease_expires_at is None or alert.lease_expires_at < now
             if alert.lease_owner is not None and not expired:
                 continue  # its worker will see this change when it records its call
-            step = self.reconciler._plan_step(alert)
+            step = self.reconciler.plan(alert)
             if isinstance(step, Done | WaitForTrigger | HoldResolve | Misconfigured):
                 continue  # finished without a call, by reconcile_many (logged once stored)
             alert.lease_owner, alert.lease_expires_at = self.owner, until
@@ -298,6 +300,24 @@ class Reconciler:
 
     def __post_init__(self) -> None:
         self._keeper = LeaseKeeper(self.sessions, self.settings.lease_seconds, self.clock)
+
+    def plan(self, alert: AlertLike) -> Step:
+        """The alert's next call (:func:`plan_delivery`), with its route's settings and the
+        flap window."""
+        return plan_delivery(
+            alert,
+            self.clock(),
+            timedelta(seconds=self.settings.flap_window),
+            read_before_acknowledge=self._reads_first(alert.route),
+        )
+
+    def _reads_first(self, route: str) -> bool:
+        if not self.settings.read_before_acknowledge:
+            return False
+        if route == DEFAULT_ROUTE or self.backends is None:
+            return not self.settings.pagerduty_webhook_secrets
+        backend = self.backends(route)
+        return backend is not None and backend.reads_before_acknowledge
 
     def _backend(self, route: str) -> Backend | None:
         if route == DEFAULT_ROUTE or self.backends is None:
@@ -427,7 +447,7 @@ class Reconciler:
             for missing in set(alert_pks) - {alert.id for alert in alerts} - set(results):
                 results[missing] = ReconcileResult.MISSING  # deleted, or our lease expired
             for alert in alerts:
-                step = self._plan_step(alert)
+                step = self.plan(alert)
                 finished = self._finish_without_call(alert, step)
                 if finished is not None:
                     results[alert.id] = finished
@@ -441,10 +461,6 @@ class Reconciler:
             write_back(session, [a for a in alerts if a.id not in calls], _RECONCILED, now)
             write_back(session, [a for a in alerts if a.id in calls], _LEASED, now)
         return calls
-
-    def _plan_step(self, alert: AlertLike) -> Step:
-        window = timedelta(seconds=self.settings.flap_window)
-        return plan_delivery(alert, self.clock(), window)
 
     def _mark_create(self, alert: AlertLike, step: Step) -> None:
         sends_trigger = isinstance(step, SendEvent) and step.action is AlertStatus.TRIGGERED
@@ -720,12 +736,13 @@ class Reconciler:
                     incident_key=step.incident_key,
                     urgency=step.urgency,
                     details=step.details,
+                    forwarded=step.forwarded,
                 )
             except DuplicateIncidentKeyError:
                 return _adopted(client, step)
         if isinstance(step, Inspect):
             incident = client.get_incident(step.incident_id)
-            if incident.service_id not in backend.services:
+            if step.check_service and incident.service_id not in backend.services:
                 raise PermanentError(
                     f"incident {incident.id} is on service {incident.service_id}, not one of "
                     "this route's; the bridge did not create it and leaves it alone"
@@ -767,7 +784,7 @@ class Reconciler:
                     self._record_success(timeline, alert, step, answer)
                     # Usually that was the last call the alert needed: finish it in this
                     # transaction rather than loading it again to find out.
-                    finished = self._finish_without_call(alert, self._plan_step(alert))
+                    finished = self._finish_without_call(alert, self.plan(alert))
                     if finished is None:
                         again.append(alert.id)
                     else:
@@ -814,11 +831,14 @@ class Reconciler:
             alert.create_sent_at = None
             outcome = "not-found"
         else:
+            if isinstance(step, Inspect):
+                alert.status_read_at = self.clock()
             alert.pagerduty_incident_id = incident.id
             alert.pagerduty_incident_number = incident.number or alert.pagerduty_incident_number
             alert.pagerduty_incident_url = incident.html_url or alert.pagerduty_incident_url
             alert.confirmed_status = AlertStatus(incident.status)
-            outcome = type(step).__name__.lower()
+            # A create refused as a duplicate and then found by key is an adoption, not a page.
+            outcome = "findbykey" if isinstance(incident, Adopted) else type(step).__name__.lower()
         if alert.delivery_state is DeliveryState.PARKED:
             alert.delivery_state = DeliveryState.PENDING
         timeline.append(_audit(alert, outcome, detail=_describe(step, incident)))
@@ -903,6 +923,7 @@ _RECONCILED = (
     "pagerduty_incident_id",
     "pagerduty_incident_number",
     "pagerduty_incident_url",
+    "status_read_at",
 )
 # What planning changes in an alert that it then calls PagerDuty for (_plan).
 _LEASED = ("lease_owner", "lease_expires_at", "create_sent_at")
@@ -1006,7 +1027,15 @@ def _send_all(client: EventsClient, steps: list[Step]) -> list[EventSent | Pager
 
 
 def _new_incident(step: Create) -> NewIncident:
-    return NewIncident(step.title, step.service_id, step.incident_key, step.urgency, step.details)
+    return NewIncident(
+        step.title, step.service_id, step.incident_key, step.urgency, step.details, step.forwarded
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Adopted(Incident):
+    """An incident an earlier create made, found by its key after PagerDuty refused the
+    repeated create as a duplicate."""
 
 
 def _adopted(client: PagerDutyClient, step: Create) -> Incident:
@@ -1019,7 +1048,7 @@ def _adopted(client: PagerDutyClient, step: Create) -> Incident:
             "the create will be retried",
             status=400,
         )
-    return found[0]
+    return Adopted(**{name: getattr(found[0], name) for name in Incident.__dataclass_fields__})
 
 
 def _adopted_or_error(client: PagerDutyClient, step: Create) -> Incident | PagerDutyError:
@@ -1054,6 +1083,8 @@ def _describe(step: Step, incident: Incident | EventSent | None) -> str:
         return f"{EVENT_ACTIONS[incident.action]} event taken for {step_key(step)}"
     if incident is None:
         return "no incident with this key: the create never landed"
+    if isinstance(incident, Adopted):
+        return f"adopted incident {incident.id} ({incident.status}): the create's answer was lost"
     if isinstance(step, Create):
         return f"incident {incident.id} is {incident.status}"
     if isinstance(step, FindByKey):

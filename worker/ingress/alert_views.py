@@ -89,6 +89,8 @@ def alert_view(alert: Alert, cycles: int, events: list[AlertEvent]) -> AlertView
         pagerduty_incident_url=alert.pagerduty_incident_url,
         desired_status=alert.desired_status.value,
         confirmed_status=alert.confirmed_status.value if alert.confirmed_status else None,
+        responder=alert.responder,
+        responder_at=_iso(alert.responder_at),
         delivery_state=alert.delivery_state.value,
         attempts=alert.attempts,
         next_attempt_at=_iso(alert.next_attempt_at),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -20,17 +20,21 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from worker.delivery.gate import DeliveryGate
-from worker.errors import InvalidEvent, ServiceUnavailable
+from worker.errors import InvalidEvent, NotDurable, ServiceUnavailable
 from worker.ingress.alert_views import alerts_router
+from worker.ingress.console import console_router, console_state
 from worker.ingress.context import ERROR, ApiError, Ingress
 from worker.ingress.group_commit import GroupCommitHandoff
 from worker.ingress.health import BacklogReading, ReadinessCheck, health_router
-from worker.ingress.incidents import incidents_router
+from worker.ingress.incidents import incidents_router, is_pagerduty_path, pagerduty_error
 from worker.ingress.middleware import IngressGuard, RejectionSink
+from worker.ingress.pagerduty_webhooks import pagerduty_webhooks_router
 from worker.ingress.rejections import QuarantineWriter
 from worker.ingress.schemas import ErrorAnswer
 from worker.ingress.webhooks import webhooks_router
 from worker.ops.rejected import QuarantineBounds
+from worker.pipeline.durability import RedisDurability
+from worker.pipeline.message import DEFAULT_ROUTE
 from worker.pipeline.queue import EventQueue
 from worker.routes_file import RouteTable, credential_key, load_route_table
 from worker.settings import Settings
@@ -40,10 +44,14 @@ log = logging.getLogger(__name__)
 
 __all__ = ["ApiError", "build_app", "carries_events", "create_app", "fastapi_telemetry"]
 
+# Milliseconds: the api's statements are small; one that takes longer than this is a database in
+# trouble, and the event is on the queue by then (PAGERBRIDGE_INGRESS_STORE_DEADLINE).
+API_STATEMENT_TIMEOUT_MS = 10_000
 # The endpoints whose requests carry events, by method: a rejected one is kept in the quarantine.
 _EVENT_PATHS = {
     # /webhooks/coscale/<name>: per-route webhooks; one for an unknown route is kept too (the
-    # operator adds the route, then replays).
+    # operator adds the route, then replays). Not /webhooks/pagerduty: PagerDuty retries what
+    # it was refused, and a forged delivery is nothing to replay.
     "POST": re.compile(r"^/(?:webhooks/coscale(?:/[^/]+)?|incidents)$"),
     "PUT": re.compile(r"^/incidents(?:/[^/]*)?$"),
 }
@@ -64,8 +72,12 @@ def _error(
     field: str | None = None,
     errors: list[str] | None = None,
     headers: dict[str, str] | None = None,
+    path: str = "",
 ) -> JSONResponse:
-    body = ErrorAnswer.of(message, field=field, errors=errors)
+    if is_pagerduty_path(path):
+        status, body = pagerduty_error(status, message, field=field, errors=errors)
+    else:
+        body = ErrorAnswer.of(message, field=field, errors=errors)
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
@@ -91,6 +103,8 @@ def create_app(
     authenticate: bool = True,
     rejections: RejectionSink | None = None,
     routes: RouteTable | None = None,
+    durability: Callable[[], RedisDurability] | None = None,
+    queue_depth: Callable[[], int] | None = None,
     backlog: BacklogReading | None = None,
 ) -> FastAPI:
     """The ingress application, wired to its queue and database (and, when the PagerDuty token
@@ -99,7 +113,7 @@ def create_app(
     ``authenticate=False`` serves every endpoint without a token (``api --insecure-no-auth``,
     and the replay of a quarantined request, which an operator vouches for). ``rejections``
     receives every rejected event-carrying request; by default they are written to the
-    quarantine table.
+    quarantine table. ``queue_depth`` reads the Celery queue's length for the console.
     """
     handoff = GroupCommitHandoff(queue)
     writer = None
@@ -107,6 +121,7 @@ def create_app(
         writer = QuarantineWriter(
             sessions,
             QuarantineBounds(settings.quarantine_max_rows, settings.quarantine_max_age_days),
+            timeout=settings.ingress_store_deadline,
         )
         rejections = writer.keep
 
@@ -135,6 +150,7 @@ def create_app(
         max_body_bytes=settings.max_body_bytes,
         keep=rejections,
         carries_events=carries_events,
+        request_timeout=settings.http_request_timeout,
     )
     ingress = Ingress(
         settings,
@@ -145,6 +161,7 @@ def create_app(
     )
     _answer_errors_in_one_shape(app)
     app.include_router(webhooks_router(ingress))
+    app.include_router(pagerduty_webhooks_router(ingress))
     app.include_router(incidents_router(ingress))
     app.include_router(alerts_router(ingress))
     app.include_router(
@@ -154,7 +171,16 @@ def create_app(
             redis_ping=redis_ping,
             gate=gate,
             route_gates=route_gates,
+            durability=durability,
             backlog=backlog,
+        )
+    )
+    app.include_router(
+        console_router(
+            ingress,
+            queue=queue,
+            queue_depth=queue_depth,
+            gates={**({DEFAULT_ROUTE: gate} if gate else {}), **(route_gates or {})},
         )
     )
     return app
@@ -162,18 +188,29 @@ def create_app(
 
 def _answer_errors_in_one_shape(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return _error(
-            exc.status, exc.message, field=exc.field, errors=exc.errors, headers=exc.headers
+            exc.status,
+            exc.message,
+            field=exc.field,
+            errors=exc.errors,
+            headers=exc.headers,
+            path=request.url.path,
         )
 
     @app.exception_handler(InvalidEvent)
-    async def _invalid_event(_request: Request, exc: InvalidEvent) -> JSONResponse:
-        return _error(422, str(exc), field=exc.field)
+    async def _invalid_event(request: Request, exc: InvalidEvent) -> JSONResponse:
+        return _error(422, str(exc), field=exc.field, path=request.url.path)
 
     @app.exception_handler(ServiceUnavailable)
     async def _unavailable(_request: Request, exc: ServiceUnavailable) -> JSONResponse:
         log.error("event not accepted: %s", exc)
+        if isinstance(exc, NotDurable):
+            return _error(
+                503,
+                f"the bridge cannot keep events safely right now: {exc}",
+                headers={"Retry-After": "5"},
+            )
         return _error(
             503,
             "the bridge cannot queue events right now; nothing was accepted",
@@ -181,7 +218,7 @@ def _answer_errors_in_one_shape(app: FastAPI) -> None:
         )
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid_body(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = []
         first_field = None
         for error in exc.errors():
@@ -192,12 +229,21 @@ def _answer_errors_in_one_shape(app: FastAPI) -> None:
             first_field = first_field or location
             problems.append(f"{location}: {error['msg']}")
         return _error(
-            422, "invalid request: " + "; ".join(problems), field=first_field, errors=problems
+            422,
+            "invalid request: " + "; ".join(problems),
+            field=first_field,
+            errors=problems,
+            path=request.url.path,
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(
+            exc.status_code,
+            str(exc.detail),
+            headers=getattr(exc, "headers", None),
+            path=request.url.path,
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
@@ -218,10 +264,12 @@ def build_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI:
     from models import make_engine, make_session_factory, utcnow
     from worker.pipeline.backlog import read_backlog
     from worker.pipeline.celery_app import app as celery_app
+    from worker.pipeline.durability import DurableQueueCheck
     from worker.pipeline.inbox import DurableEventQueue
     from worker.pipeline.queue import CeleryEventQueue
 
     routes = load_route_table(settings)
+    log.info(console_state(settings))
     if insecure_no_auth:
         log.warning(INSECURE_WARNING)
     elif not len(routes):
@@ -233,8 +281,22 @@ def build_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI:
     def redis_ping() -> None:
         redis_client.ping()
 
-    sessions = make_session_factory(make_engine(settings.database_url))
-    queue = DurableEventQueue(CeleryEventQueue(celery_app), sessions)
+    sessions = make_session_factory(
+        make_engine(settings.database_url, statement_timeout_ms=API_STATEMENT_TIMEOUT_MS)
+    )
+    durable = DurableQueueCheck(redis_client, settings.namespace)
+    if durable.durability.can_confirm:
+        log.info("queue durability: %s", durable.durability.reason)
+    else:
+        log.warning(
+            "queue durability: %s; see /readyz (redis_durability)", durable.durability.reason
+        )
+    queue = DurableEventQueue(
+        CeleryEventQueue(celery_app),
+        sessions,
+        store_deadline=settings.ingress_store_deadline,
+        durability=durable,
+    )
 
     def backlog() -> str:
         with sessions() as session:
@@ -258,6 +320,9 @@ def build_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI:
         route_gates=route_gates,
         authenticate=not insecure_no_auth,
         routes=routes,
+        durability=lambda: durable.durability,
+        # Celery's Redis transport keeps a queue's messages in a list named after the queue.
+        queue_depth=lambda: int(redis_client.llen(settings.namespace)),
         backlog=backlog,
     )
 

@@ -29,6 +29,7 @@ from worker.ingress.json_body import (
     parse_strict,
     repair_body,
 )
+from worker.ingress.middleware import UNAUTHENTICATED
 from worker.ingress.schemas import ErrorAnswer
 from worker.logs import quoted
 from worker.pipeline.message import (
@@ -209,6 +210,7 @@ class Ingress:
     def _caller(self, request: Request, authorization: str | None) -> Caller:
         address = request.client.host if request.client else "-"
         if self.failures.count(address) >= self.settings.auth_failures_per_minute:
+            setattr(request.state, UNAUTHENTICATED, True)
             wait = max(1, round(self.failures.retry_after(address)))
             raise ApiError(
                 429,
@@ -218,7 +220,8 @@ class Ingress:
         caller = self.caller_of(presented_token(authorization))
         if caller is None:
             self.failures.add(address)
-            log.warning("refused a request to %s: no valid ingress token", request.url.path)
+            # Counted and logged (at most once a minute) by the guard, never kept.
+            setattr(request.state, UNAUTHENTICATED, True)
             raise self.refused()
         return caller
 
@@ -289,6 +292,13 @@ class Ingress:
     def alert_url(self, alert_id: str, source: str | None = None) -> str:
         url = f"{self.settings.public_url.rstrip('/')}/alerts/{alert_id}"
         return f"{url}?source={source}" if source and source != SOURCE_COSCALE else url
+
+    def page_url(self, alert_id: str, source: str) -> str:
+        """Where a person follows an alert: its console page when the console is on (an
+        operator signs in there), else the API's view, which needs an ingress token."""
+        if not self.settings.operator_tokens:
+            return self.alert_url(alert_id)
+        return f"{self.settings.public_url.rstrip('/')}/ui/alerts/{alert_id}?source={source}"
 
     async def publish(self, *events: AlertEventMessage) -> QueuedIn:
         answers = await self._handoff.publish_all(events)

@@ -13,6 +13,7 @@ from sqlalchemy import text
 from worker.delivery.gate import DeliveryGate
 from worker.ingress.auth import presented_token
 from worker.ingress.context import INGRESS_TOKEN, JSON_ERROR, Ingress
+from worker.pipeline.durability import RedisDurability
 
 ReadinessCheck = Callable[[], None]
 # The events waiting to be applied (worker/pipeline/backlog.py), in one line.
@@ -26,6 +27,7 @@ def health_router(
     redis_ping: ReadinessCheck,
     gate: DeliveryGate | None,
     route_gates: dict[str, DeliveryGate] | None,
+    durability: Callable[[], RedisDurability] | None = None,
     backlog: BacklogReading | None = None,
 ) -> APIRouter:
     router = APIRouter()
@@ -60,6 +62,14 @@ def health_router(
 
         check("redis", redis_ping)
         check("database", database)
+        if durability is not None:
+            # Not a reason to be unready: events are taken while the database is up; 503 only
+            # while it is not. The operator is told here, and at start.
+            known = durability()
+            checks["redis_durability"] = {
+                "status": "ok" if known.can_confirm else "degraded",
+                "reason": known.reason,
+            }
         if gate is not None and checks["redis"]["status"] == "ok":
             checks.update(gate_checks(gate))
         if checks["redis"]["status"] == "ok":

@@ -7,10 +7,21 @@ answered 413 as soon as the count passes the limit, so at most the limit is ever
 memory, and nothing over it is parsed.
 
 The quarantine: when the ingress answers a POST or PUT of an event-carrying endpoint with a 4xx
-(401, 413, 415, 400, 422, ...), the answer is held back while the body (up to the limit) is read
-to its end, if the endpoint had not read it (a 401 is decided on the headers), and handed to
-the quarantine with the answer's message; then the answer goes out. The happy path pays one
-wrapped ``receive`` and ``send`` per request, nothing else.
+(413, 415, 400, 422, ...), the answer is held back while the body (up to the limit) is read
+to its end, if the endpoint had not read it, and handed to the quarantine with the answer's
+message; then the answer goes out. The happy path pays one wrapped ``receive`` and ``send`` per
+request, nothing else.
+
+The body's deadline: a request whose body has not arrived whole within
+``PAGERBRIDGE_HTTP_REQUEST_TIMEOUT`` seconds of its headers is answered 408 and its connection
+closed (the headers' own deadline is the protocol's, ``worker/ingress/connections.py``). A
+client that goes away in the middle of its body is one log line.
+
+A request without a valid token (401, or the 429 of an address past its failed
+authentications) is not kept: the quarantine holds what a legitimate sender got wrong, and
+anyone could otherwise flush those rows out with refused requests. Such requests are counted
+(``pagerbridge_requests_unauthenticated_total``) and logged at most once per
+:data:`UNAUTHENTICATED_LOG_INTERVAL`.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
@@ -36,6 +48,15 @@ REQUESTS_REJECTED = Counter(
     ["status"],
 )
 
+REQUESTS_UNAUTHENTICATED = Counter(
+    "pagerbridge_requests_unauthenticated_total",
+    "Event-carrying requests refused for a missing or invalid ingress token (never kept)",
+)
+# Seconds between two log lines about refused tokens: a flood of them is one line a minute.
+UNAUTHENTICATED_LOG_INTERVAL = 60.0
+#: The request-state key (``request.state``) the token check sets on a request it refuses.
+UNAUTHENTICATED = "unauthenticated"
+
 RejectionSink = Callable[[Rejection], Awaitable[None]]
 # Which requests carry events (and are kept when rejected): (method, path) → bool.
 EventRequest = Callable[[str, str], bool]
@@ -45,8 +66,49 @@ EventRequest = Callable[[str, str], bool]
 DRAIN_TIMEOUT = 10.0
 
 
+class RefusalLog:
+    """Refused requests, one log line per interval at most: the first at once, then the count
+    of those the interval held back."""
+
+    def __init__(
+        self,
+        interval: float = UNAUTHENTICATED_LOG_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._interval = interval
+        self._clock = clock
+        self._last: float | None = None
+        self._held_back = 0
+
+    def refused(self, method: str, path: str, status: int) -> bool:
+        """Count one refusal; log it when the interval allows, and say whether it did."""
+        REQUESTS_UNAUTHENTICATED.inc()
+        now = self._clock()
+        if self._last is not None and now - self._last < self._interval:
+            self._held_back += 1
+            return False
+        more = f" (and {self._held_back} more since the last line)" if self._held_back else ""
+        log.warning(
+            "refused %s %s (%d): no valid ingress token; not kept%s",
+            method,
+            path,
+            status,
+            more,
+        )
+        self._last, self._held_back = now, 0
+        return True
+
+
 class BodyTooLarge(Exception):
     """Raised into the application by ``receive`` when the body passes the limit."""
+
+
+class BodyTimedOut(Exception):
+    """Raised into the application by ``receive`` when the body is late."""
+
+
+class ClientGone(Exception):
+    """Raised into the application by ``receive`` when the client left before its body ended."""
 
 
 class IngressGuard:
@@ -57,11 +119,14 @@ class IngressGuard:
         max_body_bytes: int,
         keep: RejectionSink,
         carries_events: EventRequest,
+        request_timeout: float = 30.0,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.request_timeout = request_timeout
         self.keep = keep
         self.carries_events = carries_events
+        self.refusals = RefusalLog()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -93,6 +158,7 @@ class _Exchange:
         self.answering = False  # the answer has started going out
         self.held: Message | None = None  # a 4xx answer's start, held until the body is kept
         self.held_body: list[bytes] = []
+        self.deadline = asyncio.get_running_loop().time() + guard.request_timeout
 
     async def run(self) -> None:
         declared = _content_length(self.scope)
@@ -105,18 +171,66 @@ class _Exchange:
         except BodyTooLarge:
             if self.answering:
                 raise
+        except BodyTimedOut:
+            self._log_cut("arrived too slowly", f"408 after {self.guard.request_timeout:g}s")
+            if not self.answering:
+                await self._timed_out()
+            return
+        except ClientGone:
+            self._log_cut("was abandoned by the client", "no answer")
+            return
         if self.over_limit and not self.answering:
             await self._too_large(self.received)
 
     async def receive(self) -> Message:
-        message = await self._receive()
+        if self.more_body:
+            try:
+                # asyncio.timeout_at: no task of its own, unlike wait_for (the hot path).
+                async with asyncio.timeout_at(self.deadline):
+                    message = await self._receive()
+            except TimeoutError:
+                self.more_body = False
+                raise BodyTimedOut from None
+        else:  # the body is whole: the application waits for a disconnect, for ever is fine
+            message = await self._receive()
         if message["type"] == "http.request":
             self._count(message)
             if self.over_limit:
                 raise BodyTooLarge
-        elif message["type"] == "http.disconnect":
+        elif message["type"] == "http.disconnect" and self.more_body:
             self.more_body = False
+            raise ClientGone
         return message
+
+    def _log_cut(self, what: str, outcome: str) -> None:
+        log.info(
+            "the body of %s %s %s (%d bytes received): %s",
+            self.scope["method"],
+            _raw_path(self.scope)[:200],
+            what,
+            self.received,
+            outcome,
+        )
+
+    async def _timed_out(self) -> None:
+        message = (
+            f"the request body did not arrive within {self.guard.request_timeout:g} s "
+            "(PAGERBRIDGE_HTTP_REQUEST_TIMEOUT)"
+        )
+        body = ErrorAnswer.of(message, field="body").model_dump_json().encode()
+        self.answering = True
+        await self._send(
+            {
+                "type": "http.response.start",
+                "status": 408,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await self._send({"type": "http.response.body", "body": body})
 
     def _count(self, message: Message) -> None:
         chunk: bytes = message.get("body", b"")
@@ -132,6 +246,10 @@ class _Exchange:
         if self.over_limit:
             return  # whatever the application answers, the answer is the guard's 413
         if message["type"] == "http.response.start":
+            if self.kept and self._unauthenticated():
+                self.kept = False
+                path = _raw_path(self.scope)[:200]
+                self.guard.refusals.refused(self.scope["method"], path, message["status"])
             if self.kept and 400 <= message["status"] < 500:
                 self.held = message
                 return
@@ -147,6 +265,10 @@ class _Exchange:
             await self._send({"type": "http.response.body", "body": body})
             return
         await self._send(message)
+
+    def _unauthenticated(self) -> bool:
+        state = self.scope.get("state")
+        return isinstance(state, dict) and bool(state.get(UNAUTHENTICATED))
 
     async def _too_large(self, size: int) -> None:
         limit = self.guard.max_body_bytes
@@ -215,7 +337,14 @@ def _reason(status: int, body: bytes) -> tuple[str, str | None]:
     """The message and field of one of the ingress's error answers."""
     try:
         error = json.loads(body)["error"]
-        return str(error["message"]), error.get("field")
+        message = str(error["message"])
+        errors = error.get("errors") or []
+        if error.get("code") is not None and errors and errors[0] != message:
+            # PagerDuty's shape: a generic message ("Invalid Input Provided"), what is wrong
+            # in errors.
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            message = f"{message}: {str(errors[0])[:500]}{more}"
+        return message, error.get("field")
     except (ValueError, KeyError, TypeError):
         try:
             return HTTPStatus(status).phrase, None

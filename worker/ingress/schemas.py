@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    WithJsonSchema,
+    model_serializer,
+    model_validator,
+)
 
 
 def _text(value: Any) -> Any:
@@ -112,27 +121,108 @@ class EventAccepted(BaseModel):
 
 
 # -- the PagerDuty-shaped API contact (the seed's configuration) ---------------------------------
+# Shapes as PagerDuty's OpenAPI (createIncident, updateIncident, updateIncidents) has them: a
+# ``type`` PagerDuty would refuse is refused, the ``type`` left out is taken as the one expected.
 
 
 class ServiceReference(BaseModel):
     model_config = ConfigDict(extra="ignore")
     id: ServiceId
-    type: TypeName = "service_reference"
+    type: Literal["service_reference", "service"] = "service_reference"
+
+
+class PriorityReference(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: ServiceId
+    type: Literal["priority_reference", "priority"] = "priority_reference"
+
+
+class EscalationPolicyReference(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: ServiceId
+    type: Literal["escalation_policy_reference", "escalation_policy"] = (
+        "escalation_policy_reference"
+    )
+
+
+class UserReference(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: ServiceId
+    type: Literal["user_reference", "user"] = "user_reference"
+
+
+class Assignment(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    assignee: UserReference
+
+
+class IncidentTypeReference(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: Annotated[str, Field(min_length=1, max_length=200, pattern=NO_NUL)]
+
+
+class ConferenceBridge(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    conference_number: Annotated[str, Field(max_length=200, pattern=NO_NUL)] | None = None
+    conference_url: Annotated[str, Field(max_length=2000, pattern=NO_NUL)] | None = None
 
 
 class IncidentBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    type: TypeName = "incident_body"
-    details: Text | None = None
+    type: Literal["incident_body"] = "incident_body"
+    # Text (CoScale's Format), or an object as PagerDuty's IncidentBody schema has it.
+    details: Text | dict[str, Any] | None = None
+
+
+def _no_empty_key(value: Any) -> Any:
+    # An empty incident_key is no key, as PagerDuty takes it.
+    return None if value == "" else value
+
+
+INCIDENT_KEY_MAX = 255  # the mapping's column
+IncidentKey = Annotated[
+    str,
+    Field(min_length=1, max_length=INCIDENT_KEY_MAX, pattern=NO_NUL),
+    BeforeValidator(_no_empty_key),
+]
+# PagerDuty's limit on an incident's assignees (createIncident: "up to 25").
+MAX_ASSIGNMENTS = 25
+# createIncident's fields the bridge sends on as given: it reads none of them itself.
+FORWARDED_FIELDS = frozenset(
+    {"priority", "escalation_policy", "assignments", "incident_type", "conference_bridge"}
+)
 
 
 class NewIncident(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    type: TypeName = "incident"
+    type: Literal["incident"] = "incident"
     title: NonEmptyText
     service: ServiceReference | None = None
     urgency: Urgency | None = None
     body: IncidentBody | None = None
+    incident_key: IncidentKey | None = None
+    priority: PriorityReference | None = None
+    escalation_policy: EscalationPolicyReference | None = None
+    assignments: Annotated[list[Assignment], Field(max_length=MAX_ASSIGNMENTS)] | None = None
+    incident_type: IncidentTypeReference | None = None
+    conference_bridge: ConferenceBridge | None = None
+
+    @model_validator(mode="after")
+    def _assignees_or_policy(self) -> NewIncident:
+        # createIncident: assignments "Cannot be specified if an escalation policy is given."
+        if self.assignments and self.escalation_policy is not None:
+            raise ValueError("assignments cannot be specified if an escalation_policy is given")
+        return self
+
+    def forwarded(self) -> dict[str, Any] | None:
+        """The fields sent on to PagerDuty as given (and a body whose details are an object)."""
+        fields = self.model_dump(mode="json", include=set(FORWARDED_FIELDS), exclude_none=True)
+        if self.body is not None and isinstance(self.body.details, dict):
+            fields["body"] = {"type": "incident_body", "details": self.body.details}
+        return fields or None
+
+    def details_text(self) -> str | None:
+        return self.body.details if self.body and isinstance(self.body.details, str) else None
 
 
 class CreateIncidentRequest(BaseModel):
@@ -146,25 +236,41 @@ INCIDENT_ID_PATTERN = r"^[A-Za-z0-9_-]+$"
 IncidentId = Annotated[
     str, Field(min_length=1, max_length=INCIDENT_ID_MAX, pattern=INCIDENT_ID_PATTERN)
 ]
+# What updateIncident/updateIncidents take besides the status; the bridge sends on only the
+# status, so a request with any of these is refused rather than half applied.
+UNSUPPORTED_UPDATE_FIELDS = (
+    "title",
+    "priority",
+    "resolution",
+    "escalation_level",
+    "assignments",
+    "incident_type",
+    "escalation_policy",
+    "urgency",
+    "conference_bridge",
+)
+# PagerDuty's own limit on a bulk update (PAGERDUTY.md; updateIncidents answers 413 past it).
+MAX_BULK_UPDATES = 250
 
 
-class IncidentReference(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    id: IncidentId
-    type: TypeName = "incident_reference"
+class SingleUpdate(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["incident", "incident_reference"] = "incident_reference"
     status: UpdateStatus
+
+    def unsupported(self) -> list[str]:
+        extra = self.model_extra or {}
+        return [name for name in UNSUPPORTED_UPDATE_FIELDS if extra.get(name) is not None]
+
+
+class IncidentReference(SingleUpdate):
+    id: IncidentId
 
 
 class BulkUpdateRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    # PagerDuty's own limit on a bulk update (PAGERDUTY.md).
-    incidents: Annotated[list[IncidentReference], Field(min_length=1, max_length=250)]
-
-
-class SingleUpdate(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    type: TypeName = "incident_reference"
-    status: UpdateStatus
+    # Over MAX_BULK_UPDATES is answered 413 before this is read (worker/ingress/incidents.py).
+    incidents: Annotated[list[IncidentReference], Field(min_length=1)]
 
 
 class SingleUpdateRequest(BaseModel):
@@ -179,6 +285,17 @@ class ServiceAnswer(BaseModel):
     type: str = "service_reference"
 
 
+class BridgeState(BaseModel):
+    """Beside PagerDuty's fields: where the bridge is with the incident."""
+
+    # "queued" (accepted, not yet applied), else the mapping's delivery state.
+    delivery_state: str
+    # What the bridge is bringing PagerDuty to.
+    desired_status: str
+    pagerduty_incident_id: str | None = None
+    alert_url: str
+
+
 class IncidentAnswer(BaseModel):
     """What PagerDuty would answer, enough for CoScale's "Parse response: JSON incident.id"."""
 
@@ -187,10 +304,18 @@ class IncidentAnswer(BaseModel):
     status: str
     title: str | None = None
     summary: str | None = None
+    incident_number: int | None = None
     incident_key: str | None = None
+    created_at: str | None = None
     service: ServiceAnswer | None = None
     urgency: str | None = None
     html_url: str | None = None
+    priority: dict[str, Any] | None = None
+    escalation_policy: dict[str, Any] | None = None
+    assignments: list[dict[str, Any]] | None = None
+    incident_type: dict[str, Any] | None = None
+    conference_bridge: dict[str, Any] | None = None
+    bridge: BridgeState | None = None
 
 
 class IncidentEnvelope(BaseModel):
@@ -199,6 +324,16 @@ class IncidentEnvelope(BaseModel):
 
 class IncidentsEnvelope(BaseModel):
     incidents: list[IncidentAnswer]
+
+
+class IncidentList(BaseModel):
+    """listIncidents' answer: classic pagination (PagerDuty's "Pagination" guide)."""
+
+    incidents: list[IncidentAnswer]
+    limit: int
+    offset: int
+    more: bool
+    total: int | None = None
 
 
 # -- the mapping, for operators --------------------------------------------------------------
@@ -229,6 +364,9 @@ class AlertView(BaseModel):
     pagerduty_incident_url: str | None
     desired_status: str
     confirmed_status: str | None
+    # The last change made in PagerDuty by someone other than the bridge (its webhooks).
+    responder: str | None = None
+    responder_at: str | None = None
     delivery_state: str
     attempts: int
     next_attempt_at: str | None
@@ -238,10 +376,29 @@ class AlertView(BaseModel):
     timeline: list[TimelineEntry]
 
 
+class PagerDutyWebhookTaken(BaseModel):
+    """The answer to a PagerDuty webhook delivery: what it did (worker/pipeline/responders.py:
+    responder, echo, stale, unknown, ignored, duplicate; stored: applied by the sweeper)."""
+
+    webhook_id: str
+    event_type: str
+    outcome: str
+
+
 class ErrorDetail(BaseModel):
     message: str
+    # PagerDuty's error code, on the PagerDuty-shaped endpoints (2001, 2100, ...).
+    code: int | None = None
     errors: list[str] = []
     field: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_absent_code(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # The CoScale endpoints' documented shape has no code: it appears only where set.
+        data: dict[str, Any] = handler(self)
+        if data.get("code") is None:
+            data.pop("code", None)
+        return data
 
 
 class ErrorAnswer(BaseModel):
@@ -251,6 +408,13 @@ class ErrorAnswer(BaseModel):
 
     @classmethod
     def of(
-        cls, message: str, *, field: str | None = None, errors: list[str] | None = None
+        cls,
+        message: str,
+        *,
+        field: str | None = None,
+        errors: list[str] | None = None,
+        code: int | None = None,
     ) -> ErrorAnswer:
-        return cls(error=ErrorDetail(message=message, errors=errors or [message], field=field))
+        return cls(
+            error=ErrorDetail(message=message, code=code, errors=errors or [message], field=field)
+        )

@@ -2,7 +2,8 @@
 
 It starts the simulator and the bridge (`pagerbridge run --simulate`, on a throw-away SQLite
 file and its own Redis namespace), plays a storyline of CoScale webhooks, and shows alerts and
-incidents side by side as they change. Only Redis is needed.
+incidents side by side as they change. Nothing else needs to run: without a Redis at
+PAGERBRIDGE_REDIS_URL it starts one for itself (worker/ops/tryout.py).
 """
 
 from __future__ import annotations
@@ -18,22 +19,18 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from worker.settings import ENV_PREFIX
 from worker.simulator.pagerduty import SimulatorControl
-
-REDIS_HELP = (
-    "the demo needs Redis on {url}. Start one with `redis-server` (Debian/Ubuntu: "
-    "`apt-get install redis-server`; macOS: `brew install redis`; or "
-    "`docker run -p 6379:6379 redis:7`), or point PAGERBRIDGE_REDIS_URL at yours."
-)
 
 
 @dataclass
@@ -54,12 +51,14 @@ class DemoBridge:
         self.api = f"http://127.0.0.1:{api_port}"
         self.simulator = SimulatorControl(f"http://127.0.0.1:{sim_port}")
         self.alert_ids: list[str] = []
+        self.redis_url = redis_url
+        self.namespace = f"pagerbridge-demo-{secrets.token_hex(3)}"
         env = dict(os.environ)
         env.update(
             {
                 f"{ENV_PREFIX}DATABASE_URL": f"sqlite:///{workdir / 'demo.db'}",
                 f"{ENV_PREFIX}REDIS_URL": redis_url,
-                f"{ENV_PREFIX}NAMESPACE": f"pagerbridge-demo-{secrets.token_hex(3)}",
+                f"{ENV_PREFIX}NAMESPACE": self.namespace,
                 f"{ENV_PREFIX}INGRESS_TOKENS": self.token,
                 f"{ENV_PREFIX}BEAT_SCHEDULE_PATH": str(workdir / "beat-schedule"),
                 f"{ENV_PREFIX}SWEEP_INTERVAL": "1",
@@ -139,6 +138,26 @@ class DemoBridge:
                 self.process.kill()
         self.simulator.close()
         self.log.close()
+        forget_namespace(self.redis_url, self.namespace)
+
+
+def forget_namespace(redis_url: str, namespace: str) -> int:
+    """Delete the demo's Redis keys: its gates, its queue and kombu's binding of it
+    (``_kombu.binding.<queue>``); a demo leaves nothing behind in a Redis it shares."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        keys = [
+            *client.scan_iter(match=f"{namespace}*"),
+            *client.scan_iter(match=f"_kombu.binding.{namespace}*"),
+            *client.scan_iter(match=f"_kombu.binding_permanent.{namespace}*"),
+        ]
+        return int(client.delete(*keys)) if keys else 0
+    except redis.RedisError:
+        return 0  # the demo is over either way; a Redis gone has nothing left to clean
+    finally:
+        client.close()
 
 
 def _table(bridge: DemoBridge, caption: str) -> Group:
@@ -173,14 +192,23 @@ def _table(bridge: DemoBridge, caption: str) -> Group:
 
 def run_demo(redis_url: str, *, api_port: int = 8180, sim_port: int = 8189) -> int:
     console = Console()
-    from worker.errors import ServiceUnavailable
-    from worker.ops.preflight import check_redis
+    from worker.errors import BridgeError
+    from worker.ops.tryout import notice, tryout_redis
 
-    try:
-        check_redis(redis_url)
-    except ServiceUnavailable:
-        console.print("[bold red]pagerbridge demo:[/] " + REDIS_HELP.format(url=redis_url))
-        return 2
+    with ExitStack() as stack:
+        try:
+            tryout = stack.enter_context(tryout_redis(redis_url))
+        except BridgeError as exc:
+            console.print(f"[bold red]pagerbridge demo:[/] {escape(str(exc))}", soft_wrap=True)
+            return 2
+        if tryout is not None:
+            console.print(f"[bold yellow]{escape(notice(redis_url, tryout))}[/]", soft_wrap=True)
+            redis_url = tryout.url
+        _play(console, redis_url, api_port, sim_port)
+    return 0
+
+
+def _play(console: Console, redis_url: str, api_port: int, sim_port: int) -> None:
     with tempfile.TemporaryDirectory(prefix="pagerbridge-demo-") as tmp:
         bridge = DemoBridge(Path(tmp), redis_url, api_port, sim_port)
         try:
@@ -208,7 +236,7 @@ def run_demo(redis_url: str, *, api_port: int = 8180, sim_port: int = 8189) -> i
             console.print("stopping…")
         finally:
             bridge.stop()
-    return 0
+            console.print(f"removed the demo's keys from Redis (namespace {bridge.namespace})")
 
 
 def _storyline(bridge: DemoBridge) -> Storyline:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import redis
 from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
@@ -13,6 +15,25 @@ from worker.errors import ServiceUnavailable
 
 def _safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
+
+
+def safe_database_url(url: str) -> str:
+    """The database URL with its password hidden, for messages."""
+    return _safe_url(url)
+
+
+def check_database_exists(database_url: str) -> None:
+    """A SQLite file must exist before an operator command reads it: opening a missing one
+    would create an empty database in whatever directory the command runs in."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return
+    path = Path(url.database).resolve()
+    if not path.exists():
+        raise ServiceUnavailable(
+            f"no database at {path}: run this command where the bridge runs, run "
+            "`pagerbridge migrate` to make one, or set PAGERBRIDGE_DATABASE_URL"
+        )
 
 
 def check_redis(redis_url: str) -> None:

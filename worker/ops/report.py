@@ -6,7 +6,8 @@ tables show the same fields.
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -47,6 +48,8 @@ def delivery_report(session: Session, now: datetime) -> dict[str, Any]:
         if oldest is None
         else {
             "alert": f"{oldest.source}:{oldest.source_alert_id}",
+            "source": oldest.source,
+            "alert_id": oldest.source_alert_id,
             "cycle": oldest.cycle,
             "state": oldest.delivery_state.value,
             "since": _iso(oldest.pending_since),
@@ -89,10 +92,91 @@ def list_alerts(
     session: Session, *, state: DeliveryState | None = None, limit: int = 50
 ) -> list[dict[str, Any]]:
     """Alert cycles, newest first (by creation), optionally in one delivery state."""
-    query = select(Alert).order_by(Alert.id.desc()).limit(limit)
-    if state is not None:
-        query = query.where(Alert.delivery_state == state)
-    return [alert_row(alert) for alert in session.scalars(query)]
+    return alert_page(session, AlertFilter(state=state), limit=limit)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class AlertFilter:
+    """Which alert cycles a listing shows; ``None`` fields do not filter."""
+
+    state: DeliveryState | None = None
+    route: str | None = None
+    source: str | None = None
+    alert_id_prefix: str | None = None
+
+
+def alert_page(
+    session: Session, where: AlertFilter, *, limit: int, before: int | None = None
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Up to ``limit`` alert cycles matching ``where``, newest first, older than the cycle
+    ``before`` (a cursor from a previous page); and the cursor of the next page, if any.
+
+    A cursor on the primary key rather than an offset: a page deep in a large table costs what
+    the first one does, and alerts arriving meanwhile do not shift the pages.
+    """
+    query = select(Alert).order_by(Alert.id.desc()).limit(limit + 1)
+    if where.state is not None:
+        query = query.where(Alert.delivery_state == where.state)
+    if where.route is not None:
+        query = query.where(Alert.route == where.route)
+    if where.source is not None:
+        query = query.where(Alert.source == where.source)
+    if where.alert_id_prefix:
+        query = query.where(
+            Alert.source_alert_id.startswith(where.alert_id_prefix, autoescape=True)
+        )
+    if before is not None:
+        query = query.where(Alert.id < before)
+    alerts = list(session.scalars(query))
+    more = len(alerts) > limit
+    alerts = alerts[:limit]
+    return [alert_row(alert) for alert in alerts], alerts[-1].id if more else None
+
+
+# Delivery outcomes an operator's action writes to the timeline, not a PagerDuty call.
+OPERATOR_OUTCOMES = ("replayed",)
+
+
+def pagerduty_calls(
+    session: Session, now: datetime, *, minutes: float, recent: int
+) -> dict[str, Any]:
+    """PagerDuty's answers over the last ``minutes``, counted by outcome, and the newest
+    ``recent`` of them, as the delivery timeline recorded them."""
+    newest = session.scalar(select(func.max(AlertEvent.id)))
+    if newest is None:
+        return {"minutes": minutes, "by_outcome": {}, "recent": []}
+    calls = (
+        select(AlertEvent)
+        .where(
+            AlertEvent.id > newest - LAST_ERROR_WINDOW,
+            AlertEvent.kind == "delivery",
+            AlertEvent.outcome.not_in(OPERATOR_OUTCOMES),
+            AlertEvent.created_at >= now - timedelta(minutes=minutes),
+        )
+        .order_by(AlertEvent.id.desc())
+    )
+    answered = calls.subquery()
+    by_outcome = {
+        str(outcome): int(count)
+        for outcome, count in session.execute(
+            select(answered.c.outcome, func.count()).group_by(answered.c.outcome)
+        )
+    }
+    return {
+        "minutes": minutes,
+        "by_outcome": dict(sorted(by_outcome.items())),
+        "recent": [
+            {
+                "at": _iso(event.created_at),
+                "source": event.source,
+                "alert_id": event.source_alert_id,
+                "outcome": event.outcome,
+                "error": event.outcome in ERROR_OUTCOMES,
+                "detail": event.detail,
+            }
+            for event in session.scalars(calls.limit(recent))
+        ],
+    }
 
 
 def alert_histories(
@@ -133,6 +217,7 @@ def alert_histories(
                         "action": event.action,
                         "outcome": event.outcome,
                         "detail": event.detail,
+                        "fields": event.payload or {},
                     }
                     for event in events
                 ],
@@ -147,9 +232,12 @@ def alert_row(alert: Alert) -> dict[str, Any]:
         "source": alert.source,
         "alert_id": alert.source_alert_id,
         "cycle": alert.cycle,
+        "route": alert.route,
         "title": alert.title,
         "desired_status": alert.desired_status.value,
         "confirmed_status": alert.confirmed_status.value if alert.confirmed_status else None,
+        "responder": alert.responder,
+        "responder_at": _iso(alert.responder_at),
         "delivery_state": alert.delivery_state.value,
         "attempts": alert.attempts,
         "pagerduty_incident_id": alert.pagerduty_incident_id,

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -103,6 +103,9 @@ class NewIncident:
     incident_key: str
     urgency: str | None = None
     details: str | None = None
+    # Other fields of createIncident's ``incident`` (priority, escalation_policy, assignments,
+    # conference_bridge, incident_type, body), sent as given; the fields above win over them.
+    forwarded: Mapping[str, Any] | None = None
 
 
 class PagerDutyClient(HttpClient):
@@ -182,6 +185,7 @@ class PagerDutyClient(HttpClient):
         incident_key: str,
         urgency: str | None = None,
         details: str | None = None,
+        forwarded: Mapping[str, Any] | None = None,
     ) -> Incident:
         """Create an incident: ``POST /incidents``, expecting 201.
 
@@ -196,12 +200,14 @@ class PagerDutyClient(HttpClient):
             incident_key: the de-duplication key.
             urgency: ``"high"`` or ``"low"``; ``None`` leaves the service's default.
             details: free text for the incident body; ``None`` sends no body.
+            forwarded: other fields of the ``incident`` object (``priority``,
+                ``escalation_policy``, ``assignments``, ...), sent as given.
 
         Raises:
             ValueError: empty title, service_id or incident_key, or an unknown urgency.
             PagerDutyError: see ``errors.py``.
         """
-        new = NewIncident(title, service_id, incident_key, urgency, details)
+        new = NewIncident(title, service_id, incident_key, urgency, details, forwarded)
         return _created(new, self._call("POST", "/incidents", _parse_one, payload=_creation(new)))
 
     def create_incidents(self, incidents: Sequence[NewIncident]) -> list[Incident | PagerDutyError]:
@@ -353,6 +359,46 @@ class PagerDutyClient(HttpClient):
         _require_update(incident_id, "resolved")
         return self._call("GET", f"/incidents/{incident_id}", _parse_one)
 
+    # -- webhook subscriptions -------------------------------------------------------------
+
+    def create_webhook_subscription(
+        self, url: str, *, service_id: str, events: Sequence[str], description: str
+    ) -> WebhookSubscription:
+        """``POST /webhook_subscriptions``: PagerDuty posts ``events`` of the incidents of
+        ``service_id`` to ``url``. The answer is the only one that carries the secret."""
+        _require_non_empty(url=url, service_id=service_id)
+        payload = {
+            "webhook_subscription": {
+                "type": "webhook_subscription",
+                "delivery_method": {"type": "http_delivery_method", "url": url},
+                "description": description,
+                "events": list(events),
+                "filter": {"type": "service_reference", "id": service_id},
+            }
+        }
+        return self._call(
+            "POST",
+            "/webhook_subscriptions",
+            lambda answer: _parse_subscription(answer, _field(answer, "webhook_subscription")),
+            payload=payload,
+        )
+
+    def list_webhook_subscriptions(self) -> list[WebhookSubscription]:
+        """``GET /webhook_subscriptions``, every page (classic pagination)."""
+        found: list[WebhookSubscription] = []
+        offset = 0
+        while True:
+            page = self._call(
+                "GET",
+                "/webhook_subscriptions",
+                _parse_subscription_page,
+                params=[("limit", MAX_FIND_RESULTS), ("offset", offset)],
+            )
+            found += page[0]
+            if not page[1] or not page[0]:
+                return found
+            offset += len(page[0])
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def take_rate_limit(self) -> RateLimitReading | None:
@@ -467,6 +513,7 @@ def _creation(new: NewIncident) -> dict[str, Any]:
     if new.urgency is not None and new.urgency not in URGENCIES:
         raise ValueError(f"urgency must be one of {sorted(URGENCIES)}, got {new.urgency!r}")
     incident: dict[str, Any] = {
+        **(new.forwarded or {}),
         "type": "incident",
         "title": new.title,
         "service": {"id": new.service_id, "type": "service_reference"},
@@ -487,7 +534,10 @@ def _created(new: NewIncident, created: Incident) -> Incident:
 
 
 def _endpoint(method: str, path: str) -> str:
-    """The call's name in metrics: ``create``, ``update``, ``bulk_update`` or ``find``."""
+    """The call's name in metrics: ``create``, ``update``, ``bulk_update``, ``find`` or
+    ``subscriptions``."""
+    if path == "/webhook_subscriptions":
+        return "subscriptions"
     if method == "POST":
         return "create"
     if method == "GET":
@@ -556,6 +606,47 @@ def _parse_incident(answer: _Answer, raw: object) -> Incident:
         incident_key=incident_key if isinstance(incident_key, str) else None,
         service_id=service_id if isinstance(service_id, str) else None,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSubscription:
+    """A v3 webhook subscription as PagerDuty shows it; ``secret`` only in a create's answer."""
+
+    id: str
+    url: str
+    events: tuple[str, ...]
+    filter_type: str
+    filter_id: str | None
+    description: str | None = None
+    secret: str | None = field(default=None, repr=False)
+
+
+def _parse_subscription(answer: _Answer, raw: object) -> WebhookSubscription:
+    if not isinstance(raw, dict) or not isinstance(raw.get("id"), str):
+        raise classify_malformed_success(answer.status, answer.body, "no webhook_subscription")
+    method = raw.get("delivery_method")
+    method = method if isinstance(method, dict) else {}
+    where = raw.get("filter")
+    where = where if isinstance(where, dict) else {}
+    events = raw.get("events")
+    url, secret, description = method.get("url"), method.get("secret"), raw.get("description")
+    return WebhookSubscription(
+        id=raw["id"],
+        url=url if isinstance(url, str) else "",
+        events=tuple(e for e in events if isinstance(e, str)) if isinstance(events, list) else (),
+        filter_type=str(where.get("type") or ""),
+        filter_id=where.get("id") if isinstance(where.get("id"), str) else None,
+        description=description if isinstance(description, str) else None,
+        secret=secret if isinstance(secret, str) and secret else None,
+    )
+
+
+def _parse_subscription_page(answer: _Answer) -> tuple[list[WebhookSubscription], bool]:
+    raw = _field(answer, "webhook_subscriptions")
+    if not isinstance(raw, list):
+        raise classify_malformed_success(answer.status, answer.body, "no subscriptions list")
+    more = isinstance(answer.json_body, dict) and answer.json_body.get("more") is True
+    return [_parse_subscription(answer, item) for item in raw], more
 
 
 def _is_already_in_state(error: PermanentError, wanted: str) -> bool:

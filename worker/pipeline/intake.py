@@ -51,6 +51,9 @@ class EventOutcome(StrEnum):
     UNCHANGED = "unchanged"  # nothing new (a repeated trigger, a second resolve)
     LATE = "late"  # belongs to a cycle already resolved; recorded, nothing to send
     DUPLICATE = "duplicate"  # this very event was applied before (a redelivered message)
+    # A responder already did it in PagerDuty (worker/pipeline/responders.py): recorded,
+    # nothing to send.
+    RESPONDED = "responded"
     REFIRED = "refired"  # fired again while its resolve was held: the same cycle goes on
 
 
@@ -97,6 +100,18 @@ def plan_event(latest: AlertLike | None, event: AlertEventMessage) -> EventOutco
     if latest.cycle > 1 and event.received_at < latest.opened_at:
         return EventOutcome.LATE  # it belongs to an earlier cycle, resolved already
     desired = latest.desired_status
+    if (
+        event.action is not AlertStatus.TRIGGERED
+        and latest.responder_at is not None
+        and event.received_at <= latest.responder_at
+    ):
+        # A responder changed the incident after CoScale said this: acting on it now could
+        # undo them (acknowledge a reopened incident, resolve it again).
+        return EventOutcome.LATE
+    if desired is AlertStatus.RESOLVED and latest.resolve_received_at is None:
+        # A responder resolved it and CoScale has not: CoScale's resolve is recorded (a trigger
+        # after it opens a new cycle); its repeated trigger sends nothing.
+        return EventOutcome.RESPONDED
     if event.action is AlertStatus.RESOLVED:
         return EventOutcome.UNCHANGED if desired is AlertStatus.RESOLVED else EventOutcome.ADVANCED
     if desired is AlertStatus.RESOLVED:
@@ -135,6 +150,10 @@ def _fill_details(alert: AlertLike, event: AlertEventMessage) -> None:
     alert.urgency = event.urgency
     alert.service_id = event.service_id or alert.service_id
     alert.event_payload = event.event_payload or alert.event_payload
+    alert.forwarded = event.forwarded or alert.forwarded
+    if event.incident_key and alert.create_sent_at is None:
+        # Nothing sent yet: the create goes out with the client's key.
+        alert.incident_key = event.incident_key
     alert.title_from_trigger = event.action is AlertStatus.TRIGGERED
 
 
@@ -152,7 +171,7 @@ def _open_cycle(event: AlertEventMessage, cycle: int, now: datetime) -> AlertRec
         source=event.source,
         source_alert_id=event.alert_id,
         cycle=cycle,
-        incident_key=incident_key(event.source, event.alert_id, cycle),
+        incident_key=event.incident_key or incident_key(event.source, event.alert_id, cycle),
         service_id=event.service_id,
         desired_status=event.action,
         delivery_state=DeliveryState.PENDING,
@@ -318,6 +337,8 @@ _INTAKE_COLUMNS = (
     "urgency",
     "service_id",
     "event_payload",
+    "forwarded",
+    "incident_key",
     "title_from_trigger",
     "delivery_state",
     "attempts",
@@ -326,7 +347,9 @@ _INTAKE_COLUMNS = (
     "last_error",
 )
 # Outcomes that change a stored cycle (an OPENED one is inserted whole).
-_CHANGED = frozenset({EventOutcome.ADVANCED, EventOutcome.DETAILS, EventOutcome.REFIRED})
+_CHANGED = frozenset(
+    {EventOutcome.ADVANCED, EventOutcome.DETAILS, EventOutcome.RESPONDED, EventOutcome.REFIRED}
+)
 
 
 def _apply_batch(
@@ -443,6 +466,10 @@ def _decide(
         _fill_details(latest, event)
         _mark_pending(latest, now)
         return latest, outcome, True
+    if latest is not None and outcome is EventOutcome.RESPONDED:
+        if event.action is AlertStatus.RESOLVED:
+            latest.resolve_received_at = event.received_at
+        return latest, outcome, False
     if latest is not None and outcome is EventOutcome.DETAILS:
         _fill_details(latest, event)
         # A trigger's text for an alert already resolved is kept for the record only.

@@ -64,6 +64,10 @@ class AlertEventMessage:
     backend: str = BACKEND_REST
     credential_id: str | None = None
     event_payload: dict[str, Any] | None = None
+    # API contact: the client's incident_key (else the bridge mints one), and the create's
+    # fields PagerDuty takes that are sent on as given (priority, assignments, ...).
+    incident_key: str | None = None
+    forwarded: dict[str, Any] | None = None
 
     def to_message(self) -> dict[str, Any]:
         # Shallow, not dataclasses.asdict: its deep copy was a tenth of the api's CPU per

@@ -126,6 +126,8 @@ class Runtime:
                 ),
                 gate=self.gate_for(route),
                 services=frozenset({route.rest.service_id}),
+                reads_before_acknowledge=settings.read_before_acknowledge
+                and not route.webhook_secrets,
             )
         else:
             assert route.events is not None

@@ -26,6 +26,7 @@ from worker.pipeline.celery_app import (
 from worker.pipeline.inbox import drain_inbox
 from worker.pipeline.intake import apply_events
 from worker.pipeline.message import AlertEventMessage
+from worker.pipeline.responders import apply_stored_deliveries, prune_deliveries
 from worker.pipeline.runtime import current_runtime
 from worker.pipeline.sweeper import due_alerts, wake_parked
 from worker.settings import get_settings
@@ -175,6 +176,7 @@ def sweep_task(self: Task) -> int:
         if applied.needs_delivery and applied.alert_pk is not None
     ]
     queue_reconcile(list(dict.fromkeys(from_inbox)))
+    apply_stored_deliveries(runtime.sessions, utcnow(), limit=runtime.settings.sweep_batch)
     alert_pks = due_alerts(
         runtime.sessions, utcnow(), limit=runtime.settings.sweep_batch, closed_routes=closed_routes
     )
@@ -250,6 +252,11 @@ def prune_task() -> dict[str, Any]:
         )
     if rejected:
         log.info("pruned %d rejected request(s) past the quarantine's bounds", rejected)
+    deliveries = prune_deliveries(
+        runtime.sessions, retention_cutoff(utcnow(), runtime.settings.retention_days)
+    )
+    if deliveries:
+        log.info("pruned %d applied PagerDuty webhook deliveries", deliveries)
     result = prune(
         runtime.sessions,
         retention_cutoff(utcnow(), runtime.settings.retention_days),

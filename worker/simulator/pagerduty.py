@@ -59,6 +59,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from worker.simulator.webhooks import API_AGENT, SubscriptionError, WebhookHub, event_type_of
+
 __all__ = [
     "DUPLICATE_INCIDENT_KEY_ERROR",
     "EVENTS_ROUTE",
@@ -459,6 +461,8 @@ class SimulatedPagerDuty:
         self._events_received: Counter[EventAction] = Counter()
         self._triggers_joined = 0
         self._events_dropped: Counter[EventAction] = Counter()
+        # v3 webhook subscriptions, and a signed delivery for every incident status change.
+        self.webhooks = WebhookHub()
 
     def reset(self) -> None:
         """Forget every incident, alert and counter (fault counters and call rate included);
@@ -482,6 +486,7 @@ class SimulatedPagerDuty:
             self._events_received.clear()
             self._triggers_joined = 0
             self._events_dropped.clear()
+            self.webhooks.clear()
 
     # ---- PagerDuty operations --------------------------------------------------------------
 
@@ -520,7 +525,9 @@ class SimulatedPagerDuty:
                 self._open_by_service_key.setdefault(
                     (incident.service_id, incident.incident_key), set()
                 ).add(incident.id)
-            return incident.to_pagerduty()
+            shown = incident.to_pagerduty()
+            self.webhooks.publish("incident.triggered", shown, API_AGENT)
+            return shown
 
     def update_incident(self, incident_id: str, body: object) -> dict[str, Any]:
         """``PUT /incidents/{id}``: ``{"incident": {"type", "status"}}`` → the updated incident."""
@@ -806,8 +813,44 @@ class SimulatedPagerDuty:
             if incident_id not in self._incidents:
                 return incident_id
 
-    def _apply_status_updates(self, updates: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
-        """Check every ``(id, wanted status)`` in order, then apply them all, or none."""
+    def respond(self, incident_id: str, action: str, responder: str) -> dict[str, Any]:
+        """A person in PagerDuty's web UI: ``acknowledge``, ``unacknowledge``, ``resolve`` or
+        ``reopen`` an incident. Webhooks name ``responder`` as the agent."""
+        agent = {"id": "PSIMUSR", "type": "user_reference", "summary": responder}
+        if action in ("acknowledge", "resolve"):
+            wanted = "acknowledged" if action == "acknowledge" else "resolved"
+            return self._apply_status_updates([(incident_id, wanted)], agent=agent)[0]
+        if action not in ("unacknowledge", "reopen"):
+            raise _invalid_input(
+                f"action must be acknowledge, unacknowledge, resolve or reopen; got {action!r}"
+            )
+        with self._lock:
+            incident = self._incidents.get(incident_id)
+            if incident is None:
+                raise _not_found(incident_id)
+            allowed = "acknowledged" if action == "unacknowledge" else "resolved"
+            if incident.status != allowed:
+                raise _invalid_input(f"only a {allowed} incident can be {action}d")
+            at = _timestamp(self._clock())
+            reopened = action == "reopen"
+            incident.history.append(StatusChange(at, incident.status, "triggered", reopened))
+            incident.status = "triggered"
+            if reopened:
+                self._reopened += 1
+                if incident.incident_key is not None:
+                    self._open_by_service_key.setdefault(
+                        (incident.service_id, incident.incident_key), set()
+                    ).add(incident.id)
+            shown = incident.to_pagerduty()
+            event_type = "incident.reopened" if reopened else "incident.unacknowledged"
+            self.webhooks.publish(event_type, shown, agent)
+            return shown
+
+    def _apply_status_updates(
+        self, updates: Sequence[tuple[str, str]], agent: dict[str, Any] = API_AGENT
+    ) -> list[dict[str, Any]]:
+        """Check every ``(id, wanted status)`` in order, then apply them all, or none; a
+        webhook names ``agent`` as who made each change."""
         with self._lock:
             # Pass 1: plan against tentative statuses, so a failure leaves no partial update.
             tentative: dict[str, IncidentStatus] = {}
@@ -825,6 +868,7 @@ class SimulatedPagerDuty:
             at = _timestamp(moment)
             for incident, new_status, reopened in plan:
                 was_open = incident.is_open
+                event_type = event_type_of(incident.status, new_status, reopened=reopened)
                 incident.history.append(StatusChange(at, incident.status, new_status, reopened))
                 incident.status = new_status
                 incident.resolved_at_ms = (
@@ -840,6 +884,8 @@ class SimulatedPagerDuty:
                         open_ids.add(incident.id)
                     else:
                         open_ids.discard(incident.id)
+                if event_type is not None:
+                    self.webhooks.publish(event_type, incident.to_pagerduty(), agent)
             return [incident.to_pagerduty() for incident, _, _ in plan]
 
 
@@ -1696,6 +1742,21 @@ class _PagerDutyRoutes:
         """Dispatch on (method, route template) to the simulator."""
         simulator = self.simulator
         method = request.method
+        if route == "/webhook_subscriptions":
+            if method == "GET":
+                listed = simulator.webhooks.subscriptions()
+                return 200, {
+                    "webhook_subscriptions": listed,
+                    "limit": len(listed),
+                    "offset": 0,
+                    "more": False,
+                    "total": len(listed),
+                }
+            body = await _json_body(request)
+            try:
+                return 201, {"webhook_subscription": simulator.webhooks.subscribe(body)}
+            except SubscriptionError as exc:
+                raise _invalid_input(str(exc)) from None
         if route == "/incidents/{id}":
             incident_id: str = request.path_params["id"]
             if method == "GET":
@@ -1722,6 +1783,9 @@ class _PagerDutyRoutes:
 
     async def incidents(self, request: Request) -> Response:
         return await self._answer(request, "/incidents")
+
+    async def webhook_subscriptions(self, request: Request) -> Response:
+        return await self._answer(request, "/webhook_subscriptions")
 
     async def incident(self, request: Request) -> Response:
         return await self._answer(request, "/incidents/{id}")
@@ -1867,6 +1931,33 @@ def create_app(
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    async def responder(request: Request) -> Response:
+        """``POST /_simulator/responder`` ``{"incident_id", "action", "responder"?}``: a person
+        in PagerDuty's UI acts on an incident (see :meth:`SimulatedPagerDuty.respond`)."""
+        try:
+            body = await request.json()
+        except ValueError:
+            return _ControlError(400, "the body must be a JSON object").response()
+        if not isinstance(body, dict) or not all(
+            isinstance(body.get(name), str) for name in ("incident_id", "action")
+        ):
+            return _ControlError(400, "incident_id and action are required strings").response()
+        name = body.get("responder")
+        try:
+            incident = simulator.respond(
+                body["incident_id"],
+                body["action"],
+                name if isinstance(name, str) and name else "Simulated Responder",
+            )
+        except SimulatedError as error:
+            return JSONResponse(error.envelope(), error.status)
+        return JSONResponse({"incident": incident})
+
+    async def webhooks(request: Request) -> Response:
+        """``GET /_simulator/webhooks``: every webhook delivery made, with its body and headers,
+        and the status its last attempt was answered with."""
+        return JSONResponse({"deliveries": simulator.webhooks.sent()})
+
     async def unmatched(request: Request, exc: Exception) -> Response:
         # Answer unknown paths and methods in PagerDuty's envelope rather than Starlette's plain
         # text, and count them: a bridge calling a wrong URL should show up in the state.
@@ -1883,6 +1974,13 @@ def create_app(
             Route("/incidents", pagerduty.incidents, methods=["GET", "POST", "PUT"]),
             Route("/incidents/{id}", pagerduty.incident, methods=["GET", "PUT"]),
             Route(EVENTS_ROUTE, pagerduty.enqueue, methods=["POST"]),
+            Route(
+                "/webhook_subscriptions",
+                pagerduty.webhook_subscriptions,
+                methods=["GET", "POST"],
+            ),
+            Route("/_simulator/responder", responder, methods=["POST"]),
+            Route("/_simulator/webhooks", webhooks, methods=["GET"]),
             Route("/_simulator/state", state, methods=["GET"]),
             Route("/_simulator/counts", counts, methods=["GET"]),
             Route("/_simulator/reset", reset, methods=["POST"]),
@@ -1992,6 +2090,24 @@ class SimulatorControl:
     def clear_faults(self) -> None:
         """Turn every fault off."""
         self._request("POST", "/_simulator/faults/clear", expected=200)
+
+    def respond(
+        self, incident_id: str, action: str, responder: str = "Simulated Responder"
+    ) -> dict[str, Any]:
+        """Act on an incident as a person in PagerDuty's UI (acknowledge, unacknowledge,
+        resolve, reopen); the incident after it."""
+        response = self._request(
+            "POST",
+            "/_simulator/responder",
+            expected=200,
+            json={"incident_id": incident_id, "action": action, "responder": responder},
+        )
+        return cast(dict[str, Any], response.json()["incident"])
+
+    def webhook_deliveries(self) -> list[dict[str, Any]]:
+        """Every webhook delivery made: url, body, headers, status of its last attempt."""
+        response = self._request("GET", "/_simulator/webhooks", expected=200)
+        return cast(list[dict[str, Any]], response.json()["deliveries"])
 
     def wait_until_ready(self, timeout_s: float = 10.0, interval_s: float = 0.05) -> None:
         """Poll the health endpoint until it answers; raise :class:`SimulatorControlError` after

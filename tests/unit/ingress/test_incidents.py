@@ -1,0 +1,245 @@
+"""The PagerDuty-shaped API contact as PagerDuty answers: the client's incident_key and its
+duplicate, the fields PagerDuty takes, reads from the mapping, errors in PagerDuty's shape."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from models import Alert, utcnow
+from tests.fakes import ListQueue
+from tests.unit.ingress.test_access import DEFAULT_TOKEN, ROUTES, WEB_TOKEN, auth
+from worker.delivery.policy import Create, plan_delivery
+from worker.ingress.app import create_app
+from worker.ingress.incidents import DUPLICATE_KEY
+from worker.pagerduty import PagerDutyClient
+from worker.pipeline.inbox import DurableEventQueue
+from worker.pipeline.intake import apply_event
+from worker.settings import Settings
+
+AUTH = auth(DEFAULT_TOKEN)
+PRIORITY = {"id": "PPRIO01", "type": "priority_reference"}
+
+
+@pytest.fixture
+def queue() -> ListQueue:
+    return ListQueue()
+
+
+@pytest.fixture
+def client(queue: ListQueue, sqlite_sessions: sessionmaker[Session]) -> Iterator[TestClient]:
+    settings = Settings(
+        ingress_tokens=DEFAULT_TOKEN,  # type: ignore[arg-type]
+        pagerduty_service_id="PDEFAULT",
+        public_url="https://bridge.example",
+    )
+    app = create_app(
+        settings,
+        queue=DurableEventQueue(queue, sqlite_sessions),
+        sessions=sqlite_sessions,
+        redis_ping=lambda: None,
+        routes=ROUTES,
+    )
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def incident(**fields: Any) -> dict[str, Any]:
+    return {"incident": {"type": "incident", "title": "disk full", **fields}}
+
+
+def apply_all(queue: ListQueue, sessions: sessionmaker[Session]) -> None:
+    for event in queue.events:
+        apply_event(sessions, event, utcnow())
+    queue.events.clear()
+
+
+def test_the_clients_key_is_the_incident_key_and_its_duplicate_is_refused_as_pagerduty_does(
+    client: TestClient, queue: ListQueue, sqlite_sessions: sessionmaker[Session]
+) -> None:
+    first = client.post("/incidents", headers=AUTH, json=incident(incident_key="disk/web-1"))
+    assert first.status_code == 201
+    assert first.json()["incident"]["incident_key"] == "disk/web-1"
+    assert queue.events[0].incident_key == "disk/web-1"
+    # Refused while the first waits in the inbox, and once it is in the mapping.
+    for _ in range(2):
+        again = client.post("/incidents", headers=AUTH, json=incident(incident_key="disk/web-1"))
+        assert again.status_code == 400
+        assert again.json()["error"] == {
+            "message": "Invalid Input Provided",
+            "code": 2001,
+            "errors": [DUPLICATE_KEY],
+            "field": "incident.incident_key",
+        }
+        apply_all(queue, sqlite_sessions)
+    with sqlite_sessions() as session:
+        (alert,) = session.scalars(select(Alert)).all()
+        assert alert.incident_key == "disk/web-1"
+    # Another service's key is another key; without a key the bridge mints its own.
+    other = incident(incident_key="disk/web-1", service={"id": "POTHER1"})
+    assert client.post("/incidents", headers=AUTH, json=other).status_code == 201
+    minted = client.post("/incidents", headers=AUTH, json=incident()).json()["incident"]
+    assert minted["incident_key"] and minted["incident_key"] != "disk/web-1"
+    # Resolved, the key may open a new incident (PagerDuty refuses only an open one's key).
+    bridge_id = first.json()["incident"]["id"]
+    resolve = {"incident": {"type": "incident_reference", "status": "resolved"}}
+    assert client.put(f"/incidents/{bridge_id}", headers=AUTH, json=resolve).status_code == 200
+    apply_all(queue, sqlite_sessions)
+    reused = client.post("/incidents", headers=AUTH, json=incident(incident_key="disk/web-1"))
+    assert reused.status_code == 201
+    apply_all(queue, sqlite_sessions)
+    with sqlite_sessions() as session:
+        keyed = session.scalars(select(Alert).where(Alert.incident_key == "disk/web-1")).all()
+        assert len(keyed) == 3
+
+
+def test_the_fields_pagerduty_takes_travel_to_the_create(
+    client: TestClient, queue: ListQueue, sqlite_sessions: sessionmaker[Session]
+) -> None:
+    fields = {
+        "priority": PRIORITY,
+        "assignments": [{"assignee": {"id": "PUSER01", "type": "user_reference"}}],
+        "conference_bridge": {"conference_url": "https://meet.example/x"},
+        "incident_type": {"name": "major"},
+        "body": {"type": "incident_body", "details": {"disk": "/var", "used": 99}},
+        "urgency": "low",
+    }
+    answer = client.post("/incidents", headers=AUTH, json=incident(**fields))
+    assert answer.status_code == 201
+    assert answer.json()["incident"]["priority"] == PRIORITY
+    apply_all(queue, sqlite_sessions)
+    with sqlite_sessions() as session:
+        (alert,) = session.scalars(select(Alert)).all()
+        step = plan_delivery(alert)
+    assert isinstance(step, Create) and step.urgency == "low"
+    sent: list[dict[str, Any]] = []
+
+    def pagerduty(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(201, json={"incident": {"id": "PNEW001", "status": "triggered"}})
+
+    rest = PagerDutyClient(
+        "https://pagerduty.test", "t", "a@example.com", transport=httpx.MockTransport(pagerduty)
+    )
+    rest.create_incident(
+        title=step.title,
+        service_id=step.service_id,
+        incident_key=step.incident_key,
+        urgency=step.urgency,
+        details=step.details,
+        forwarded=step.forwarded,
+    )
+    body = sent[0]["incident"]
+    for name in ("priority", "assignments", "conference_bridge", "incident_type", "body"):
+        assert body[name] == fields[name], name
+    assert body["service"]["id"] == "PDEFAULT" and body["incident_key"] == alert.incident_key
+
+
+@pytest.mark.parametrize(
+    ("fields", "wrong"),
+    [
+        ({"type": "banana"}, "incident.type"),
+        ({"priority": {"id": "P1", "type": "banana"}}, "incident.priority.type"),
+        ({"urgency": "urgent"}, "incident.urgency"),
+        ({"assignments": [{"assignee": {"type": "user_reference"}}]}, "incident.assignments"),
+        (
+            {
+                "assignments": [{"assignee": {"id": "PU1", "type": "user_reference"}}],
+                "escalation_policy": {"id": "PE1", "type": "escalation_policy_reference"},
+            },
+            "incident",
+        ),
+        ({"title": ""}, "incident.title"),
+    ],
+)
+def test_what_pagerduty_refuses_is_refused_its_way(
+    client: TestClient, queue: ListQueue, fields: dict[str, Any], wrong: str
+) -> None:
+    answer = client.post("/incidents", headers=AUTH, json=incident(**fields))
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert (error["message"], error["code"]) == ("Invalid Input Provided", 2001)
+    assert error["errors"] and error["errors"][0].startswith(wrong)
+    assert queue.events == []
+
+
+def test_reads_answer_from_the_mapping_in_pagerdutys_shape(
+    client: TestClient, queue: ListQueue, sqlite_sessions: sessionmaker[Session]
+) -> None:
+    ids = [
+        client.post("/incidents", headers=AUTH, json=incident(incident_key=f"k{n}")).json()[
+            "incident"
+        ]["id"]
+        for n in range(3)
+    ]
+    queued = client.get(f"/incidents/{ids[0]}", headers=AUTH).json()["incident"]
+    assert (queued["id"], queued["status"], queued["bridge"]["delivery_state"]) == (
+        ids[0],
+        "triggered",
+        "queued",
+    )
+    apply_all(queue, sqlite_sessions)
+    with sqlite_sessions.begin() as session:
+        alert = session.scalars(select(Alert).where(Alert.source_alert_id == ids[1])).one()
+        alert.pagerduty_incident_id = "PT4KHLK"
+        alert.confirmed_status = alert.desired_status
+    ack = {"incident": {"type": "incident_reference", "status": "acknowledged"}}
+    client.put(f"/incidents/{ids[1]}", headers=AUTH, json=ack)
+    apply_all(queue, sqlite_sessions)
+    by_pagerduty_id = client.get("/incidents/PT4KHLK", headers=AUTH).json()["incident"]
+    # PagerDuty's status as last known, the bridge's progress beside it.
+    assert by_pagerduty_id["id"] == ids[1] and by_pagerduty_id["status"] == "triggered"
+    assert by_pagerduty_id["bridge"]["desired_status"] == "acknowledged"
+    assert by_pagerduty_id["bridge"]["delivery_state"] == "pending"
+    keyed = client.get("/incidents", headers=AUTH, params={"incident_key": "k2"}).json()
+    assert [i["id"] for i in keyed["incidents"]] == [ids[2]]
+    assert (keyed["limit"], keyed["offset"], keyed["more"]) == (25, 0, False)
+    page = client.get("/incidents", headers=AUTH, params={"limit": 2, "offset": 1}).json()
+    assert ([i["id"] for i in page["incidents"]], page["more"]) == (ids[1:], False)
+    first = client.get("/incidents", headers=AUTH, params={"limit": 1, "total": "true"}).json()
+    assert (first["more"], first["total"]) == (True, 3)
+    resolved = client.get("/incidents", headers=AUTH, params={"statuses[]": "resolved"}).json()
+    assert resolved["incidents"] == []
+    other = client.get("/incidents", headers=AUTH, params={"service_ids[]": "POTHER"}).json()
+    assert other["incidents"] == []
+
+
+def test_a_token_reads_only_its_routes_incidents(client: TestClient) -> None:
+    mine = client.post(
+        "/incidents", headers=auth(WEB_TOKEN), json=incident(service={"id": "PWEB001"})
+    )
+    theirs = client.post("/incidents", headers=AUTH, json=incident())
+    mine_id, theirs_id = mine.json()["incident"]["id"], theirs.json()["incident"]["id"]
+    refused = client.get(f"/incidents/{theirs_id}", headers=auth(WEB_TOKEN))
+    assert refused.status_code == 404 and refused.json()["error"]["code"] == 2100
+    assert client.get(f"/incidents/{mine_id}", headers=auth(WEB_TOKEN)).status_code == 200
+    listed = client.get("/incidents", headers=auth(WEB_TOKEN)).json()["incidents"]
+    assert [i["id"] for i in listed] == [mine_id]
+
+
+def test_errors_in_pagerdutys_codes_and_the_webhooks_keep_theirs(
+    client: TestClient, queue: ListQueue
+) -> None:
+    unauthenticated = client.get("/incidents")
+    assert unauthenticated.status_code == 401
+    assert unauthenticated.json()["error"]["code"] == 2006
+    notes = client.post("/incidents/PT4KHLK/notes", headers=AUTH, json={"note": {}})
+    assert notes.status_code == 404 and "not supported" in notes.json()["error"]["errors"][0]
+    with_priority = {"incident": {"status": "resolved", "priority": PRIORITY}}
+    refused = client.put("/incidents/PT4KHLK", headers=AUTH, json=with_priority)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["errors"] == [
+        "incident.priority: not supported by the bridge (only status is)"
+    ]
+    assert client.get("/incidents", headers=AUTH, params={"limit": 101}).status_code == 400
+    webhook = client.post("/webhooks/coscale", headers=AUTH, json={"action": "triggered"})
+    assert webhook.status_code == 422
+    assert set(webhook.json()["error"]) == {"message", "errors", "field"}
+    assert queue.events == []
