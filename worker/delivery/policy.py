@@ -305,7 +305,7 @@ V = TypeVar("V")
 
 def share_fairly(groups: Sequence[tuple[K, list[V]]], turn: int) -> list[tuple[K, list[V]]]:
     """The calls of several routes as turns of at most ``turn`` calls each, the routes taking
-    turns in order (round robin), each route's own order kept: a route with a long backlog
+    turns in order, one after the other, each route's own order kept: a route with a long backlog
     cannot hold another's calls back until it is done. One route: one turn with everything
     (its calls keep going out together)."""
     if len(groups) < 2:

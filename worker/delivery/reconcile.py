@@ -85,7 +85,7 @@ MAX_RATE_LIMIT_SLEEP = 1.0  # seconds a worker waits in place for a rate-limit t
 # sweeper hands them out in drain order, what stops a page first.
 MAX_PACING_IN_PLACE = 2.0
 # Calls one route makes before the next route of the same batch takes its turn: a gate
-# admission's worth (MAX_ADMIT), so a turn costs no extra round trip to Redis.
+# admission's worth (MAX_ADMIT), so a turn costs no extra call to Redis.
 FAIR_SHARE_TURN = 10
 
 
