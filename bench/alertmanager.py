@@ -36,15 +36,20 @@ def version(binary: str) -> str:
     return first[0].split(" (")[0] if first else "alertmanager"
 
 
-def config(simulator_url: str) -> str:
-    """The route and receiver: one group per alert, no wait, the simulator as PagerDuty."""
-    return f"""\
-route:
-  receiver: pagerduty
-  group_by: ['...']
-  group_wait: 0s
-  group_interval: 5m
-  repeat_interval: 4h
+def routing_key(shard: int) -> str:
+    """The integration key of one shard: ROUTING_KEY's length, the shard's number at the end."""
+    return f"{ROUTING_KEY[:-4]}{shard:04d}"
+
+
+def config(simulator_url: str, *, keys: int = 1, group_interval: str = "5m") -> str:
+    """The route and receiver: one group per alert, no wait, the simulator as PagerDuty.
+
+    ``keys`` > 1 spreads the alerts over that many integration keys by their ``shard`` label
+    (one receiver each): PagerDuty limits each Events API key to about 120 events a minute, so
+    a storm compared with the bridge's one REST key (960 a minute) gets the same budget.
+    ``group_interval`` is when a group's next notification (a resolve) may go."""
+    if keys == 1:
+        receivers = f"""\
 receivers:
   - name: pagerduty
     pagerduty_configs:
@@ -52,14 +57,47 @@ receivers:
         url: {simulator_url}/v2/enqueue
         send_resolved: true
 """
+        routes = ""
+    else:
+        receivers = "receivers:\n  - name: pagerduty\n" + "".join(
+            f"""\
+  - name: shard{shard}
+    pagerduty_configs:
+      - routing_key: {routing_key(shard)}
+        url: {simulator_url}/v2/enqueue
+        send_resolved: true
+"""
+            for shard in range(keys)
+        )
+        routes = "  routes:\n" + "".join(
+            f"""\
+    - receiver: shard{shard}
+      matchers: ['shard="{shard}"']
+"""
+            for shard in range(keys)
+        )
+    return f"""\
+route:
+  receiver: pagerduty
+  group_by: ['...']
+  group_wait: 0s
+  group_interval: {group_interval}
+  repeat_interval: 4h
+{routes}{receivers}"""
 
 
 def start(
-    services: Services, workdir: Path, binary: str, simulator_url: str
+    services: Services,
+    workdir: Path,
+    binary: str,
+    simulator_url: str,
+    *,
+    keys: int = 1,
+    group_interval: str = "5m",
 ) -> tuple[Service, str]:
     """Start Alertmanager; return it and its base URL once it answers ``/-/ready``."""
     config_file = workdir / "alertmanager.yml"
-    config_file.write_text(config(simulator_url))
+    config_file.write_text(config(simulator_url, keys=keys, group_interval=group_interval))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     service = services.start_program(
@@ -67,7 +105,7 @@ def start(
         [
             binary,
             f"--config.file={config_file}",
-            f"--storage.path={workdir / 'alertmanager-data'}",
+            f"--storage.path={workdir / ('alertmanager-data-' + str(port))}",
             f"--web.listen-address=127.0.0.1:{port}",
             "--cluster.listen-address=",
             "--log.level=warn",

@@ -46,6 +46,7 @@ from typing import Any
 import alertmanager
 import httpx
 import redis
+import storm
 from stack import (
     DEFAULT_POSTGRES_ADMIN_URL,
     DEFAULT_REDIS_URL,
@@ -148,6 +149,8 @@ class Options:
     redis_url: str
     phases: tuple[str, ...] = ()
     live_warm_up: int = LIVE_WARM_UP
+    storm_limit: int = storm.REST_LIMIT_PER_MINUTE
+    storm_peer: bool = True
 
 
 # The phases in the order they run; --phases picks some (a phase that needs another's work
@@ -160,6 +163,7 @@ PHASES = (
     "live",
     "latency",
     "rate-limited",
+    "storm",
     "alertmanager",
 )
 # The worker as deployed: the bridge's own default process count (PAGERBRIDGE_WORKER_CONCURRENCY).
@@ -247,6 +251,20 @@ def parse_options(argv: list[str] | None = None) -> Options:
         help="alerts each side (the bridge, Alertmanager) delivers just before its live phase, "
         f"untimed (default {LIVE_WARM_UP}; 0: none, as before this option)",
     )
+    parser.add_argument(
+        "--storm-limit",
+        type=int,
+        default=storm.REST_LIMIT_PER_MINUTE,
+        metavar="R",
+        help="the storm phase: REST calls a minute the simulator allows the token (default "
+        f"{storm.REST_LIMIT_PER_MINUTE}, PagerDuty's); the bridge is never told it",
+    )
+    parser.add_argument(
+        "--no-storm-peer",
+        action="store_false",
+        dest="storm_peer",
+        help="the storm phase without Alertmanager (the bridge's side alone, half the time)",
+    )
     parser.add_argument("--postgres-admin-url", default=DEFAULT_POSTGRES_ADMIN_URL)
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
     args = parser.parse_args(argv)
@@ -260,6 +278,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         or args.rate_per_minute <= 0
         or args.pagerduty_latency_ms < 0
         or args.live_warm_up < 0
+        or args.storm_limit < 1
     ):
         parser.error("counts, durations and rates must be positive")
     phases = tuple(name.strip() for name in args.phases.split(",") if name.strip())
@@ -288,6 +307,8 @@ def parse_options(argv: list[str] | None = None) -> Options:
         redis_url=args.redis_url,
         phases=tuple(name for name in PHASES if name in phases),
         live_warm_up=args.live_warm_up,
+        storm_limit=args.storm_limit,
+        storm_peer=args.storm_peer,
     )
 
 
@@ -545,6 +566,7 @@ class SimulatorCounts:
     error_answers: int  # calls the simulator answered with a status >= 400
     rate_limited: int  # calls the simulator answered 429
     events_alerts_opened: int  # Events API v2 alerts (the peer's incidents)
+    events_alerts_resolved: int
     observed_at: float  # monotonic time of the snapshot (the request's midpoint)
     poll_s: float  # how long the poll took
 
@@ -581,6 +603,7 @@ class SimulatorProbe:
             error_answers=error_answers,
             rate_limited=rate_limited,
             events_alerts_opened=int(counts["events"]["alerts_opened"]),
+            events_alerts_resolved=int(counts["events"]["alerts_by_status"]["resolved"]),
             observed_at=(sent + received) / 2,
             poll_s=self.last_poll_s,
         )
@@ -1345,6 +1368,216 @@ def phase_rate_limited(run: Run) -> None:
     worker.check_alive()
 
 
+# --------------------------------------------------------------------------------------------
+# Storm: N alerts at once against PagerDuty's limits and latency, the bridge then Alertmanager
+# --------------------------------------------------------------------------------------------
+
+
+def storm_limits(run: Run) -> None:
+    """PagerDuty's latency and limits on the simulator; every bucket starts full."""
+    httpx.post(
+        f"{run.probe.base_url}/_simulator/faults",
+        json={
+            "latency_ms": storm.LATENCY_MS,
+            "rate_limit_per_minute": run.options.storm_limit,
+            "events_rate_limit_per_minute": storm.EVENTS_LIMIT_PER_MINUTE,
+        },
+        timeout=10.0,
+    ).raise_for_status()
+
+
+def storm_state(run: Run) -> dict[str, Any]:
+    answer = httpx.get(f"{run.probe.base_url}/_simulator/state", timeout=60.0)
+    answer.raise_for_status()
+    state: dict[str, Any] = answer.json()
+    return state
+
+
+def storm_send(run: Run, url: str, bodies: list[tuple[str, Any]], what: str) -> dict[str, float]:
+    """Send a storm's webhooks; per alert id, when (ms since the epoch) it went."""
+    headers = {"Authorization": f"Bearer {INGRESS_TOKEN}"} if url == run.webhook_url() else {}
+    sent = storm.post_all(url, bodies, headers)
+    refused = sorted({status for _, status in sent.values() if not 200 <= status < 300})
+    if refused:
+        raise BenchError(f"{what}: webhooks answered {refused}")
+    return {key: at for key, (at, _) in sent.items()}
+
+
+def storm_burst(
+    run: Run, side: str, url: str, bodies: list[tuple[str, Any]], buckets: int
+) -> dict[str, Any]:
+    """N triggers at once; the time to the N-th incident (the simulator's clock), the share of
+    the physical limit, and the calls it took."""
+    events_api = side == "alertmanager"
+    wanted = len(bodies)
+    storm_limits(run)
+    before = run.probe.counts()
+    started_s = time.time()
+    started = time.monotonic()
+    storm_send(run, url, bodies, f"{side} storm")
+
+    def made(counts: SimulatorCounts) -> int:
+        if events_api:
+            return counts.events_alerts_opened - before.events_alerts_opened
+        return counts.creates - before.creates
+
+    counts = wait_for_simulator(run, f"{side} storm", made, since=started, wanted=wanted)
+    created = creations_since(run.probe.base_url, started_s, events_api=events_api)
+    seconds = nth_creation_s(created, started_s, wanted) or counts.observed_at - started
+    per_minute = storm.EVENTS_LIMIT_PER_MINUTE if events_api else run.options.storm_limit
+    physical = storm.physical_limit_s(wanted, per_minute, buckets)
+    calls = sum(counts.calls.values()) - sum(before.calls.values())
+    limited = counts.rate_limited - before.rate_limited
+    return {
+        "alerts": wanted,
+        "credentials": buckets,
+        "limit_per_minute_each": per_minute,
+        "physical_limit_s": round(physical, 2),
+        "seconds_to_all_incidents": round(seconds, 2),
+        "share_of_physical_limit": round(physical / seconds, 3) if seconds > 0 else None,
+        "calls": calls,
+        "answered_429": limited,
+        "share_429": round(limited / calls, 4) if calls else None,
+        "per_alert_429": round(limited / wanted, 3),
+        "calls_per_alert": round(calls / wanted, 3),
+        "creation_curve": creation_curve(created, started_s, wanted),
+    }
+
+
+def storm_mixed(
+    run: Run,
+    side: str,
+    url: str,
+    triggers: list[tuple[str, Any]],
+    resolves: Callable[[], list[tuple[str, Any]]],
+) -> dict[str, Any]:
+    """N triggers, then resolves of the first half while the creates still drain: how long
+    until no incident is open whose alert resolved, and how many were created for nothing."""
+    events_api = side == "alertmanager"
+    ids = {key for key, _ in triggers}
+    storm_limits(run)
+    before = run.probe.counts()
+    started_ms = time.time() * 1000
+    started = time.monotonic()
+    storm_send(run, url, triggers, f"{side} mixed storm")
+    resolve_bodies = resolves()  # built now: Alertmanager's endsAt must follow startsAt
+    resolved = {key for key, _ in resolve_bodies}
+    firing = ids - resolved
+    resolves_sent = storm_send(run, url, resolve_bodies, f"{side} mixed storm resolves")
+
+    def open_now(counts: SimulatorCounts) -> int:
+        if events_api:
+            opened = counts.events_alerts_opened - before.events_alerts_opened
+            closed = counts.events_alerts_resolved - before.events_alerts_resolved
+        else:
+            opened = counts.creates - before.creates
+            closed = counts.resolved - before.resolved
+        return opened - closed
+
+    deadline = started + run.options.phase_timeout
+    while True:
+        for service in run.services.running.values():
+            service.check_alive()
+        counts = run.probe.counts()
+        # Only when the counters say it may be over is the whole state read (it is large).
+        if open_now(counts) == len(firing):
+            state = storm_state(run)
+            made = (storm.events_alerts if events_api else storm.bridge_incidents)(state, ids)
+            if storm.storm_done(made, firing, resolved):
+                break
+        if time.monotonic() > deadline:
+            raise BenchError(f"{side} mixed storm: not over after {run.options.phase_timeout}s")
+        time.sleep(0.5)
+    calls = sum(counts.calls.values()) - sum(before.calls.values())
+    limited = counts.rate_limited - before.rate_limited
+    return {
+        "triggers": len(triggers),
+        "resolves": len(resolved),
+        **storm.mixed_figures(made, firing, resolves_sent, started_ms),
+        "calls": calls,
+        "answered_429": limited,
+        "share_429": round(limited / calls, 4) if calls else None,
+    }
+
+
+def phase_storm(run: Run) -> None:
+    """An alert storm at PagerDuty's limits and latency: the bridge (its default rate, not
+    told the limit), then Alertmanager 0.25 with as many Events API keys as give it the same
+    budget (PagerDuty limits each to about 120 events a minute)."""
+    options = run.options
+    wanted = options.alerts
+    results: dict[str, Any] = {
+        "alerts": wanted,
+        "latency_ms": storm.LATENCY_MS,
+        "rest_limit_per_minute": options.storm_limit,
+        "events_limit_per_minute_per_key": storm.EVENTS_LIMIT_PER_MINUTE,
+        "bridge_rate_per_minute": PRODUCTION_RATE_PER_MINUTE,
+    }
+    run.results["storm"] = results
+    start_worker(
+        run, env={"PAGERBRIDGE_PAGERDUTY_RATE_PER_MINUTE": f"{PRODUCTION_RATE_PER_MINUTE:g}"}
+    )
+    url = run.webhook_url()
+
+    def coscale(batch: str, action: str, count: int) -> list[tuple[str, Any]]:
+        ids = [f"{run.run_id}{batch}{index}" for index in range(count)]
+        return [(alert_id, storm.coscale_body(alert_id, action)) for alert_id in ids]
+
+    results["bridge"] = storm_burst(run, "bridge", url, coscale("s", "triggered", wanted), 1)
+    time.sleep(WARM_UP_SETTLE_S)
+    results["bridge_mixed"] = storm_mixed(
+        run,
+        "bridge",
+        url,
+        coscale("m", "triggered", wanted),
+        lambda: coscale("m", "resolved", wanted // 2),
+    )
+    worker = run.services["worker"]
+    worker.check_alive()
+
+    binary = alertmanager.find_binary()
+    if not options.storm_peer:
+        return
+    if binary is None:
+        run.notes.append(f"storm: Alertmanager not measured: {alertmanager.INSTALL_HINT}")
+        return
+    if "peak_rss_mib" not in run.results:
+        read_memory(run)
+    for name in ("worker", "api", "beat"):
+        run.services.stop(name)
+    keys = storm.events_keys_for(options.storm_limit)
+    # group_interval 1s: a resolve goes out a second after it came, the soonest Alertmanager
+    # sends a group's next notification.
+    service, am_url = alertmanager.start(
+        run.services, run.workdir, binary, run.probe.base_url, keys=keys, group_interval="1s"
+    )
+    results["alertmanager_version"] = alertmanager.version(binary)
+    alerts_url = f"{am_url}/api/v2/alerts"
+
+    def prometheus(batch: str, count: int, ends_at: str | None = None) -> list[tuple[str, Any]]:
+        ids = [f"{run.run_id}{batch}{index}" for index in range(count)]
+        return [
+            (alert_id, storm.alertmanager_body(alert_id, index % keys, ends_at))
+            for index, alert_id in enumerate(ids)
+        ]
+
+    results["alertmanager"] = storm_burst(
+        run, "alertmanager", alerts_url, prometheus("as", wanted), keys
+    )
+    time.sleep(WARM_UP_SETTLE_S)
+
+    def ended_now() -> list[tuple[str, Any]]:
+        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return prometheus("am", wanted // 2, ends_at=now)
+
+    results["alertmanager_mixed"] = storm_mixed(
+        run, "alertmanager", alerts_url, prometheus("am", wanted), ended_now
+    )
+    service.check_alive()
+    run.services.stop("alertmanager")
+    httpx.post(f"{run.probe.base_url}/_simulator/faults/clear", timeout=10.0)
+
+
 def wait_for_quiet_simulator(run: Run, wanted: int, quiet_s: float = 5.0) -> int:
     """Wait until the simulator holds ``wanted`` Events API alerts, or their count stopped
     growing for ``quiet_s``; return the count."""
@@ -1748,6 +1981,7 @@ def markdown_tables(report: dict[str, Any]) -> str:
     lines = ["| figure | value | note |", "|---|---|---|"]
     lines += [f"| {figure} | {value} | {note} |" for figure, value, note in rows]
     lines += _peer_table(results)
+    lines += _storm_table(results)
     lines += _cpu_table(results)
     lines += _switches_table(results)
     return "\n".join(lines)
@@ -1808,6 +2042,57 @@ def _peer_table(results: dict[str, Any]) -> list[str]:
         f"{_fmt(_bridge_total(results.get('pss_mib')), ' MiB')} "
         f"| {_fmt(peer.get('pss_mib'), ' MiB')} | |"
     )
+    return lines
+
+
+def _storm_table(results: dict[str, Any]) -> list[str]:
+    """The storm phase, the bridge and Alertmanager side by side."""
+    found = results.get("storm")
+    if not found or "bridge" not in found:
+        return []
+    sides = [("pagerbridge", "bridge")]
+    if "alertmanager" in found:
+        sides.insert(0, (found.get("alertmanager_version", "Alertmanager"), "alertmanager"))
+    lines = [
+        "",
+        f"Storm: {found['alerts']} alerts at once, {found['latency_ms']} ms an answer, "
+        f"{found['rest_limit_per_minute']} REST calls/min per token "
+        f"({found['events_limit_per_minute_per_key']}/min per Events API key); the bridge at "
+        f"its default {found['bridge_rate_per_minute']:.0f}/min, not told the limit",
+        "",
+        "| | seconds to all incidents | physical limit | share of it | 429s per alert "
+        "| share of calls 429 | calls per alert |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, key in sides:
+        side = found.get(key)
+        if not side:
+            continue
+        share = side["share_of_physical_limit"]
+        lines.append(
+            f"| {label} ({side['credentials']} key{'s' if side['credentials'] > 1 else ''}) "
+            f"| {side['seconds_to_all_incidents']} | {side['physical_limit_s']} s "
+            f"| {'n/a' if share is None else f'{share * 100:.1f}%'} | {side['per_alert_429']} "
+            f"| {_fmt(side['share_429'])} | {side['calls_per_alert']} |"
+        )
+    lines += [
+        "",
+        "Mixed storm: N triggers, then resolves of the first N/2 while creates drain",
+        "",
+        "| | seconds until no incident open whose alert resolved | incidents for resolved "
+        "alerts | created after their resolve | seconds to all firing incidents "
+        "| share of calls 429 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, key in sides:
+        mixed = found.get(f"{key}_mixed")
+        if not mixed:
+            continue
+        lines.append(
+            f"| {label} | {mixed['seconds_until_no_resolved_alert_open']} "
+            f"| {mixed['incidents_for_resolved_alerts']} | {mixed['created_after_their_resolve']} "
+            f"| {_fmt(mixed['seconds_to_all_firing_incidents'])} | {_fmt(mixed['share_429'])} |"
+        )
     return lines
 
 
@@ -2007,6 +2292,7 @@ def run_bench(options: Options, workdir: Path, report: dict[str, Any]) -> None:
             "live": phase_live,
             "latency": phase_latency,
             "rate-limited": phase_rate_limited,
+            "storm": phase_storm,
             "alertmanager": phase_alertmanager,
         }
         for name in options.phases:
@@ -2049,6 +2335,7 @@ def run_and_report(options: Options) -> int:
             "pagerduty_latency_ms": options.pagerduty_latency_ms,
             "phase_timeout_s": options.phase_timeout,
             "phases": list(options.phases),
+            "storm_limit_per_minute": options.storm_limit,
             "redis_url": options.redis_url,
             "feeder_concurrency": FEEDER_CONCURRENCY,
             "wrk_threads": WRK_THREADS,

@@ -335,6 +335,9 @@ def bridge_env(
             "PAGERBRIDGE_INGRESS_TOKENS": INGRESS_TOKEN,
             "PAGERBRIDGE_LOG_LEVEL": log_level,
             "PAGERBRIDGE_PAGERDUTY_RATE_PER_MINUTE": f"{rate_per_minute:g}",
+            # Resolves go at once: the phases time them (the flap window holds each resolve of
+            # an incident for its length, by design).
+            "PAGERBRIDGE_FLAP_WINDOW": "0",
             # Per run, so two runs (or a developer's beat) never share a schedule file.
             "PAGERBRIDGE_BEAT_SCHEDULE_PATH": str(workdir / "beat-schedule"),
             # Metrics on, as in production, on a port no other run (or bridge) holds.

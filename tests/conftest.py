@@ -96,6 +96,18 @@ def _log_at_info() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
+def _no_flap_window(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Resolves go at once unless a test asks for the flap window (PAGERBRIDGE_FLAP_WINDOW):
+    most tests resolve an alert right after triggering it and look at the resolve."""
+    from worker.settings import get_settings
+
+    monkeypatch.setenv("PAGERBRIDGE_FLAP_WINDOW", "0")
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.fixture(autouse=True)
 def _no_secret_in_logs() -> Iterator[None]:
     """Fails the test (at teardown) whose log lines hold a suite secret."""
     collector = _Collector()

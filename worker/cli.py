@@ -487,6 +487,7 @@ def status(
     settings = _settings()
     with _database(settings) as sessions, sessions() as session:
         report = delivery_report(session, utcnow())
+        report["backlog"] = _backlog_report(settings, session)
     try:
         check_redis(settings.redis_url)
     except BridgeError as exc:
@@ -870,6 +871,23 @@ def demo(
     raise typer.Exit(code=run_demo(_settings().redis_url, api_port=port, sim_port=simulator_port))
 
 
+def _backlog_report(settings: Settings, session: Session) -> dict[str, object]:
+    """The events waiting to be applied, in the queue and the inbox, or why it is unknown."""
+    import redis
+
+    from models import utcnow
+    from worker.pipeline.backlog import read_backlog
+
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        backlog = read_backlog(client, settings.namespace, session, utcnow())
+        return {**backlog.as_dict(), "summary": backlog.summary()}
+    except redis.RedisError as exc:
+        return {"error": f"Redis does not answer: {exc}"}
+    finally:
+        client.close()
+
+
 pagerduty_cli = typer.Typer(
     help="PagerDuty's webhook subscriptions: how the bridge hears what responders do.",
     no_args_is_help=True,
@@ -1027,6 +1045,11 @@ def _status_table(report: dict[str, Any]) -> Table:
             f"for {_age(age) if age is not None else '?'}, {oldest['attempts']} attempt(s); "
             f"last error: {escape(oldest['last_error'] or 'none')}",
         )
+    backlog = report["backlog"]
+    table.add_row(
+        "waiting to be applied",
+        escape(str(backlog["error"])) if "error" in backlog else escape(str(backlog["summary"])),
+    )
     table.add_section()
     redis_state = report.get("redis", {})
     if "error" in redis_state:

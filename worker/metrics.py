@@ -14,10 +14,12 @@ Counted (``Counter``/``Histogram``, one line at the place they count):
   counted at its one exit (``worker/pagerduty/client.py``).
 
 Read at scrape time (:class:`BridgeStateCollector`, on the api's ``/metrics``): queue depth,
-alerts by delivery state, the oldest pending delivery's age, the outage breaker, refused
-credentials, the rate-limit budget. They describe the whole bridge, not a process, so one place
-serves them; a part that cannot be read within ``SCRAPE_TIMEOUT`` is left out of that scrape and
-counted in ``pagerbridge_scrape_errors_total{part}`` instead of failing the scrape.
+the events waiting in the queue and in the inbox and the oldest one's age in each
+(``worker/pipeline/backlog.py``), alerts by delivery state, the oldest pending delivery's age,
+the outage breaker, refused credentials, the rate-limit budget. They describe the whole bridge,
+not a process, so one place serves them; a part that cannot be read within ``SCRAPE_TIMEOUT``
+is left out of that scrape and counted in ``pagerbridge_scrape_errors_total{part}`` instead of
+failing the scrape.
 
 Workers: Celery's prefork pool runs tasks in child processes, each with its own copy of every
 counter, and Celery replaces children at will. So a worker uses prometheus-client's
@@ -52,6 +54,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, utcnow
 from worker.delivery.gate import DeliveryGate
+from worker.pipeline.backlog import QUEUE_SCAN_LIMIT, inbox_backlog, queue_backlog
 from worker.pipeline.message import DEFAULT_ROUTE
 from worker.prometheus_multiprocess import choose_value_class_again
 from worker.settings import Settings, get_settings
@@ -231,13 +234,26 @@ class BridgeStateCollector(Collector):
 
     def _queue(self) -> list[Metric]:
         # Celery's Redis transport keeps a queue's messages in a list named after the queue.
-        depth = self._redis_client().llen(self._settings.namespace)
+        depth, events, _, oldest = queue_backlog(
+            self._redis_client(), self._settings.namespace, self._clock()
+        )
         return [
             GaugeMetricFamily(
                 "pagerbridge_queue_depth",
                 "Messages waiting in the Celery queue (not yet taken by a worker)",
                 value=float(depth),
-            )
+            ),
+            GaugeMetricFamily(
+                "pagerbridge_queue_events",
+                "Events waiting in the queue's apply messages, not yet applied (a message holds "
+                f"a batch; counted in the first {QUEUE_SCAN_LIMIT} messages)",
+                value=float(events),
+            ),
+            GaugeMetricFamily(
+                "pagerbridge_queue_oldest_event_seconds",
+                "Age of the oldest event waiting in the queue, seconds; 0 when none is",
+                value=oldest or 0.0,
+            ),
         ]
 
     def _pagerduty_gate(self) -> list[Metric]:
@@ -297,6 +313,7 @@ class BridgeStateCollector(Collector):
             oldest: datetime | None = session.scalar(
                 select(func.min(Alert.pending_since)).where(Alert.delivery_state.in_(owed))
             )
+            inbox, inbox_oldest = inbox_backlog(session, self._clock())
         by_state = GaugeMetricFamily(
             "pagerbridge_alerts",
             "Alerts (one per alert cycle) by delivery state",
@@ -312,6 +329,16 @@ class BridgeStateCollector(Collector):
                 "Age of the oldest delivery still owed to PagerDuty (pending or parked), "
                 "seconds; 0 when none is",
                 value=age,
+            ),
+            GaugeMetricFamily(
+                "pagerbridge_inbox_events",
+                "Events accepted and kept in the database inbox that no worker applied yet",
+                value=float(inbox),
+            ),
+            GaugeMetricFamily(
+                "pagerbridge_inbox_oldest_event_seconds",
+                "Age of the oldest event in the inbox, seconds; 0 when none is",
+                value=inbox_oldest or 0.0,
             ),
         ]
 

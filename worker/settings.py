@@ -209,6 +209,15 @@ class Settings(BaseSettings):
     )
     sweep_interval: float = Field(2.0, gt=0, description="seconds between sweeper runs")
     sweep_batch: int = Field(500, gt=0, description="alerts re-queued per sweeper run at most")
+    # A resolve followed by a re-fire within a minute is one problem to the person paged: a
+    # new page for it is noise, while a resolve a minute late costs nobody anything (nothing
+    # is done on an all-clear). CoScale checks most metrics once a minute.
+    flap_window: float = Field(
+        60.0,
+        ge=0,
+        description="seconds a resolve is held before it is sent; a trigger within them keeps "
+        "the incident open instead of paging again (0: no damping)",
+    )
     retention_days: float = Field(
         30.0,
         gt=0,

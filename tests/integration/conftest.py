@@ -243,6 +243,8 @@ def bridge_env(
             "PAGERBRIDGE_PAGERDUTY_SERVICE_ID": SERVICE_ID,
             "PAGERBRIDGE_INGRESS_TOKENS": INGRESS_TOKEN,
             "PAGERBRIDGE_SWEEP_INTERVAL": "1",
+            # Resolves go at once; tests of the flap window set it.
+            "PAGERBRIDGE_FLAP_WINDOW": "0",
             "PAGERBRIDGE_RETRY_MIN_BACKOFF": "0.5",
             "PAGERBRIDGE_RETRY_MAX_BACKOFF": "2",
             "PAGERBRIDGE_LOG_LEVEL": "INFO",

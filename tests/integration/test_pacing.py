@@ -11,6 +11,7 @@ from tests.integration.test_reliability import (
     assert_one_incident_each,
     counts,
     describe_alerts,
+    incidents_of,
     new_alert_ids,
     send,
     total_calls,
@@ -38,3 +39,31 @@ def test_a_storm_against_an_untold_limit_is_paced_by_the_headers(
     # At most 1% of the calls answered 429 (rounded up: one is allowed).
     assert rate_limited <= max(1, calls // 100), (rate_limited, calls)
     assert_one_incident_each(bridge, api, alert_ids, "triggered")
+
+
+def test_resolves_overtake_creates_waiting_for_the_budget(
+    bridge: Bridge,
+    api: httpx.Client,  # noqa: F811
+) -> None:
+    # Given a PagerDuty allowing one call a second (a burst of five), not told to the bridge,
+    # and a storm of 30 triggers: most creates wait for the budget
+    alert_ids = new_alert_ids(30)
+    firing, resolving = alert_ids[:10], alert_ids[10:]
+    calls_before = total_calls(bridge)
+    bridge.simulator.set_faults(rate_limit_per_minute=60, rate_limit_burst=5)
+    try:
+        send(api, alert_ids, "triggered")
+        # When the last 20 resolve while their creates still wait (20 s of budget and more)
+        send(api, resolving, "resolved")
+        wait_delivered(bridge, firing, "triggered", timeout=90)
+        wait_delivered(bridge, resolving, "resolved", timeout=90)
+    finally:
+        bridge.simulator.clear_faults()
+    # Then the resolves went first: most resolved alerts never paged anyone. Counted, not timed:
+    # at one call a second, the 20 creates alone would have taken 20 s.
+    incidents = incidents_of(bridge, alert_ids)
+    paged_for_nothing = [a for a in resolving if incidents[a]]
+    assert len(paged_for_nothing) <= 10, describe_alerts(bridge, alert_ids)
+    assert all(len(incidents[a]) == 1 for a in firing)
+    assert all(i["status"] == "resolved" for a in resolving for i in incidents[a])
+    assert total_calls(bridge) - calls_before < 2 * len(alert_ids)

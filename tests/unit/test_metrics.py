@@ -332,6 +332,11 @@ def test_collector_reads_queue_alerts_oldest_pending_and_gate(
     # Then each gauge says so, and nothing failed
     assert gauges == {
         "pagerbridge_queue_depth": 3,
+        # m1..m3 are not apply messages: no event counted, none aged
+        "pagerbridge_queue_events": 0,
+        "pagerbridge_queue_oldest_event_seconds": 0,
+        "pagerbridge_inbox_events": 0,
+        "pagerbridge_inbox_oldest_event_seconds": 0,
         'pagerbridge_alerts{state="pending"}': 2,
         'pagerbridge_alerts{state="delivered"}': 1,
         'pagerbridge_alerts{state="parked"}': 0,

@@ -324,6 +324,17 @@ class DeliveryGate:
             ],
         )
 
+    def pace_per_minute(self) -> float:
+        """The rate every worker keeps now: PagerDuty's, while a reading or a 429 holds, else
+        the configured one."""
+        try:
+            rate, until = self.redis.hmget(self._keys[0], "learned_rate", "learned_until")
+        except redis.RedisError:
+            return self.rate_per_minute
+        if rate is None or until is None or float(until) <= self._now_ms():
+            return self.rate_per_minute
+        return float(rate) * 60_000
+
     def forget_credentials(self) -> None:
         """A worker starts, perhaps with a fixed token: try it again at once."""
         self._run(lambda **kw: self.redis.hdel(self._keys[0], "credentials", "probe_until"))

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 
 # Of the limit PagerDuty announces, the share used: the clocks of two buckets never quite meet.
 PACE_SHARE = 0.99
-# Calls another worker process may have sent (or been admitted for) that the reading does not
-# count yet: up to ``pagerduty_calls_in_flight`` creates out at once, per process.
-IN_FLIGHT_RESERVE = 8.0
+# Calls the reading does not count yet. A process reads after its whole group was answered, so
+# its own calls are counted; another process may have up to ``pagerduty_calls_in_flight`` (4 by
+# default) out. Each token kept back is a call PagerDuty would have taken when a storm ends.
+IN_FLIGHT_RESERVE = 4.0
 # PagerDuty's limit is per minute: a reading stands at least this long, then the configured
 # rate again (no answers for a minute means nothing to pace).
 PACE_WINDOW_SECONDS = 60.0
@@ -71,3 +72,12 @@ def rate_after_429(limit_per_minute: float | None, *, now: float) -> tuple[float
     if limit_per_minute is None or limit_per_minute <= 0:
         return None
     return limit_per_minute * PACE_SHARE, now + PACE_WINDOW_SECONDS
+
+
+def deferral_waits(first_wait: float, calls: int, rate_per_minute: float) -> list[float]:
+    """Seconds until each of ``calls`` waiting calls may go, in their order: the first when the
+    gate has a token again (``first_wait``), each next one a refill later. Calls handed back to
+    the database with these waits come due as fast as the budget spends them, not all at once
+    (which would only meet the gate's wait again)."""
+    step = 60.0 / rate_per_minute if rate_per_minute > 0 else 0.0
+    return [first_wait + index * step for index in range(calls)]

@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from models import AlertLike
 from worker.delivery.backoff import retry_delay, should_give_up
+from worker.delivery.flapping import resolve_held_until
 from worker.pagerduty import CredentialsError, Incident, PagerDutyError, RetryableError
 from worker.pipeline.message import BACKEND_EVENTS, is_adopted_incident
 from worker.vocabulary import AlertStatus, DeliveryState, next_update
@@ -70,6 +71,13 @@ class WaitForTrigger:
 
 
 @dataclass(frozen=True, slots=True)
+class HoldResolve:
+    """A resolve waits out the flap window (worker/delivery/flapping.py) before it is sent."""
+
+    until: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Misconfigured:
     """Nothing can be sent and waiting will not help (no service id)."""
 
@@ -85,7 +93,17 @@ class SendEvent:
     event: dict[str, Any]
 
 
-Step = Done | Create | FindByKey | Inspect | Update | WaitForTrigger | Misconfigured | SendEvent
+Step = (
+    Done
+    | Create
+    | FindByKey
+    | Inspect
+    | Update
+    | WaitForTrigger
+    | HoldResolve
+    | Misconfigured
+    | SendEvent
+)
 
 # The Events API's name for each status an event sets.
 EVENT_ACTIONS = {
@@ -95,12 +113,22 @@ EVENT_ACTIONS = {
 }
 
 
-def plan_delivery(alert: AlertLike, *, read_before_acknowledge: bool = False) -> Step:
+def plan_delivery(
+    alert: AlertLike,
+    now: datetime | None = None,
+    flap_window: timedelta = timedelta(0),
+    *,
+    read_before_acknowledge: bool = False,
+) -> Step:
     """The next PagerDuty call that brings PagerDuty closer to the alert's desired status.
 
     ``read_before_acknowledge``: an acknowledge is sent only once the incident's status was
     read since the acknowledge was wanted (a route without webhooks hears of a responder's
-    resolve no other way, and acknowledging a resolved incident reopens it)."""
+    resolve no other way, and acknowledging a resolved incident reopens it). Given ``now``, a
+    resolve is first held for ``flap_window`` (worker/delivery/flapping.py)."""
+    held = resolve_held_until(alert, now, flap_window) if now is not None else None
+    if held is not None:
+        return HoldResolve(held)
     if alert.backend == BACKEND_EVENTS:
         return plan_event(alert)
     desired = alert.desired_status
@@ -269,3 +297,21 @@ def choose_incident(found: Sequence[Incident]) -> Incident | None:
         found,
         key=lambda incident: (incident.status != "resolved", incident.number or 0),
     )
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def share_fairly(groups: Sequence[tuple[K, list[V]]], turn: int) -> list[tuple[K, list[V]]]:
+    """The calls of several routes as turns of at most ``turn`` calls each, the routes taking
+    turns in order, one after the other, each route's own order kept: a route with a long backlog
+    cannot hold another's calls back until it is done. One route: one turn with everything
+    (its calls keep going out together)."""
+    if len(groups) < 2:
+        return [(key, list(items)) for key, items in groups if items]
+    turns: list[tuple[K, list[V]]] = []
+    longest = max(len(items) for _, items in groups)
+    for start in range(0, longest, turn):
+        turns += [(key, items[start : start + turn]) for key, items in groups if items[start:]]
+    return turns

@@ -37,13 +37,14 @@ from models.event import ALERT_EVENTS_TABLE
 from worker import metrics
 from worker.delivery.gate import Admission, Decision, DeliveryGate
 from worker.delivery.leases import lease_owner_id
-from worker.delivery.pacing import RateLimitReading
+from worker.delivery.pacing import RateLimitReading, deferral_waits
 from worker.delivery.policy import (
     EVENT_ACTIONS,
     WAIT_FOR_TRIGGER,
     Create,
     Done,
     FindByKey,
+    HoldResolve,
     Inspect,
     Misconfigured,
     SendEvent,
@@ -55,6 +56,7 @@ from worker.delivery.policy import (
     drain_rank,
     plan_delivery,
     schedule_after_failure,
+    share_fairly,
 )
 from worker.pagerduty import (
     CredentialsError,
@@ -76,6 +78,24 @@ log = logging.getLogger(__name__)
 MAX_STEPS = 6  # create, then ack, then resolve is three; the rest is room for events arriving
 BULK_LIMIT = 250  # PagerDuty's most incidents per bulk update (more → 413)
 MAX_RATE_LIMIT_SLEEP = 1.0  # seconds a worker waits in place for a rate-limit token
+# Seconds one task paces its calls in place, all waits together. Past it, the calls not made
+# yet go back to the database, each due when the budget will allow it (pacing.deferral_waits):
+# a worker busy pacing a storm's creates would otherwise hold its pool process for minutes,
+# while the resolves that arrived meanwhile wait behind it in the queue. Due again, the
+# sweeper hands them out in drain order, what stops a page first.
+MAX_PACING_IN_PLACE = 2.0
+# Calls one route makes before the next route of the same batch takes its turn: a gate
+# admission's worth (MAX_ADMIT), so a turn costs no extra call to Redis.
+FAIR_SHARE_TURN = 10
+
+
+@dataclass
+class WaitedInPlace:
+    """Seconds a task has waited in place for rate-limit tokens, all its calls together."""
+
+    seconds: float = 0.0
+
+
 # A parked alert is looked at again after this; a recovery drains the parked ones at once.
 PARK_RECHECK = timedelta(seconds=30)
 
@@ -245,7 +265,7 @@ class BatchClaim:
             if alert.lease_owner is not None and not expired:
                 continue  # its worker will see this change when it records its call
             step = self.reconciler.plan(alert)
-            if isinstance(step, Done | WaitForTrigger | Misconfigured):
+            if isinstance(step, Done | WaitForTrigger | HoldResolve | Misconfigured):
                 continue  # finished without a call, by reconcile_many (logged once stored)
             alert.lease_owner, alert.lease_expires_at = self.owner, until
             self.reconciler._mark_create(alert, step)
@@ -282,8 +302,14 @@ class Reconciler:
         self._keeper = LeaseKeeper(self.sessions, self.settings.lease_seconds, self.clock)
 
     def plan(self, alert: AlertLike) -> Step:
-        """The alert's next call (:func:`plan_delivery`), with its route's settings."""
-        return plan_delivery(alert, read_before_acknowledge=self._reads_first(alert.route))
+        """The alert's next call (:func:`plan_delivery`), with its route's settings and the
+        flap window."""
+        return plan_delivery(
+            alert,
+            self.clock(),
+            timedelta(seconds=self.settings.flap_window),
+            read_before_acknowledge=self._reads_first(alert.route),
+        )
 
     def _reads_first(self, route: str) -> bool:
         if not self.settings.read_before_acknowledge:
@@ -467,6 +493,11 @@ class Reconciler:
         elif isinstance(step, WaitForTrigger):
             alert.next_attempt_at = now + WAIT_FOR_TRIGGER
             result = ReconcileResult.WAITING
+        elif isinstance(step, HoldResolve):
+            # Due when the flap window ends; a re-fire before then drops the resolve.
+            alert.next_attempt_at = step.until
+            result = ReconcileResult.WAITING
+            _log_delivery(logging.DEBUG, "holding resolve", alert, f"until {step.until}")
         elif isinstance(step, Misconfigured):
             alert.delivery_state = DeliveryState.FAILED
             alert.next_attempt_at = None
@@ -506,7 +537,10 @@ class Reconciler:
         for pk in sorted(calls, key=lambda pk: drain_rank(calls[pk])):
             if pk not in answers and backends[routes[pk]] is not None:
                 singles.setdefault(routes[pk], []).append(pk)
-        for route, pks in singles.items():
+        # Routes take turns (routes sharing a token share its budget), and the task's waits
+        # for the budget count together against MAX_PACING_IN_PLACE.
+        waited = WaitedInPlace()
+        for route, pks in share_fairly(list(singles.items()), FAIR_SHARE_TURN):
             backend = backends[route]
             assert backend is not None
             answers.update(
@@ -515,6 +549,7 @@ class Reconciler:
                     backend.gate,
                     together=self._together(calls, pks, backend),
                     readings=_readings(backend),
+                    waited=waited,
                 )
             )
         return answers
@@ -571,6 +606,7 @@ class Reconciler:
         *,
         together: Together | None = None,
         readings: Callable[[], RateLimitReading | None] | None = None,
+        waited: WaitedInPlace | None = None,
     ) -> dict[int, T | PagerDutyError | Parked | Deferred]:
         """Calls one after the other (PagerDuty asks for serial requests per credential), or
         those ``together`` allows a few at once once PagerDuty answered the batch's first
@@ -589,6 +625,7 @@ class Reconciler:
         together_pks = together.pks if together is not None else frozenset()
         together_size = together.size if together is not None else 1
         width = 1  # calls in flight in the next group of those ``together`` allows
+        waited = waited if waited is not None else WaitedInPlace()
         while pending:
             granted = len(pending)
             while gate is not None:
@@ -600,6 +637,15 @@ class Reconciler:
                 if refusal is not None:
                     answers.update((pk, refusal) for pk, _ in pending)
                     return answers
+                if waited.seconds + decision.wait > MAX_PACING_IN_PLACE and len(pending) > 1:
+                    waits = deferral_waits(decision.wait, len(pending), gate.pace_per_minute())
+                    reason = "rate limit: waiting for PagerDuty's budget"
+                    answers.update(
+                        (pk, Deferred(wait, reason))
+                        for (pk, _), wait in zip(pending, waits, strict=True)
+                    )
+                    return answers
+                waited.seconds += decision.wait
                 self.sleep(decision.wait)
             admitted, pending = pending[:granted], pending[granted:]
             answered = False

@@ -25,7 +25,7 @@ from worker.ingress.alert_views import alerts_router
 from worker.ingress.console import console_router, console_state
 from worker.ingress.context import ERROR, ApiError, Ingress
 from worker.ingress.group_commit import GroupCommitHandoff
-from worker.ingress.health import ReadinessCheck, health_router
+from worker.ingress.health import BacklogReading, ReadinessCheck, health_router
 from worker.ingress.incidents import incidents_router, is_pagerduty_path, pagerduty_error
 from worker.ingress.middleware import IngressGuard, RejectionSink
 from worker.ingress.pagerduty_webhooks import pagerduty_webhooks_router
@@ -105,6 +105,7 @@ def create_app(
     routes: RouteTable | None = None,
     durability: Callable[[], RedisDurability] | None = None,
     queue_depth: Callable[[], int] | None = None,
+    backlog: BacklogReading | None = None,
 ) -> FastAPI:
     """The ingress application, wired to its queue and database (and, when the PagerDuty token
     is known here, the delivery gate whose state ``/readyz`` reports).
@@ -171,6 +172,7 @@ def create_app(
             gate=gate,
             route_gates=route_gates,
             durability=durability,
+            backlog=backlog,
         )
     )
     app.include_router(
@@ -259,7 +261,8 @@ def build_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI:
     """
     import redis
 
-    from models import make_engine, make_session_factory
+    from models import make_engine, make_session_factory, utcnow
+    from worker.pipeline.backlog import read_backlog
     from worker.pipeline.celery_app import app as celery_app
     from worker.pipeline.durability import DurableQueueCheck
     from worker.pipeline.inbox import DurableEventQueue
@@ -294,6 +297,11 @@ def build_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI:
         store_deadline=settings.ingress_store_deadline,
         durability=durable,
     )
+
+    def backlog() -> str:
+        with sessions() as session:
+            return read_backlog(redis_client, settings.namespace, session, utcnow()).summary()
+
     gate = None
     if settings.pagerduty_token is not None:
         gate = DeliveryGate(
@@ -315,6 +323,7 @@ def build_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI:
         durability=lambda: durable.durability,
         # Celery's Redis transport keeps a queue's messages in a list named after the queue.
         queue_depth=lambda: int(redis_client.llen(settings.namespace)),
+        backlog=backlog,
     )
 
 

@@ -16,6 +16,8 @@ from worker.ingress.context import INGRESS_TOKEN, JSON_ERROR, Ingress
 from worker.pipeline.durability import RedisDurability
 
 ReadinessCheck = Callable[[], None]
+# The events waiting to be applied (worker/pipeline/backlog.py), in one line.
+BacklogReading = Callable[[], str]
 
 
 def health_router(
@@ -26,6 +28,7 @@ def health_router(
     gate: DeliveryGate | None,
     route_gates: dict[str, DeliveryGate] | None,
     durability: Callable[[], RedisDurability] | None = None,
+    backlog: BacklogReading | None = None,
 ) -> APIRouter:
     router = APIRouter()
     settings, sessions = ingress.settings, ingress.sessions
@@ -79,6 +82,12 @@ def health_router(
                         for check, result in gate_checks(route_gate).items()
                     }
                 )
+        if backlog is not None and all(checks[name]["status"] == "ok" for name in BACKLOG_NEEDS):
+            # Shown, never a reason for not ready: a storm's backlog is work, not a fault.
+            try:
+                checks["backlog"] = {"status": "ok", "reason": backlog()}
+            except Exception as exc:
+                checks["backlog"] = {"status": "unknown", "reason": f"{type(exc).__name__}"[:300]}
         ready = all(result["status"] != "down" for result in checks.values())
         answer: dict[str, Any] = {"ready": ready}
         if not ingress.authenticate or ingress.default_token(presented_token(authorization)):
@@ -108,6 +117,9 @@ def health_router(
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return router
+
+
+BACKLOG_NEEDS = ("redis", "database")
 
 
 def gate_checks(gate: DeliveryGate) -> dict[str, dict[str, str]]:

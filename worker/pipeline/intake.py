@@ -30,8 +30,10 @@ from models.bulk import (
 )
 from models.event import ALERT_EVENTS_TABLE
 from models.inbox import INBOX_EVENTS_TABLE
+from worker.delivery.flapping import continues_cycle
 from worker.pagerduty.events import dedup_key
 from worker.pipeline.message import AlertEventMessage
+from worker.settings import get_settings
 from worker.vocabulary import AlertStatus, DeliveryState, advance
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,7 @@ class EventOutcome(StrEnum):
     # A responder already did it in PagerDuty (worker/pipeline/responders.py): recorded,
     # nothing to send.
     RESPONDED = "responded"
+    REFIRED = "refired"  # fired again while its resolve was held: the same cycle goes on
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,7 +347,9 @@ _INTAKE_COLUMNS = (
     "last_error",
 )
 # Outcomes that change a stored cycle (an OPENED one is inserted whole).
-_CHANGED = frozenset({EventOutcome.ADVANCED, EventOutcome.DETAILS, EventOutcome.RESPONDED})
+_CHANGED = frozenset(
+    {EventOutcome.ADVANCED, EventOutcome.DETAILS, EventOutcome.RESPONDED, EventOutcome.REFIRED}
+)
 
 
 def _apply_batch(
@@ -432,6 +437,10 @@ def _insert_cycles(session: Session, alerts: list[AlertRecord]) -> None:
         alert.id = pk
 
 
+def _flap_window() -> timedelta:
+    return timedelta(seconds=get_settings().flap_window)
+
+
 def _pk(alert: AlertLike | None) -> int | None:
     return alert.id if alert is not None else None
 
@@ -442,6 +451,11 @@ def _decide(
     """Fold ``event`` into the alert whose newest cycle is ``latest``: (the alert it belongs
     to, a new cycle when OPENED, not yet added to the session; the outcome; whether the alert
     now needs a delivery)."""
+    if latest is not None and continues_cycle(latest, event, _flap_window()):
+        # A re-fire while the resolve is held (worker/delivery/flapping.py): the same cycle.
+        latest.desired_status = AlertStatus.TRIGGERED
+        _mark_pending(latest, now)
+        return latest, EventOutcome.REFIRED, True
     outcome = plan_event(latest, event)
     if outcome is EventOutcome.OPENED:
         return _open_cycle(event, latest.cycle + 1 if latest else 1, now), outcome, True

@@ -299,6 +299,7 @@ class _Incident:
     created_at_ms: float = 0.0
     status: IncidentStatus = "triggered"
     history: list[StatusChange] = field(default_factory=list)
+    resolved_at_ms: float | None = None  # as created_at_ms; None while open
 
     @property
     def is_open(self) -> bool:
@@ -356,6 +357,7 @@ class _Incident:
             "html_url": self.html_url,
             "created_at": self.created_at,
             "created_at_ms": self.created_at_ms,
+            "resolved_at_ms": self.resolved_at_ms,
             "status_history": [change.to_json() for change in self.history],
         }
 
@@ -390,14 +392,16 @@ class _Alert:
     acknowledged_at: str | None = None
     resolved_at: str | None = None
     history: list[StatusChange] = field(default_factory=list)
+    resolved_at_ms: float | None = None  # as created_at_ms
 
-    def move_to(self, status: IncidentStatus, at: str) -> None:
+    def move_to(self, status: IncidentStatus, at: str, at_ms: float = 0.0) -> None:
         self.history.append(StatusChange(at, self.status, status))
         self.status = status
         if status == "acknowledged":
             self.acknowledged_at = at
         elif status == "resolved":
             self.resolved_at = at
+            self.resolved_at_ms = at_ms
 
     def to_state(self) -> dict[str, Any]:
         """The alert as the control API shows it: flat, with its status history."""
@@ -412,6 +416,7 @@ class _Alert:
             "created_at_ms": self.created_at_ms,
             "acknowledged_at": self.acknowledged_at,
             "resolved_at": self.resolved_at,
+            "resolved_at_ms": self.resolved_at_ms,
             "status_history": [change.to_json() for change in self.history],
         }
 
@@ -672,7 +677,7 @@ class SimulatedPagerDuty:
                 elif outcome == "acknowledge":
                     alert.move_to("acknowledged", at)
                 elif outcome == "resolve":
-                    alert.move_to("resolved", at)
+                    alert.move_to("resolved", at, now.timestamp() * 1000)
                     del self._open_alerts[key]
         return {"status": "success", "message": "Event processed", "dedup_key": dedup_key}
 
@@ -859,12 +864,16 @@ class SimulatedPagerDuty:
                 tentative[incident_id] = new_status
                 plan.append((incident, new_status, reopened))
             # Pass 2: apply.
-            at = _timestamp(self._clock())
+            moment = self._clock()
+            at = _timestamp(moment)
             for incident, new_status, reopened in plan:
                 was_open = incident.is_open
                 event_type = event_type_of(incident.status, new_status, reopened=reopened)
                 incident.history.append(StatusChange(at, incident.status, new_status, reopened))
                 incident.status = new_status
+                incident.resolved_at_ms = (
+                    moment.timestamp() * 1000 if new_status == "resolved" else None
+                )
                 if reopened:
                     self._reopened += 1
                 if incident.incident_key is not None and was_open != incident.is_open:
@@ -1279,6 +1288,9 @@ _FIELD_CHECKS: Final[dict[str, Callable[[str, object], object]]] = {
     "hang_seconds": _check_seconds,
     "rate_limit_per_minute": lambda name, value: _check_int(name, value, minimum=1, optional=True),
     "rate_limit_burst": lambda name, value: _check_int(name, value, minimum=1, optional=True),
+    "events_rate_limit_per_minute": lambda name, value: _check_int(
+        name, value, minimum=1, optional=True
+    ),
     "rate_limit_headers": _check_bool,
     "rate_limit_retry_after": _check_bool,
     "unauthorized_tokens": _check_tokens,
@@ -1302,7 +1314,9 @@ class FaultSettings:
        second; a call finding no token → 429 (see :func:`_rate_limited_response` for headers and
        body), and is not acted on: "the event was NOT taken". Refused calls take no token.
        Every other REST answer carries ``ratelimit-limit``, ``-remaining`` and ``-reset`` (the
-       bucket's state when it answers), as PagerDuty's do.
+       bucket's state when it answers), as PagerDuty's do. ``events_rate_limit_per_minute``, if
+       set, is the Events API's own figure per routing key (PagerDuty: about 120 a minute per
+       integration key, against 960 per REST API key), with a bucket of a sixth of it.
     4. ``hang`` — the call is not answered until the client disconnects (then nothing is sent;
        the call is counted with status 499, nginx's "client closed request") or until
        ``hang_seconds`` (seconds) have passed, then 504 / 2016.
@@ -1324,6 +1338,7 @@ class FaultSettings:
     hang_seconds: float = 300.0
     rate_limit_per_minute: int | None = None
     rate_limit_burst: int | None = None
+    events_rate_limit_per_minute: int | None = None
     rate_limit_headers: bool = True
     rate_limit_retry_after: bool = False
     unauthorized_tokens: tuple[str, ...] = ()
@@ -1339,6 +1354,19 @@ class FaultSettings:
         if self.rate_limit_per_minute is None:
             return None
         return self.rate_limit_burst or math.ceil(self.rate_limit_per_minute / 6)
+
+    def limit_for(self, api: Literal["rest", "events"]) -> tuple[int, int] | None:
+        """(calls a minute, bucket capacity) for one API's credentials, or None: no limit.
+
+        The Events API takes ``events_rate_limit_per_minute`` (a bucket of a sixth of it) when
+        it is set, else the shared figure."""
+        if api == "events" and self.events_rate_limit_per_minute is not None:
+            per_minute = self.events_rate_limit_per_minute
+            return per_minute, math.ceil(per_minute / 6)
+        capacity = self.rate_limit_capacity
+        if self.rate_limit_per_minute is None or capacity is None:
+            return None
+        return self.rate_limit_per_minute, capacity
 
     def merged(self, changes: Mapping[str, object]) -> FaultSettings:
         """These settings with ``changes`` applied (JSON values are fine: lists, ints for
@@ -1395,6 +1423,11 @@ class _TokenBucket:
         self.updated_at = now
 
 
+# Changing any of these starts every bucket full again.
+_LIMIT_FIELDS: Final = frozenset(
+    {"rate_limit_per_minute", "rate_limit_burst", "events_rate_limit_per_minute"}
+)
+
 # Past this many buckets, full ones are dropped: a full bucket is what a new one would be, so
 # this bounds memory against many distinct keys without changing any answer.
 _MAX_IDLE_BUCKETS: Final = 1024
@@ -1419,7 +1452,7 @@ def _server_error(status: int, fault: FaultKind) -> Response:
     )
 
 
-def _rate_limited_response(settings: FaultSettings, wait_s: float) -> Response:
+def _rate_limited_response(settings: FaultSettings, per_minute: int, wait_s: float) -> Response:
     """429 for a call that found its bucket empty; ``wait_s``: seconds until a token is back.
 
     - ``rate_limit_headers``: ``ratelimit-limit`` (the per-minute figure),
@@ -1436,7 +1469,7 @@ def _rate_limited_response(settings: FaultSettings, wait_s: float) -> Response:
     reset_s = str(max(1, math.ceil(round(wait_s, 3))))
     headers: dict[str, str] = {}
     if settings.rate_limit_headers:
-        headers["ratelimit-limit"] = str(settings.rate_limit_per_minute)
+        headers["ratelimit-limit"] = str(per_minute)
         headers["ratelimit-remaining"] = "0"
         headers["ratelimit-reset"] = reset_s
     if settings.rate_limit_retry_after:
@@ -1508,15 +1541,16 @@ class ConfigurableFaults(FaultPlan):
     def update(self, changes: Mapping[str, object]) -> FaultSettings:
         """Merge ``changes`` into the settings (all or nothing) and return the result.
 
-        Giving ``seed`` re-seeds the random choices; giving ``rate_limit_per_minute`` or
-        ``rate_limit_burst`` (even unchanged) starts every bucket full again.
+        Giving ``seed`` re-seeds the random choices; giving ``rate_limit_per_minute``,
+        ``rate_limit_burst`` or ``events_rate_limit_per_minute`` (even unchanged) starts every
+        bucket full again.
         """
         with self._lock:
             settings = self._settings.merged(changes)
             self._settings = settings
             if "seed" in changes:
                 self._random = random.Random(settings.seed)
-            if "rate_limit_per_minute" in changes or "rate_limit_burst" in changes:
+            if changes.keys() & _LIMIT_FIELDS:
                 self._buckets.clear()
         return settings
 
@@ -1534,11 +1568,12 @@ class ConfigurableFaults(FaultPlan):
         if settings.down:
             simulator.record_fault("down")
             return _server_error(503, "down")
-        if settings.rate_limit_per_minute is not None:
-            wait_s = self._take_token(call.credential, settings)
+        limit = settings.limit_for(call.api)
+        if limit is not None:
+            wait_s = self._take_token(call.credential, limit)
             if wait_s is not None:
                 simulator.record_fault("rate_limited")
-                return _rate_limited_response(settings, wait_s)
+                return _rate_limited_response(settings, limit[0], wait_s)
         if settings.hang:
             simulator.record_fault("hung")
             return await _hang(call.request, settings.hang_seconds)
@@ -1588,11 +1623,11 @@ class ConfigurableFaults(FaultPlan):
             return self._random.choice(tuple(_SERVER_ERRORS))
 
     def _take_token(
-        self, credential: tuple[str, str | None], settings: FaultSettings
+        self, credential: tuple[str, str | None], limit: tuple[int, int]
     ) -> float | None:
-        """None if ``credential``'s bucket had a token (now taken), else seconds until it will."""
-        per_minute = cast(int, settings.rate_limit_per_minute)
-        capacity = cast(int, settings.rate_limit_capacity)
+        """None if ``credential``'s bucket had a token (now taken), else seconds until it will.
+        ``limit``: (calls a minute, capacity), :meth:`FaultSettings.limit_for`."""
+        per_minute, capacity = limit
         now = self._monotonic()
         with self._lock:
             bucket = self._buckets.get(credential)

@@ -94,3 +94,22 @@ def test_acknowledges_and_resolves_drain_before_creates_high_urgency_first() -> 
         waiting[3],  # high urgency creates, oldest first
         waiting[0],  # low urgency last
     ]
+
+
+def test_routes_take_turns_keeping_each_routes_order() -> None:
+    from worker.delivery.policy import share_fairly
+
+    # A noisy route with 25 calls waiting and a quiet one with 3: the quiet one's go in the
+    # first turn, not after all of the noisy route's
+    noisy = [f"n{i}" for i in range(25)]
+    turns = share_fairly([("noisy", noisy), ("quiet", ["q0", "q1", "q2"])], 10)
+    assert [(route, len(calls)) for route, calls in turns] == [
+        ("noisy", 10),
+        ("quiet", 3),
+        ("noisy", 10),
+        ("noisy", 5),
+    ]
+    assert [c for route, calls in turns if route == "noisy" for c in calls] == noisy
+    # One route: a single turn with every call (its creates keep going out together)
+    assert share_fairly([("only", noisy)], 10) == [("only", noisy)]
+    assert share_fairly([], 10) == []

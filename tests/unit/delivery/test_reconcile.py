@@ -1003,3 +1003,39 @@ def test_a_create_in_a_group_whose_answer_was_lost_is_adopted_not_doubled(
     assert len(pagerduty.incidents()) == 3
     lost = alert(sqlite_sessions, "l1")
     assert lost.pagerduty_incident_id == pagerduty.incidents()[0]["id"]
+
+
+def test_a_task_paces_in_place_briefly_then_hands_the_rest_back_on_the_budgets_schedule(
+    send: Send,
+    gated: Reconciler,
+    pagerduty: FakePagerDuty,
+    clock: Clock,
+    sqlite_sessions: sessionmaker[Session],
+) -> None:
+    from worker.delivery.reconcile import MAX_PACING_IN_PLACE
+
+    # Given a budget of one call a second with a burst of two, and ten creates waiting
+    gate = gated.gate
+    assert gate is not None
+    gate.rate_per_minute, gate.burst = 60, 2
+    applied = [send(T, alert_id=f"p{n}", at=n) for n in range(10)]
+    started = clock()
+
+    # When one task reconciles them
+    results = gated.reconcile_many([a.alert_pk for a in applied if a.alert_pk])
+
+    # Then it sends the burst and what MAX_PACING_IN_PLACE seconds of waiting allow, no more
+    sent = 2 + int(MAX_PACING_IN_PLACE)
+    assert len(pagerduty.calls) == sent
+    assert list(results.values()).count(ReconcileResult.DELIVERED) == sent
+    assert list(results.values()).count(ReconcileResult.WAITING) == 10 - sent
+    # And the rest wait in the database, spending no attempt, due one a second (the budget's
+    # pace) from when the gate has a token again
+    rows = [alert(sqlite_sessions, f"p{n}") for n in range(sent, 10)]
+    assert {(row.delivery_state, row.attempts) for row in rows} == {(DeliveryState.PENDING, 0)}
+    due = [row.next_attempt_at for row in rows]
+    assert all(later is not None for later in due)
+    offsets = [(moment - started).total_seconds() for moment in due if moment is not None]
+    assert offsets == [
+        pytest.approx(MAX_PACING_IN_PLACE + n + 1, abs=0.01) for n in range(10 - sent)
+    ]

@@ -153,6 +153,7 @@ def test_trigger_answers_202_and_opens_an_alert(
         "created_at_ms": 1759320000000.0,  # NOW to the millisecond, for benchmarks
         "acknowledged_at": None,
         "resolved_at": None,
+        "resolved_at_ms": None,
         "status_history": [{"at": NOW, "from": None, "to": "triggered", "reopened": False}],
     }
     # And no incident: the Events API's alerts live apart
@@ -173,6 +174,7 @@ def test_trigger_acknowledge_resolve(client: TestClient, simulator: SimulatedPag
     [alert] = alerts(simulator)
     assert alert["status"] == "resolved"
     assert (alert["acknowledged_at"], alert["resolved_at"]) == (NOW, NOW)
+    assert alert["resolved_at_ms"] == 1759320000000.0  # to the millisecond, for benchmarks
     assert [(change["from"], change["to"]) for change in alert["status_history"]] == [
         (None, "triggered"),
         ("triggered", "acknowledged"),
@@ -575,6 +577,30 @@ def test_rate_limit_is_per_routing_key_and_a_429_event_is_not_taken(
     clock.now += 1
     assert trigger(client, "c").status_code == 202
     assert len(alerts(simulator)) == 4
+
+
+def test_events_limit_of_their_own_beside_the_rest_limit(
+    faulty: MakeClient, simulator: SimulatedPagerDuty
+) -> None:
+    # Given PagerDuty's figures: 960 REST calls a minute per API key, 120 events per routing key
+    clock = FakeMonotonic()
+    settings = FaultSettings(rate_limit_per_minute=960, events_rate_limit_per_minute=120)
+    client = faulty(ConfigurableFaults(settings, monotonic=clock))
+
+    # When 21 events come at once through one routing key
+    answers = [trigger(client, f"a{n}").status_code for n in range(21)]
+
+    # Then the events bucket holds a sixth of 120 (20), and its 429 names the events' limit
+    assert answers == [202] * 20 + [429]
+    assert trigger(client, "again").headers["ratelimit-limit"] == "120"
+    # And a REST call is counted against the REST key's 960, untouched by the events
+    rest = client.get("/incidents/Q1", headers=REST_HEADERS)
+    assert rest.headers["ratelimit-limit"] == "960"
+    assert rest.headers["ratelimit-remaining"] == "159"
+    # And half a second later one event token is back (two a second)
+    clock.now += 0.5
+    assert trigger(client, "later").status_code == 202
+    assert len(alerts(simulator)) == 21
 
 
 def test_lost_answer_still_applies_the_event(

@@ -519,6 +519,7 @@ def test_state_endpoint_reports_counts_and_incidents(client: TestClient) -> None
     assert incident["title"] == "Disk"
     assert incident["details"] == "90% full"
     assert len(incident["status_history"]) == 2
+    assert incident["resolved_at_ms"] is None  # open
 
 
 def test_reset_endpoint_clears_everything(client: TestClient) -> None:
