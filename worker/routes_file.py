@@ -1,4 +1,4 @@
-"""The routes file: where each CoScale notification scheme's alerts go (issue #7).
+"""The routes file: where each CoScale notification scheme's alerts go.
 
 One ``[[route]]`` table per route, in TOML (read with the standard library's ``tomllib``)::
 
@@ -22,7 +22,7 @@ digits``. Secrets (ingress tokens, API tokens, routing keys) are ``SecretStr``: 
 
 Rules (severity for Events, urgency for REST) are a default plus an ordered list of cases;
 the first case whose condition holds on a CoScale field wins. CoScale's webhook carries no
-severity or priority of its own (COSCALE.md lists every placeholder), so a case matches the
+severity or priority of its own (docs/coscale.md lists every placeholder), so a case matches the
 text of a field: ``equals`` or ``contains`` (both case-insensitive) or ``matches`` (a Python
 regular expression, searched). Fields are named as in the Webhook Format (``message``,
 ``metric``, ``subject``, ...); templates use CoScale's placeholders (``{MSG}``, ``{METRIC}``,
@@ -94,7 +94,7 @@ __all__ = [
 #: /webhooks/coscale`` without a route), kept free so logs and metrics can call it that.
 DEFAULT_ROUTE_NAME = "default"
 REST_API_URL = "https://api.pagerduty.com"
-#: PAGERDUTY.md: "About 120 events per minute per integration key".
+#: docs/pagerduty.md: "About 120 events per minute per integration key".
 EVENTS_RATE_PER_MINUTE = 120.0
 #: What PagerDuty gets as the source when the source template renders empty: the Events API
 #: requires a non-empty ``payload.source``.

@@ -42,7 +42,7 @@ SEED_TITLE_TEMPLATE = (
 
 
 class Settings(BaseSettings):
-    """pagerbridge's settings; names and defaults are the public contract (DESIGN.md §5)."""
+    """pagerbridge's settings; names and defaults are the public contract (docs/design.md)."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore"

@@ -5,8 +5,7 @@ collection comes whenever the objects promoted to its oldest generation have gro
 A server holds many requests in flight at once: their objects live long enough to be promoted,
 then die, so full collections keep coming, and each one walks again the 100,000 and more
 objects that the imports, the app, its schemas and its connections made at start and that
-live as long as the process. Measured in the api, in-process with 32 requests in flight: the
-collector was a third of a webhook's CPU (79 of 235 us), 12 us once those objects were frozen.
+live as long as the process (bench/api_profile.py measures what that costs a webhook).
 
 ``gc.freeze()`` moves every object alive now to a permanent generation the collector never
 walks. Freed by reference counting they still are; only a reference cycle among them would

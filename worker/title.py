@@ -35,7 +35,7 @@ def render_title(template: str, values: Mapping[str, str], *, limit: int = TITLE
 @functools.lru_cache(maxsize=64)
 def _parts(template: str) -> tuple[str, ...]:
     """``template`` split once: text, placeholder name, text, ... (a bridge has a few templates
-    and fills one per webhook; the split, then the fill, took 4.5 us a title, 1.1 us now)."""
+    and fills one per webhook: each is split once, then only filled)."""
     return tuple(_PLACEHOLDER.split(template))
 
 

@@ -1,6 +1,6 @@
 """How fast the workers may call PagerDuty, from what PagerDuty's answers say: a pure policy.
 
-PAGERDUTY.md: every REST answer carries ``ratelimit-limit`` (calls a minute), ``-remaining``
+docs/pagerduty.md: every REST answer carries ``ratelimit-limit`` (calls a minute), ``-remaining``
 (calls left before a 429) and ``-reset`` (seconds until the window is whole again). The shared
 gate (``worker/delivery/gate.py``) keeps one token bucket per token for all workers; each
 reading sets that bucket to PagerDuty's own numbers:

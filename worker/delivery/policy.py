@@ -247,7 +247,7 @@ def schedule_after_failure(
     max_backoff: float,
     give_up_after: float,
 ) -> Schedule:
-    """Retry later, park, or give up (DESIGN.md §3)."""
+    """Retry later, park, or give up (docs/design.md)."""
     message = str(error)
     if isinstance(error, CredentialsError):
         # Not the alert's fault: no attempt spent, never failed for it.

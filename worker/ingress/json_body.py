@@ -1,7 +1,7 @@
 """A request's JSON body: read strictly, and repaired when CoScale's unescaped placeholders broke
 it.
 
-CoScale pastes placeholder values into the Format without escaping them (COSCALE.md): a message
+CoScale pastes placeholder values into the Format without escaping them (docs/coscale.md): a message
 holding a double quote, a backslash or a newline turns the Format's JSON into invalid JSON. The
 happy path pays nothing for that: ``json.loads``, and that is all. Only a body it refuses is
 read a second time, by :func:`read_unescaped`, under one relaxation: inside a string *value*, a
@@ -27,7 +27,7 @@ What no reader can tell: a value holding ``", "name": "`` with a name the body d
 reads as one more field (that body is even valid JSON), and a value holding a valid escape reads
 as the escape.
 
-Why not json-repair (the PyPI package the issue suggested): tried first, its heuristics read
+Why not json-repair (a PyPI package for broken JSON): tried, its heuristics read
 values holding a newline and brackets as one string swallowing the next fields, and refused
 values such as a lone ``"``; a reader with a stated rule can be tested against CoScale's Format.
 """

@@ -37,8 +37,8 @@ def _or_scalar(text_schema: dict[str, Any]) -> WithJsonSchema:
 
 
 # The constraints before the BeforeValidator: they are then the text schema's own, checked in
-# pydantic's core after _text (8.1 -> 3.7 us per webhook body); after it, pydantic checked them
-# in Python, on any sequence ("at most 8192 items after validation").
+# pydantic's core after _text; after it, pydantic would check them in Python, on any sequence
+# ("at most 8192 items after validation").
 Text = Annotated[
     str,
     Field(max_length=FIELD_MAX, pattern=NO_NUL),
@@ -249,7 +249,7 @@ UNSUPPORTED_UPDATE_FIELDS = (
     "urgency",
     "conference_bridge",
 )
-# PagerDuty's own limit on a bulk update (PAGERDUTY.md; updateIncidents answers 413 past it).
+# PagerDuty's own limit on a bulk update (docs/pagerduty.md; updateIncidents answers 413 past it).
 MAX_BULK_UPDATES = 250
 
 

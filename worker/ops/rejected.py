@@ -1,6 +1,6 @@
 """The quarantine: requests the ingress rejected, kept with why, bounded by count and age.
 
-CoScale does not retry a webhook it got a 4xx for (COSCALE.md), so a rejected body would be
+CoScale does not retry a webhook it got a 4xx for (docs/coscale.md), so a rejected body would be
 gone. The api keeps each one here (``worker/ingress/middleware.py``); ``pagerbridge rejected`` lists
 them and ``pagerbridge rejected --replay ID`` sends one through the ingress again once the
 cause is fixed (``worker/ingress/replay_rejected.py``). The table never grows past

@@ -1,7 +1,7 @@
 """Turn a PagerDuty answer (or a failure to get one) into an error of the tree in ``errors.py``.
 
 Pure functions, no I/O and no httpx: the client hands over the status, the body bytes and the
-headers, and raises whatever comes back. The policy is PAGERDUTY.md's error table:
+headers, and raises whatever comes back. The policy is docs/pagerduty.md's error table:
 
 =================================  ==========================================================
 HTTP status                        result
@@ -53,7 +53,7 @@ __all__ = [
 # balancer, plain text) goes into the message: enough to recognise it, short enough to log.
 SNIPPET_CHARS = 200
 
-# PAGERDUTY.md: the duplicate-key refusal is a 400 whose errors[] says "Open incident with
+# docs/pagerduty.md: the duplicate-key refusal is a 400 whose errors[] says "Open incident with
 # matching dedup key already exists on this service"; its numeric code is NOT confirmed, so we
 # match the text (case-insensitive) and never the code. The second and third patterns cover
 # wordings that name the field instead ("incident_key already exists", "duplicate incident key").
@@ -114,7 +114,7 @@ def classify_response(
     if 400 <= status <= 499:
         return PermanentError(message, status=status, code=code, errors=errors)
     # 1xx, 3xx (httpx does not follow redirects for us) or a non-HTTP number: nothing in
-    # PAGERDUTY.md explains it, so it is most likely something between us and PagerDuty.
+    # docs/pagerduty.md explains it, so it is most likely something between us and PagerDuty.
     # Retrying is safe: creates carry an incident_key and updates set an absolute status.
     return RetryableError(
         f"unexpected HTTP status: {message}",
@@ -128,7 +128,7 @@ def classify_response(
 def rate_limit_per_minute(headers: Mapping[str, str]) -> float | None:
     """The calls per minute a 429's ``ratelimit-limit`` header allows, or ``None``.
 
-    PAGERDUTY.md: the REST API's limit is per minute (960 for one API key, shared by all of a
+    docs/pagerduty.md: the REST API's limit is per minute (960 for one API key, shared by all of a
     user's keys), and its 429s may carry the limit. A positive number is all we trust.
     """
     lowered = {name.lower(): value for name, value in headers.items()}
@@ -146,7 +146,7 @@ def rate_limit_per_minute(headers: Mapping[str, str]) -> float | None:
 def rate_limit_reading(headers: Mapping[str, str]) -> RateLimitReading | None:
     """The ``ratelimit-*`` headers of any REST answer, or ``None`` when one is missing or bad.
 
-    PAGERDUTY.md: REST answers in general carry ``ratelimit-limit``, ``ratelimit-remaining``
+    docs/pagerduty.md: REST answers in general carry ``ratelimit-limit``, ``ratelimit-remaining``
     and ``ratelimit-reset``, so that a client can pace itself before it is throttled.
     """
     limit = rate_limit_per_minute(headers)
@@ -168,7 +168,7 @@ def _first_item(raw: str | None) -> str | None:
 def retry_after_seconds(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
     """How long PagerDuty asked us to wait, in seconds, or ``None`` if it did not say.
 
-    PAGERDUTY.md: 429 answers may carry ``ratelimit-reset`` (seconds until the rate-limit
+    docs/pagerduty.md: 429 answers may carry ``ratelimit-reset`` (seconds until the rate-limit
     window resets), which is documented and so preferred. ``Retry-After`` is not documented
     but honoured if present, as delay-seconds or as an HTTP date (RFC 9110 section 10.2.3).
     Unparseable or negative values are ignored; a date in the past gives 0.0.
@@ -198,7 +198,7 @@ def retry_after_seconds(headers: Mapping[str, str], *, now: float | None = None)
 def classify_transport_failure(exc: Exception) -> RetryableError:
     """Classify a request that got no HTTP answer: network error, timeout, broken connection.
 
-    Always retryable (PAGERDUTY.md: network errors and timeouts are transient). The message
+    Always retryable (docs/pagerduty.md: network errors and timeouts are transient). The message
     says which kind of failure it was, so an operator can tell a slow PagerDuty (timeout) from
     a wrong base URL (DNS, connection refused) or a TLS problem. Works from exception class
     names and the ``__cause__``/``__context__`` chain, so this module needs no httpx import.
@@ -212,7 +212,7 @@ def classify_malformed_success(status: int, body: bytes, problem: str) -> Retrya
     """Classify a 2xx answer whose body is not what PagerDuty documents (no JSON, no ``id``).
 
     Retryable on purpose: the request may or may not have taken effect, which is the same
-    situation as a lost response. Retrying is safe: PAGERDUTY.md's create retry recipe (same
+    situation as a lost response. Retrying is safe: docs/pagerduty.md's create retry recipe (same
     ``incident_key``, adopt on the duplicate-key 400) covers creates, and updates set an
     absolute status ("already resolved/acknowledged" counts as success in the client).
 
@@ -295,7 +295,7 @@ def _parse_error_body(status: int, body: bytes) -> tuple[str, int | None, tuple[
     """Read PagerDuty's envelope ``{"error": {"message", "code", "errors"}}`` tolerantly.
 
     Returns ``(message, code, errors)``. Never raises: an empty body gives the status's reason
-    phrase (PAGERDUTY.md: a 429 may come with no body at all), a body that is not the envelope
+    phrase (docs/pagerduty.md: a 429 may come with no body at all), a body that is not the envelope
     gives a one-line snippet of it, truncated to about ``SNIPPET_CHARS`` characters.
     """
     reason = _reason_phrase(status)

@@ -51,21 +51,21 @@ _T = TypeVar("_T")
 # What httpx accepts as one query parameter value.
 _QueryValue = str | int | float | bool | None
 
-# PAGERDUTY.md: bulk PUT /incidents takes at most 250 items (more gives 413).
+# docs/pagerduty.md: bulk PUT /incidents takes at most 250 items (more gives 413).
 MAX_BULK_UPDATES = 250
-# PAGERDUTY.md: GET /incidents takes limit <= 100.
+# docs/pagerduty.md: GET /incidents takes limit <= 100.
 MAX_FIND_RESULTS = 100
-# PAGERDUTY.md: an update sets status "acknowledged" or "resolved"; nothing else is sent.
+# docs/pagerduty.md: an update sets status "acknowledged" or "resolved"; nothing else is sent.
 UPDATE_STATUSES = frozenset({"acknowledged", "resolved"})
 URGENCIES = frozenset({"high", "low"})
 
-# PAGERDUTY.md: every request carries this Accept header; it asks for REST API v2.
+# docs/pagerduty.md: every request carries this Accept header; it asks for REST API v2.
 _ACCEPT = "application/vnd.pagerduty+json;version=2"
 
-# PAGERDUTY.md: the error list has "1001 Incident Already Resolved" and "1002 Incident Already
+# docs/pagerduty.md: the error list has "1001 Incident Already Resolved" and "1002 Incident Already
 # Acknowledged", and "already in the wanted state" counts as success. Keyed by the status we
 # asked for: 1001 on an *acknowledge* is NOT success (the incident is resolved, not acked).
-# PAGERDUTY.md also says the behaviour on an already resolved incident is not documented, so
+# docs/pagerduty.md also says the behaviour on an already resolved incident is not documented, so
 # the message text is matched as well as the code.
 _ALREADY_IN_STATE: Mapping[str, tuple[int, str]] = {
     "resolved": (1001, "already resolved"),
@@ -133,7 +133,7 @@ class PagerDutyClient(HttpClient):
             base_url: e.g. ``"https://api.pagerduty.com"`` (or a simulator's URL; a path
                 prefix is kept).
             token: the REST API key, sent as ``Authorization: Token token=<token>``.
-            from_email: email of a user on the account; PAGERDUTY.md: required on
+            from_email: email of a user on the account; docs/pagerduty.md: required on
                 ``POST``/``PUT /incidents`` (a missing ``From`` gives 400).
             connect_timeout: seconds to open a connection, and to wait for a free one from
                 the pool.
@@ -161,7 +161,7 @@ class PagerDutyClient(HttpClient):
         self._http = open_client(
             base_url=url,
             headers={
-                # PAGERDUTY.md: every request carries these four.
+                # docs/pagerduty.md: every request carries these four.
                 "Authorization": f"Token token={token}",
                 "Accept": _ACCEPT,
                 "Content-Type": "application/json",
@@ -190,7 +190,7 @@ class PagerDutyClient(HttpClient):
         """Create an incident: ``POST /incidents``, expecting 201.
 
         ``incident_key`` is required and non-empty because it is what makes a retry safe
-        (PAGERDUTY.md): if the response to this call is lost, calling again with the same key
+        (docs/pagerduty.md): if the response to this call is lost, calling again with the same key
         raises :class:`DuplicateIncidentKeyError`, and the caller adopts the open incident
         found with :meth:`find_incidents`.
 
@@ -235,7 +235,7 @@ class PagerDutyClient(HttpClient):
         returns ``Incident(incident_id, status)`` instead of raising: the goal is reached.
 
         The caller must not acknowledge an incident it has resolved: PagerDuty reopens it
-        (PAGERDUTY.md, changelog 2025-09-18). This client cannot know the history, so it sends
+        (docs/pagerduty.md, changelog 2025-09-18). This client cannot know the history, so it sends
         what it is asked to send.
 
         Args:
@@ -315,7 +315,7 @@ class PagerDutyClient(HttpClient):
 
         Always sends ``date_range=all``, even for open incidents only: without it PagerDuty
         searches just the last 30 days (List Incidents reference: ``since``/``until`` default
-        to a 30-day window, and ``date_range=all`` ignores them; not in PAGERDUTY.md), so an
+        to a 30-day window, and ``date_range=all`` ignores them; not in docs/pagerduty.md), so an
         incident still open after a month would not be found and adopting it after a
         duplicate-key refusal would fail. Unless ``include_resolved``, only ``triggered`` and
         ``acknowledged`` incidents are asked for (``statuses[]``).
@@ -329,7 +329,7 @@ class PagerDutyClient(HttpClient):
         ``None``; the list is returned as PagerDuty sent it.
 
         Raises:
-            ValueError: empty ``incident_key`` (PAGERDUTY.md: that would list everything).
+            ValueError: empty ``incident_key`` (docs/pagerduty.md: that would list everything).
             PagerDutyError: see ``errors.py``.
         """
         _require_non_empty(incident_key=incident_key)
@@ -461,7 +461,7 @@ class PagerDutyClient(HttpClient):
         payload: Mapping[str, Any] | None,
         params: list[tuple[str, _QueryValue]] | None,
     ) -> _Answer:
-        # PAGERDUTY.md: From is required on POST and PUT /incidents; sent on every write.
+        # docs/pagerduty.md: From is required on POST and PUT /incidents; sent on every write.
         headers = self._write_headers if method != "GET" else None
         request = self._http.build_request(
             method,

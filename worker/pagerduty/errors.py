@@ -130,8 +130,8 @@ class PermanentError(PagerDutyError):
 class DuplicateIncidentKeyError(PermanentError):
     """A create was refused because an open incident already has this ``incident_key``.
 
-    PAGERDUTY.md: PagerDuty answers 400 "Open incident with matching dedup key already exists on
-    this service". After a lost response this means the earlier create went through: look the
+    docs/pagerduty.md: PagerDuty answers 400 "Open incident with matching dedup key already exists
+    on this service". After a lost response this means the earlier create went through: look the
     incident up by its key and adopt it instead of retrying.
     """
 

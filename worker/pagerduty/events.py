@@ -13,14 +13,14 @@ answer                          result
                                 retry and no other event of this route will fix
 other 400                       PermanentError with PagerDuty's ``errors`` list
 429                             RetryableError; ``retry_after`` from the headers if any
-                                (PAGERDUTY.md: the event was NOT taken, back off minutes)
+                                (docs/pagerduty.md: the event was NOT taken, back off minutes)
 5xx, network error, timeout     RetryableError
 anything else                   as the REST client (``classify.classify_response``)
 ==============================  =========================================================
 
 Every event carries a ``dedup_key`` (:func:`dedup_key`): a trigger retried after a lost answer
 then joins the alert the first attempt opened instead of paging twice, and acknowledge and
-resolve need one anyway (PAGERDUTY.md).
+resolve need one anyway (docs/pagerduty.md).
 
 The routing key (integration key) is the credential of the Events API: it travels in the body,
 never in a log line or an error. The client holds it, :func:`build_event` never sees it, and
@@ -74,7 +74,7 @@ EVENT_ACTIONS: Final[tuple[str, ...]] = get_args(EventAction)
 SEVERITIES: Final[tuple[str, ...]] = get_args(Severity)
 
 EVENTS_URL: Final = "https://events.pagerduty.com/v2/enqueue"
-# PAGERDUTY.md, "Events API v2": summary <= 1024 characters, dedup_key <= 255, payload 512 KB.
+# docs/pagerduty.md, "Events API v2": summary <= 1024 characters, dedup_key <= 255, payload 512 KB.
 MAX_SUMMARY_CHARS: Final = 1024
 MAX_DEDUP_KEY_CHARS: Final = 255
 MAX_EVENT_BYTES: Final = 512 * 1024
@@ -149,7 +149,7 @@ def build_event(
     The payload arguments are read for a trigger only: PagerDuty ignores them on acknowledge
     and resolve, which carry ``event_action`` and ``dedup_key`` alone.
 
-    Limits (PAGERDUTY.md): ``summary`` is cut to 1024 characters with an ellipsis, as titles
+    Limits (docs/pagerduty.md): ``summary`` is cut to 1024 characters with an ellipsis, as titles
     are; ``source``, ``component``, ``group`` and ``class`` likewise (``MAX_CONTEXT_CHARS``).
     If the event would exceed 512 KB, the largest ``custom_details`` values are cut (or
     dropped) until it fits, and ``custom_details["pagerbridge_trimmed"]`` says which.
@@ -354,7 +354,8 @@ class EventsClient(HttpClient):
         took it (2xx; PagerDuty answers 202).
 
         A 202 for an acknowledge or resolve of an alert PagerDuty does not know (never opened,
-        already resolved) is success too: PagerDuty drops those and says nothing (PAGERDUTY.md).
+        already resolved) is success too: PagerDuty drops those and says nothing
+        (docs/pagerduty.md).
 
         Raises:
             ValueError: the event has no valid ``event_action`` or ``dedup_key``, carries its

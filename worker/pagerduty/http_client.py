@@ -17,7 +17,7 @@ from typing import Any, Self
 
 import httpx
 
-# PagerDuty advises serial requests per credential (PAGERDUTY.md), and one client serves one
+# PagerDuty advises serial requests per credential (docs/pagerduty.md), and one client serves one
 # worker process: it needs a connection per request it has in flight at once (at most this
 # many; ``Settings.pagerduty_calls_in_flight``), never more. Idle connections are dropped after
 # 30 s, below the 60 s idle timeout common to load balancers, so a reused connection is rarely

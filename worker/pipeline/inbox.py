@@ -8,7 +8,7 @@ invisible until the broker's visibility timeout), a Redis that was flushed or re
 its data, a Redis that was down when CoScale called. The sweeper applies inbox rows that the
 queue has not applied within :data:`INBOX_GRACE`.
 
-CoScale does not retry a failed webhook (COSCALE.md), so the api answers 2xx when either store
+CoScale does not retry a failed webhook (docs/coscale.md), so the api answers 2xx when either store
 took the event, and 503 only when neither did. Two rules keep that answer quick and true:
 
 - the database has ``store_deadline`` seconds to store a batch

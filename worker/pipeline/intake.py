@@ -1,4 +1,4 @@
-"""Turning an event into the alert's desired state (DESIGN.md §2).
+"""Turning an event into the alert's desired state (docs/design.md).
 
 An event is not "a call to make" but a change to what PagerDuty should show. Applying it is
 idempotent (the event id is recorded) and order-free within a cycle (the desired status only

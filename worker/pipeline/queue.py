@@ -40,12 +40,12 @@ class CeleryEventQueue:
                 APPLY_EVENT_TASK,
                 args=[[event.to_message() for event in events]],
                 # Celery otherwise builds a repr of the whole batch for the message's headers
-                # (for monitoring tools): a quarter of the api's CPU per message, measured.
+                # (for monitoring tools); a summary says enough (bench/api_profile.py).
                 argsrepr=_summary(events),
                 kwargsrepr="{}",
                 # The queue is the routing key of the default (direct) exchange: nothing to
-                # declare. Celery would otherwise re-declare it with every message (a copy of
-                # the queue and its exchange bound to the channel: 8% of a publish, measured).
+                # declare. Celery would otherwise re-declare it with every message (Celery's
+                # `declare` option of send_task).
                 declare=[],
                 # Fail fast: CoScale is waiting for the answer, and a 503 is better than a
                 # request held until CoScale's own timeout.

@@ -80,7 +80,7 @@ class Runtime:
         """The gate of the route's credential: routes that share an API token or integration
         key share its breaker and rate budget, and one broken key stalls only its routes."""
         if route.events is not None:
-            # PAGERDUTY.md: after an Events API 429, wait minutes rather than seconds.
+            # docs/pagerduty.md: after an Events API 429, wait minutes rather than seconds.
             return self._gate(
                 credential_key(route), route.events.rate_per_minute, EVENTS_RATE_LIMIT_BACKOFF
             )

@@ -28,7 +28,7 @@ Layers, top to bottom:
   ``POST /_simulator/faults/clear`` to read and change the faults at run time.
   :class:`SimulatorControl` is its typed client.
 
-PagerDuty's behaviour comes from ``/work/shared/PAGERDUTY.md``. Where PagerDuty documents
+PagerDuty's behaviour comes from ``docs/pagerduty.md``. Where PagerDuty documents
 nothing, the docstring at that point says which choice the simulator made.
 """
 
@@ -106,7 +106,7 @@ FAULT_KINDS: Final[tuple[FaultKind, ...]] = (
 # The media type PagerDuty's REST API v2 expects in Accept.
 PAGERDUTY_ACCEPT: Final = "application/vnd.pagerduty+json;version=2"
 # The errors[] text PagerDuty sends when a create repeats the incident_key of an open incident on
-# the same service (seen in the wild; PAGERDUTY.md). The bridge matches on this text plus 400.
+# the same service (seen in the wild; docs/pagerduty.md). The bridge matches on this text plus 400.
 DUPLICATE_INCIDENT_KEY_ERROR: Final = (
     "Open incident with matching dedup key already exists on this service"
 )
@@ -120,12 +120,12 @@ OPEN_STATUSES: Final[frozenset[str]] = frozenset({"triggered", "acknowledged"})
 # Statuses a client may ask for in an update; PagerDuty never lets a client set "triggered".
 SETTABLE_STATUSES: Final[frozenset[str]] = frozenset({"acknowledged", "resolved"})
 
-MAX_BULK_UPDATE: Final = 250  # PUT /incidents: more items → 413 (PAGERDUTY.md)
+MAX_BULK_UPDATE: Final = 250  # PUT /incidents: more items → 413 (docs/pagerduty.md)
 MAX_TITLE_CHARS: Final = 1024
 DEFAULT_PAGE_LIMIT: Final = 25  # PagerDuty's default page size for classic pagination
 MAX_PAGE_LIMIT: Final = 100
 
-# PagerDuty error codes (PAGERDUTY.md, "Errors").
+# PagerDuty error codes (docs/pagerduty.md, "Errors").
 CODE_ALREADY_RESOLVED: Final = 1001
 CODE_ALREADY_ACKNOWLEDGED: Final = 1002
 CODE_INTERNAL_ERROR: Final = 2000
@@ -138,7 +138,7 @@ CODE_NOT_FOUND: Final = 2100
 # ``counts.calls_per_second`` in the state covers this many seconds, at most one entry each.
 CALL_RATE_WINDOW_S: Final = 600
 
-# ---- Events API v2 (PAGERDUTY.md, "Events API v2"; PagerDuty's "Send an Alert Event" page) ----
+# ---- Events API v2 (docs/pagerduty.md; PagerDuty's "Send an Alert Event" page) ----
 EventAction = Literal["trigger", "acknowledge", "resolve"]
 EVENT_ACTIONS: Final[tuple[EventAction, ...]] = ("trigger", "acknowledge", "resolve")
 EVENT_SEVERITIES: Final[tuple[str, ...]] = ("critical", "error", "warning", "info")
@@ -970,7 +970,7 @@ def event_outcome(action: EventAction, open_status: IncidentStatus | None) -> Ev
     acknowledge, acknowledged     unchanged    not documented: the alert is open, so the
                                                event is taken, but there is nothing to do
     resolve, any                  resolve
-    acknowledge/resolve, none     drop         still answered 202 (PAGERDUTY.md)
+    acknowledge/resolve, none     drop         still answered 202 (docs/pagerduty.md)
     ============================  ===========  ============================================
     """
     if action == "trigger":
@@ -1032,8 +1032,8 @@ def _decode_event(raw: bytes) -> object:
     not JSON.
 
     Too large is a 400, not a 413: PagerDuty documents only 202, 400, 429 and 5xx for the
-    Events API (PAGERDUTY.md), and a 400 is what tells a client not to retry, which is right for
-    an event that will never fit. The Content-Type is not checked: PagerDuty documents nothing
+    Events API (docs/pagerduty.md), and a 400 is what tells a client not to retry, which is right
+    for an event that will never fit. The Content-Type is not checked: PagerDuty documents nothing
     about it for the Events API.
     """
     if len(raw) > MAX_EVENT_BYTES:
@@ -1459,9 +1459,9 @@ def _rate_limited_response(settings: FaultSettings, per_minute: int, wait_s: flo
       ``ratelimit-remaining: 0`` and ``ratelimit-reset`` (whole seconds until a token is back,
       at least 1).
     - ``rate_limit_retry_after``: ``Retry-After`` with the same seconds. PagerDuty does not
-      document it (PAGERDUTY.md), so it is off by default.
+      document it (docs/pagerduty.md), so it is off by default.
     - With either, the body is ``{"error": {"message": "Rate Limit Exceeded", "code": 2020}}``.
-      With neither, no header and an empty body: PAGERDUTY.md says a 429 can come that way.
+      With neither, no header and an empty body: docs/pagerduty.md says a 429 can come that way.
     """
     if not settings.rate_limit_headers and not settings.rate_limit_retry_after:
         return Response(status_code=429)
@@ -1597,7 +1597,7 @@ class ConfigurableFaults(FaultPlan):
     def _budget_headers(
         self, credential: tuple[str, str | None], settings: FaultSettings
     ) -> dict[str, str]:
-        """PAGERDUTY.md: every REST answer carries ``ratelimit-limit`` (per minute),
+        """docs/pagerduty.md: every REST answer carries ``ratelimit-limit`` (per minute),
         ``ratelimit-remaining`` (whole tokens left) and ``ratelimit-reset`` (whole seconds until
         the bucket is full again, the token bucket's "window")."""
         now = self._monotonic()
