@@ -26,7 +26,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base, UTCDateTime, utcnow
 from models.bulk import update_rows
-from worker.vocabulary import AlertStatus, DeliveryState
+from worker.vocabulary import DEFAULT_NAMESPACE, AlertStatus, DeliveryState
 
 # Integer on SQLite so the primary key is the rowid alias and autoincrements.
 Id = BigInteger().with_variant(Integer(), "sqlite")
@@ -48,15 +48,20 @@ def _enum(kind: type[AlertStatus] | type[DeliveryState], name: str) -> Enum:
 class Alert(Base):
     __tablename__ = "alerts"
     __table_args__ = (
-        UniqueConstraint("source", "source_alert_id", "cycle"),
-        UniqueConstraint("incident_key"),
-        # The sweeper's look-up: what is due, oldest first.
-        Index("ix_alerts_due", "delivery_state", "next_attempt_at"),
+        # One alert (and one incident key) per bridge: bridges sharing a database each have
+        # their own namespace (PAGERBRIDGE_NAMESPACE), and the same alert id in two is two alerts.
+        UniqueConstraint("namespace", "source", "source_alert_id", "cycle"),
+        UniqueConstraint("namespace", "incident_key"),
+        # The sweeper's look-up: what is due in this bridge, oldest first.
+        Index("ix_alerts_due", "namespace", "delivery_state", "next_attempt_at"),
         # The API contact's look-up of a PagerDuty id it did not mint.
         Index("ix_alerts_pagerduty_incident_id", "pagerduty_incident_id"),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
+    namespace: Mapped[str] = mapped_column(
+        String(64), default=DEFAULT_NAMESPACE, server_default=DEFAULT_NAMESPACE
+    )
     # "coscale" or "api" on the default route; "coscale:<route>" for a named route's webhook,
     # so that one CoScale alert sent to two routes is two alerts, each with its own incident.
     source: Mapped[str] = mapped_column(String(80))
@@ -150,6 +155,7 @@ class AlertRecord:
     """
 
     id: int  # set once inserted
+    namespace: str
     source: str
     source_alert_id: str
     cycle: int

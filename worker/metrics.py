@@ -51,6 +51,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, utcnow
+from models.namespace import namespace_of
 from worker.delivery.gate import DeliveryGate
 from worker.pipeline.message import DEFAULT_ROUTE
 from worker.settings import Settings, get_settings
@@ -287,14 +288,17 @@ class BridgeStateCollector(Collector):
             if session.get_bind().dialect.name == "postgresql":
                 # Ends the statement server-side too, not just our wait for it.
                 session.execute(text(f"SET LOCAL statement_timeout = {int(self._timeout * 1000)}"))
+            ours = Alert.namespace == namespace_of(session)
             counts: dict[DeliveryState, int] = {
                 state: count
                 for state, count in session.execute(
-                    select(Alert.delivery_state, func.count()).group_by(Alert.delivery_state)
+                    select(Alert.delivery_state, func.count())
+                    .where(ours)
+                    .group_by(Alert.delivery_state)
                 )
             }
             oldest: datetime | None = session.scalar(
-                select(func.min(Alert.pending_since)).where(Alert.delivery_state.in_(owed))
+                select(func.min(Alert.pending_since)).where(ours, Alert.delivery_state.in_(owed))
             )
         by_state = GaugeMetricFamily(
             "pagerbridge_alerts",

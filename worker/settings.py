@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.errors import ConfigurationError
+from worker.vocabulary import DEFAULT_NAMESPACE
 
 ENV_PREFIX = "PAGERBRIDGE_"
 PLACEHOLDER = "change-me"  # what .env.example holds where a secret must go
@@ -50,10 +51,11 @@ class Settings(BaseSettings):
 
     redis_url: str = "redis://localhost:6379/0"
     namespace: str = Field(
-        "pagerbridge",
+        DEFAULT_NAMESPACE,
         pattern=r"^[A-Za-z0-9_.-]{1,64}$",
-        description="Celery queue name and prefix of every Redis key; two bridges may share a "
-        "Redis with different namespaces",
+        description="Celery queue name, prefix of every Redis key, and the bridge every "
+        "database row belongs to; bridges may share a Redis and a database with different "
+        "namespaces",
     )
     database_url: str = "sqlite:///pagerbridge.db"
 

@@ -224,7 +224,7 @@ def build_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI:
     def redis_ping() -> None:
         redis_client.ping()
 
-    sessions = make_session_factory(make_engine(settings.database_url))
+    sessions = make_session_factory(make_engine(settings.database_url), settings.namespace)
     queue = DurableEventQueue(CeleryEventQueue(celery_app), sessions)
     gate = None
     if settings.pagerduty_token is not None:

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
-from sqlalchemy import Delete, Select, delete, select
+from sqlalchemy import Delete, Select, bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -30,9 +30,10 @@ from models.bulk import (
 )
 from models.event import ALERT_EVENTS_TABLE
 from models.inbox import INBOX_EVENTS_TABLE
+from models.namespace import namespace_of
 from worker.pagerduty.events import dedup_key
 from worker.pipeline.message import AlertEventMessage
-from worker.vocabulary import AlertStatus, DeliveryState, advance
+from worker.vocabulary import DEFAULT_NAMESPACE, AlertStatus, DeliveryState, advance
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +79,15 @@ class Claim(Protocol):
 CLAIM_COLUMNS = ("lease_owner", "lease_expires_at", "create_sent_at")
 
 
-def incident_key(source: str, alert_id: str, cycle: int) -> str:
-    """The deterministic PagerDuty ``incident_key`` of one alert cycle.
+def incident_key(
+    source: str, alert_id: str, cycle: int, namespace: str = DEFAULT_NAMESPACE
+) -> str:
+    """The deterministic PagerDuty ``incident_key`` of one alert cycle of one bridge.
 
     Deterministic so that a create retried after a lost answer collides with the incident the
     first attempt made, and PagerDuty refuses the duplicate instead of paging twice.
     """
-    return dedup_key(source, alert_id, cycle)
+    return dedup_key(source, alert_id, cycle, namespace)
 
 
 def plan_event(latest: AlertLike | None, event: AlertEventMessage) -> EventOutcome:
@@ -144,12 +147,15 @@ def _mark_pending(alert: AlertLike, now: datetime) -> None:
     alert.last_error = None
 
 
-def _open_cycle(event: AlertEventMessage, cycle: int, now: datetime) -> AlertRecord:
+def _open_cycle(
+    event: AlertEventMessage, cycle: int, now: datetime, namespace: str
+) -> AlertRecord:
     alert = AlertRecord(
+        namespace=namespace,
         source=event.source,
         source_alert_id=event.alert_id,
         cycle=cycle,
-        incident_key=incident_key(event.source, event.alert_id, cycle),
+        incident_key=incident_key(event.source, event.alert_id, cycle, namespace),
         service_id=event.service_id,
         desired_status=event.action,
         delivery_state=DeliveryState.PENDING,
@@ -180,15 +186,20 @@ def _apply(session: Session, event: AlertEventMessage, now: datetime) -> Applied
 @built_once
 def _forget_inbox_statement(postgres: bool) -> Delete:
     # On the table, not the ORM entity: no session to synchronise (and no RETURNING for it).
+    inbox = INBOX_EVENTS_TABLE.c
     return delete(INBOX_EVENTS_TABLE).where(
-        param_one_of(INBOX_EVENTS_TABLE.c.event_id, "event_ids", postgres)
+        inbox.namespace == bindparam("namespace"),
+        param_one_of(inbox.event_id, "event_ids", postgres),
     )
 
 
 def _forget_inbox(session: Session, event_ids: list[str]) -> None:
     # In the same transaction as the apply: an event is either still in the inbox (and the
     # sweeper will apply it) or applied, never neither.
-    session.execute(_forget_inbox_statement(session), {"event_ids": event_ids})
+    session.execute(
+        _forget_inbox_statement(session),
+        {"namespace": namespace_of(session), "event_ids": event_ids},
+    )
 
 
 def apply_event(
@@ -283,7 +294,10 @@ def _latest_cycles_statement(postgres: bool) -> Select[Any]:
     alerts = ALERTS_TABLE.c
     return (
         select(*ALERTS_TABLE.columns)
-        .where(param_keys_one_of((alerts.source, alerts.source_alert_id), "keys", postgres))
+        .where(
+            alerts.namespace == bindparam("namespace"),
+            param_keys_one_of((alerts.source, alerts.source_alert_id), "keys", postgres),
+        )
         .order_by(alerts.source, alerts.source_alert_id, alerts.cycle.desc())
         .with_for_update()
     )
@@ -296,9 +310,11 @@ def _latest_cycles(session: Session, keys: list[AlertKey]) -> dict[AlertKey, Ale
     latest: dict[AlertKey, AlertRecord] = {}
     statement = _latest_cycles_statement(session)
     postgres = on_postgresql(session)
+    namespace = namespace_of(session)
     for start in range(0, len(keys), _IN_CHUNK):
         chunk = keys[start : start + _IN_CHUNK]
-        rows = session.execute(statement, keys_param("keys", chunk, 2, postgres)).mappings()
+        params = {"namespace": namespace, **keys_param("keys", chunk, 2, postgres)}
+        rows = session.execute(statement, params).mappings()
         for row in rows:
             key = (row["source"], row["source_alert_id"])
             if key not in latest:
@@ -332,6 +348,7 @@ def _apply_batch(
     seen = _seen_events(session, [event.event_id for event in events])
     keys = sorted({(event.source, event.alert_id) for event in events})
     latest: dict[AlertKey, AlertRecord] = _latest_cycles(session, keys)
+    namespace = namespace_of(session)
     # (event, its alert (maybe not stored yet), outcome, needs delivery), in batch order.
     decided: list[tuple[AlertEventMessage, AlertRecord | None, EventOutcome, bool]] = []
     opened: list[AlertRecord] = []
@@ -341,7 +358,7 @@ def _apply_batch(
             continue
         seen[event.event_id] = None  # the same event twice in one batch
         key = (event.source, event.alert_id)
-        alert, outcome, needs_delivery = _decide(latest.get(key), event, now)
+        alert, outcome, needs_delivery = _decide(latest.get(key), event, now, namespace)
         if alert is not None and outcome is EventOutcome.OPENED:
             opened.append(alert)
             latest[key] = alert
@@ -405,7 +422,7 @@ def _insert_cycles(session: Session, alerts: list[AlertRecord]) -> None:
         ALERTS_TABLE,
         [alert.column_values() for alert in alerts],
         returning="id",
-        key=("source", "source_alert_id", "cycle"),
+        key=("namespace", "source", "source_alert_id", "cycle"),
     )
     for alert, pk in zip(alerts, ids, strict=True):
         alert.id = pk
@@ -416,14 +433,15 @@ def _pk(alert: AlertLike | None) -> int | None:
 
 
 def _decide(
-    latest: AlertRecord | None, event: AlertEventMessage, now: datetime
+    latest: AlertRecord | None, event: AlertEventMessage, now: datetime, namespace: str
 ) -> tuple[AlertRecord | None, EventOutcome, bool]:
     """Fold ``event`` into the alert whose newest cycle is ``latest``: (the alert it belongs
     to, a new cycle when OPENED, not yet added to the session; the outcome; whether the alert
     now needs a delivery)."""
     outcome = plan_event(latest, event)
     if outcome is EventOutcome.OPENED:
-        return _open_cycle(event, latest.cycle + 1 if latest else 1, now), outcome, True
+        cycle = latest.cycle + 1 if latest else 1
+        return _open_cycle(event, cycle, now, namespace), outcome, True
     if latest is not None and outcome is EventOutcome.ADVANCED:
         latest.desired_status = advance(latest.desired_status, event.action)
         if event.action is AlertStatus.RESOLVED:

@@ -1,0 +1,68 @@
+"""namespaces: several bridges on one database
+
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-12-05 12:30:00
+
+Every alert, inbox and quarantine row belongs to one bridge (``PAGERBRIDGE_NAMESPACE``). Rows
+stored before are the default namespace's (``pagerbridge``), whose incident keys keep their
+format, so the incidents they opened are still found and resolved.
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0005"
+down_revision: str | None = "0004"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+DEFAULT_NAMESPACE = "pagerbridge"  # as worker.vocabulary, frozen here as this revision saw it
+
+
+def _namespace_column() -> sa.Column[str]:
+    return sa.Column(
+        "namespace", sa.String(length=64), server_default=DEFAULT_NAMESPACE, nullable=False
+    )
+
+
+def upgrade() -> None:
+    # batch mode: SQLite cannot change constraints in place (it recreates the table).
+    with op.batch_alter_table("alerts") as batch:
+        batch.add_column(_namespace_column())
+        batch.drop_constraint("uq_alerts_source_source_alert_id_cycle", type_="unique")
+        batch.drop_constraint("uq_alerts_incident_key", type_="unique")
+        batch.drop_index("ix_alerts_due")
+        batch.create_unique_constraint(
+            "uq_alerts_namespace_source_source_alert_id_cycle",
+            ["namespace", "source", "source_alert_id", "cycle"],
+        )
+        batch.create_unique_constraint(
+            "uq_alerts_namespace_incident_key", ["namespace", "incident_key"]
+        )
+        batch.create_index("ix_alerts_due", ["namespace", "delivery_state", "next_attempt_at"])
+    with op.batch_alter_table("inbox_events") as batch:
+        batch.add_column(_namespace_column())
+    with op.batch_alter_table("quarantined_requests") as batch:
+        batch.add_column(_namespace_column())
+
+
+def downgrade() -> None:
+    # Only sound while every row is the default namespace's: two bridges' rows could break the
+    # narrower constraints.
+    with op.batch_alter_table("quarantined_requests") as batch:
+        batch.drop_column("namespace")
+    with op.batch_alter_table("inbox_events") as batch:
+        batch.drop_column("namespace")
+    with op.batch_alter_table("alerts") as batch:
+        batch.drop_index("ix_alerts_due")
+        batch.drop_constraint("uq_alerts_namespace_incident_key", type_="unique")
+        batch.drop_constraint("uq_alerts_namespace_source_source_alert_id_cycle", type_="unique")
+        batch.create_unique_constraint("uq_alerts_incident_key", ["incident_key"])
+        batch.create_unique_constraint(
+            "uq_alerts_source_source_alert_id_cycle", ["source", "source_alert_id", "cycle"]
+        )
+        batch.create_index("ix_alerts_due", ["delivery_state", "next_attempt_at"])
+        batch.drop_column("namespace")
