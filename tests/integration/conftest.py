@@ -58,8 +58,8 @@ def free_port() -> int:
 def fresh_database() -> Iterator[str]:
     """A new, migrated PostgreSQL database, dropped afterwards.
 
-    Every bridge a test starts needs its own: the sweeper and the recovery drain look at the
-    whole database, so two bridges sharing one would deliver each other's alerts.
+    Bridges with different namespaces may share one (test_namespaces.py shows that they do);
+    a test gets its own so that what it counts in the tables is its own bridge's doing.
     """
     try:
         admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
@@ -244,7 +244,10 @@ def running_bridge(
     simulator = SimulatorControl(simulator_url)
     engine = make_engine(database_url)
     bridge = Bridge(
-        f"http://127.0.0.1:{api_port}", simulator, make_session_factory(engine), env=env
+        f"http://127.0.0.1:{api_port}",
+        simulator,
+        make_session_factory(engine, namespace),
+        env=env,
     )
     try:
         sim = start_service(

@@ -79,9 +79,7 @@ class Claim(Protocol):
 CLAIM_COLUMNS = ("lease_owner", "lease_expires_at", "create_sent_at")
 
 
-def incident_key(
-    source: str, alert_id: str, cycle: int, namespace: str = DEFAULT_NAMESPACE
-) -> str:
+def incident_key(source: str, alert_id: str, cycle: int, namespace: str = DEFAULT_NAMESPACE) -> str:
     """The deterministic PagerDuty ``incident_key`` of one alert cycle of one bridge.
 
     Deterministic so that a create retried after a lost answer collides with the incident the
@@ -147,9 +145,7 @@ def _mark_pending(alert: AlertLike, now: datetime) -> None:
     alert.last_error = None
 
 
-def _open_cycle(
-    event: AlertEventMessage, cycle: int, now: datetime, namespace: str
-) -> AlertRecord:
+def _open_cycle(event: AlertEventMessage, cycle: int, now: datetime, namespace: str) -> AlertRecord:
     alert = AlertRecord(
         namespace=namespace,
         source=event.source,
