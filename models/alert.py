@@ -76,6 +76,9 @@ class Alert(Base):
     # Whether title/details came from a trigger; an acknowledge seen first fills them in
     # provisionally and the trigger, when it comes before the create, replaces them.
     title_from_trigger: Mapped[bool] = mapped_column(default=False)
+    # The CoScale event of the trigger that opened the cycle (worker.coscale.occurrence): the
+    # same trigger posted again after the resolve is a re-post, not a re-fire.
+    trigger_occurrence: Mapped[str | None] = mapped_column(String(64))
 
     # Where it goes: the route's name ("default": the PAGERBRIDGE_PAGERDUTY_* settings), its
     # backend ("rest": incidents; "events": Events API v2, incident_key is the dedup_key), and
@@ -165,6 +168,7 @@ class AlertRecord:
     details: str | None
     urgency: str | None
     title_from_trigger: bool
+    trigger_occurrence: str | None
     route: str
     backend: str
     credential_id: str | None

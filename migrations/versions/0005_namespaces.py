@@ -1,4 +1,4 @@
-"""namespaces: several bridges on one database
+"""namespaces: several bridges on one database; the CoScale event that opened a cycle
 
 Revision ID: 0005
 Revises: 0004
@@ -7,6 +7,10 @@ Create Date: 2026-12-05 12:30:00
 Every alert, inbox and quarantine row belongs to one bridge (``PAGERBRIDGE_NAMESPACE``). Rows
 stored before are the default namespace's (``pagerbridge``), whose incident keys keep their
 format, so the incidents they opened are still found and resolved.
+
+``alerts.trigger_occurrence``: which CoScale event opened a cycle, so that the same trigger
+posted again after the resolve opens nothing. Existing cycles have none (any trigger after
+their resolve opens a new cycle, as before).
 """
 
 from collections.abc import Sequence
@@ -32,6 +36,7 @@ def upgrade() -> None:
     # batch mode: SQLite cannot change constraints in place (it recreates the table).
     with op.batch_alter_table("alerts") as batch:
         batch.add_column(_namespace_column())
+        batch.add_column(sa.Column("trigger_occurrence", sa.String(length=64), nullable=True))
         batch.drop_constraint("uq_alerts_source_source_alert_id_cycle", type_="unique")
         batch.drop_constraint("uq_alerts_incident_key", type_="unique")
         batch.drop_index("ix_alerts_due")
@@ -65,4 +70,5 @@ def downgrade() -> None:
             "uq_alerts_source_source_alert_id_cycle", ["source", "source_alert_id", "cycle"]
         )
         batch.create_index("ix_alerts_due", ["delivery_state", "next_attempt_at"])
+        batch.drop_column("trigger_occurrence")
         batch.drop_column("namespace")

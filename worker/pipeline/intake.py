@@ -8,6 +8,7 @@ moves forward); events are placed in cycles by the time the ingress received the
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -31,6 +32,7 @@ from models.bulk import (
 from models.event import ALERT_EVENTS_TABLE
 from models.inbox import INBOX_EVENTS_TABLE
 from models.namespace import namespace_of
+from worker.coscale import occurrence
 from worker.pagerduty.events import dedup_key
 from worker.pipeline.message import AlertEventMessage
 from worker.vocabulary import DEFAULT_NAMESPACE, AlertStatus, DeliveryState, advance
@@ -49,6 +51,9 @@ class EventOutcome(StrEnum):
     DETAILS = "details"  # the trigger's title/details arrived after another event
     UNCHANGED = "unchanged"  # nothing new (a repeated trigger, a second resolve)
     LATE = "late"  # belongs to a cycle already resolved; recorded, nothing to send
+    # A trigger posted again after its cycle resolved (the same CoScale event: its date, time
+    # and message); recorded, nothing to send.
+    REPOSTED = "reposted"
     DUPLICATE = "duplicate"  # this very event was applied before (a redelivered message)
 
 
@@ -88,8 +93,19 @@ def incident_key(source: str, alert_id: str, cycle: int, namespace: str = DEFAUL
     return dedup_key(source, alert_id, cycle, namespace)
 
 
-def plan_event(latest: AlertLike | None, event: AlertEventMessage) -> EventOutcome:
-    """What ``event`` does to the alert whose newest cycle is ``latest`` (pure)."""
+def plan_event(
+    latest: AlertLike | None,
+    event: AlertEventMessage,
+    triggers_seen: Collection[str] = (),
+) -> EventOutcome:
+    """What ``event`` does to the alert whose newest cycle is ``latest`` (pure).
+
+    ``triggers_seen``: the CoScale events (:func:`~worker.coscale.occurrence`) that opened the
+    alert's cycles. A trigger after the resolve re-opens the alert, unless it reports one of
+    those events again: then it is a re-post (a proxy's retry, a replay by hand), and an
+    incident opened for it would never be resolved. A trigger without a date or time (a
+    hand-written Format) cannot be told apart from a re-fire, and re-opens.
+    """
     if latest is None:
         return EventOutcome.OPENED
     if latest.cycle > 1 and event.received_at < latest.opened_at:
@@ -104,6 +120,9 @@ def plan_event(latest: AlertLike | None, event: AlertEventMessage) -> EventOutco
             return EventOutcome.LATE
         resolved_at = latest.resolve_received_at
         if resolved_at is None or event.received_at > resolved_at:
+            seen = occurrence(event.fields)
+            if seen is not None and seen in triggers_seen:
+                return EventOutcome.REPOSTED
             return EventOutcome.OPENED  # CoScale fired the alert again after resolving it
         if not latest.title_from_trigger:
             return EventOutcome.DETAILS  # a late trigger: keep its text, send nothing
@@ -157,6 +176,9 @@ def _open_cycle(event: AlertEventMessage, cycle: int, now: datetime, namespace: 
         delivery_state=DeliveryState.PENDING,
         attempts=0,
         title_from_trigger=False,
+        trigger_occurrence=(
+            occurrence(event.fields) if event.action is AlertStatus.TRIGGERED else None
+        ),
         opened_at=event.received_at,
         resolve_received_at=(event.received_at if event.action is AlertStatus.RESOLVED else None),
         route=event.route,
@@ -299,10 +321,13 @@ def _latest_cycles_statement(postgres: bool) -> Select[Any]:
     )
 
 
-def _latest_cycles(session: Session, keys: list[AlertKey]) -> dict[AlertKey, AlertRecord]:
+def _latest_cycles(
+    session: Session, keys: list[AlertKey], triggers_seen: dict[AlertKey, set[str]]
+) -> dict[AlertKey, AlertRecord]:
     """The newest cycle of each alert, locked (every cycle of it is), as a record the batch
     decides on and write_back stores. Sorted, so concurrent batches lock rows in one order
-    and cannot deadlock on each other."""
+    and cannot deadlock on each other. The CoScale event that opened each cycle goes into
+    ``triggers_seen``."""
     latest: dict[AlertKey, AlertRecord] = {}
     statement = _latest_cycles_statement(session)
     postgres = on_postgresql(session)
@@ -313,6 +338,8 @@ def _latest_cycles(session: Session, keys: list[AlertKey]) -> dict[AlertKey, Ale
         rows = session.execute(statement, params).mappings()
         for row in rows:
             key = (row["source"], row["source_alert_id"])
+            if row["trigger_occurrence"] is not None:
+                triggers_seen.setdefault(key, set()).add(row["trigger_occurrence"])
             if key not in latest:
                 latest[key] = AlertRecord.of_row(row)
     return latest
@@ -328,6 +355,7 @@ _INTAKE_COLUMNS = (
     "service_id",
     "event_payload",
     "title_from_trigger",
+    "trigger_occurrence",
     "delivery_state",
     "attempts",
     "pending_since",
@@ -343,7 +371,8 @@ def _apply_batch(
 ) -> list[AppliedEvent]:
     seen = _seen_events(session, [event.event_id for event in events])
     keys = sorted({(event.source, event.alert_id) for event in events})
-    latest: dict[AlertKey, AlertRecord] = _latest_cycles(session, keys)
+    triggers_seen: dict[AlertKey, set[str]] = {}
+    latest: dict[AlertKey, AlertRecord] = _latest_cycles(session, keys, triggers_seen)
     namespace = namespace_of(session)
     # (event, its alert (maybe not stored yet), outcome, needs delivery), in batch order.
     decided: list[tuple[AlertEventMessage, AlertRecord | None, EventOutcome, bool]] = []
@@ -354,10 +383,13 @@ def _apply_batch(
             continue
         seen[event.event_id] = None  # the same event twice in one batch
         key = (event.source, event.alert_id)
-        alert, outcome, needs_delivery = _decide(latest.get(key), event, now, namespace)
+        seen_here = triggers_seen.setdefault(key, set())
+        alert, outcome, needs_delivery = _decide(latest.get(key), event, now, namespace, seen_here)
         if alert is not None and outcome is EventOutcome.OPENED:
             opened.append(alert)
             latest[key] = alert
+        if alert is not None and alert.trigger_occurrence is not None:
+            seen_here.add(alert.trigger_occurrence)
         decided.append((event, alert, outcome, needs_delivery))
     if claim is not None:
         # Before the writes: a new cycle is inserted, and a stored one written back, with
@@ -429,12 +461,16 @@ def _pk(alert: AlertLike | None) -> int | None:
 
 
 def _decide(
-    latest: AlertRecord | None, event: AlertEventMessage, now: datetime, namespace: str
+    latest: AlertRecord | None,
+    event: AlertEventMessage,
+    now: datetime,
+    namespace: str,
+    triggers_seen: Collection[str] = (),
 ) -> tuple[AlertRecord | None, EventOutcome, bool]:
     """Fold ``event`` into the alert whose newest cycle is ``latest``: (the alert it belongs
     to, a new cycle when OPENED, not yet added to the session; the outcome; whether the alert
     now needs a delivery)."""
-    outcome = plan_event(latest, event)
+    outcome = plan_event(latest, event, triggers_seen)
     if outcome is EventOutcome.OPENED:
         cycle = latest.cycle + 1 if latest else 1
         return _open_cycle(event, cycle, now, namespace), outcome, True
@@ -447,6 +483,9 @@ def _decide(
         return latest, outcome, True
     if latest is not None and outcome is EventOutcome.DETAILS:
         _fill_details(latest, event)
+        if event.action is AlertStatus.TRIGGERED and latest.trigger_occurrence is None:
+            # The cycle opened with an acknowledge; its trigger names the CoScale event.
+            latest.trigger_occurrence = occurrence(event.fields)
         # A trigger's text for an alert already resolved is kept for the record only.
         needs_delivery = latest.desired_status is not AlertStatus.RESOLVED
         if needs_delivery:
