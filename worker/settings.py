@@ -170,6 +170,13 @@ class Settings(BaseSettings):
     # what its processes hold leased; the worker that replaces it takes those back
     # (worker/delivery/leases.py).
     worker_concurrency: int = Field(2, gt=0, description="worker processes per `worker`")
+    worker_max_memory_mb: int = Field(
+        200,
+        ge=0,
+        description="a worker pool process whose resident memory passes this many MiB is "
+        "replaced by a fresh one once its task ends (Celery's worker_max_memory_per_child); "
+        "0: never",
+    )
     apply_batch_window: float = Field(
         0.05,
         gt=0,
