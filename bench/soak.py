@@ -159,7 +159,9 @@ def soak(options: Options, workdir: Path) -> list[dict[str, Any]]:
         wait_until(api_service, lambda: http_ok(f"{api_url}/healthz"))
         worker = services.start("worker", ["worker", "--concurrency", str(options.workers)])
         # Its log is at WARNING (as bench/run.py's): ready once its pool has forked.
-        wait_until(worker, lambda: len(children_of(worker.process.pid)) >= options.workers)
+        wait_until(
+            worker, lambda: len(children_of(worker.process.pid)) >= options.workers, timeout=120
+        )
         api = httpx.Client(
             base_url=api_url, headers={"Authorization": f"Bearer {INGRESS_TOKEN}"}, timeout=10
         )
