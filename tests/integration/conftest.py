@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -173,6 +174,16 @@ def wait_until_up(service: Service, ready: Callable[[], bool], timeout: float = 
     pytest.fail(f"{service.name} did not become ready in {timeout}s:\n{service.output()[-3000:]}")
 
 
+_NAMESPACE_ROOT = re.compile(r"^pagerbridge@[A-Za-z0-9_.-]+/")
+
+
+def as_default_key(key: str) -> str:
+    """An incident key (or dedup_key) as the default namespace spells it: another namespace's
+    ``pagerbridge@<namespace>/`` root (worker.pagerduty.events.dedup_key) read as
+    ``pagerbridge/``. Each test bridge has a namespace of its own."""
+    return _NAMESPACE_ROOT.sub("pagerbridge/", key)
+
+
 @dataclass
 class Bridge:
     """A running bridge: api, worker, simulator, and the database they share."""
@@ -188,10 +199,12 @@ class Bridge:
     )
 
     def incidents(self, key_prefix: str = "") -> list[dict[str, Any]]:
+        """The simulator's incidents whose key starts with ``key_prefix``, spelled as in the
+        default namespace (``pagerbridge/coscale/...``) whatever the bridge's namespace."""
         return [
             incident
             for incident in self.simulator.state()["incidents"]
-            if str(incident.get("incident_key") or "").startswith(key_prefix)
+            if as_default_key(str(incident.get("incident_key") or "")).startswith(key_prefix)
         ]
 
     def logs(self) -> str:
