@@ -26,7 +26,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import Base, UTCDateTime, utcnow
 from models.bulk import update_rows
-from worker.vocabulary import AlertStatus, DeliveryState
+from worker.vocabulary import DEFAULT_NAMESPACE, AlertStatus, DeliveryState
 
 # Integer on SQLite so the primary key is the rowid alias and autoincrements.
 Id = BigInteger().with_variant(Integer(), "sqlite")
@@ -48,18 +48,23 @@ def _enum(kind: type[AlertStatus] | type[DeliveryState], name: str) -> Enum:
 class Alert(Base):
     __tablename__ = "alerts"
     __table_args__ = (
-        UniqueConstraint("source", "source_alert_id", "cycle"),
+        # One alert per bridge: bridges sharing a database each have their own namespace
+        # (PAGERBRIDGE_NAMESPACE), and the same alert id in two is two alerts.
+        UniqueConstraint("namespace", "source", "source_alert_id", "cycle"),
         # Not unique: a client of the API contact may reuse its incident_key once the incident
         # it named is resolved, as PagerDuty allows (createIncident: only an open incident
         # with the key refuses a create).
-        Index("ix_alerts_incident_key", "incident_key"),
-        # The sweeper's look-up: what is due, oldest first.
-        Index("ix_alerts_due", "delivery_state", "next_attempt_at"),
+        Index("ix_alerts_namespace_incident_key", "namespace", "incident_key"),
+        # The sweeper's look-up: what is due in this bridge, oldest first.
+        Index("ix_alerts_due", "namespace", "delivery_state", "next_attempt_at"),
         # The API contact's look-up of a PagerDuty id it did not mint.
         Index("ix_alerts_pagerduty_incident_id", "pagerduty_incident_id"),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
+    namespace: Mapped[str] = mapped_column(
+        String(64), default=DEFAULT_NAMESPACE, server_default=DEFAULT_NAMESPACE
+    )
     # "coscale" or "api" on the default route; "coscale:<route>" for a named route's webhook,
     # so that one CoScale alert sent to two routes is two alerts, each with its own incident.
     source: Mapped[str] = mapped_column(String(80))
@@ -74,6 +79,9 @@ class Alert(Base):
     # Whether title/details came from a trigger; an acknowledge seen first fills them in
     # provisionally and the trigger, when it comes before the create, replaces them.
     title_from_trigger: Mapped[bool] = mapped_column(default=False)
+    # The CoScale event of the trigger that opened the cycle (worker.coscale.occurrence): the
+    # same trigger posted again after the resolve is a re-post, not a re-fire.
+    trigger_occurrence: Mapped[str | None] = mapped_column(String(64))
 
     # Where it goes: the route's name ("default": the PAGERBRIDGE_PAGERDUTY_* settings), its
     # backend ("rest": incidents; "events": Events API v2, incident_key is the dedup_key), and
@@ -166,6 +174,7 @@ class AlertRecord:
     """
 
     id: int  # set once inserted
+    namespace: str
     source: str
     source_alert_id: str
     cycle: int
@@ -175,6 +184,7 @@ class AlertRecord:
     details: str | None
     urgency: str | None
     title_from_trigger: bool
+    trigger_occurrence: str | None
     route: str
     backend: str
     credential_id: str | None

@@ -8,6 +8,9 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from models.namespace import NAMESPACE_INFO
+from worker.vocabulary import DEFAULT_NAMESPACE
+
 # SQLite: several worker processes share one file. WAL lets readers run beside the writer, and
 # the busy timeout makes a writer wait for the lock instead of failing with "database is locked".
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -82,5 +85,8 @@ def _tune_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def make_session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+def make_session_factory(
+    engine: Engine, namespace: str = DEFAULT_NAMESPACE
+) -> sessionmaker[Session]:
+    """Sessions for the bridge named ``namespace`` (models.namespace)."""
+    return sessionmaker(engine, expire_on_commit=False, info={NAMESPACE_INFO: namespace})

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from models.alert import Id
 from models.base import Base, UTCDateTime, utcnow
+from worker.vocabulary import DEFAULT_NAMESPACE
 
 
 class InboxEvent(Base):
@@ -21,6 +22,10 @@ class InboxEvent(Base):
     __table_args__ = (UniqueConstraint("event_id"),)
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
+    # The bridge the row belongs to (models.namespace).
+    namespace: Mapped[str] = mapped_column(
+        String(64), default=DEFAULT_NAMESPACE, server_default=DEFAULT_NAMESPACE
+    )
     event_id: Mapped[str] = mapped_column(String(64))
     message: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from models.alert import Id
 from models.base import Base, UTCDateTime, utcnow
+from worker.vocabulary import DEFAULT_NAMESPACE
 
 
 class PagerDutyDelivery(Base):
@@ -26,6 +27,10 @@ class PagerDutyDelivery(Base):
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
+    # The bridge the row belongs to (models.namespace).
+    namespace: Mapped[str] = mapped_column(
+        String(64), default=DEFAULT_NAMESPACE, server_default=DEFAULT_NAMESPACE
+    )
     # The event's id (``event.id``, also sent as ``X-Webhook-Id``): the same on every retry.
     webhook_id: Mapped[str] = mapped_column(String(128))
     route: Mapped[str] = mapped_column(String(64))

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from models.alert import Id
 from models.base import Base, UTCDateTime, utcnow
+from worker.vocabulary import DEFAULT_NAMESPACE
 
 
 class QuarantinedRequest(Base):
@@ -26,6 +27,10 @@ class QuarantinedRequest(Base):
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
+    # The bridge the row belongs to (models.namespace).
+    namespace: Mapped[str] = mapped_column(
+        String(64), default=DEFAULT_NAMESPACE, server_default=DEFAULT_NAMESPACE
+    )
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     method: Mapped[str] = mapped_column(String(8))
     path: Mapped[str] = mapped_column(String(255))

@@ -737,11 +737,10 @@ def printable(text: str, *, keep: str = "") -> str:
 
 
 def _show_rejected(settings: Settings, request_id: int, *, as_json: bool, raw: bool) -> None:
-    from models import QuarantinedRequest
-    from worker.ops.rejected import describe
+    from worker.ops.rejected import describe, find
 
     with _database(settings) as sessions, sessions() as session:
-        row = session.get(QuarantinedRequest, request_id)
+        row = find(session, request_id)
         if row is None:
             console.print(f"no rejected request #{request_id} (unknown, or aged out)")
             raise typer.Exit(code=1)
@@ -1007,7 +1006,7 @@ def _database(settings: Settings) -> Iterator[sessionmaker[Session]]:
         raise _fail(str(exc)) from exc
     engine = make_engine(settings.database_url)
     try:
-        yield make_session_factory(engine)
+        yield make_session_factory(engine, settings.namespace)
     except SQLAlchemyError as exc:
         cause = str(exc).splitlines()[0] if str(exc) else ""
         raise _fail(

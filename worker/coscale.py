@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
@@ -68,3 +70,19 @@ def incident_details(fields: Mapping[str, str | None]) -> str:
     """The incident body: one labelled line per CoScale field that has a value."""
     lines = [f"{label}: {fields[name]}" for name, label in _DETAIL_LABELS if fields.get(name)]
     return truncate("\n".join(lines), DETAILS_LIMIT)
+
+
+def occurrence(fields: Mapping[str, str]) -> str | None:
+    """Which CoScale event a webhook reports, as a fingerprint of its ``{DATE}``, ``{TIME}``,
+    ``{TIMESTAMP}`` and ``{MSG}`` (the SHA-256 of them, 64 hex digits).
+
+    CoScale stamps each firing of an alert with the time it happened: a trigger posted again
+    with the same stamp and message (a proxy's retry, a replay by hand) reports the same event,
+    a new stamp a new firing. None when the Format carries no date, time or timestamp: then
+    nothing tells a re-post from a re-fire.
+    """
+    stamps = [fields.get(name) or "" for name in ("date", "time", "timestamp")]
+    if not any(stamps):
+        return None
+    seen = json.dumps([*stamps, fields.get("message") or ""], ensure_ascii=False)
+    return hashlib.sha256(seen.encode()).hexdigest()

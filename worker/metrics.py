@@ -53,6 +53,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, utcnow
+from models.namespace import namespace_of
 from worker.delivery.gate import DeliveryGate
 from worker.pipeline.backlog import QUEUE_SCAN_LIMIT, inbox_backlog, queue_backlog
 from worker.pipeline.message import DEFAULT_ROUTE
@@ -304,14 +305,17 @@ class BridgeStateCollector(Collector):
             if session.get_bind().dialect.name == "postgresql":
                 # Ends the statement server-side too, not just our wait for it.
                 session.execute(text(f"SET LOCAL statement_timeout = {int(self._timeout * 1000)}"))
+            ours = Alert.namespace == namespace_of(session)
             counts: dict[DeliveryState, int] = {
                 state: count
                 for state, count in session.execute(
-                    select(Alert.delivery_state, func.count()).group_by(Alert.delivery_state)
+                    select(Alert.delivery_state, func.count())
+                    .where(ours)
+                    .group_by(Alert.delivery_state)
                 )
             }
             oldest: datetime | None = session.scalar(
-                select(func.min(Alert.pending_since)).where(Alert.delivery_state.in_(owed))
+                select(func.min(Alert.pending_since)).where(ours, Alert.delivery_state.in_(owed))
             )
             inbox, inbox_oldest = inbox_backlog(session, self._clock())
         by_state = GaugeMetricFamily(

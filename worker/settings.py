@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.errors import ConfigurationError
+from worker.vocabulary import DEFAULT_NAMESPACE
 
 ENV_PREFIX = "PAGERBRIDGE_"
 PLACEHOLDER = "change-me"  # what .env.example holds where a secret must go
@@ -50,10 +51,11 @@ class Settings(BaseSettings):
 
     redis_url: str = "redis://localhost:6379/0"
     namespace: str = Field(
-        "pagerbridge",
+        DEFAULT_NAMESPACE,
         pattern=r"^[A-Za-z0-9_.-]{1,64}$",
-        description="Celery queue name and prefix of every Redis key; two bridges may share a "
-        "Redis with different namespaces",
+        description="Celery queue name, prefix of every Redis key, and the bridge every "
+        "database row belongs to; bridges may share a Redis and a database with different "
+        "namespaces",
     )
     database_url: str = "sqlite:///pagerbridge.db"
 
@@ -231,6 +233,13 @@ class Settings(BaseSettings):
     # what its processes hold leased; the worker that replaces it takes those back
     # (worker/delivery/leases.py).
     worker_concurrency: int = Field(2, gt=0, description="worker processes per `worker`")
+    worker_max_memory_mb: int = Field(
+        200,
+        ge=0,
+        description="a worker pool process whose resident memory passes this many MiB is "
+        "replaced by a fresh one once its task ends (Celery's worker_max_memory_per_child); "
+        "0: never",
+    )
     apply_batch_window: float = Field(
         0.05,
         gt=0,

@@ -9,6 +9,9 @@ from enum import StrEnum
 
 from worker.errors import InvalidEvent
 
+# PAGERBRIDGE_NAMESPACE's default: the namespace of every row stored before bridges had one.
+DEFAULT_NAMESPACE = "pagerbridge"
+
 
 class AlertStatus(StrEnum):
     """An incident's status, ordered: an alert's desired status only ever moves forward."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -88,8 +89,8 @@ def path_without_redis_server(tmp_path: Path) -> str:
 def fresh_database() -> Iterator[str]:
     """A new, migrated PostgreSQL database, dropped afterwards.
 
-    Every bridge a test starts needs its own: the sweeper and the recovery drain look at the
-    whole database, so two bridges sharing one would deliver each other's alerts.
+    Bridges with different namespaces may share one (test_namespaces.py shows that they do);
+    a test gets its own so that what it counts in the tables is its own bridge's doing.
     """
     try:
         admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
@@ -201,6 +202,16 @@ def wait_until_up(service: Service, ready: Callable[[], bool], timeout: float = 
     pytest.fail(f"{service.name} did not become ready in {timeout}s:\n{service.output()[-3000:]}")
 
 
+_NAMESPACE_ROOT = re.compile(r"^pagerbridge@[A-Za-z0-9_.-]+/")
+
+
+def as_default_key(key: str) -> str:
+    """An incident key (or dedup_key) as the default namespace spells it: another namespace's
+    ``pagerbridge@<namespace>/`` root (worker.pagerduty.events.dedup_key) read as
+    ``pagerbridge/``. Each test bridge has a namespace of its own."""
+    return _NAMESPACE_ROOT.sub("pagerbridge/", key)
+
+
 @dataclass
 class Bridge:
     """A running bridge: api, worker, simulator, and the database they share."""
@@ -216,10 +227,12 @@ class Bridge:
     )
 
     def incidents(self, key_prefix: str = "") -> list[dict[str, Any]]:
+        """The simulator's incidents whose key starts with ``key_prefix``, spelled as in the
+        default namespace (``pagerbridge/coscale/...``) whatever the bridge's namespace."""
         return [
             incident
             for incident in self.simulator.state()["incidents"]
-            if str(incident.get("incident_key") or "").startswith(key_prefix)
+            if as_default_key(str(incident.get("incident_key") or "")).startswith(key_prefix)
         ]
 
     def logs(self) -> str:
@@ -274,7 +287,10 @@ def running_bridge(
     simulator = SimulatorControl(simulator_url)
     engine = make_engine(database_url)
     bridge = Bridge(
-        f"http://127.0.0.1:{api_port}", simulator, make_session_factory(engine), env=env
+        f"http://127.0.0.1:{api_port}",
+        simulator,
+        make_session_factory(engine, namespace),
+        env=env,
     )
     try:
         sim = start_service(

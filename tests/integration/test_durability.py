@@ -23,6 +23,7 @@ from tests.integration.conftest import (
     INGRESS_TOKEN,
     PAGERDUTY_TOKEN,
     Service,
+    as_default_key,
     bridge_env,
     free_port,
     fresh_database,
@@ -179,7 +180,7 @@ def test_event_taken_while_redis_is_down_is_delivered_after(stack: Stack) -> Non
         timeout=60,
         what=f"the stored event delivered\n{stack.logs()}",
     )
-    keys = [i["incident_key"] for i in stack.simulator.state()["incidents"]]
+    keys = [as_default_key(i["incident_key"]) for i in stack.simulator.state()["incidents"]]
     assert keys.count(f"pagerbridge/coscale/{alert_id}/1") == 1
 
 

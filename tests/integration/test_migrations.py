@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from models import Base, make_engine
 from worker.ops.migrate import upgrade
+from worker.pipeline.intake import incident_key
+from worker.vocabulary import DEFAULT_NAMESPACE
 
 pytestmark = pytest.mark.integration
 
@@ -47,3 +49,41 @@ def test_upgrade_twice_is_harmless(tmp_path: Path) -> None:
     upgrade(url)
     upgrade(url)
     assert schema_differences(url) == []
+
+
+def test_existing_rows_join_the_default_namespace_with_their_incident_keys(
+    tmp_path: Path,
+) -> None:
+    # Given a database at the revision before namespaces, with an open incident's alert
+    url = f"sqlite:///{tmp_path / 'before.db'}"
+    upgrade(url, "0006")
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO alerts (source, source_alert_id, cycle, incident_key,"
+                    " desired_status, delivery_state, attempts, title_from_trigger, opened_at,"
+                    " created_at, updated_at) VALUES ('coscale', '42', 1,"
+                    " 'pagerbridge/coscale/42/1', 'triggered', 'delivered', 1, 1,"
+                    " '2026-01-01', '2026-01-01', '2026-01-01')"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO inbox_events (event_id, message, created_at)"
+                    " VALUES ('e1', '{}', '2026-01-01')"
+                )
+            )
+        # When it is migrated
+        upgrade(url)
+        # Then the rows are the default namespace's, the incident key unchanged
+        with engine.connect() as connection:
+            alert = connection.execute(text("SELECT namespace, incident_key FROM alerts")).one()
+            inbox = connection.execute(text("SELECT namespace FROM inbox_events")).one()
+    finally:
+        engine.dispose()
+    assert tuple(alert) == (DEFAULT_NAMESPACE, "pagerbridge/coscale/42/1")
+    assert tuple(inbox) == (DEFAULT_NAMESPACE,)
+    # And the next cycle of the same alert in the default namespace gets the same key format
+    assert incident_key("coscale", "42", 2) == "pagerbridge/coscale/42/2"

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, AlertEvent, make_engine, make_session_factory, utcnow
 from tests.fakes import trigger_events
-from tests.integration.conftest import Bridge, bridge_env, free_port, fresh_database
+from tests.integration.conftest import Bridge, as_default_key, bridge_env, free_port, fresh_database
 from tests.integration.test_cli import pagerbridge
 from worker.pipeline.intake import apply_event
 from worker.vocabulary import AlertStatus, DeliveryState
@@ -347,7 +347,9 @@ def test_test_trigger_opens_and_resolves_an_incident(bridge: Bridge, tmp_path: P
     incident_id = result.stdout.split()[1]
     [incident] = [i for i in bridge.simulator.state()["incidents"] if i["id"] == incident_id]
     assert incident["status"] == "resolved"
-    assert str(incident["incident_key"]).startswith("pagerbridge/coscale/pagerbridge-test-")
+    assert as_default_key(str(incident["incident_key"])).startswith(
+        "pagerbridge/coscale/pagerbridge-test-"
+    )
     assert incident.get("html_url", "") in result.stdout
 
 

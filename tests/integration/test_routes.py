@@ -19,6 +19,7 @@ import pytest
 from tests.integration.conftest import (
     Bridge,
     Service,
+    as_default_key,
     free_port,
     fresh_database,
     running_bridge,
@@ -130,8 +131,16 @@ def pagerduty_side(bridge: Bridge, route: str, alert_id: str) -> list[dict[str, 
     key_prefix = f"pagerbridge/coscale:{route}/{alert_id}/"
     state = bridge.simulator.state()
     if route == "web":
-        return [i for i in state["incidents"] if str(i.get("incident_key")).startswith(key_prefix)]
-    return [a for a in state["events"]["alerts"] if str(a["dedup_key"]).startswith(key_prefix)]
+        return [
+            i
+            for i in state["incidents"]
+            if as_default_key(str(i.get("incident_key"))).startswith(key_prefix)
+        ]
+    return [
+        a
+        for a in state["events"]["alerts"]
+        if as_default_key(str(a["dedup_key"])).startswith(key_prefix)
+    ]
 
 
 def wait_final(bridge: Bridge, route: str, alert_id: str, status: str) -> dict[str, Any]:

@@ -33,3 +33,16 @@ def test_a_short_ingress_token_is_refused_saying_how_to_make_one(
     monkeypatch.setenv("PAGERBRIDGE_INGRESS_TOKENS", "a,1234")
     with pytest.raises(ValidationError, match=r"at least 32 characters.*openssl rand -hex 32"):
         Settings()
+
+
+def test_the_pool_memory_guard_reaches_celery_in_kib(monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.pipeline.celery_app import create_celery
+
+    assert create_celery(Settings()).conf.worker_max_memory_per_child == 200 * 1024
+    monkeypatch.setenv("PAGERBRIDGE_WORKER_MAX_MEMORY_MB", "64")
+    assert create_celery(Settings()).conf.worker_max_memory_per_child == 64 * 1024
+    monkeypatch.setenv("PAGERBRIDGE_WORKER_MAX_MEMORY_MB", "0")  # no guard
+    assert create_celery(Settings()).conf.worker_max_memory_per_child is None
+    monkeypatch.setenv("PAGERBRIDGE_WORKER_MAX_MEMORY_MB", "-1")
+    with pytest.raises(ValidationError, match="greater than or equal to 0"):
+        Settings()

@@ -31,6 +31,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert
+from models.namespace import namespace_of
 from worker.vocabulary import DeliveryState
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,8 @@ def release_dead_leases(
         owners = session.scalars(
             select(Alert.lease_owner)
             .where(
-                # Only unfinished alerts hold leases (ix_alerts_due's leading column).
+                # Only this bridge's unfinished alerts hold its leases (ix_alerts_due's columns).
+                Alert.namespace == namespace_of(session),
                 Alert.delivery_state.in_([DeliveryState.PENDING, DeliveryState.PARKED]),
                 Alert.lease_owner.like(f"%:{node}:%"),
                 Alert.lease_expires_at > now,
@@ -117,7 +119,7 @@ def release_dead_leases(
         released = list(
             session.scalars(
                 update(Alert)
-                .where(Alert.lease_owner.in_(dead))
+                .where(Alert.namespace == namespace_of(session), Alert.lease_owner.in_(dead))
                 .values(lease_owner=None, lease_expires_at=None, next_attempt_at=now)
                 .returning(Alert.id)
                 .execution_options(synchronize_session=False)

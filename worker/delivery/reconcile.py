@@ -27,13 +27,14 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, or_, select, update
+from sqlalchemy import Select, bindparam, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, AlertLike, AlertRecord, utcnow
 from models.alert import ALERTS_TABLE, write_back
 from models.bulk import built_once, insert_rows, is_one_of, param_one_of
 from models.event import ALERT_EVENTS_TABLE
+from models.namespace import namespace_of
 from worker import metrics
 from worker.delivery.gate import Admission, Decision, DeliveryGate
 from worker.delivery.leases import lease_owner_id
@@ -164,7 +165,12 @@ class Together:
 def _locked_statement(postgres: bool) -> Select[Any]:
     return (
         select(*ALERTS_TABLE.columns)
-        .where(param_one_of(ALERTS_TABLE.c.id, "alert_pks", postgres))
+        .where(
+            # An id from another bridge's queue (a misrouted message) is not this bridge's to
+            # deliver: it is never locked here.
+            ALERTS_TABLE.c.namespace == bindparam("namespace"),
+            param_one_of(ALERTS_TABLE.c.id, "alert_pks", postgres),
+        )
         .order_by(ALERTS_TABLE.c.id)
         .with_for_update()
     )
@@ -411,7 +417,8 @@ class Reconciler:
         alerts = [
             AlertRecord.of_row(row)
             for row in session.execute(
-                _locked_statement(session), {"alert_pks": list(alert_pks)}
+                _locked_statement(session),
+                {"namespace": namespace_of(session), "alert_pks": list(alert_pks)},
             ).mappings()
         ]
         until = self._lease_until()
@@ -890,6 +897,7 @@ class Reconciler:
                 session.scalars(
                     select(Alert.id)
                     .where(
+                        Alert.namespace == namespace_of(session),
                         Alert.delivery_state.in_([DeliveryState.PARKED, DeliveryState.PENDING]),
                         or_(Alert.lease_owner.is_(None), Alert.lease_expires_at < now),
                     )

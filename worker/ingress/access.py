@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models import Alert, InboxEvent
+from models.namespace import namespace_of
 from worker.pipeline.message import BRIDGE_ID_PREFIX, DEFAULT_ROUTE, SOURCE_API, is_bridge_id
 
 __all__ = ["BRIDGE_ID_PREFIX", "is_bridge_id"]
@@ -134,13 +135,19 @@ def bridge_incident_routes(session: Session, ids: Iterable[str]) -> dict[str, st
     if not wanted:
         return {}
     found: dict[str, str] = {}
+    namespace = namespace_of(session)
     alert_id = InboxEvent.message["alert_id"].as_string()
-    for message in session.scalars(select(InboxEvent.message).where(alert_id.in_(wanted))).all():
+    inbox = select(InboxEvent.message).where(
+        InboxEvent.namespace == namespace, alert_id.in_(wanted)
+    )
+    for message in session.scalars(inbox).all():
         if message.get("source") == SOURCE_API:
             found[str(message["alert_id"])] = str(message.get("route") or DEFAULT_ROUTE)
     rows = session.execute(
         select(Alert.source_alert_id, Alert.route).where(
-            Alert.source == SOURCE_API, Alert.source_alert_id.in_(wanted)
+            Alert.namespace == namespace,
+            Alert.source == SOURCE_API,
+            Alert.source_alert_id.in_(wanted),
         )
     ).all()
     for incident_id, route in rows:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Query
 from sqlalchemy import func, select
 
 from models import Alert, AlertEvent
+from models.namespace import namespace_of
 from worker.ingress.access import Caller
 from worker.ingress.context import ERROR, ApiError, Ingress
 from worker.ingress.schemas import ALERT_ID_MAX, ALERT_ID_PATTERN, AlertView, TimelineEntry
@@ -30,7 +31,8 @@ def alerts_router(ingress: Ingress) -> APIRouter:
         caller: Caller = ingress.any_caller,
     ) -> AlertView:
         with ingress.sessions() as session:
-            query = select(Alert).where(Alert.source_alert_id == alert_id)
+            ours = Alert.namespace == namespace_of(session)
+            query = select(Alert).where(ours, Alert.source_alert_id == alert_id)
             if source:
                 query = query.where(Alert.source == source)
             if not caller.anyone:  # a token sees its own routes' alerts only
@@ -43,17 +45,16 @@ def alerts_router(ingress: Ingress) -> APIRouter:
                     "still be in the queue",
                     field="alert_id",
                 )
-            cycles = session.scalar(
-                select(func.count())
-                .select_from(Alert)
-                .where(Alert.source == alert.source, Alert.source_alert_id == alert.source_alert_id)
+            same_alert = (
+                ours,
+                Alert.source == alert.source,
+                Alert.source_alert_id == alert.source_alert_id,
             )
+            cycles = session.scalar(select(func.count()).select_from(Alert).where(*same_alert))
             events = session.scalars(
                 select(AlertEvent)
-                .where(
-                    AlertEvent.source == alert.source,
-                    AlertEvent.source_alert_id == alert.source_alert_id,
-                )
+                # By the cycles' ids: another bridge's alert of the same id has its own.
+                .where(AlertEvent.alert_pk.in_(select(Alert.id).where(*same_alert)))
                 .order_by(AlertEvent.id.desc())
                 .limit(TIMELINE_LIMIT)
             ).all()

@@ -282,7 +282,8 @@ def build_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI:
         redis_client.ping()
 
     sessions = make_session_factory(
-        make_engine(settings.database_url, statement_timeout_ms=API_STATEMENT_TIMEOUT_MS)
+        make_engine(settings.database_url, statement_timeout_ms=API_STATEMENT_TIMEOUT_MS),
+        settings.namespace,
     )
     durable = DurableQueueCheck(redis_client, settings.namespace)
     if durable.durability.can_confirm:

@@ -17,6 +17,7 @@ from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from models import Alert, InboxEvent
+from models.namespace import namespace_of
 from worker.pipeline.message import DEFAULT_ROUTE, SOURCE_API, is_bridge_id
 from worker.vocabulary import AlertStatus, advance
 
@@ -65,7 +66,10 @@ def _queued(session: Session, *, alert_ids: Collection[str] | None = None) -> li
     """Incidents whose events wait in the inbox and that have no alerts row yet: created (a
     trigger is among them), their desired status the furthest their events reach."""
     alert_id = InboxEvent.message["alert_id"].as_string()
-    statement = select(InboxEvent.message).order_by(InboxEvent.id)
+    namespace = namespace_of(session)
+    statement = (
+        select(InboxEvent.message).where(InboxEvent.namespace == namespace).order_by(InboxEvent.id)
+    )
     if alert_ids is not None:
         statement = statement.where(alert_id.in_(list(alert_ids)))
     by_id: dict[str, list[dict[str, Any]]] = {}
@@ -77,7 +81,9 @@ def _queued(session: Session, *, alert_ids: Collection[str] | None = None) -> li
     stored = set(
         session.scalars(
             select(Alert.source_alert_id).where(
-                Alert.source == SOURCE_API, Alert.source_alert_id.in_(list(by_id))
+                Alert.namespace == namespace,
+                Alert.source == SOURCE_API,
+                Alert.source_alert_id.in_(list(by_id)),
             )
         )
     )
@@ -107,8 +113,9 @@ def _queued(session: Session, *, alert_ids: Collection[str] | None = None) -> li
     return sorted(views, key=lambda view: view.created_at)
 
 
-def _readable(routes: frozenset[str] | None) -> ColumnElement[bool]:
-    base = Alert.source == SOURCE_API
+def _readable(session: Session, routes: frozenset[str] | None) -> ColumnElement[bool]:
+    """This bridge's API-contact alerts that ``routes`` may read (``None``: every route)."""
+    base = and_(Alert.namespace == namespace_of(session), Alert.source == SOURCE_API)
     return base if routes is None else and_(base, Alert.route.in_(sorted(routes)))
 
 
@@ -120,7 +127,7 @@ def incident_by_id(
     alert = session.scalars(
         select(Alert)
         .where(
-            _readable(routes),
+            _readable(session, routes),
             or_(
                 Alert.source_alert_id == incident_id,
                 Alert.pagerduty_incident_id == incident_id,
@@ -148,6 +155,7 @@ def open_incident_with_key(
     alert = session.scalars(
         select(Alert)
         .where(
+            Alert.namespace == namespace_of(session),
             Alert.source == SOURCE_API,
             Alert.incident_key == incident_key,
             Alert.service_id == service_id,
@@ -189,7 +197,7 @@ def list_incidents(
     """listIncidents over the mapping: oldest first, the applied ones (alerts table) before
     the ones still in the inbox (accepted last)."""
     shown_status = func.coalesce(Alert.confirmed_status, AlertStatus.TRIGGERED.value)
-    conditions: list[ColumnElement[bool]] = [_readable(routes)]
+    conditions: list[ColumnElement[bool]] = [_readable(session, routes)]
     if incident_key:
         conditions.append(Alert.incident_key == incident_key)
     if statuses:

@@ -194,7 +194,8 @@ def incidents_router(ingress: Ingress) -> APIRouter:
             status=AlertStatus.TRIGGERED.value,
             desired_status=AlertStatus.TRIGGERED.value,
             delivery_state=QUEUED,
-            incident_key=client_key or minted_incident_key(SOURCE_API, bridge_id, 1),
+            incident_key=client_key
+            or minted_incident_key(SOURCE_API, bridge_id, 1, settings.namespace),
             service_id=service_id,
             title=title,
             urgency=incident.urgency,

@@ -23,6 +23,13 @@ fields just as well (``x", "metric": "y`` next to a real ``"metric"``). A name t
 object is no reading. Inside a value a valid JSON escape (``\\n``, ``\\"``, ``\\u00e9``) reads
 as that escape, anything else as itself.
 
+A comma forgotten between two members (``"metric": "y" "app": "x"``) would read as one value
+swallowing the next member (``metric`` = ``y" "app": "x``). So a value may not hold a raw
+double quote followed by what reads as a member's start (a strict name and a colon:
+``" "app":``) when that name is not a member of the same object: the body is refused, naming
+where the comma is missing. A value that holds such text *and* whose name is a member too is
+left as text (that member is there, so the text is not it).
+
 What no reader can tell: a value holding ``", "name": "`` with a name the body does not have
 reads as one more field (that body is even valid JSON), and a value holding a valid escape reads
 as the escape.
@@ -55,6 +62,11 @@ _WHITESPACE_RUN = re.compile(r"[ \t\n\r]*")
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 # A strict JSON string: what a name must be (the Format's author wrote it, not CoScale).
 _STRICT_STRING = re.compile(r'"(?:[^"\\\x00-\x1f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"')
+# Inside a value: a double quote, then a member's start (a strict name and its colon), the
+# shape of a value's end with the comma after it forgotten.
+_MEMBER_AFTER_QUOTE = re.compile(
+    r'"[ \t\n\r]*("(?:[^"\\\x00-\x1f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*")[ \t\n\r]*:'
+)
 _ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 _LITERALS: dict[str, Any] = {"true": True, "false": False, "null": None}
 
@@ -140,6 +152,12 @@ def repair_body(
         document = read_unescaped(
             raw.decode(json.detect_encoding(raw)), work=RepairWork(deadline=deadline)
         )
+    except MissingComma as exc:
+        raise MalformedBody(
+            f"invalid JSON at line {exc.line}, column {exc.column}: {exc}",
+            line=exc.line,
+            column=exc.column,
+        ) from None
     except Unreadable as exc:
         raise MalformedBody(
             f"invalid JSON at {where}: {failure.msg}; not repaired: {exc}",
@@ -159,6 +177,16 @@ def repair_body(
 
 class Unreadable(ValueError):
     """Not even the relaxed reading makes a document of the text."""
+
+
+class MissingComma(Unreadable):
+    """The only reading has a value swallowing the next member: a comma is missing before it,
+    at ``line`` and ``column`` (from 1) of the text."""
+
+    def __init__(self, message: str, *, line: int, column: int) -> None:
+        super().__init__(message)
+        self.line = line
+        self.column = column
 
 
 # -- the relaxed reading ---------------------------------------------------------------------
@@ -324,10 +352,39 @@ class _Reader:
         if isinstance(node, _Value):
             return _decode(self._span(node.start, node.end))
         if isinstance(node, dict):
+            if not self.backwards:  # both readings are the same: one checks
+                for value in node.values():
+                    if isinstance(value, _Value):
+                        self._refuse_a_swallowed_member(value, node)
             return {name: self._text_of(value) for name, value in node.items()}
         if isinstance(node, list):
             return [self._text_of(item) for item in node]
         return node
+
+    def _refuse_a_swallowed_member(self, value: _Value, names: dict[str, Any]) -> None:
+        """Raise :class:`MissingComma` if ``value`` holds a raw quote followed by the start of
+        a member that its object (``names``) does not have."""
+        text = self.text
+        self._tick(value.end - value.start)
+        for found in _MEMBER_AFTER_QUOTE.finditer(text, value.start + 1, value.end):
+            quote = found.start()
+            backslashes = len(text[value.start + 1 : quote]) - len(
+                text[value.start + 1 : quote].rstrip("\\")
+            )
+            if backslashes % 2:
+                continue  # an escaped quote (\"), not one standing for itself
+            name = json.loads(found.group(1))
+            if name in names:
+                continue
+            comma = found.start(1)  # where the member the comma should precede begins
+            line = text.count("\n", 0, comma) + 1
+            column = comma - text.rfind("\n", 0, comma)
+            raise MissingComma(
+                f"a comma is missing before the member {name!r}: read without it, the value "
+                "before would swallow it",
+                line=line,
+                column=column,
+            )
 
     def _span(self, start: int, end: int) -> str:
         """The text between two quotes, as it reads forwards."""

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import httpx
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import QuarantinedRequest, utcnow
-from worker.ops.rejected import Rejection, record_replay
+from models import utcnow
+from worker.ops.rejected import Rejection, find, record_replay
 from worker.pipeline.queue import EventQueue
 from worker.settings import Settings
 
@@ -53,7 +53,7 @@ def replay_rejected(
     ``force`` replays a request already replayed with success (its event is queued again).
     """
     with sessions() as session:
-        row = session.get(QuarantinedRequest, request_id)
+        row = find(session, request_id)
         if row is None:
             raise NotReplayable(f"no rejected request #{request_id} (unknown, or aged out)")
         if not row.complete:
@@ -70,7 +70,7 @@ def replay_rejected(
         method, path, body = row.method, row.path, row.body
     answer = asyncio.run(_through_ingress(settings, sessions, queue, method, path, body))
     with sessions.begin() as session:
-        row = session.get(QuarantinedRequest, request_id)
+        row = find(session, request_id)
         if row is not None:  # pruned meanwhile: nothing to record it on
             record_replay(session, row, answer.status, answer.outcome, utcnow())
     return answer

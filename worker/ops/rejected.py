@@ -21,6 +21,7 @@ from sqlalchemy import CursorResult, delete, select
 from sqlalchemy.orm import Session
 
 from models import QuarantinedRequest, utcnow
+from models.namespace import namespace_of
 
 PATH_MAX = 255  # the column's size
 CONTENT_TYPE_MAX = 255
@@ -54,8 +55,10 @@ def keep(
 ) -> list[int]:
     """Add ``rejections`` (in the caller's transaction), keep the table within ``bounds``, and
     answer each new row's id."""
+    namespace = namespace_of(session)
     rows = [
         QuarantinedRequest(
+            namespace=namespace,
             received_at=rejection.received_at,
             method=rejection.method[:8],
             path=rejection.path[:PATH_MAX],
@@ -77,18 +80,21 @@ def keep(
 
 
 def prune(session: Session, bounds: QuarantineBounds, now: datetime) -> int:
-    """Delete rows older than the age bound, then the oldest beyond the count bound."""
+    """Delete this bridge's rows older than the age bound, then the oldest beyond the count
+    bound (each bridge keeps its own bounds' worth)."""
+    ours = QuarantinedRequest.namespace == namespace_of(session)
     cutoff = now - timedelta(days=bounds.max_age_days)
     deleted = _deleted(
         session.execute(
             delete(QuarantinedRequest)
-            .where(QuarantinedRequest.received_at < cutoff)
+            .where(ours, QuarantinedRequest.received_at < cutoff)
             .execution_options(synchronize_session=False)
         )
     )
     # The newest id that is one too many: it and everything older go.
     first_too_many = (
         select(QuarantinedRequest.id)
+        .where(ours)
         .order_by(QuarantinedRequest.id.desc())
         .offset(bounds.max_rows)
         .limit(1)
@@ -97,7 +103,7 @@ def prune(session: Session, bounds: QuarantineBounds, now: datetime) -> int:
     deleted += _deleted(
         session.execute(
             delete(QuarantinedRequest)
-            .where(QuarantinedRequest.id <= first_too_many)
+            .where(ours, QuarantinedRequest.id <= first_too_many)
             .execution_options(synchronize_session=False)
         )
     )
@@ -107,9 +113,18 @@ def prune(session: Session, bounds: QuarantineBounds, now: datetime) -> int:
 def listing(session: Session, *, limit: int) -> list[dict[str, Any]]:
     """The newest rejected requests first, as ``pagerbridge rejected`` shows them (no body)."""
     rows = session.scalars(
-        select(QuarantinedRequest).order_by(QuarantinedRequest.id.desc()).limit(limit)
+        select(QuarantinedRequest)
+        .where(QuarantinedRequest.namespace == namespace_of(session))
+        .order_by(QuarantinedRequest.id.desc())
+        .limit(limit)
     )
     return [describe(row) for row in rows]
+
+
+def find(session: Session, request_id: int) -> QuarantinedRequest | None:
+    """This bridge's rejected request ``request_id`` (None if none, or another bridge's)."""
+    row = session.get(QuarantinedRequest, request_id)
+    return row if row is not None and row.namespace == namespace_of(session) else None
 
 
 def describe(row: QuarantinedRequest) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, AlertEvent
+from models.namespace import namespace_of
 from worker.vocabulary import DeliveryState
 
 # Alerts put back per transaction: a replay of thousands of failed alerts never holds their row
@@ -46,7 +47,9 @@ def replay(
         with sessions.begin() as session:
             alerts = sorted(
                 session.scalars(
-                    select(Alert).where(Alert.id.in_(batch), eligible).with_for_update()
+                    select(Alert)
+                    .where(Alert.namespace == namespace_of(session), Alert.id.in_(batch), eligible)
+                    .with_for_update()
                 ),
                 key=lambda alert: order[alert.id],
             )
@@ -59,18 +62,19 @@ def replay(
 
 
 def _candidates(session: Session, alert_ids: Sequence[str], all_failed: bool) -> list[int]:
-    """Primary keys of the alerts to replay, oldest first for ``all_failed``."""
+    """Primary keys of this bridge's alerts to replay, oldest first for ``all_failed``."""
+    ours = Alert.namespace == namespace_of(session)
     if all_failed:
         return list(
             session.scalars(
                 select(Alert.id)
-                .where(Alert.delivery_state == DeliveryState.FAILED)
+                .where(ours, Alert.delivery_state == DeliveryState.FAILED)
                 .order_by(Alert.pending_since, Alert.id)
             )
         )
     latest = (
         select(Alert.source, Alert.source_alert_id, func.max(Alert.cycle).label("cycle"))
-        .where(Alert.source_alert_id.in_(list(alert_ids)))
+        .where(ours, Alert.source_alert_id.in_(list(alert_ids)))
         .group_by(Alert.source, Alert.source_alert_id)
         .subquery()
     )
@@ -83,7 +87,7 @@ def _candidates(session: Session, alert_ids: Sequence[str], all_failed: bool) ->
                 & (Alert.source_alert_id == latest.c.source_alert_id)
                 & (Alert.cycle == latest.c.cycle),
             )
-            .where(Alert.delivery_state != DeliveryState.DELIVERED)
+            .where(ours, Alert.delivery_state != DeliveryState.DELIVERED)
             .order_by(Alert.id)
         )
     )

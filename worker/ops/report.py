@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models import Alert, AlertEvent
+from models.namespace import namespace_of
 from worker.pipeline.message import SOURCE_API, SOURCE_COSCALE
 from worker.vocabulary import DeliveryState
 
@@ -30,15 +31,16 @@ LAST_ERROR_WINDOW = 100_000
 
 def delivery_report(session: Session, now: datetime) -> dict[str, Any]:
     """Alerts by delivery state, the oldest waiting delivery, the last PagerDuty error."""
+    ours = Alert.namespace == namespace_of(session)
     counts: dict[DeliveryState, int] = {
         state: count
         for state, count in session.execute(
-            select(Alert.delivery_state, func.count()).group_by(Alert.delivery_state)
+            select(Alert.delivery_state, func.count()).where(ours).group_by(Alert.delivery_state)
         )
     }
     oldest = session.scalars(
         select(Alert)
-        .where(Alert.delivery_state.in_([DeliveryState.PENDING, DeliveryState.PARKED]))
+        .where(ours, Alert.delivery_state.in_([DeliveryState.PENDING, DeliveryState.PARKED]))
         .order_by(Alert.pending_since)
         .limit(1)
     ).first()
@@ -70,7 +72,9 @@ def last_pagerduty_error(session: Session) -> dict[str, Any] | None:
         return None
     event = session.scalars(
         select(AlertEvent)
+        .join(Alert, Alert.id == AlertEvent.alert_pk)
         .where(
+            Alert.namespace == namespace_of(session),
             AlertEvent.id > newest - LAST_ERROR_WINDOW,
             AlertEvent.kind == "delivery",
             AlertEvent.outcome.in_(ERROR_OUTCOMES),
@@ -114,7 +118,12 @@ def alert_page(
     A cursor on the primary key rather than an offset: a page deep in a large table costs what
     the first one does, and alerts arriving meanwhile do not shift the pages.
     """
-    query = select(Alert).order_by(Alert.id.desc()).limit(limit + 1)
+    query = (
+        select(Alert)
+        .where(Alert.namespace == namespace_of(session))
+        .order_by(Alert.id.desc())
+        .limit(limit + 1)
+    )
     if where.state is not None:
         query = query.where(Alert.delivery_state == where.state)
     if where.route is not None:
@@ -189,7 +198,8 @@ def alert_histories(
     cycles = list(
         session.scalars(
             select(Alert)
-            # IN on the leading column lets the (source, source_alert_id, cycle) index serve.
+            # The (namespace, source, source_alert_id, cycle) index serves this look-up.
+            .where(Alert.namespace == namespace_of(session))
             .where(Alert.source.in_([source] if source else SOURCES))
             .where(Alert.source_alert_id == alert_id)
             .order_by(Alert.source, Alert.cycle)
@@ -201,7 +211,8 @@ def alert_histories(
         cycle_of = {alert.id: alert.cycle for alert in own}
         events = session.scalars(
             select(AlertEvent)
-            .where(AlertEvent.source == name, AlertEvent.source_alert_id == alert_id)
+            # By the cycles' ids: another bridge's alert of the same id has its own.
+            .where(AlertEvent.alert_pk.in_(list(cycle_of)))
             .order_by(AlertEvent.id)
         )
         histories.append(

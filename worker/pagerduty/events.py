@@ -50,6 +50,7 @@ from worker.pagerduty.errors import (
 )
 from worker.pagerduty.http_client import HttpClient, http_url, json_content, open_client
 from worker.title import truncate
+from worker.vocabulary import DEFAULT_NAMESPACE
 
 __all__ = [
     "EVENTS_URL",
@@ -103,15 +104,19 @@ def is_routing_key(value: str) -> bool:
     return _ROUTING_KEY.fullmatch(value) is not None
 
 
-def dedup_key(source: str, alert_id: str, cycle: int) -> str:
-    """The ``dedup_key`` of one alert cycle: ``pagerbridge/{source}/{alert_id}/{cycle}``.
+def dedup_key(source: str, alert_id: str, cycle: int, namespace: str = DEFAULT_NAMESPACE) -> str:
+    """The ``dedup_key`` of one alert cycle: ``pagerbridge/{source}/{alert_id}/{cycle}`` in the
+    default namespace, ``pagerbridge@{namespace}/{source}/{alert_id}/{cycle}`` in another.
 
     The same alert cycle always gets the same key (a retried trigger joins the open alert;
     acknowledge and resolve find it); a re-trigger after a resolve is the next cycle, so a new
     key and a new alert. The format is the REST backend's ``incident_key`` (``intake.py``), so
-    one key names the cycle whichever backend delivers it. An alert id too long to fit in
-    ``MAX_DEDUP_KEY_CHARS`` is replaced by its SHA-256 (cutting it could make two alerts, or
-    two cycles, share a key).
+    one key names the cycle whichever backend delivers it. Two bridges may share a PagerDuty
+    account: the namespace keeps their keys apart, and its own first segment (a namespace's
+    characters exclude ``/``) means no other bridge's key, whatever its alert id, is the same.
+    The default namespace's keys stay as they were, so incidents opened before namespaces
+    existed are still found. An alert id too long to fit in ``MAX_DEDUP_KEY_CHARS`` is replaced
+    by its SHA-256 (cutting it could make two alerts, or two cycles, share a key).
 
     Raises:
         ValueError: empty ``source`` or ``alert_id``, or ``cycle`` < 1.
@@ -120,11 +125,12 @@ def dedup_key(source: str, alert_id: str, cycle: int) -> str:
         raise ValueError("source and alert_id must not be empty")
     if cycle < 1:
         raise ValueError(f"cycle must be >= 1, got {cycle}")
-    key = f"pagerbridge/{source}/{alert_id}/{cycle}"
+    prefix = "pagerbridge" if namespace == DEFAULT_NAMESPACE else f"pagerbridge@{namespace}"
+    key = f"{prefix}/{source}/{alert_id}/{cycle}"
     if len(key) <= MAX_DEDUP_KEY_CHARS:
         return key
     digest = hashlib.sha256(alert_id.encode()).hexdigest()
-    key = f"pagerbridge/{source}/sha256:{digest}/{cycle}"
+    key = f"{prefix}/{source}/sha256:{digest}/{cycle}"
     if len(key) > MAX_DEDUP_KEY_CHARS:
         raise ValueError("source is too long for a dedup_key")
     return key

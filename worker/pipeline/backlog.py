@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models import InboxEvent
+from models.namespace import namespace_of
 
 # Messages read to count the queued events: a long queue is counted up to this many (its
 # length is always exact), so that a look at a storm's backlog does not add to its cost.
@@ -121,7 +122,9 @@ def queue_backlog(
 def inbox_backlog(session: Session, now: datetime) -> tuple[int, float | None]:
     """(rows, the oldest row's age in seconds) of the inbox."""
     count, oldest = session.execute(
-        select(func.count(), func.min(InboxEvent.created_at)).select_from(InboxEvent)
+        select(func.count(), func.min(InboxEvent.created_at))
+        .select_from(InboxEvent)
+        .where(InboxEvent.namespace == namespace_of(session))
     ).one()
     age = None if oldest is None else round(max(0.0, (now - oldest).total_seconds()), 1)
     return int(count), age

@@ -67,6 +67,12 @@ def create_celery(settings: Settings) -> Celery:
         broker_transport_options=dict(BROKER_TRANSPORT_OPTIONS),
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
+        # A guard, not the cure: whatever a pool process keeps growing by (a leak of ours or a
+        # library's), it is replaced by a fresh one after the task that crossed the bound (in
+        # KiB of resident memory: Celery's docs, "worker_max_memory_per_child").
+        worker_max_memory_per_child=(
+            settings.worker_max_memory_mb * 1024 if settings.worker_max_memory_mb else None
+        ),
         worker_send_task_events=False,
         beat_schedule={
             "sweep-due-alerts": {"task": SWEEP_TASK, "schedule": settings.sweep_interval},

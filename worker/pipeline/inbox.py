@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from models import InboxEvent, utcnow
 from models.bulk import insert_rows
 from models.inbox import INBOX_EVENTS_TABLE
+from models.namespace import namespace_of
 from worker.errors import ServiceUnavailable
 from worker.pipeline.intake import AppliedEvent, apply_events
 from worker.pipeline.message import AlertEventMessage
@@ -135,11 +136,17 @@ class DurableEventQueue:
         # there is no BEGIN and no COMMIT to wait for, two round trips of four per batch.
         with self._sessions() as session, session.begin():
             session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+            namespace = namespace_of(session)
             insert_rows(
                 session,
                 INBOX_EVENTS_TABLE,
                 [
-                    {"event_id": event.event_id, "message": event.to_message(), "created_at": now}
+                    {
+                        "namespace": namespace,
+                        "event_id": event.event_id,
+                        "message": event.to_message(),
+                        "created_at": now,
+                    }
                     for event in events
                 ],
             )
@@ -195,7 +202,10 @@ def drain_inbox(
     with sessions() as session:
         messages = session.scalars(
             select(InboxEvent.message)
-            .where(InboxEvent.created_at < now - INBOX_GRACE)
+            .where(
+                InboxEvent.namespace == namespace_of(session),
+                InboxEvent.created_at < now - INBOX_GRACE,
+            )
             .order_by(InboxEvent.id)
             .limit(limit)
         ).all()

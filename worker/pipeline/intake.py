@@ -8,12 +8,13 @@ moves forward); events are placed in cycles by the time the ingress received the
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
-from sqlalchemy import Delete, Select, delete, select
+from sqlalchemy import Delete, Select, bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -30,11 +31,13 @@ from models.bulk import (
 )
 from models.event import ALERT_EVENTS_TABLE
 from models.inbox import INBOX_EVENTS_TABLE
+from models.namespace import namespace_of
+from worker.coscale import occurrence
 from worker.delivery.flapping import continues_cycle
 from worker.pagerduty.events import dedup_key
 from worker.pipeline.message import AlertEventMessage
 from worker.settings import get_settings
-from worker.vocabulary import AlertStatus, DeliveryState, advance
+from worker.vocabulary import DEFAULT_NAMESPACE, AlertStatus, DeliveryState, advance
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,9 @@ class EventOutcome(StrEnum):
     DETAILS = "details"  # the trigger's title/details arrived after another event
     UNCHANGED = "unchanged"  # nothing new (a repeated trigger, a second resolve)
     LATE = "late"  # belongs to a cycle already resolved; recorded, nothing to send
+    # A trigger posted again after its cycle resolved (the same CoScale event: its date, time
+    # and message); recorded, nothing to send.
+    REPOSTED = "reposted"
     DUPLICATE = "duplicate"  # this very event was applied before (a redelivered message)
     # A responder already did it in PagerDuty (worker/pipeline/responders.py): recorded,
     # nothing to send.
@@ -84,17 +90,28 @@ class Claim(Protocol):
 CLAIM_COLUMNS = ("lease_owner", "lease_expires_at", "create_sent_at")
 
 
-def incident_key(source: str, alert_id: str, cycle: int) -> str:
-    """The deterministic PagerDuty ``incident_key`` of one alert cycle.
+def incident_key(source: str, alert_id: str, cycle: int, namespace: str = DEFAULT_NAMESPACE) -> str:
+    """The deterministic PagerDuty ``incident_key`` of one alert cycle of one bridge.
 
     Deterministic so that a create retried after a lost answer collides with the incident the
     first attempt made, and PagerDuty refuses the duplicate instead of paging twice.
     """
-    return dedup_key(source, alert_id, cycle)
+    return dedup_key(source, alert_id, cycle, namespace)
 
 
-def plan_event(latest: AlertLike | None, event: AlertEventMessage) -> EventOutcome:
-    """What ``event`` does to the alert whose newest cycle is ``latest`` (pure)."""
+def plan_event(
+    latest: AlertLike | None,
+    event: AlertEventMessage,
+    triggers_seen: Collection[str] = (),
+) -> EventOutcome:
+    """What ``event`` does to the alert whose newest cycle is ``latest`` (pure).
+
+    ``triggers_seen``: the CoScale events (:func:`~worker.coscale.occurrence`) that opened the
+    alert's cycles. A trigger after the resolve re-opens the alert, unless it reports one of
+    those events again: then it is a re-post (a proxy's retry, a replay by hand), and an
+    incident opened for it would never be resolved. A trigger without a date or time (a
+    hand-written Format) cannot be told apart from a re-fire, and re-opens.
+    """
     if latest is None:
         return EventOutcome.OPENED
     if latest.cycle > 1 and event.received_at < latest.opened_at:
@@ -121,6 +138,9 @@ def plan_event(latest: AlertLike | None, event: AlertEventMessage) -> EventOutco
             return EventOutcome.LATE
         resolved_at = latest.resolve_received_at
         if resolved_at is None or event.received_at > resolved_at:
+            seen = occurrence(event.fields)
+            if seen is not None and seen in triggers_seen:
+                return EventOutcome.REPOSTED
             return EventOutcome.OPENED  # CoScale fired the alert again after resolving it
         if not latest.title_from_trigger:
             return EventOutcome.DETAILS  # a late trigger: keep its text, send nothing
@@ -166,17 +186,22 @@ def _mark_pending(alert: AlertLike, now: datetime) -> None:
     alert.last_error = None
 
 
-def _open_cycle(event: AlertEventMessage, cycle: int, now: datetime) -> AlertRecord:
+def _open_cycle(event: AlertEventMessage, cycle: int, now: datetime, namespace: str) -> AlertRecord:
     alert = AlertRecord(
+        namespace=namespace,
         source=event.source,
         source_alert_id=event.alert_id,
         cycle=cycle,
-        incident_key=event.incident_key or incident_key(event.source, event.alert_id, cycle),
+        incident_key=event.incident_key
+        or incident_key(event.source, event.alert_id, cycle, namespace),
         service_id=event.service_id,
         desired_status=event.action,
         delivery_state=DeliveryState.PENDING,
         attempts=0,
         title_from_trigger=False,
+        trigger_occurrence=(
+            occurrence(event.fields) if event.action is AlertStatus.TRIGGERED else None
+        ),
         opened_at=event.received_at,
         resolve_received_at=(event.received_at if event.action is AlertStatus.RESOLVED else None),
         route=event.route,
@@ -202,15 +227,20 @@ def _apply(session: Session, event: AlertEventMessage, now: datetime) -> Applied
 @built_once
 def _forget_inbox_statement(postgres: bool) -> Delete:
     # On the table, not the ORM entity: no session to synchronise (and no RETURNING for it).
+    inbox = INBOX_EVENTS_TABLE.c
     return delete(INBOX_EVENTS_TABLE).where(
-        param_one_of(INBOX_EVENTS_TABLE.c.event_id, "event_ids", postgres)
+        inbox.namespace == bindparam("namespace"),
+        param_one_of(inbox.event_id, "event_ids", postgres),
     )
 
 
 def _forget_inbox(session: Session, event_ids: list[str]) -> None:
     # In the same transaction as the apply: an event is either still in the inbox (and the
     # sweeper will apply it) or applied, never neither.
-    session.execute(_forget_inbox_statement(session), {"event_ids": event_ids})
+    session.execute(
+        _forget_inbox_statement(session),
+        {"namespace": namespace_of(session), "event_ids": event_ids},
+    )
 
 
 def apply_event(
@@ -305,24 +335,34 @@ def _latest_cycles_statement(postgres: bool) -> Select[Any]:
     alerts = ALERTS_TABLE.c
     return (
         select(*ALERTS_TABLE.columns)
-        .where(param_keys_one_of((alerts.source, alerts.source_alert_id), "keys", postgres))
+        .where(
+            alerts.namespace == bindparam("namespace"),
+            param_keys_one_of((alerts.source, alerts.source_alert_id), "keys", postgres),
+        )
         .order_by(alerts.source, alerts.source_alert_id, alerts.cycle.desc())
         .with_for_update()
     )
 
 
-def _latest_cycles(session: Session, keys: list[AlertKey]) -> dict[AlertKey, AlertRecord]:
+def _latest_cycles(
+    session: Session, keys: list[AlertKey], triggers_seen: dict[AlertKey, set[str]]
+) -> dict[AlertKey, AlertRecord]:
     """The newest cycle of each alert, locked (every cycle of it is), as a record the batch
     decides on and write_back stores. Sorted, so concurrent batches lock rows in one order
-    and cannot deadlock on each other."""
+    and cannot deadlock on each other. The CoScale event that opened each cycle goes into
+    ``triggers_seen``."""
     latest: dict[AlertKey, AlertRecord] = {}
     statement = _latest_cycles_statement(session)
     postgres = on_postgresql(session)
+    namespace = namespace_of(session)
     for start in range(0, len(keys), _IN_CHUNK):
         chunk = keys[start : start + _IN_CHUNK]
-        rows = session.execute(statement, keys_param("keys", chunk, 2, postgres)).mappings()
+        params = {"namespace": namespace, **keys_param("keys", chunk, 2, postgres)}
+        rows = session.execute(statement, params).mappings()
         for row in rows:
             key = (row["source"], row["source_alert_id"])
+            if row["trigger_occurrence"] is not None:
+                triggers_seen.setdefault(key, set()).add(row["trigger_occurrence"])
             if key not in latest:
                 latest[key] = AlertRecord.of_row(row)
     return latest
@@ -340,6 +380,7 @@ _INTAKE_COLUMNS = (
     "forwarded",
     "incident_key",
     "title_from_trigger",
+    "trigger_occurrence",
     "delivery_state",
     "attempts",
     "pending_since",
@@ -357,7 +398,9 @@ def _apply_batch(
 ) -> list[AppliedEvent]:
     seen = _seen_events(session, [event.event_id for event in events])
     keys = sorted({(event.source, event.alert_id) for event in events})
-    latest: dict[AlertKey, AlertRecord] = _latest_cycles(session, keys)
+    triggers_seen: dict[AlertKey, set[str]] = {}
+    latest: dict[AlertKey, AlertRecord] = _latest_cycles(session, keys, triggers_seen)
+    namespace = namespace_of(session)
     # (event, its alert (maybe not stored yet), outcome, needs delivery), in batch order.
     decided: list[tuple[AlertEventMessage, AlertRecord | None, EventOutcome, bool]] = []
     opened: list[AlertRecord] = []
@@ -367,10 +410,13 @@ def _apply_batch(
             continue
         seen[event.event_id] = None  # the same event twice in one batch
         key = (event.source, event.alert_id)
-        alert, outcome, needs_delivery = _decide(latest.get(key), event, now)
+        seen_here = triggers_seen.setdefault(key, set())
+        alert, outcome, needs_delivery = _decide(latest.get(key), event, now, namespace, seen_here)
         if alert is not None and outcome is EventOutcome.OPENED:
             opened.append(alert)
             latest[key] = alert
+        if alert is not None and alert.trigger_occurrence is not None:
+            seen_here.add(alert.trigger_occurrence)
         decided.append((event, alert, outcome, needs_delivery))
     if claim is not None:
         # Before the writes: a new cycle is inserted, and a stored one written back, with
@@ -431,7 +477,7 @@ def _insert_cycles(session: Session, alerts: list[AlertRecord]) -> None:
         ALERTS_TABLE,
         [alert.column_values() for alert in alerts],
         returning="id",
-        key=("source", "source_alert_id", "cycle"),
+        key=("namespace", "source", "source_alert_id", "cycle"),
     )
     for alert, pk in zip(alerts, ids, strict=True):
         alert.id = pk
@@ -446,7 +492,11 @@ def _pk(alert: AlertLike | None) -> int | None:
 
 
 def _decide(
-    latest: AlertRecord | None, event: AlertEventMessage, now: datetime
+    latest: AlertRecord | None,
+    event: AlertEventMessage,
+    now: datetime,
+    namespace: str,
+    triggers_seen: Collection[str] = (),
 ) -> tuple[AlertRecord | None, EventOutcome, bool]:
     """Fold ``event`` into the alert whose newest cycle is ``latest``: (the alert it belongs
     to, a new cycle when OPENED, not yet added to the session; the outcome; whether the alert
@@ -456,9 +506,10 @@ def _decide(
         latest.desired_status = AlertStatus.TRIGGERED
         _mark_pending(latest, now)
         return latest, EventOutcome.REFIRED, True
-    outcome = plan_event(latest, event)
+    outcome = plan_event(latest, event, triggers_seen)
     if outcome is EventOutcome.OPENED:
-        return _open_cycle(event, latest.cycle + 1 if latest else 1, now), outcome, True
+        cycle = latest.cycle + 1 if latest else 1
+        return _open_cycle(event, cycle, now, namespace), outcome, True
     if latest is not None and outcome is EventOutcome.ADVANCED:
         latest.desired_status = advance(latest.desired_status, event.action)
         if event.action is AlertStatus.RESOLVED:
@@ -472,6 +523,9 @@ def _decide(
         return latest, outcome, False
     if latest is not None and outcome is EventOutcome.DETAILS:
         _fill_details(latest, event)
+        if event.action is AlertStatus.TRIGGERED and latest.trigger_occurrence is None:
+            # The cycle opened with an acknowledge; its trigger names the CoScale event.
+            latest.trigger_occurrence = occurrence(event.fields)
         # A trigger's text for an alert already resolved is kept for the record only.
         needs_delivery = latest.desired_status is not AlertStatus.RESOLVED
         if needs_delivery:

@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, AlertEvent, AlertLike, PagerDutyDelivery, utcnow
+from models.namespace import namespace_of
 from worker.delivery.policy import Create, SendEvent, Update, plan_delivery
 from worker.vocabulary import AlertStatus, DeliveryState, advance, next_update
 
@@ -227,6 +228,7 @@ def store_delivery(
     try:
         with sessions.begin() as session:
             row = PagerDutyDelivery(
+                namespace=namespace_of(session),
                 webhook_id=report.webhook_id,
                 route=route,
                 event_type=report.event_type,
@@ -269,6 +271,7 @@ def apply_stored_deliveries(sessions: sessionmaker[Session], now: datetime, *, l
             session.scalars(
                 select(PagerDutyDelivery.id)
                 .where(
+                    PagerDutyDelivery.namespace == namespace_of(session),
                     PagerDutyDelivery.applied_at.is_(None),
                     PagerDutyDelivery.received_at < now - APPLY_GRACE,
                 )
@@ -285,7 +288,10 @@ def prune_deliveries(sessions: sessionmaker[Session], cutoff: datetime) -> int:
     with sessions.begin() as session:
         result = session.execute(
             delete(PagerDutyDelivery)
-            .where(PagerDutyDelivery.applied_at < cutoff)
+            .where(
+                PagerDutyDelivery.namespace == namespace_of(session),
+                PagerDutyDelivery.applied_at < cutoff,
+            )
             .execution_options(synchronize_session=False)
         )
     return int(cast(CursorResult[Any], result).rowcount)
@@ -326,7 +332,11 @@ def _cycle_of(session: Session, route: str, report: StatusReport) -> Alert | Non
     if report.incident_id is not None:
         found = session.scalars(
             select(Alert)
-            .where(Alert.route == route, Alert.pagerduty_incident_id == report.incident_id)
+            .where(
+                Alert.namespace == namespace_of(session),
+                Alert.route == route,
+                Alert.pagerduty_incident_id == report.incident_id,
+            )
             .order_by(Alert.id.desc())
             .limit(1)
             .with_for_update()
@@ -338,7 +348,11 @@ def _cycle_of(session: Session, route: str, report: StatusReport) -> Alert | Non
     # A key can come back once its incident is resolved (the API contact's keys): the newest.
     return session.scalars(
         select(Alert)
-        .where(Alert.route == route, Alert.incident_key == report.incident_key)
+        .where(
+            Alert.namespace == namespace_of(session),
+            Alert.route == route,
+            Alert.incident_key == report.incident_key,
+        )
         .order_by(Alert.id.desc())
         .limit(1)
         .with_for_update()

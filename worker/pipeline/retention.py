@@ -24,6 +24,7 @@ from sqlalchemy import ColumnElement, CursorResult, and_, delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, AlertEvent
+from models.namespace import namespace_of
 from worker.vocabulary import AlertStatus, DeliveryState
 
 BATCH_SIZE = 1000  # alerts per transaction
@@ -52,9 +53,10 @@ def retention_cutoff(now: datetime, retention_days: float) -> datetime:
     return now - timedelta(days=retention_days)
 
 
-def expired(cutoff: datetime) -> ColumnElement[bool]:
-    """The rule: delivered, resolved, and untouched since ``cutoff``."""
+def expired(cutoff: datetime, namespace: str) -> ColumnElement[bool]:
+    """The rule: this bridge's, delivered, resolved, and untouched since ``cutoff``."""
     return and_(
+        Alert.namespace == namespace,
         Alert.delivery_state == DeliveryState.DELIVERED,
         Alert.desired_status == AlertStatus.RESOLVED,
         Alert.updated_at < cutoff,
@@ -63,8 +65,8 @@ def expired(cutoff: datetime) -> ColumnElement[bool]:
 
 def count_expired(sessions: sessionmaker[Session], cutoff: datetime) -> PruneResult:
     """What :func:`prune` would delete now (``pagerbridge prune --dry-run``)."""
-    eligible = select(Alert.id).where(expired(cutoff))
     with sessions() as session:
+        eligible = select(Alert.id).where(expired(cutoff, namespace_of(session)))
         alerts = session.scalar(select(func.count()).select_from(eligible.subquery()))
         events = session.scalar(
             select(func.count()).select_from(AlertEvent).where(AlertEvent.alert_pk.in_(eligible))
@@ -96,7 +98,7 @@ def prune(
             ids = list(
                 session.scalars(
                     select(Alert.id)
-                    .where(expired(cutoff), Alert.id > after)
+                    .where(expired(cutoff, namespace_of(session)), Alert.id > after)
                     .order_by(Alert.id)
                     .limit(batch_size)
                     .with_for_update(skip_locked=True)

@@ -38,7 +38,7 @@ class Runtime:
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:
-        return make_session_factory(self.engine)
+        return make_session_factory(self.engine, self.settings.namespace)
 
     @cached_property
     def pagerduty(self) -> PagerDutyClient:

@@ -14,6 +14,7 @@ from sqlalchemy import and_, case, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert
+from models.namespace import namespace_of
 from worker.vocabulary import AlertStatus, DeliveryState
 
 # How long a swept alert stays out of the next sweeps while its message waits in the queue.
@@ -57,9 +58,11 @@ def due_alerts(
     if closed_routes:
         parked_here = and_(parked_here, Alert.route.not_in(list(closed_routes)))
     with sessions.begin() as session:
+        ours = Alert.namespace == namespace_of(session)
         query = (
             select(Alert)
             .where(
+                ours,
                 or_(Alert.delivery_state == DeliveryState.PENDING, parked_here),
                 Alert.next_attempt_at <= now,
                 free,
@@ -74,7 +77,9 @@ def due_alerts(
         for route in sorted(closed_routes):
             probe = session.scalars(
                 select(Alert)
-                .where(Alert.delivery_state == DeliveryState.PARKED, Alert.route == route, free)
+                .where(
+                    ours, Alert.delivery_state == DeliveryState.PARKED, Alert.route == route, free
+                )
                 .order_by(Alert.pending_since, Alert.id)
                 .limit(1)
             ).first()
@@ -90,7 +95,10 @@ def wake_parked(sessions: sessionmaker[Session], now: datetime) -> int:
     with sessions.begin() as session:
         woken = session.execute(
             update(Alert)
-            .where(Alert.delivery_state == DeliveryState.PARKED)
+            .where(
+                Alert.namespace == namespace_of(session),
+                Alert.delivery_state == DeliveryState.PARKED,
+            )
             .values(next_attempt_at=now)
             .execution_options(synchronize_session=False)
         )

@@ -184,6 +184,65 @@ def test_json_media_types(content_type: str, is_json: bool) -> None:
 
 # -- properties ---------------------------------------------------------------------------------
 
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"alert_id": "1", "metric": "y" "app": "x", "action": "triggered"}',
+        b'{"alert_id": "1",\n "metric": "y"\n "app": "x"}',
+        b'{"alert_id": "1", "metric": "y""app": "x"}',
+        # with a repair needed elsewhere in the body too
+        b'{"message": "said "hi"", "metric": "y" "app": "x"}',
+    ],
+)
+def test_a_missing_comma_is_refused_not_read_as_a_value_swallowing_the_next(body: bytes) -> None:
+    # Given a Format whose author forgot a comma between two members
+    strict = None
+    try:
+        json.loads(body)
+    except json.JSONDecodeError as exc:
+        strict = exc
+    assert strict is not None
+    # When read, it is refused, naming the member the comma should precede
+    with pytest.raises(MalformedBody, match="comma is missing before the member 'app'") as refused:
+        parse_json_body(body)
+    text = body.decode()
+    at = text.index('"app"')
+    line, column = text.count("\n", 0, at) + 1, at - text.rfind("\n", 0, at)
+    assert (refused.value.line, refused.value.column) == (line, column)
+    assert f"line {line}, column {column}" in str(refused.value)
+
+
+def test_a_value_holding_a_members_shape_whose_member_is_there_is_text() -> None:
+    # The object has a real "metric": the one in the message is the message's text
+    body = b'{"message": "Error "foo" "metric": z", "metric": "cpu"}'
+    parsed = parse_json_body(body)
+    assert parsed.document == {"message": 'Error "foo" "metric": z', "metric": "cpu"}
+
+
+_PLAIN = st.text(alphabet=st.characters(exclude_characters='"\\'), max_size=8)
+
+
+@settings(max_examples=200)
+@given(
+    members=st.dictionaries(
+        st.text(alphabet="abcdefgh_", min_size=1, max_size=6), _PLAIN, min_size=2, max_size=5
+    ),
+    data=st.data(),
+)
+def test_property_a_comma_dropped_between_string_members_is_refused(
+    members: dict[str, str], data: st.DataObject
+) -> None:
+    # Given a valid object of string members, with one comma between members dropped
+    names = list(members)
+    dropped = data.draw(st.integers(min_value=1, max_value=len(names) - 1))
+    parts = [json.dumps({name: members[name]})[1:-1] for name in names]
+    body = "{" + ", ".join(parts[:dropped]) + " " + ", ".join(parts[dropped:]) + "}"
+    # Then it is refused: no value swallows the member after it
+    with pytest.raises(MalformedBody):
+        parse_json_body(body.encode())
+
+
 # Characters CoScale values hold that matter to JSON, and plain ones.
 TRICKY = st.text(alphabet=st.sampled_from(list('ab "\\\n\t\r/:,{}[]é€😀')), max_size=16)
 # What no reader can tell from a field (module docstring): a quote followed by a comma or colon

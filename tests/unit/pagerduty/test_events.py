@@ -81,6 +81,18 @@ def test_dedup_key_of_a_long_alert_id_is_hashed_not_cut() -> None:
     assert dedup_key("coscale", first, 1) == dedup_key("coscale", first, 1)
 
 
+def test_dedup_key_of_another_namespace_names_it_and_never_meets_the_default() -> None:
+    # The default namespace keeps the format incidents were opened with before namespaces
+    assert dedup_key("coscale", "42", 1, "pagerbridge") == "pagerbridge/coscale/42/1"
+    # Another bridge's key names its namespace in its own first segment
+    assert dedup_key("coscale", "42", 1, "east") == "pagerbridge@east/coscale/42/1"
+    assert dedup_key("coscale", "42", 1, "east") != dedup_key("coscale", "42", 1, "west")
+    # An alert id shaped like another namespace's key still cannot produce it
+    assert dedup_key("api", "coscale/42", 1) != dedup_key("coscale", "42", 1, "api")
+    long_id = "a" * 400
+    assert len(dedup_key("coscale:" + "r" * 72, long_id, 10**6, "n" * 64)) <= MAX_DEDUP_KEY_CHARS
+
+
 @pytest.mark.parametrize(
     ("source", "alert_id", "cycle"), [("", "1", 1), ("coscale", "", 1), ("coscale", "1", 0)]
 )
