@@ -73,7 +73,7 @@ from stack import (
 )
 
 from worker.settings import Settings
-from worker.simulator.pagerduty import SimulatorControl, SimulatorControlError
+from worker.simulator.control import SimulatorControl, SimulatorControlError
 
 DEFAULT_JSON = REPO / "bench" / "results" / "reliability.json"
 

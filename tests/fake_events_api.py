@@ -21,13 +21,11 @@ import httpx
 from starlette.testclient import TestClient
 
 from worker.pagerduty.events import EventsClient
-from worker.simulator.pagerduty import (
-    EVENTS_ROUTE,
-    ConfigurableFaults,
-    FaultSettings,
-    SimulatedPagerDuty,
-    create_app,
-)
+from worker.simulator.events_api import EVENTS_ROUTE
+from worker.simulator.fault_plan import ConfigurableFaults
+from worker.simulator.faults import FaultSettings
+from worker.simulator.server import create_app
+from worker.simulator.state import SimulatedPagerDuty
 
 ROUTING_KEY = "R0UTINGKEY0000000000000000000001"
 EVENTS_URL = "https://events.pagerduty.test" + EVENTS_ROUTE

@@ -18,7 +18,8 @@ from worker.errors import ServiceUnavailable
 from worker.pagerduty import PagerDutyClient
 from worker.pipeline.message import SOURCE_COSCALE, AlertEventMessage, new_event_id
 from worker.pipeline.queue import QueuedIn
-from worker.simulator.pagerduty import SimulatedError, SimulatedPagerDuty
+from worker.simulator.rest import SimulatedError
+from worker.simulator.state import SimulatedPagerDuty
 from worker.vocabulary import AlertStatus
 
 TOKEN = "unit-test-pagerduty-token"

@@ -267,7 +267,8 @@ def simulate(
     The fault options set the faults it starts with; POST /_simulator/faults changes them while
     it runs.
     """
-    from worker.simulator.pagerduty import FaultSettings, FaultSettingsError, serve
+    from worker.simulator.faults import FaultSettings, FaultSettingsError
+    from worker.simulator.server import serve
 
     try:
         faults = FaultSettings(

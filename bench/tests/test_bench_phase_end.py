@@ -10,7 +10,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from bench.tests.scripts import load_bench_script
-from worker.simulator.pagerduty import PAGERDUTY_ACCEPT, SimulatedPagerDuty, create_app
+from worker.simulator.rest import PAGERDUTY_ACCEPT
+from worker.simulator.server import create_app
+from worker.simulator.state import SimulatedPagerDuty
 
 HEADERS = {
     "Authorization": "Token token=sim-token",

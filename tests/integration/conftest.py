@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from models import make_engine, make_session_factory
 from tests.conftest import POSTGRES_HOWTO, REDIS_HOWTO, secrets_in, service_missing
 from worker.ops.migrate import upgrade
-from worker.simulator.pagerduty import SimulatorControl
+from worker.simulator.control import SimulatorControl
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "PAGERBRIDGE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"

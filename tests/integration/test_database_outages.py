@@ -41,7 +41,7 @@ from tests.integration.conftest import (
     wait_until_up,
 )
 from worker.ops.migrate import upgrade
-from worker.simulator.pagerduty import SimulatorControl
+from worker.simulator.control import SimulatorControl
 
 pytestmark = pytest.mark.integration
 

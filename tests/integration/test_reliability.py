@@ -49,7 +49,7 @@ from worker.pipeline.celery_app import VISIBILITY_TIMEOUT, create_celery
 from worker.pipeline.message import SOURCE_COSCALE, AlertEventMessage, new_event_id
 from worker.pipeline.queue import CeleryEventQueue
 from worker.settings import Settings
-from worker.simulator.pagerduty import SimulatorControl
+from worker.simulator.control import SimulatorControl
 from worker.vocabulary import AlertStatus
 
 pytestmark = pytest.mark.integration

@@ -19,7 +19,7 @@ from tests.integration.conftest import (
     wait_for,
     wait_until_up,
 )
-from worker.simulator.pagerduty import SimulatorControl
+from worker.simulator.control import SimulatorControl
 
 pytestmark = pytest.mark.integration
 

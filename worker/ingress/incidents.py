@@ -59,7 +59,7 @@ _CODES = {400: 2001, 401: 2006, 403: 2010, 404: 2100, 429: 2020}
 # PagerDuty's 400 message; on the others the bridge's own says more (which ids, and why).
 _MESSAGES = {400: "Invalid Input Provided"}
 # errors[] of PagerDuty's 400 for a create repeating an open incident's incident_key on the
-# same service (docs/pagerduty.md; worker/simulator/pagerduty.py sends the same).
+# same service (docs/pagerduty.md; worker/simulator/rest.py sends the same).
 DUPLICATE_KEY = "Open incident with matching dedup key already exists on this service"
 # listIncidents: "limit ... Maximum of 100"; PagerDuty's classic pagination stops at 10,000.
 LIST_LIMIT_MAX = 100

@@ -30,7 +30,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from worker.settings import ENV_PREFIX
-from worker.simulator.pagerduty import SimulatorControl
+from worker.simulator.control import SimulatorControl
 
 
 @dataclass

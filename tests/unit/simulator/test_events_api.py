@@ -13,23 +13,22 @@ import pytest
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
-import worker.simulator.pagerduty as simulator_module
+import worker.simulator.server as simulator_module
 from worker.cli import cli
-from worker.simulator.pagerduty import (
+from worker.simulator.control import SimulatorControl
+from worker.simulator.events_api import (
     EVENTS_ROUTE,
     INVALID_ROUTING_KEY_ERROR,
     MAX_EVENT_BYTES,
-    PAGERDUTY_ACCEPT,
-    ConfigurableFaults,
     EventAction,
     EventOutcome,
-    FaultSettings,
-    IncidentStatus,
-    SimulatedPagerDuty,
-    SimulatorControl,
-    create_app,
     event_outcome,
 )
+from worker.simulator.fault_plan import ConfigurableFaults
+from worker.simulator.faults import FaultSettings
+from worker.simulator.rest import PAGERDUTY_ACCEPT, IncidentStatus
+from worker.simulator.server import create_app
+from worker.simulator.state import SimulatedPagerDuty
 
 ROUTING_KEY = "R0UTINGKEY0000000000000000000001"
 OTHER_KEY = "R0UTINGKEY0000000000000000000002"

@@ -16,26 +16,21 @@ from starlette.testclient import TestClient
 from starlette.types import Message
 from typer.testing import CliRunner
 
-import worker.simulator.pagerduty as simulator_module
+import worker.simulator.server as simulator_module
 from worker.cli import cli
-from worker.simulator.pagerduty import (
-    CALL_RATE_WINDOW_S,
+from worker.simulator.control import SimulatorControl, SimulatorControlError
+from worker.simulator.fault_plan import ConfigurableFaults, FaultPlan, PagerDutyCall
+from worker.simulator.faults import FaultSettings, FaultSettingsError
+from worker.simulator.rest import (
     DUPLICATE_INCIDENT_KEY_ERROR,
     MAX_BULK_UPDATE,
     PAGERDUTY_ACCEPT,
-    ConfigurableFaults,
-    FaultPlan,
-    FaultSettings,
-    FaultSettingsError,
     IncidentStatus,
-    PagerDutyCall,
     SimulatedError,
-    SimulatedPagerDuty,
-    SimulatorControl,
-    SimulatorControlError,
-    create_app,
     next_status,
 )
+from worker.simulator.server import create_app
+from worker.simulator.state import CALL_RATE_WINDOW_S, SimulatedPagerDuty
 
 TOKEN = "sim-token"
 SERVICE = "PSVC001"

@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from worker.simulator.pagerduty import PAGERDUTY_ACCEPT, SimulatedPagerDuty, create_app
+from worker.simulator.rest import PAGERDUTY_ACCEPT
+from worker.simulator.server import create_app
+from worker.simulator.state import SimulatedPagerDuty
 
 TOKEN = "sim-token"
 HEADERS = {
