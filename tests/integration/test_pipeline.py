@@ -260,11 +260,16 @@ def test_resolve_for_alert_never_triggered(bridge: Bridge, api: httpx.Client) ->
 def test_readiness_sees_redis_database_and_pagerduty(api: httpx.Client) -> None:
     answer = api.get("/readyz")
     assert answer.status_code == 200
-    assert {name: check["status"] for name, check in answer.json()["checks"].items()} == {
+    checks = {name: check["status"] for name, check in answer.json()["checks"].items()}
+    # Whether Redis can confirm writes are on disk depends on how the suite's Redis runs (CI
+    # starts it without AOF): reported either way, never making the bridge not ready.
+    assert checks.pop("redis_durability") in ("ok", "degraded")
+    assert checks == {
         "redis": "ok",
         "database": "ok",
         "pagerduty_credentials": "ok",
         "pagerduty_breaker": "ok",
+        "backlog": "ok",
     }
 
 
