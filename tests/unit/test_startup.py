@@ -72,7 +72,7 @@ def test_each_api_process_freezes_once_its_app_is_built(monkeypatch: pytest.Monk
 def test_the_single_process_api_freezes_before_it_serves(monkeypatch: pytest.MonkeyPatch) -> None:
     import uvicorn
 
-    from worker import cli as cli_module
+    from worker.cli import services as cli_module
     from worker.ingress import app as app_module
     from worker.ops import preflight
     from worker.settings import get_settings
