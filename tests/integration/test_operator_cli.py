@@ -25,12 +25,20 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def database() -> Iterator[tuple[str, sessionmaker[Session]]]:
-    """A fresh migrated database per test: the counts each test sees are its own."""
+def cli_namespace() -> str:
+    """The test's bridge: the gate's state (rate budget, breaker) and the rows it writes are
+    this test's, not what the session's shared bridge left there."""
+    return f"pagerbridge-cli-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def database(cli_namespace: str) -> Iterator[tuple[str, sessionmaker[Session]]]:
+    """A fresh migrated database per test: the counts each test sees are its own; its rows are
+    the test's bridge's, as the commands read them."""
     with fresh_database() as url:
         engine = make_engine(url)
         try:
-            yield url, make_session_factory(engine)
+            yield url, make_session_factory(engine, cli_namespace)
         finally:
             engine.dispose()
 
@@ -41,10 +49,10 @@ def sessions(database: tuple[str, sessionmaker[Session]]) -> sessionmaker[Sessio
 
 
 @pytest.fixture
-def env(database: tuple[str, sessionmaker[Session]], redis_url: str) -> dict[str, str]:
-    # A namespace of its own: the gate's state (rate budget, breaker) must be this test's, not
-    # what the session's shared bridge left there.
-    namespace = f"pagerbridge-cli-{uuid.uuid4().hex[:8]}"
+def env(
+    database: tuple[str, sessionmaker[Session]], redis_url: str, cli_namespace: str
+) -> dict[str, str]:
+    namespace = cli_namespace
     # COLUMNS: rich draws the tables this wide, so a cell's text is not folded across lines.
     return {
         **bridge_env(database[0], redis_url, "http://127.0.0.1:9", namespace),
