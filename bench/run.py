@@ -130,6 +130,10 @@ LIVE_WARM_UP = 300
 WARM_UP_SETTLE_S = 1.0  # then the pipeline's last records and acknowledgements are done
 
 
+# The storm phase's alerts: the size of the storm the comparison with Alertmanager is made on.
+STORM_ALERTS = 600
+
+
 @dataclass(frozen=True)
 class Options:
     alerts: int
@@ -151,6 +155,7 @@ class Options:
     live_warm_up: int = LIVE_WARM_UP
     storm_limit: int = storm.REST_LIMIT_PER_MINUTE
     storm_peer: bool = True
+    storm_alerts: int = STORM_ALERTS
 
 
 # The phases in the order they run; --phases picks some (a phase that needs another's work
@@ -260,6 +265,14 @@ def parse_options(argv: list[str] | None = None) -> Options:
         f"{storm.REST_LIMIT_PER_MINUTE}, PagerDuty's); the bridge is never told it",
     )
     parser.add_argument(
+        "--storm-alerts",
+        type=int,
+        default=STORM_ALERTS,
+        metavar="N",
+        help=f"the storm phase's alerts (default {STORM_ALERTS}: a storm at PagerDuty's limit "
+        "takes N / (limit a second) seconds, whatever --alerts is)",
+    )
+    parser.add_argument(
         "--no-storm-peer",
         action="store_false",
         dest="storm_peer",
@@ -279,6 +292,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         or args.pagerduty_latency_ms < 0
         or args.live_warm_up < 0
         or args.storm_limit < 1
+        or args.storm_alerts < 1
     ):
         parser.error("counts, durations and rates must be positive")
     phases = tuple(name.strip() for name in args.phases.split(",") if name.strip())
@@ -309,6 +323,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         live_warm_up=args.live_warm_up,
         storm_limit=args.storm_limit,
         storm_peer=args.storm_peer,
+        storm_alerts=args.storm_alerts,
     )
 
 
@@ -1505,7 +1520,7 @@ def phase_storm(run: Run) -> None:
     told the limit), then Alertmanager 0.25 with as many Events API keys as give it the same
     budget (PagerDuty limits each to about 120 events a minute)."""
     options = run.options
-    wanted = options.alerts
+    wanted = options.storm_alerts
     results: dict[str, Any] = {
         "alerts": wanted,
         "latency_ms": storm.LATENCY_MS,
