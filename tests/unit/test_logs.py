@@ -13,7 +13,8 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.fakes import FakePagerDuty
-from worker.delivery.reconcile import Reconciler, ReconcileResult
+from worker.delivery.outcomes import ReconcileResult
+from worker.delivery.reconcile import Reconciler
 from worker.logs import (
     HANDLER_NAME,
     REDACTED,

@@ -26,7 +26,8 @@ from models import make_engine, make_session_factory
 from tests.fakes import TOKEN, FakePagerDuty, ListQueue
 from worker import metrics
 from worker.delivery.gate import DeliveryGate
-from worker.delivery.reconcile import Reconciler, ReconcileResult
+from worker.delivery.outcomes import ReconcileResult
+from worker.delivery.reconcile import Reconciler
 from worker.ingress.app import create_app
 from worker.pagerduty import PagerDutyClient, PagerDutyError
 from worker.pipeline.intake import AppliedEvent, apply_event

@@ -21,9 +21,12 @@ import hashlib
 import logging
 import os
 import socket
+import threading
+import time
 import uuid
-from collections.abc import Callable
-from datetime import datetime
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
 
@@ -31,10 +34,13 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert
+from models.bulk import is_one_of
 from models.namespace import namespace_of
 from worker.vocabulary import DeliveryState
 
 log = logging.getLogger(__name__)
+# The renewals are a reconcile's, and their lines come under the reconciler's logger.
+reconcile_log = logging.getLogger("worker.delivery.reconcile")
 
 # alerts.lease_owner is String(64): host part (at most this long), node id (8), pid, random (8).
 HOST_CHARS = 32
@@ -131,3 +137,64 @@ def release_dead_leases(
         len(dead),
     )
     return sorted(released)
+
+
+class LeaseKeeper:
+    """Renews the leases of the reconciles running in this process, every third of their life.
+
+    So a lease can be short (a worker killed with SIGKILL frees its alerts within
+    ``lease_seconds``) and still never expire under a live worker whose PagerDuty call is slow:
+    an expired lease would let a second worker plan the same alert, and its resolve could race
+    our acknowledge.
+
+    One thread for all of them, started when a reconcile begins and none is running, ending at a
+    renewal that finds no reconcile left: a thread started and joined per reconcile was about
+    0.27 ms of CPU per batch (a tenth of a small batch's cost), for a renewal that a batch of
+    an alert storm, done in milliseconds, almost never needs.
+    """
+
+    def __init__(
+        self, sessions: sessionmaker[Session], lease_seconds: float, clock: Callable[[], datetime]
+    ) -> None:
+        self._sessions = sessions
+        self._lease = timedelta(seconds=lease_seconds)
+        self._clock = clock
+        self._owners: set[str] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def keeping(self, owner: str) -> Iterator[None]:
+        """Renew ``owner``'s leases while the block runs."""
+        with self._lock:
+            self._owners.add(owner)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+                self._thread.start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._owners.discard(owner)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self._lease.total_seconds() / 3)
+            with self._lock:
+                owners = sorted(self._owners)
+                if not owners:
+                    self._thread = None  # under the lock: the next keeping() starts another
+                    return
+            try:
+                self._renew(owners)
+            except Exception as exc:  # the next renewal, or the lease's expiry, takes over
+                reconcile_log.warning("could not renew leases of %s: %s", ", ".join(owners), exc)
+
+    def _renew(self, owners: list[str]) -> None:
+        with self._sessions.begin() as session:
+            session.execute(
+                update(Alert)
+                .where(is_one_of(Alert.lease_owner, owners, session))
+                .values(lease_expires_at=self._clock() + self._lease)
+                .execution_options(synchronize_session=False)
+            )

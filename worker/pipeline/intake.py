@@ -72,7 +72,7 @@ class AppliedEvent:
 
 class Claim(Protocol):
     """Whoever delivers a batch's alerts next, given its say inside the transaction that
-    applies the batch (the reconciler's :class:`~worker.delivery.reconcile.BatchClaim`).
+    applies the batch (the reconciler's :class:`~worker.delivery.claim.BatchClaim`).
 
     ``take`` sees the alerts that now need a delivery, locked or not yet inserted, in the order
     their events came, and may set what a reconcile's first step sets (:data:`CLAIM_COLUMNS`):

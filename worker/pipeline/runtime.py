@@ -16,8 +16,9 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import make_engine, make_session_factory
+from worker.delivery.answers import Backend
 from worker.delivery.gate import DeliveryGate
-from worker.delivery.reconcile import Backend, Reconciler
+from worker.delivery.reconcile import Reconciler
 from worker.pagerduty import PagerDutyClient
 from worker.pagerduty.events import EventsClient
 from worker.pipeline.message import DEFAULT_ROUTE

@@ -21,7 +21,8 @@ from tests.unit.delivery.test_reconcile import (  # noqa: F401  (fixtures)
     send,
 )
 from worker.delivery.flapping import continues_cycle, resolve_held_until
-from worker.delivery.reconcile import Reconciler, ReconcileResult
+from worker.delivery.outcomes import ReconcileResult
+from worker.delivery.reconcile import Reconciler
 from worker.pipeline.intake import EventOutcome
 from worker.pipeline.message import SOURCE_COSCALE, AlertEventMessage, new_event_id
 from worker.pipeline.sweeper import due_alerts

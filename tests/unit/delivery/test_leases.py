@@ -1,5 +1,5 @@
 """A reconcile's leases are renewed while it works, however slow PagerDuty is, and no longer once
-it is done (worker/delivery/reconcile.py: LeaseKeeper)."""
+it is done (worker/delivery/leases.py: LeaseKeeper)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, utcnow
 from tests.fakes import FakePagerDuty, trigger_events
-from worker.delivery.reconcile import LeaseKeeper, Reconciler, ReconcileResult
+from worker.delivery.leases import LeaseKeeper
+from worker.delivery.outcomes import ReconcileResult
+from worker.delivery.reconcile import Reconciler
 from worker.pipeline.intake import apply_events
 from worker.settings import Settings
 

@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert, AlertEvent
 from tests.fakes import FakePagerDuty, count_plans, trigger_events
-from worker.delivery.reconcile import Reconciler, ReconcileResult
+from worker.delivery.outcomes import ReconcileResult
+from worker.delivery.reconcile import Reconciler
 from worker.pipeline.intake import AppliedEvent, EventOutcome, apply_event, apply_events
 from worker.pipeline.message import SOURCE_API, SOURCE_COSCALE, AlertEventMessage, new_event_id
 from worker.pipeline.sweeper import due_alerts
@@ -1012,7 +1013,7 @@ def test_a_task_paces_in_place_briefly_then_hands_the_rest_back_on_the_budgets_s
     clock: Clock,
     sqlite_sessions: sessionmaker[Session],
 ) -> None:
-    from worker.delivery.reconcile import MAX_PACING_IN_PLACE
+    from worker.delivery.gated_calls import MAX_PACING_IN_PLACE
 
     # Given a budget of one call a second with a burst of two, and ten creates waiting
     gate = gated.gate

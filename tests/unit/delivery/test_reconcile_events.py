@@ -14,7 +14,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models import Alert
 from tests.fake_events_api import ROUTING_KEY, FakeEventsApi
-from worker.delivery.reconcile import Backend, Reconciler, ReconcileResult
+from worker.delivery.answers import Backend
+from worker.delivery.outcomes import ReconcileResult
+from worker.delivery.reconcile import Reconciler
 from worker.pipeline.intake import AppliedEvent, apply_event
 from worker.pipeline.message import BACKEND_EVENTS, SOURCE_COSCALE, AlertEventMessage, new_event_id
 from worker.routes_file import parse_routes

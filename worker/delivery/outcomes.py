@@ -1,0 +1,152 @@
+"""What a reconcile's step did to an alert: its result, and the alert's record afterwards.
+
+The reconciler calls these inside the transaction that records a batch's answers (or plans
+it), on the alert's locked record; each outcome also gets its timeline row and its log line
+(:mod:`worker.delivery.timeline`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from models import AlertLike
+from worker import metrics
+from worker.delivery.answers import Adopted, EventSent
+from worker.delivery.policy import (
+    EVENT_ACTIONS,
+    WAIT_FOR_TRIGGER,
+    Done,
+    HoldResolve,
+    Inspect,
+    Misconfigured,
+    Step,
+    WaitForTrigger,
+    schedule_after_failure,
+)
+from worker.delivery.timeline import CALL_DONE, audit, describe, log_delivery
+from worker.pagerduty import Incident, PagerDutyError
+from worker.settings import Settings
+from worker.vocabulary import AlertStatus, DeliveryState
+
+
+class ReconcileResult(StrEnum):
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    PARKED = "parked"
+    FAILED = "failed"
+    WAITING = "waiting"  # for the trigger's text, or for a rate-limit token
+    BUSY = "busy"  # another worker holds the lease; it will see our change
+    MISSING = "missing"
+
+
+def finish_without_call(
+    alert: AlertLike, step: Step, clock: Callable[[], datetime]
+) -> ReconcileResult | None:
+    """Finish an alert whose next step needs no call (delivered, waiting, failed); None when
+    it needs one."""
+    now = clock()
+    if isinstance(step, Done):
+        alert.delivery_state = DeliveryState.DELIVERED
+        alert.next_attempt_at = None
+        alert.pending_since = None
+        alert.last_error = None
+        result = ReconcileResult.DELIVERED
+        log_delivery(
+            logging.INFO,
+            "delivered",
+            alert,
+            f"status={alert.desired_status.value} ({step.reason})",
+        )
+    elif isinstance(step, WaitForTrigger):
+        alert.next_attempt_at = now + WAIT_FOR_TRIGGER
+        result = ReconcileResult.WAITING
+    elif isinstance(step, HoldResolve):
+        # Due when the flap window ends; a re-fire before then drops the resolve.
+        alert.next_attempt_at = step.until
+        result = ReconcileResult.WAITING
+        log_delivery(logging.DEBUG, "holding resolve", alert, f"until {step.until}")
+    elif isinstance(step, Misconfigured):
+        alert.delivery_state = DeliveryState.FAILED
+        alert.next_attempt_at = None
+        alert.last_error = step.reason
+        result = ReconcileResult.FAILED
+        log_delivery(logging.ERROR, "failed", alert, step.reason)
+    else:
+        return None
+    alert.lease_owner = None
+    alert.lease_expires_at = None
+    return result
+
+
+def record_success(
+    timeline: list[dict[str, Any]],
+    alert: AlertLike,
+    step: Step,
+    incident: Incident | EventSent | None,
+    clock: Callable[[], datetime],
+) -> None:
+    """Record a call PagerDuty answered: the incident it names, and a row in ``timeline``."""
+    if isinstance(incident, EventSent):
+        alert.confirmed_status = incident.action
+        outcome = EVENT_ACTIONS[incident.action]
+    elif incident is None:
+        # Looked up by key after a lost create and PagerDuty has no such incident:
+        # the create never landed. The alert is resolved, so nothing is owed.
+        alert.create_sent_at = None
+        outcome = "not-found"
+    else:
+        if isinstance(step, Inspect):
+            alert.status_read_at = clock()
+        alert.pagerduty_incident_id = incident.id
+        alert.pagerduty_incident_number = incident.number or alert.pagerduty_incident_number
+        alert.pagerduty_incident_url = incident.html_url or alert.pagerduty_incident_url
+        alert.confirmed_status = AlertStatus(incident.status)
+        # A create refused as a duplicate and then found by key is an adoption, not a page.
+        outcome = "findbykey" if isinstance(incident, Adopted) else type(step).__name__.lower()
+    if alert.delivery_state is DeliveryState.PARKED:
+        alert.delivery_state = DeliveryState.PENDING
+    timeline.append(audit(alert, outcome, detail=describe(step, incident)))
+    log_delivery(logging.INFO, CALL_DONE[outcome], alert, describe(step, incident))
+
+
+def record_failure(
+    timeline: list[dict[str, Any]],
+    alert: AlertLike,
+    error: PagerDutyError,
+    settings: Settings,
+    clock: Callable[[], datetime],
+) -> ReconcileResult:
+    """Record a failed call: retry later, park or give up (:func:`schedule_after_failure`),
+    and a row in ``timeline``."""
+    schedule = schedule_after_failure(
+        alert,
+        error,
+        clock(),
+        min_backoff=settings.retry_min_backoff,
+        max_backoff=settings.retry_max_backoff,
+        give_up_after=settings.give_up_after,
+    )
+    alert.delivery_state = schedule.state
+    alert.attempts = schedule.attempts
+    alert.next_attempt_at = schedule.next_attempt_at
+    alert.last_error = schedule.last_error
+    timeline.append(audit(alert, schedule.state.value, detail=schedule.last_error))
+    if schedule.state is DeliveryState.PENDING:
+        metrics.count_retry(error.status)
+        now = clock()
+        wait = ((schedule.next_attempt_at or now) - now).total_seconds()
+        detail = f"attempt {schedule.attempts}, next in {wait:.0f} s: {schedule.last_error}"
+        log_delivery(logging.WARNING, "retry", alert, detail)
+    else:
+        detail = f"attempt {schedule.attempts}: {schedule.last_error}"
+        log_delivery(logging.ERROR, schedule.state.value, alert, detail)
+    return {
+        DeliveryState.PENDING: ReconcileResult.RETRY,
+        DeliveryState.PARKED: ReconcileResult.PARKED,
+        DeliveryState.FAILED: ReconcileResult.FAILED,
+        DeliveryState.DELIVERED: ReconcileResult.DELIVERED,
+    }[schedule.state]
