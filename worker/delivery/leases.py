@@ -148,9 +148,9 @@ class LeaseKeeper:
     our acknowledge.
 
     One thread for all of them, started when a reconcile begins and none is running, ending at a
-    renewal that finds no reconcile left: a thread started and joined per reconcile was about
-    0.27 ms of CPU per batch (a tenth of a small batch's cost), for a renewal that a batch of
-    an alert storm, done in milliseconds, almost never needs.
+    renewal that finds no reconcile left: a thread started and joined per reconcile would cost
+    every batch, for a renewal that a batch of an alert storm, done in milliseconds, almost never
+    needs.
     """
 
     def __init__(
