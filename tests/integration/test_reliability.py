@@ -511,9 +511,10 @@ def _deliver_through_rate_limit(bridge: Bridge, api: httpx.Client, **headers: bo
     after = counts(bridge)
     rate_limited = after["faults"]["rate_limited"] - before["faults"]["rate_limited"]
     if headers.get("rate_limit_headers"):
-        # Every answer carries ratelimit-*: the workers pace by them and (almost) never meet
-        # a 429 (tests/integration/test_pacing.py); the 429 pause is the headerless case's.
-        assert rate_limited <= 1, rate_limited
+        # Every answer carries ratelimit-*: the workers pace by them (tests/integration/
+        # test_pacing.py); only a process's first calls, before any answer taught the pace, may
+        # meet a 429. The 429 pause is the headerless case's.
+        assert rate_limited <= CONCURRENCY, rate_limited
     else:
         assert rate_limited > 0, "the simulator never answered 429: the test proves nothing"
         # Each 429 paused every worker: not one 429 per waiting alert per retry.
