@@ -33,6 +33,7 @@ from tests.integration.conftest import (
     INGRESS_TOKEN,
     PAGERDUTY_TOKEN,
     Bridge,
+    as_default_key,
     bridge_env,
     free_port,
     running_bridge,
@@ -212,7 +213,9 @@ def aof_redis(tmp_path: Path) -> Iterator[AofRedis]:
 
 
 def _delivered(bridge: Bridge, alert_ids: set[str]) -> bool:
-    keys = {str(i.get("incident_key")) for i in bridge.simulator.state()["incidents"]}
+    keys = {
+        as_default_key(str(i.get("incident_key"))) for i in bridge.simulator.state()["incidents"]
+    }
     return all(f"pagerbridge/coscale/{alert_id}/1" in keys for alert_id in alert_ids)
 
 
@@ -334,7 +337,10 @@ def test_database_down_then_redis_killed_and_restarted_loses_nothing(
         wait_for(
             lambda: all(
                 f"pagerbridge/coscale/{a}/1"
-                in {str(i.get("incident_key")) for i in simulator.state()["incidents"]}
+                in {
+                    as_default_key(str(i.get("incident_key")))
+                    for i in simulator.state()["incidents"]
+                }
                 for a in alert_ids
             ),
             timeout=120,
