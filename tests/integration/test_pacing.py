@@ -3,7 +3,11 @@ pace themselves from PagerDuty's ratelimit-* headers, and almost no call is answ
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
+import pytest
+import redis
 
 from tests.integration.conftest import Bridge
 from tests.integration.test_reliability import (
@@ -17,6 +21,21 @@ from tests.integration.test_reliability import (
     total_calls,
     wait_delivered,
 )
+
+
+@pytest.fixture(autouse=True)
+def forget_the_pace(bridge: Bridge) -> Iterator[None]:
+    """The shared bridge's gate keeps PagerDuty's pace for one window after the last answer
+    that carried it (worker/delivery/pacing.py): forget it after each test, so the next test
+    file's bridge starts at the configured rate, as a bridge PagerDuty never limited."""
+    yield
+    client = redis.Redis.from_url(bridge.env["PAGERBRIDGE_REDIS_URL"])
+    try:
+        keys = list(client.scan_iter(match=f"{bridge.env['PAGERBRIDGE_NAMESPACE']}:gate:*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 def test_a_storm_against_an_untold_limit_is_paced_by_the_headers(
