@@ -30,6 +30,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import sys
@@ -370,6 +371,15 @@ def send(bridge: Bridge, alert_ids: list[str], action: str) -> dict[str, int]:
     return answers
 
 
+# A bridge in a namespace of its own keys its incidents pagerbridge@<namespace>/...
+# (worker/pagerduty/events.py dedup_key); read them as the default namespace spells them.
+_NAMESPACE_ROOT = re.compile(r"^pagerbridge@[^/]+/")
+
+
+def default_key(key: str) -> str:
+    return _NAMESPACE_ROOT.sub("pagerbridge/", key)
+
+
 def key_prefix(alert_id: str) -> str:
     return f"pagerbridge/{SOURCE}/{alert_id}/"
 
@@ -389,7 +399,7 @@ def incidents_by_alert(
     """The simulator's incidents of each alert, by the alert's incident_key prefix."""
     found: dict[str, list[dict[str, Any]]] = {alert_id: [] for alert_id in alert_ids}
     for incident in state["incidents"]:
-        key = str(incident.get("incident_key") or "")
+        key = default_key(str(incident.get("incident_key") or ""))
         alert_id = key.removeprefix(f"pagerbridge/{SOURCE}/").rsplit("/", 1)[0]
         if alert_id in found and key.startswith(key_prefix(alert_id)):
             found[alert_id].append(incident)
