@@ -165,7 +165,10 @@ def test_a_responders_resolve_is_never_undone(two_way: TwoWay) -> None:
     _send(bridge, alert_id, "acknowledged")
     _send(bridge, alert_id, "resolved")
     received = _received(bridge, alert_id, 3)
-    assert [entry["outcome"] for entry in received[1:]] == ["responded", "responded"]
+    # Recorded as the responder's doing; an acknowledge applied after the resolve (two
+    # batches, either order) is merely late: either way it sends nothing.
+    outcomes = [entry["outcome"] for entry in received[1:]]
+    assert "responded" in outcomes and set(outcomes) <= {"responded", "late"}, outcomes
     # Then nothing was sent: no acknowledge reopened the incident, no second resolve
     assert _updates_sent(bridge) == updates
     incident = _incident(bridge, incident_id)
