@@ -20,13 +20,11 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
-import redis
 
 from tests.conftest import service_missing
 from tests.integration.conftest import (
@@ -41,6 +39,7 @@ from tests.integration.conftest import (
     wait_for,
     wait_until_up,
 )
+from tests.integration.test_durability import PrivateRedis
 from worker.ops.migrate import upgrade
 from worker.simulator.control import SimulatorControl
 
@@ -138,58 +137,6 @@ def _fsync_policy() -> str:
     return "everysec" if (major, minor) >= (7, 2) else "always"
 
 
-@dataclass
-class AofRedis:
-    """A redis-server of the test's own, with an AOF in its own directory."""
-
-    port: int
-    workdir: Path
-    appendonly: bool = True
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes" if self.appendonly else "no",
-                "--appendfsync",
-                _fsync_policy(),
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(self._answers, timeout=10, what="private redis-server")
-
-    def _answers(self) -> bool:
-        try:
-            return bool(redis.Redis(port=self.port, socket_connect_timeout=0.5).ping())
-        except redis.RedisError:
-            return False
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()  # SIGKILL: no shutdown, no final fsync
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-
-
 @pytest.fixture
 def postgres() -> Iterator[PrivatePostgres]:
     if shutil.which("redis-server") is None:
@@ -202,8 +149,10 @@ def postgres() -> Iterator[PrivatePostgres]:
 
 
 @pytest.fixture
-def aof_redis(tmp_path: Path) -> Iterator[AofRedis]:
-    server = AofRedis(free_port(), tmp_path / "redis")
+def aof_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(
+        free_port(), tmp_path / "redis", appendonly=True, appendfsync=_fsync_policy()
+    )
     server.workdir.mkdir()
     server.start()
     try:
@@ -225,7 +174,7 @@ def _percentile(values: list[float], share: float) -> float:
 
 
 def test_a_frozen_database_never_stalls_the_ingress_and_loses_nothing(
-    postgres: PrivatePostgres, aof_redis: AofRedis, tmp_path: Path
+    postgres: PrivatePostgres, aof_redis: PrivateRedis, tmp_path: Path
 ) -> None:
     namespace = f"freeze-{uuid.uuid4().hex[:6]}"
     # PagerDuty's rate budget out of the way: the test counts what is lost, not how fast the
@@ -295,7 +244,7 @@ def test_a_frozen_database_never_stalls_the_ingress_and_loses_nothing(
 
 
 def test_database_down_then_redis_killed_and_restarted_loses_nothing(
-    postgres: PrivatePostgres, aof_redis: AofRedis, tmp_path: Path
+    postgres: PrivatePostgres, aof_redis: PrivateRedis, tmp_path: Path
 ) -> None:
     # Given the api alone (no worker yet: what it accepts stays on the queue) and PostgreSQL down
     sim_port, api_port = free_port(), free_port()
@@ -359,7 +308,7 @@ def test_without_a_durable_redis_the_database_outage_is_503_with_the_reason(
     postgres: PrivatePostgres, tmp_path: Path
 ) -> None:
     # Given a Redis without an AOF and PostgreSQL down
-    plain = AofRedis(free_port(), tmp_path / "redis", appendonly=False)
+    plain = PrivateRedis(free_port(), tmp_path / "redis", appendfsync=_fsync_policy())
     plain.workdir.mkdir()
     plain.start()
     env = bridge_env(postgres.url, plain.url, "http://127.0.0.1:9", f"noaof-{uuid.uuid4().hex[:6]}")

@@ -40,8 +40,13 @@ GIVE_UP_AFTER = 3  # seconds: an alert fails fast here, to be replayed
 
 @dataclass
 class PrivateRedis:
+    """A redis-server of the test's own, in its own directory: one the test may stop, kill or
+    flush without touching the shared one."""
+
     port: int
     workdir: Path
+    appendonly: bool = False
+    appendfsync: str = "everysec"
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -59,7 +64,9 @@ class PrivateRedis:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.appendonly else "no",
+                "--appendfsync",
+                self.appendfsync,
                 "--dir",
                 str(self.workdir),
             ],
@@ -67,6 +74,11 @@ class PrivateRedis:
             stderr=subprocess.DEVNULL,
         )
         wait_for(lambda: _redis_answers(self.port), timeout=10, what="private redis-server")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()  # SIGKILL: no shutdown, no final fsync
+        self.process.wait(timeout=10)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
