@@ -238,12 +238,13 @@ def console_router(
         return page(request, "_overview.html", operator, **overview_data())
 
     def listing(
-        state: DeliveryState | None,
-        route: str | None,
-        source: str | None,
-        q: str | None,
-        before: int | None,
+        state: DeliveryState | None = None,
+        route: Filter = None,
+        source: Filter = None,
+        q: Filter = None,
+        before: Before = None,
     ) -> dict[str, Any]:
+        """The alerts page's data from its query (a dependency of both its routes)."""
         where = AlertFilter(
             state=state,
             route=route or None,
@@ -269,27 +270,17 @@ def console_router(
     @router.get("/alerts")
     def alerts(
         request: Request,
-        state: DeliveryState | None = None,
-        route: Filter = None,
-        source: Filter = None,
-        q: Filter = None,
-        before: Before = None,
         operator: OperatorSession = Depends(signed_in),
+        data: dict[str, Any] = Depends(listing),
     ) -> Response:
-        data = listing(state, route, source, q, before)
         return page(request, "alerts.html", operator, nav="alerts", **data)
 
     @router.get("/live/alerts")
     def alerts_fragment(
         request: Request,
-        state: DeliveryState | None = None,
-        route: Filter = None,
-        source: Filter = None,
-        q: Filter = None,
-        before: Before = None,
         operator: OperatorSession = Depends(signed_in_fragment),
+        data: dict[str, Any] = Depends(listing),
     ) -> Response:
-        data = listing(state, route, source, q, before)
         return page(request, "_alerts.html", operator, **data)
 
     @router.get("/alerts/{alert_id}")
