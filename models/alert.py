@@ -95,6 +95,10 @@ class Alert(Base):
     # API contact: the create's fields PagerDuty takes that the bridge does not read itself
     # (priority, escalation_policy, assignments, ...), sent with the create as given.
     forwarded: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # API contact: updateIncident's fields (title, priority, assignments, escalation_level, ...)
+    # accepted and not yet taken by PagerDuty, merged in arrival order; sent with the incident's
+    # next update, or on their own, and cleared once PagerDuty took them.
+    update_fields: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     pagerduty_incident_id: Mapped[str | None] = mapped_column(String(64))
     pagerduty_incident_number: Mapped[int | None] = mapped_column(Integer)
@@ -190,6 +194,7 @@ class AlertRecord:
     credential_id: str | None
     event_payload: dict[str, Any] | None
     forwarded: dict[str, Any] | None
+    update_fields: dict[str, Any] | None
     pagerduty_incident_id: str | None
     pagerduty_incident_number: int | None
     pagerduty_incident_url: str | None

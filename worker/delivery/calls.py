@@ -81,7 +81,7 @@ def call(step: Step, backend: Backend) -> Incident | EventSent | None:
             client.find_incidents(step.incident_key, include_resolved=step.include_resolved)
         )
     if isinstance(step, Update):
-        return client.update_incident(step.incident_id, step.status.value)
+        return client.update_incident(step.incident_id, step.status_name, step.fields)
     raise AssertionError(f"no call for {step!r}")
 
 

@@ -24,11 +24,12 @@ from worker.delivery.policy import (
     Inspect,
     Misconfigured,
     Step,
+    Update,
     WaitForTrigger,
     schedule_after_failure,
 )
 from worker.delivery.timeline import CALL_DONE, audit, describe, log_delivery
-from worker.pagerduty import Incident, PagerDutyError
+from worker.pagerduty import AlreadyInState, Incident, PagerDutyError
 from worker.settings import Settings
 from worker.vocabulary import AlertStatus, DeliveryState
 
@@ -105,12 +106,21 @@ def record_success(
         alert.pagerduty_incident_number = incident.number or alert.pagerduty_incident_number
         alert.pagerduty_incident_url = incident.html_url or alert.pagerduty_incident_url
         alert.confirmed_status = AlertStatus(incident.status)
+        if isinstance(step, Update) and step.fields and not isinstance(incident, AlreadyInState):
+            alert.update_fields = fields_left(alert.update_fields, step.fields)
         # A create refused as a duplicate and then found by key is an adoption, not a page.
         outcome = "findbykey" if isinstance(incident, Adopted) else type(step).__name__.lower()
     if alert.delivery_state is DeliveryState.PARKED:
         alert.delivery_state = DeliveryState.PENDING
     timeline.append(audit(alert, outcome, detail=describe(step, incident)))
     log_delivery(logging.INFO, CALL_DONE[outcome], alert, describe(step, incident))
+
+
+def fields_left(pending: dict[str, Any] | None, sent: dict[str, Any]) -> dict[str, Any] | None:
+    """The fields still waiting once PagerDuty took ``sent``: those an update changed or
+    added meanwhile (the intake merged them while the call was out) stay."""
+    left = {name: value for name, value in (pending or {}).items() if sent.get(name) != value}
+    return left or None
 
 
 def record_failure(

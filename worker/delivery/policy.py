@@ -51,8 +51,16 @@ class FindByKey:
 
 @dataclass(frozen=True, slots=True)
 class Update:
+    """``PUT /incidents/{id}``: a status, the API contact's fields waiting for the incident
+    (``fields``, sent in the same request), or those fields alone (``status`` None)."""
+
     incident_id: str
-    status: AlertStatus
+    status: AlertStatus | None
+    fields: dict[str, Any] | None = None
+
+    @property
+    def status_name(self) -> str | None:
+        return self.status.value if self.status is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,10 +167,35 @@ def plan_delivery(
     # harmless (already in that state counts as success); assuming it was there is not.
     wanted = next_update(desired, alert.confirmed_status or AlertStatus.TRIGGERED)
     if wanted is None:
+        fields = fields_to_send(alert, None)
+        if fields is not None:
+            # The status is where it should be: the fields go on their own, moving nothing.
+            return Update(alert.pagerduty_incident_id, None, fields)
         return Done(f"incident {alert.pagerduty_incident_id} is {desired.value}")
     if read_before_acknowledge and wanted is AlertStatus.ACKNOWLEDGED and status_unread(alert):
         return Inspect(alert.pagerduty_incident_id, check_service=False)
-    return Update(alert.pagerduty_incident_id, wanted)
+    return Update(alert.pagerduty_incident_id, wanted, fields_to_send(alert, wanted))
+
+
+def fields_to_send(alert: AlertLike, status: AlertStatus | None) -> dict[str, Any] | None:
+    """The API contact's fields waiting for the incident that go with an update to ``status``.
+
+    None for an incident resolved, or about to be, unless this is the resolve itself: fields
+    sent alone to a resolved incident would reassign or escalate what is over (the intake keeps
+    none arriving after the resolve). ``resolution`` goes only with the resolve (updateIncident:
+    "used only when setting the incident status to resolved")."""
+    pending = alert.update_fields
+    if not pending:
+        return None
+    if status is None and (
+        alert.desired_status is AlertStatus.RESOLVED
+        or alert.confirmed_status is AlertStatus.RESOLVED
+    ):
+        return None
+    if status is AlertStatus.RESOLVED:
+        return dict(pending)
+    fields = {name: value for name, value in pending.items() if name != "resolution"}
+    return fields or None
 
 
 def status_unread(alert: AlertLike) -> bool:
@@ -213,6 +246,8 @@ def drain_rank(step: Step) -> int:
     ends or quiets a page (acknowledge, resolve, the look-up a resolve needs) before creates,
     then high urgency creates (PagerDuty's default when none is set) before low ones. A stable
     sort keeps the age order within a rank."""
+    if isinstance(step, Update) and step.status is None:
+        return 1  # fields alone (a reassignment, a priority): after what quiets a page
     if isinstance(step, Update | FindByKey | Inspect):
         return 0
     if isinstance(step, Create):

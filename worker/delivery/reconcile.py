@@ -67,7 +67,14 @@ from worker.delivery.policy import (
     share_fairly,
 )
 from worker.delivery.timeline import log_delivery
-from worker.pagerduty import Incident, PagerDutyClient, PermanentError
+from worker.pagerduty import (
+    Incident,
+    IncidentUpdate,
+    PagerDutyClient,
+    PagerDutyError,
+    PermanentError,
+    RetryableError,
+)
 from worker.pipeline.message import DEFAULT_ROUTE
 from worker.settings import Settings
 from worker.vocabulary import AlertStatus, DeliveryState
@@ -310,7 +317,8 @@ class Reconciler:
                     f"route {routes[pk]!r} is not in the routes file; restore it and restart "
                     "the workers"
                 )
-        updates: dict[tuple[str, AlertStatus], list[tuple[int, Update]]] = {}
+        # By route and status (None: fields alone); each item carries its own fields.
+        updates: dict[tuple[str, AlertStatus | None], list[tuple[int, Update]]] = {}
         for pk, step in calls.items():
             if isinstance(step, Update) and pk not in answers:
                 updates.setdefault((routes[pk], step.status), []).append((pk, step))
@@ -346,20 +354,19 @@ class Reconciler:
     def _bulk_update(
         self, chunk: list[tuple[int, Update]], backend: Backend, gated: GatedCalls
     ) -> dict[int, Answer]:
-        pairs = [(step.incident_id, step.status.value) for _, step in chunk]
+        items = [
+            IncidentUpdate(step.incident_id, step.status_name, step.fields) for _, step in chunk
+        ]
         client = backend.rest
         assert client is not None
-        answer = gated.one(lambda: client.update_incidents(pairs), backend.gate, readings(backend))
+        answer = gated.one(lambda: client.update_incidents(items), backend.gate, readings(backend))
         if isinstance(answer, PermanentError):
             # A bulk update is all or nothing: one unknown or already-resolved incident refuses
             # the whole request. Send those one by one, and learn which one it was.
             return {}
         if isinstance(answer, list):
             by_id = {incident.id: incident for incident in answer}
-            return {
-                pk: by_id.get(step.incident_id, Incident(step.incident_id, step.status.value))
-                for pk, step in chunk
-            }
+            return {pk: _listed(by_id, step) for pk, step in chunk}
         return {pk: answer for pk, _ in chunk}  # the same failure, parking or wait for all
 
     def _recovering(self) -> None:
@@ -460,8 +467,22 @@ class Reconciler:
         log.warning("queued %d parked alert(s) after PagerDuty recovered", len(parked))
 
 
+def _listed(by_id: dict[str, Incident], step: Update) -> Incident | PagerDutyError:
+    """An incident's answer in a bulk update's: as listed; one PagerDuty left out took its
+    status, but its fields alone are not known to have landed (sent again later: harmless)."""
+    incident = by_id.get(step.incident_id)
+    if incident is not None:
+        return incident
+    if step.status is None:
+        return RetryableError(
+            f"PagerDuty's answer to the bulk update did not list incident {step.incident_id}"
+        )
+    return Incident(step.incident_id, step.status.value)
+
+
 # What reconciling may change in an alert's row; everything else (the desired status, the
-# trigger's text) is the intake's, and a reconcile never writes it.
+# trigger's text) is the intake's, and a reconcile never writes it. Both write update_fields,
+# each on the row it has locked: the intake adds fields, a reconcile removes those PagerDuty took.
 _RECONCILED = (
     "lease_owner",
     "lease_expires_at",
@@ -476,6 +497,7 @@ _RECONCILED = (
     "pagerduty_incident_number",
     "pagerduty_incident_url",
     "status_read_at",
+    "update_fields",
 )
 # What planning changes in an alert that it then calls PagerDuty for (_plan).
 _LEASED = ("lease_owner", "lease_expires_at", "create_sent_at")

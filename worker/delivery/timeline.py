@@ -12,8 +12,16 @@ from typing import Any
 
 from models import AlertLike, utcnow
 from worker.delivery.answers import Adopted, EventSent
-from worker.delivery.policy import EVENT_ACTIONS, Create, FindByKey, Inspect, SendEvent, Step
-from worker.pagerduty import Incident
+from worker.delivery.policy import (
+    EVENT_ACTIONS,
+    Create,
+    FindByKey,
+    Inspect,
+    SendEvent,
+    Step,
+    Update,
+)
+from worker.pagerduty import AlreadyInState, Incident
 
 # The reconciler's logger: a reconcile's lines, these among them, come under one name.
 log = logging.getLogger("worker.delivery.reconcile")
@@ -79,6 +87,11 @@ def describe(step: Step, incident: Incident | EventSent | None) -> str:
         return f"adopted incident {incident.id} ({incident.status}) found by key"
     if isinstance(step, Inspect):
         return f"incident {incident.id} is {incident.status} on service {incident.service_id}"
+    if isinstance(step, Update) and step.fields:
+        names = ", ".join(sorted(step.fields))
+        if isinstance(incident, AlreadyInState):
+            return f"incident {incident.id} was already {incident.status}; {names} not applied"
+        return f"incident {incident.id} is now {incident.status}, with {names}"
     return f"incident {incident.id} is now {incident.status}"
 
 

@@ -303,11 +303,11 @@ class Ingress:
     async def publish(self, *events: AlertEventMessage) -> QueuedIn:
         answers = await self._handoff.publish_all(events)
         for event, where in zip(events, answers, strict=True):
-            EVENTS_RECEIVED.labels(event.source, event.action.value).inc()
+            EVENTS_RECEIVED.labels(event.source, event.action_name).inc()
             log.info(
                 "accepted event %s %s alert=%s:%s (kept in the %s)%s",
                 event.event_id,
-                event.action.value,
+                event.action_name,
                 event.source,
                 quoted(event.alert_id),
                 where,

@@ -94,7 +94,8 @@ def _queued(session: Session, *, alert_ids: Collection[str] | None = None) -> li
             continue
         desired = AlertStatus.TRIGGERED
         for message in messages:
-            desired = advance(desired, AlertStatus(message["action"]))
+            if message["action"] is not None:  # None: an update with fields alone
+                desired = advance(desired, AlertStatus(message["action"]))
         views.append(
             IncidentView(
                 id=incident_id,

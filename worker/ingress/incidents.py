@@ -290,12 +290,23 @@ def incidents_router(ingress: Ingress) -> APIRouter:
                 f"({type(exc).__name__})"
             ) from exc
 
+    def views_of(ids: list[str], caller: Caller) -> Callable[[Session], dict[str, IncidentView]]:
+        def read(session: Session) -> dict[str, IncidentView]:
+            found = {i: incident_by_id(session, i, readable_routes(caller)) for i in ids}
+            return {incident_id: view for incident_id, view in found.items() if view is not None}
+
+        return read
+
     async def accept_updates(
-        caller: Caller, updates: Sequence[tuple[str, str]], repaired: bool
+        caller: Caller,
+        updates: Sequence[tuple[str, SingleUpdate]],
+        repaired: bool,
     ) -> list[IncidentAnswer]:
-        """Status updates for incidents ``caller`` may reach, all or none: an id of another
-        route, an unknown bridge id, or a refused foreign id refuses the request, saying which
-        and why (README, "Security model")."""
+        """Updates for incidents ``caller`` may reach, all or none: an id of another route, an
+        unknown bridge id, or a refused foreign id refuses the request, saying which and why
+        (README, "Security model"). Each becomes an event: its status, if any, and the fields
+        PagerDuty takes, sent on with the incident's next update (every incident the API
+        contact reaches is on a REST route: the Events API could carry none of them)."""
         ids = [incident_id for incident_id, _ in updates]
         known = await anyio.to_thread.run_sync(known_bridge_ids, ids)
         allowance = min(
@@ -319,9 +330,19 @@ def incidents_router(ingress: Ingress) -> APIRouter:
                 field="incidents",
                 errors=problems,
             )
+        # An update with fields alone is answered with the status last known (read before the
+        # events go: once accepted, a failed read must not refuse them).
+        unchanged = [incident_id for incident_id, item in updates if item.status is None]
+        views = (
+            await anyio.to_thread.run_sync(
+                read_mapping, "the incidents", views_of(unchanged, caller)
+            )
+            if unchanged
+            else {}
+        )
         ingress.foreign_updates.add(caller.key, len(plan.foreign))
         events = []
-        for incident_id, status in updates:
+        for incident_id, item in updates:
             foreign_route = plan.foreign.get(incident_id)
             route_name = plan.bridge.get(incident_id) or foreign_route or DEFAULT_ROUTE
             route = ingress.routes.by_name(route_name) if route_name != DEFAULT_ROUTE else None
@@ -330,33 +351,43 @@ def incidents_router(ingress: Ingress) -> APIRouter:
                     event_id=new_event_id(),
                     source=SOURCE_API,
                     alert_id=incident_id,
-                    action=parse_action(status),
+                    # None: fields alone, the incident's status left as it is.
+                    action=parse_action(item.status) if item.status is not None else None,
                     received_at=utcnow(),
                     # An incident opened before the switch: adopted, its service and status
                     # checked by the worker before anything is sent (worker/delivery/policy.py).
                     incident_id=incident_id if foreign_route else None,
                     fields=ingress.audit(repaired),
+                    update_fields=item.fields(),
                     **ingress.routed_fields(route),
                 )
             )
         await ingress.publish(*events)
         return [
-            IncidentAnswer(
-                id=incident_id, status=status, html_url=ingress.page_url(incident_id, SOURCE_API)
-            )
-            for incident_id, status in updates
+            update_answer(incident_id, item, views.get(incident_id))
+            for incident_id, item in updates
         ]
 
-    def refuse_unsupported(items: Sequence[SingleUpdate], prefix: str) -> None:
-        """An update with more than a status is refused whole: the bridge sends on only the
-        status, and half an update applied is worse than none (README, "API contact")."""
-        problems = [
-            f"{prefix.format(index)}{name}: not supported by the bridge (only status is)"
-            for index, item in enumerate(items)
-            for name in item.unsupported()
-        ]
-        if problems:
-            raise ApiError(400, problems[0], field=problems[0].split(":")[0], errors=problems)
+    def update_answer(
+        incident_id: str, item: SingleUpdate, view: IncidentView | None
+    ) -> IncidentAnswer:
+        """The incident as the update leaves it, as far as the bridge knows without asking
+        PagerDuty: the status asked for (else the one last known), the fields given."""
+        fields = item.fields() or {}
+        priority = fields.get("priority")
+        return IncidentAnswer(
+            id=incident_id,
+            # Without a status: PagerDuty's as last known (an incident not seen yet: triggered).
+            status=item.status or (view.status if view is not None else "triggered"),
+            title=fields.get("title"),
+            urgency=fields.get("urgency"),
+            html_url=ingress.page_url(incident_id, SOURCE_API),
+            priority=priority if isinstance(priority, dict) else None,
+            escalation_policy=fields.get("escalation_policy"),
+            assignments=fields.get("assignments"),
+            incident_type=fields.get("incident_type"),
+            conference_bridge=fields.get("conference_bridge"),
+        )
 
     @router.put(
         "/incidents",
@@ -376,9 +407,9 @@ def incidents_router(ingress: Ingress) -> APIRouter:
                 f"{len(body.incidents)} incidents in one request: at most {MAX_BULK_UPDATES}",
                 field="incidents",
             )
-        refuse_unsupported(body.incidents, "incidents[{}].")
-        updates = [(item.id, item.status) for item in body.incidents]
-        return IncidentsEnvelope(incidents=await accept_updates(caller, updates, repaired))
+        updates = [(item.id, item) for item in body.incidents]
+        answers = await accept_updates(caller, updates, repaired)
+        return IncidentsEnvelope(incidents=answers)
 
     @router.put(
         "/incidents/{incident_id}",
@@ -395,8 +426,7 @@ def incidents_router(ingress: Ingress) -> APIRouter:
         caller: Caller = ingress.any_caller,
     ) -> IncidentEnvelope:
         body, repaired = await ingress.read_body(request, SingleUpdateRequest)
-        refuse_unsupported([body.incident], "incident.")
-        answers = await accept_updates(caller, [(incident_id, body.incident.status)], repaired)
+        answers = await accept_updates(caller, [(incident_id, body.incident)], repaired)
         return IncidentEnvelope(incident=answers[0])
 
     @router.api_route(
@@ -410,7 +440,7 @@ def incidents_router(ingress: Ingress) -> APIRouter:
         raise ApiError(
             404,
             f"/incidents/{{id}}/{rest.split('/')[0][:40]} is not supported by the bridge: it "
-            'keeps incidents\' status only (README, "API contact")',
+            "keeps incidents' status and fields only (docs/api-contact.md)",
         )
 
     return router

@@ -10,10 +10,14 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    StrictInt,
     WithJsonSchema,
+    field_validator,
     model_serializer,
     model_validator,
 )
+
+from worker.title import TITLE_LIMIT, truncate
 
 
 def _text(value: Any) -> Any:
@@ -230,37 +234,97 @@ class CreateIncidentRequest(BaseModel):
     incident: NewIncident
 
 
-UpdateStatus = Literal["acknowledged", "resolved"]
 INCIDENT_ID_MAX = 64
 INCIDENT_ID_PATTERN = r"^[A-Za-z0-9_-]+$"
 IncidentId = Annotated[
     str, Field(min_length=1, max_length=INCIDENT_ID_MAX, pattern=INCIDENT_ID_PATTERN)
 ]
-# What updateIncident/updateIncidents take besides the status; the bridge sends on only the
-# status, so a request with any of these is refused rather than half applied.
-UNSUPPORTED_UPDATE_FIELDS = (
-    "title",
-    "priority",
-    "resolution",
-    "escalation_level",
-    "assignments",
-    "incident_type",
-    "escalation_policy",
-    "urgency",
-    "conference_bridge",
-)
 # PagerDuty's own limit on a bulk update (docs/pagerduty.md; updateIncidents answers 413 past it).
 MAX_BULK_UPDATES = 250
+# updateIncident's fields besides the status that the bridge sends on as given (PagerDuty's
+# REST API reference, updateIncident and updateIncidents); it reads none of them itself.
+UPDATE_FIELDS = (
+    "resolution",
+    "title",
+    "urgency",
+    "priority",
+    "escalation_level",
+    "escalation_policy",
+    "assignments",
+    "incident_type",
+    "conference_bridge",
+)
+# What the bridge does not forward: a reopen, and a move to another service.
+REOPEN_REFUSED = (
+    "status triggered (reopening an incident) is not supported by the bridge: create a new "
+    "incident instead"
+)
+SERVICE_REFUSED = (
+    "moving an incident to another service is not supported by the bridge: it would bypass "
+    "the route and service checks (docs/security.md)"
+)
+# A priority by name: "the highest priority with a matching name will be used" (updateIncident).
+PriorityName = Annotated[str, Field(min_length=1, max_length=200, pattern=NO_NUL)]
+# Escalation levels count from 1; an escalation policy has far fewer than this.
+MAX_ESCALATION_LEVEL = 1000
 
 
 class SingleUpdate(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    type: Literal["incident", "incident_reference"] = "incident_reference"
-    status: UpdateStatus
+    """One item of updateIncident/updateIncidents, in PagerDuty's shapes: a status, fields
+    PagerDuty takes besides it (sent on with it), or fields alone (the status left as is)."""
 
-    def unsupported(self) -> list[str]:
-        extra = self.model_extra or {}
-        return [name for name in UNSUPPORTED_UPDATE_FIELDS if extra.get(name) is not None]
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["incident", "incident_reference"] = "incident_reference"
+    # "triggered" is PagerDuty's (a reopen), refused by the validator below with a reason.
+    status: Literal["acknowledged", "resolved", "triggered"] | None = None
+    resolution: Annotated[str, Field(max_length=FIELD_MAX, pattern=NO_NUL)] | None = None
+    title: NonEmptyText | None = None
+    urgency: Urgency | None = None
+    priority: PriorityReference | PriorityName | None = None
+    escalation_level: Annotated[StrictInt, Field(ge=1, le=MAX_ESCALATION_LEVEL)] | None = None
+    escalation_policy: EscalationPolicyReference | None = None
+    assignments: Annotated[list[Assignment], Field(max_length=MAX_ASSIGNMENTS)] | None = None
+    incident_type: IncidentTypeReference | None = None
+    conference_bridge: ConferenceBridge | None = None
+    # updateIncident's "Assign the incident to this service": read only to be refused.
+    service: Any = None
+
+    @field_validator("status")
+    @classmethod
+    def _no_reopen(cls, status: str | None) -> str | None:
+        if status == "triggered":
+            raise ValueError(REOPEN_REFUSED)
+        return status
+
+    @field_validator("service")
+    @classmethod
+    def _no_move(cls, service: Any) -> None:
+        if service is not None:
+            raise ValueError(SERVICE_REFUSED)
+        return None
+
+    @model_validator(mode="after")
+    def _as_pagerduty_takes_it(self) -> SingleUpdate:
+        if self.resolution is not None and self.status != "resolved":
+            # updateIncident: "This field is used only when setting the incident status to
+            # resolved."
+            raise ValueError("resolution is taken only with status resolved")
+        if self.assignments and self.escalation_policy is not None:
+            # As createIncident's rule: one of the two decides who is paged.
+            raise ValueError("assignments cannot be specified if an escalation_policy is given")
+        if self.status is None and not self.fields():
+            raise ValueError(
+                "nothing to update: send a status (acknowledged, resolved) or a field "
+                "PagerDuty takes (" + ", ".join(UPDATE_FIELDS) + ")"
+            )
+        return self
+
+    def fields(self) -> dict[str, Any] | None:
+        """The fields sent on to PagerDuty as given, the title cut to the bridge's limit."""
+        fields = self.model_dump(mode="json", include=set(UPDATE_FIELDS), exclude_none=True)
+        if "title" in fields:
+            fields["title"] = truncate(fields["title"], TITLE_LIMIT)
+        return fields or None
 
 
 class IncidentReference(SingleUpdate):

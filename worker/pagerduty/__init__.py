@@ -1,6 +1,12 @@
 """PagerDuty REST API v2: the client and its errors. Nothing outside this package sees httpx."""
 
-from worker.pagerduty.client import Incident, NewIncident, PagerDutyClient
+from worker.pagerduty.client import (
+    AlreadyInState,
+    Incident,
+    IncidentUpdate,
+    NewIncident,
+    PagerDutyClient,
+)
 from worker.pagerduty.errors import (
     CredentialsError,
     DuplicateIncidentKeyError,
@@ -10,9 +16,11 @@ from worker.pagerduty.errors import (
 )
 
 __all__ = [
+    "AlreadyInState",
     "CredentialsError",
     "DuplicateIncidentKeyError",
     "Incident",
+    "IncidentUpdate",
     "NewIncident",
     "PagerDutyClient",
     "PagerDutyError",

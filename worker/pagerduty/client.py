@@ -40,7 +40,9 @@ __all__ = [
     "MAX_FIND_RESULTS",
     "UPDATE_STATUSES",
     "URGENCIES",
+    "AlreadyInState",
     "Incident",
+    "IncidentUpdate",
     "NewIncident",
     "PagerDutyClient",
 ]
@@ -55,7 +57,7 @@ _QueryValue = str | int | float | bool | None
 MAX_BULK_UPDATES = 250
 # docs/pagerduty.md: GET /incidents takes limit <= 100.
 MAX_FIND_RESULTS = 100
-# docs/pagerduty.md: an update sets status "acknowledged" or "resolved"; nothing else is sent.
+# docs/pagerduty.md: an update sets status "acknowledged" or "resolved", never "triggered".
 UPDATE_STATUSES = frozenset({"acknowledged", "resolved"})
 URGENCIES = frozenset({"high", "low"})
 
@@ -92,6 +94,22 @@ class Incident:
     html_url: str | None = None
     incident_key: str | None = None
     service_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AlreadyInState(Incident):
+    """An update PagerDuty refused because the incident already had the status asked for
+    (1001/1002): the status is reached, but nothing else the request carried was applied."""
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentUpdate:
+    """One incident's update: a status, other fields of updateIncident's ``incident`` (title,
+    priority, assignments, ...) sent as given, or those alone (``status`` None)."""
+
+    incident_id: str
+    status: str | None
+    fields: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,12 +245,15 @@ class PagerDutyClient(HttpClient):
             for new, answer in zip(incidents, answers, strict=True)
         ]
 
-    def update_incident(self, incident_id: str, status: str) -> Incident:
-        """Acknowledge or resolve one incident: ``PUT /incidents/{id}``.
+    def update_incident(
+        self, incident_id: str, status: str | None, fields: Mapping[str, Any] | None = None
+    ) -> Incident:
+        """Acknowledge or resolve one incident, or change its fields: ``PUT /incidents/{id}``.
 
         If PagerDuty says the incident is already in the wanted state (1001 "Incident Already
         Resolved" on a resolve, 1002 "Incident Already Acknowledged" on an acknowledge) this
-        returns ``Incident(incident_id, status)`` instead of raising: the goal is reached.
+        returns ``AlreadyInState(incident_id, status)`` instead of raising: the status is
+        reached (the fields, if any, were not applied with it).
 
         The caller must not acknowledge an incident it has resolved: PagerDuty reopens it
         (docs/pagerduty.md, changelog 2025-09-18). This client cannot know the history, so it sends
@@ -240,28 +261,35 @@ class PagerDutyClient(HttpClient):
 
         Args:
             incident_id: PagerDuty's incident ID.
-            status: ``"acknowledged"`` or ``"resolved"``.
+            status: ``"acknowledged"``, ``"resolved"``, or None to change ``fields`` only.
+            fields: other fields of updateIncident's ``incident`` (``title``, ``priority``,
+                ``assignments``, ``escalation_level``, ...), sent as given.
 
         Raises:
-            ValueError: empty ``incident_id`` or a status not in ``UPDATE_STATUSES``.
+            ValueError: empty ``incident_id``, a status not in ``UPDATE_STATUSES``, or neither
+                a status nor fields.
             PagerDutyError: see ``errors.py``.
         """
-        _require_update(incident_id, status)
+        update = IncidentUpdate(incident_id, status, fields)
+        body = _update_body(update)
         try:
             return self._call(
                 "PUT",
                 # Quoted whole: an ID is one path segment, never a path of its own.
                 f"/incidents/{quote(incident_id, safe='')}",
                 _parse_one,
-                payload={"incident": {"type": "incident_reference", "status": status}},
+                payload={"incident": body},
             )
         except PermanentError as err:
-            if _is_already_in_state(err, status):
-                return Incident(id=incident_id, status=status)
+            if status is not None and _is_already_in_state(err, status):
+                return AlreadyInState(id=incident_id, status=status)
             raise
 
-    def update_incidents(self, updates: Sequence[tuple[str, str]]) -> list[Incident]:
-        """Acknowledge or resolve up to 250 incidents in one bulk ``PUT /incidents``.
+    def update_incidents(
+        self, updates: Sequence[IncidentUpdate | tuple[str, str]]
+    ) -> list[Incident]:
+        """Acknowledge, resolve or change the fields of up to 250 incidents in one bulk
+        ``PUT /incidents``, each item with its own status and fields.
 
         "Already in the wanted state" (1001/1002) counts as success only for a one-item
         batch, where it can only be about that item. For a larger batch the answer does not
@@ -269,15 +297,14 @@ class PagerDutyClient(HttpClient):
         raised as is; the caller can fall back to :meth:`update_incident` per item.
 
         Args:
-            updates: ``(incident_id, status)`` pairs, status ``"acknowledged"`` or
-                ``"resolved"``.
+            updates: :class:`IncidentUpdate` items, or ``(incident_id, status)`` pairs.
 
         Returns:
             The incidents as PagerDuty returned them.
 
         Raises:
             ValueError: no updates, more than ``MAX_BULK_UPDATES`` (PagerDuty would answer
-                413), or an invalid pair.
+                413), or an invalid item.
             PagerDutyError: see ``errors.py``.
         """
         if not updates:
@@ -287,25 +314,21 @@ class PagerDutyClient(HttpClient):
                 f"at most {MAX_BULK_UPDATES} updates per bulk request, got {len(updates)}; "
                 "split the batch"
             )
-        for incident_id, status in updates:
-            _require_update(incident_id, status)
-
+        items = [
+            update if isinstance(update, IncidentUpdate) else IncidentUpdate(*update)
+            for update in updates
+        ]
+        payload = {"incidents": [{**_update_body(item), "id": item.incident_id} for item in items]}
         try:
-            return self._call(
-                "PUT",
-                "/incidents",
-                _parse_list,
-                payload={
-                    "incidents": [
-                        {"id": incident_id, "type": "incident_reference", "status": status}
-                        for incident_id, status in updates
-                    ]
-                },
-            )
+            return self._call("PUT", "/incidents", _parse_list, payload=payload)
         except PermanentError as err:
-            if len(updates) == 1 and _is_already_in_state(err, updates[0][1]):
-                incident_id, status = updates[0]
-                return [Incident(id=incident_id, status=status)]
+            only = items[0]
+            if (
+                len(items) == 1
+                and only.status is not None
+                and _is_already_in_state(err, only.status)
+            ):
+                return [AlreadyInState(id=only.incident_id, status=only.status)]
             raise
 
     def find_incidents(
@@ -524,6 +547,18 @@ def _creation(new: NewIncident) -> dict[str, Any]:
     if new.details is not None:
         incident["body"] = {"type": "incident_body", "details": new.details}
     return {"incident": incident}
+
+
+def _update_body(update: IncidentUpdate) -> dict[str, Any]:
+    """One update's ``incident`` object (without the bulk item's ``id``), or ValueError."""
+    _require_non_empty(incident_id=update.incident_id)
+    if update.status is None and not update.fields:
+        raise ValueError("an update needs a status or fields")
+    body: dict[str, Any] = {**(update.fields or {}), "type": "incident_reference"}
+    if update.status is not None:
+        _require_update(update.incident_id, update.status)
+        body["status"] = update.status
+    return body
 
 
 def _created(new: NewIncident, created: Incident) -> Incident:

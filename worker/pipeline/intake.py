@@ -61,6 +61,8 @@ class EventOutcome(StrEnum):
     # nothing to send.
     RESPONDED = "responded"
     REFIRED = "refired"  # fired again while its resolve was held: the same cycle goes on
+    # An API-contact update's fields (no new status) to send on to the incident.
+    FIELDS = "fields"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +119,11 @@ def plan_event(
     if latest.cycle > 1 and event.received_at < latest.opened_at:
         return EventOutcome.LATE  # it belongs to an earlier cycle, resolved already
     desired = latest.desired_status
+    if event.action is None:
+        # Fields alone (the API contact's update with no status). For an incident resolved, or
+        # being resolved, they are recorded and not sent: PagerDuty would take some (a title)
+        # but a reassignment or an escalation must not page anyone about what is over.
+        return EventOutcome.LATE if desired is AlertStatus.RESOLVED else EventOutcome.FIELDS
     if (
         event.action is not AlertStatus.TRIGGERED
         and latest.responder_at is not None
@@ -149,7 +156,8 @@ def plan_event(
         return EventOutcome.ADVANCED
     if _takes_trigger_details(latest, event):
         return EventOutcome.DETAILS
-    return EventOutcome.UNCHANGED
+    # The status is already wanted (an acknowledge again, with a new priority): the fields go.
+    return EventOutcome.FIELDS if event.update_fields else EventOutcome.UNCHANGED
 
 
 def _takes_trigger_details(alert: AlertLike, event: AlertEventMessage) -> bool:
@@ -177,6 +185,30 @@ def _fill_details(alert: AlertLike, event: AlertEventMessage) -> None:
     alert.title_from_trigger = event.action is AlertStatus.TRIGGERED
 
 
+# Either one decides who is paged (createIncident: assignments "Cannot be specified if an
+# escalation policy is given"): the later update's choice drops the earlier's other one.
+_EXCLUSIVE = {"assignments": "escalation_policy", "escalation_policy": "assignments"}
+
+
+def merge_update_fields(
+    pending: dict[str, Any] | None, fields: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """The fields waiting for PagerDuty after an update's ``fields`` arrived (pure): the later
+    value of a field wins, and assignments and an escalation policy never wait together."""
+    if not fields:
+        return pending
+    merged = dict(pending or {})
+    for name in fields:
+        if name in _EXCLUSIVE:
+            merged.pop(_EXCLUSIVE[name], None)
+    merged.update(fields)
+    return merged
+
+
+def _take_update_fields(alert: AlertLike, event: AlertEventMessage) -> None:
+    alert.update_fields = merge_update_fields(alert.update_fields, event.update_fields)
+
+
 def _mark_pending(alert: AlertLike, now: datetime) -> None:
     if alert.delivery_state is not DeliveryState.PENDING or alert.pending_since is None:
         alert.attempts = 0
@@ -195,7 +227,8 @@ def _open_cycle(event: AlertEventMessage, cycle: int, now: datetime, namespace: 
         incident_key=event.incident_key
         or incident_key(event.source, event.alert_id, cycle, namespace),
         service_id=event.service_id,
-        desired_status=event.action,
+        # An update with fields alone wants no status of its own.
+        desired_status=event.action or AlertStatus.TRIGGERED,
         delivery_state=DeliveryState.PENDING,
         attempts=0,
         title_from_trigger=False,
@@ -215,6 +248,7 @@ def _open_cycle(event: AlertEventMessage, cycle: int, now: datetime, namespace: 
         alert.pagerduty_incident_id = event.incident_id
         alert.create_sent_at = event.received_at
     _fill_details(alert, event)
+    _take_update_fields(alert, event)
     _mark_pending(alert, now)
     return alert
 
@@ -260,7 +294,7 @@ def apply_event(
         log.info(
             "event %s %s alert=%s:%s outcome=%s",
             event.event_id,
-            event.action.value,
+            event.action_name,
             event.source,
             event.alert_id,
             applied.outcome.value,
@@ -298,7 +332,7 @@ def apply_events(
         log.info(
             "event %s %s alert=%s:%s outcome=%s",
             event.event_id,
-            event.action.value,
+            event.action_name,
             event.source,
             event.alert_id,
             result.outcome.value,
@@ -378,6 +412,7 @@ _INTAKE_COLUMNS = (
     "service_id",
     "event_payload",
     "forwarded",
+    "update_fields",
     "incident_key",
     "title_from_trigger",
     "trigger_occurrence",
@@ -389,7 +424,13 @@ _INTAKE_COLUMNS = (
 )
 # Outcomes that change a stored cycle (an OPENED one is inserted whole).
 _CHANGED = frozenset(
-    {EventOutcome.ADVANCED, EventOutcome.DETAILS, EventOutcome.RESPONDED, EventOutcome.REFIRED}
+    {
+        EventOutcome.ADVANCED,
+        EventOutcome.DETAILS,
+        EventOutcome.RESPONDED,
+        EventOutcome.REFIRED,
+        EventOutcome.FIELDS,
+    }
 )
 
 
@@ -443,8 +484,10 @@ def _apply_batch(
             "source": event.source,
             "source_alert_id": event.alert_id,
             "kind": "received",
-            "action": event.action.value,
+            "action": event.action_name,
             "outcome": outcome.value,
+            # Which of PagerDuty's fields the update carried (their values go to PagerDuty).
+            "detail": _fields_named(event),
             "received_at": event.received_at,
             "payload": event.fields or None,
             "created_at": utcnow(),
@@ -461,6 +504,12 @@ def _apply_batch(
         )
         for event, alert, outcome, needs_delivery in decided
     ]
+
+
+def _fields_named(event: AlertEventMessage) -> str | None:
+    if not event.update_fields:
+        return None
+    return "with " + ", ".join(sorted(event.update_fields))
 
 
 def _insert_cycles(session: Session, alerts: list[AlertRecord]) -> None:
@@ -510,11 +559,16 @@ def _decide(
     if outcome is EventOutcome.OPENED:
         cycle = latest.cycle + 1 if latest else 1
         return _open_cycle(event, cycle, now, namespace), outcome, True
-    if latest is not None and outcome is EventOutcome.ADVANCED:
+    if latest is not None and outcome is EventOutcome.ADVANCED and event.action is not None:
         latest.desired_status = advance(latest.desired_status, event.action)
         if event.action is AlertStatus.RESOLVED:
             latest.resolve_received_at = event.received_at
         _fill_details(latest, event)
+        _take_update_fields(latest, event)
+        _mark_pending(latest, now)
+        return latest, outcome, True
+    if latest is not None and outcome is EventOutcome.FIELDS:
+        _take_update_fields(latest, event)
         _mark_pending(latest, now)
         return latest, outcome, True
     if latest is not None and outcome is EventOutcome.RESPONDED:

@@ -20,6 +20,10 @@ SOURCE_API = "api"  # the PagerDuty-shaped API contact: the alert id is one the 
 # valid JSON and the ingress repaired it (worker/ingress/json_body.py).
 REPAIRED = "repaired"
 
+# The action an event names when it changes no status: the API contact's update that carries
+# only fields PagerDuty takes (a reassignment, a priority, an escalation level).
+UPDATE_ACTION = "update"
+
 # Ids the bridge mints for the API contact: "PB" and 16 base32 characters (80 random bits).
 # Matched by their whole shape: a PagerDuty incident id may start with "PB" too.
 BRIDGE_ID_PREFIX = "PB"
@@ -43,13 +47,14 @@ class AlertEventMessage:
 
     ``received_at`` orders events for the same alert when the queue hands them out of order.
     ``incident_id`` is set only by the API contact, for an update naming a PagerDuty incident
-    the bridge did not create (one opened before the switch to the bridge).
+    the bridge did not create (one opened before the switch to the bridge). ``action`` is None
+    only for the API contact's update that changes no status (``update_fields`` alone).
     """
 
     event_id: str
     source: str
     alert_id: str
-    action: AlertStatus
+    action: AlertStatus | None
     received_at: datetime
     title: str | None = None
     details: str | None = None
@@ -68,19 +73,29 @@ class AlertEventMessage:
     # fields PagerDuty takes that are sent on as given (priority, assignments, ...).
     incident_key: str | None = None
     forwarded: dict[str, Any] | None = None
+    # API contact: an update's fields PagerDuty's updateIncident takes besides the status
+    # (title, priority, assignments, escalation_level, ...), sent on with the incident's next
+    # update. Older messages have none.
+    update_fields: dict[str, Any] | None = None
+
+    @property
+    def action_name(self) -> str:
+        """The action as logs, metrics and the timeline name it."""
+        return self.action.value if self.action is not None else UPDATE_ACTION
 
     def to_message(self) -> dict[str, Any]:
         # Shallow, not dataclasses.asdict: its deep copy was a tenth of the api's CPU per
         # webhook, and the message is only ever serialized, never changed.
         body = {name: getattr(self, name) for name in _FIELD_NAMES}
-        body["action"] = self.action.value
+        body["action"] = self.action.value if self.action is not None else None
         body["received_at"] = self.received_at.isoformat()
         return body
 
     @classmethod
     def from_message(cls, body: dict[str, Any]) -> AlertEventMessage:
         values = dict(body)
-        values["action"] = AlertStatus(values["action"])
+        action = values.get("action")
+        values["action"] = AlertStatus(action) if action is not None else None
         values["received_at"] = datetime.fromisoformat(values["received_at"])
         return cls(**values)
 

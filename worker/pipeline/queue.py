@@ -62,4 +62,4 @@ def _summary(events: Sequence[AlertEventMessage]) -> str:
     the first one's alert and action."""
     first = events[0]
     more = f" and {len(events) - 1} more" if len(events) > 1 else ""
-    return f"[{first.source}:{first.alert_id} {first.action.value}{more}]"
+    return f"[{first.source}:{first.alert_id} {first.action_name}{more}]"

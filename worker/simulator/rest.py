@@ -30,6 +30,28 @@ OPEN_STATUSES: Final[frozenset[str]] = frozenset({"triggered", "acknowledged"})
 # Statuses a client may ask for in an update; PagerDuty never lets a client set "triggered".
 SETTABLE_STATUSES: Final[frozenset[str]] = frozenset({"acknowledged", "resolved"})
 
+# updateIncident's fields besides status the simulator keeps and shows (PagerDuty's REST API
+# reference, updateIncident); title and urgency change the incident's own.
+UPDATE_FIELDS: Final = (
+    "title",
+    "urgency",
+    "priority",
+    "escalation_level",
+    "escalation_policy",
+    "assignments",
+    "incident_type",
+    "conference_bridge",
+    "resolution",
+)
+# createIncident's fields besides title, service, urgency, incident_key and body, kept as given.
+CREATE_FIELDS: Final = (
+    "priority",
+    "escalation_policy",
+    "assignments",
+    "incident_type",
+    "conference_bridge",
+)
+
 MAX_BULK_UPDATE: Final = 250  # PUT /incidents: more items → 413 (docs/pagerduty.md)
 MAX_TITLE_CHARS: Final = 1024
 DEFAULT_PAGE_LIMIT: Final = 25  # PagerDuty's default page size for classic pagination
@@ -146,6 +168,18 @@ class Incident:
     status: IncidentStatus = "triggered"
     history: list[StatusChange] = field(default_factory=list)
     resolved_at_ms: float | None = None  # as created_at_ms; None while open
+    # Fields a create or an update set (priority, assignments, escalation_level, ...), as given.
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def take_fields(self, fields: Mapping[str, Any]) -> None:
+        """Apply an update's fields: title and urgency are the incident's own, the rest kept."""
+        for name, value in fields.items():
+            if name == "title":
+                self.title = str(value)
+            elif name == "urgency":
+                self.urgency = str(value)
+            else:
+                self.fields[name] = value
 
     @property
     def is_open(self) -> bool:
@@ -187,6 +221,11 @@ class Incident:
             },
             "assignments": [],
             "acknowledgements": [],
+            **{
+                name: value
+                for name, value in self.fields.items()
+                if name not in ("resolution", "escalation_level")
+            },
         }
 
     def to_state(self) -> dict[str, Any]:
@@ -205,6 +244,7 @@ class Incident:
             "created_at_ms": self.created_at_ms,
             "resolved_at_ms": self.resolved_at_ms,
             "status_history": [change.to_json() for change in self.history],
+            "fields": dict(self.fields),
         }
 
 
@@ -217,6 +257,7 @@ class _NewIncident:
     urgency: str
     incident_key: str | None
     details: str | None
+    fields: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_new_incident(body: object) -> _NewIncident:
@@ -260,18 +301,35 @@ def parse_new_incident(body: object) -> _NewIncident:
         urgency=cast(str, urgency),
         incident_key=cast("str | None", incident_key) or None,
         details=cast("str | None", details),
+        fields={name: incident[name] for name in CREATE_FIELDS if incident.get(name) is not None},
     )
 
 
-def parse_status_update(item: Mapping[str, Any], where: str) -> str:
-    """The wanted status of one update item. ``next_status`` judges whether it is allowed.
+def parse_update(item: Mapping[str, Any], where: str) -> tuple[str | None, dict[str, Any]]:
+    """One update item: its wanted status (``next_status`` judges whether it is allowed; None
+    leaves the status as it is) and the fields of :data:`UPDATE_FIELDS` it sets, as given.
 
-    PagerDuty also updates titles, urgencies, assignments and more this way; the simulator models
-    status only, so an item without ``status`` is refused rather than silently ignored.
+    Only the shapes the bridge depends on are checked: an item with neither a status nor one
+    of those fields changes nothing and is refused rather than silently ignored.
     """
     if item.get("type") not in ("incident_reference", "incident"):
         raise invalid_input(f"{where}.type must be 'incident_reference'")
     status = item.get("status")
-    if not isinstance(status, str):
-        raise invalid_input(f"{where}.status is required (the simulator only updates status)")
-    return status
+    if status is not None and not isinstance(status, str):
+        raise invalid_input(f"{where}.status must be a string")
+    fields = {name: item[name] for name in UPDATE_FIELDS if item.get(name) is not None}
+    if status is None and not fields:
+        raise invalid_input(f"{where}: nothing to update (a status or a field is required)")
+    problems = []
+    if "title" in fields and (not isinstance(fields["title"], str) or not fields["title"]):
+        problems.append(f"{where}.title must be a non-empty string")
+    if "urgency" in fields and fields["urgency"] not in ("high", "low"):
+        problems.append(f"{where}.urgency must be 'high' or 'low'")
+    level = fields.get("escalation_level")
+    if "escalation_level" in fields and (not isinstance(level, int) or isinstance(level, bool)):
+        problems.append(f"{where}.escalation_level must be an integer")
+    if fields.get("assignments") and fields.get("escalation_policy"):
+        problems.append(f"{where}: assignments cannot be given with an escalation_policy")
+    if problems:
+        raise invalid_input(*problems)
+    return status, fields

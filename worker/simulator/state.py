@@ -41,7 +41,7 @@ from worker.simulator.rest import (
     next_status,
     not_found,
     parse_new_incident,
-    parse_status_update,
+    parse_update,
 )
 from worker.simulator.webhooks import API_AGENT, WebhookHub, event_type_of
 
@@ -153,6 +153,7 @@ class SimulatedPagerDuty:
                 details=new.details,
                 created_at=_timestamp(now),
                 created_at_ms=now.timestamp() * 1000,
+                fields=dict(new.fields),
             )
             incident.history.append(StatusChange(incident.created_at, None, "triggered"))
             self._next_number += 1
@@ -168,14 +169,15 @@ class SimulatedPagerDuty:
             return shown
 
     def update_incident(self, incident_id: str, body: object) -> dict[str, Any]:
-        """``PUT /incidents/{id}``: ``{"incident": {"type", "status"}}`` → the updated incident."""
+        """``PUT /incidents/{id}``: ``{"incident": {"type", "status"?, fields...}}`` → the
+        updated incident."""
         if not isinstance(body, dict) or not isinstance(body.get("incident"), dict):
             raise invalid_input("Body must be an object with an 'incident' object")
-        status = parse_status_update(body["incident"], "incident")
-        return self._apply_status_updates([(incident_id, status)])[0]
+        status, fields = parse_update(body["incident"], "incident")
+        return self._apply_status_updates([(incident_id, status, fields)])[0]
 
     def update_incidents(self, body: object) -> list[dict[str, Any]]:
-        """``PUT /incidents`` (bulk): ``{"incidents": [{"id", "type", "status"}, ...]}``.
+        """``PUT /incidents`` (bulk): ``{"incidents": [{"id", "type", "status"?, ...}, ...]}``.
 
         More than :data:`MAX_BULK_UPDATE` items → 413. PagerDuty does not document what happens
         when one item of a bulk update fails; the simulator is all-or-nothing: it checks every
@@ -194,7 +196,7 @@ class SimulatedPagerDuty:
             )
         if not items:
             raise invalid_input("'incidents' must not be empty")
-        updates: list[tuple[str, str]] = []
+        updates: list[tuple[str, str | None, dict[str, Any]]] = []
         for index, item in enumerate(items):
             where = f"incidents[{index}]"
             if not isinstance(item, dict):
@@ -202,7 +204,7 @@ class SimulatedPagerDuty:
             incident_id = item.get("id")
             if not isinstance(incident_id, str) or not incident_id:
                 raise invalid_input(f"{where}.id is required")
-            updates.append((incident_id, parse_status_update(item, where)))
+            updates.append((incident_id, *parse_update(item, where)))
         return self._apply_status_updates(updates)
 
     def get_incident(self, incident_id: str) -> dict[str, Any]:
@@ -457,7 +459,7 @@ class SimulatedPagerDuty:
         agent = {"id": "PSIMUSR", "type": "user_reference", "summary": responder}
         if action in ("acknowledge", "resolve"):
             wanted = "acknowledged" if action == "acknowledge" else "resolved"
-            return self._apply_status_updates([(incident_id, wanted)], agent=agent)[0]
+            return self._apply_status_updates([(incident_id, wanted, {})], agent=agent)[0]
         if action not in ("unacknowledge", "reopen"):
             raise invalid_input(
                 f"action must be acknowledge, unacknowledge, resolve or reopen; got {action!r}"
@@ -485,26 +487,33 @@ class SimulatedPagerDuty:
             return shown
 
     def _apply_status_updates(
-        self, updates: Sequence[tuple[str, str]], agent: dict[str, Any] = API_AGENT
+        self,
+        updates: Sequence[tuple[str, str | None, dict[str, Any]]],
+        agent: dict[str, Any] = API_AGENT,
     ) -> list[dict[str, Any]]:
-        """Check every ``(id, wanted status)`` in order, then apply them all, or none; a
-        webhook names ``agent`` as who made each change."""
+        """Check every ``(id, wanted status or None, fields)`` in order, then apply them all,
+        or none; a webhook names ``agent`` as who made each status change."""
         with self._lock:
             # Pass 1: plan against tentative statuses, so a failure leaves no partial update.
             tentative: dict[str, IncidentStatus] = {}
-            plan: list[tuple[Incident, IncidentStatus, bool]] = []
-            for incident_id, wanted in updates:
+            plan: list[tuple[Incident, IncidentStatus, bool, dict[str, Any]]] = []
+            for incident_id, wanted, fields in updates:
                 incident = self._incidents.get(incident_id)
                 if incident is None:
                     raise not_found(incident_id)
                 current = tentative.get(incident_id, incident.status)
-                new_status, reopened = next_status(current, wanted)
+                new_status, reopened = (
+                    next_status(current, wanted) if wanted is not None else (current, False)
+                )
                 tentative[incident_id] = new_status
-                plan.append((incident, new_status, reopened))
+                plan.append((incident, new_status, reopened, fields))
             # Pass 2: apply.
             moment = self._clock()
             at = _timestamp(moment)
-            for incident, new_status, reopened in plan:
+            for incident, new_status, reopened, fields in plan:
+                incident.take_fields(fields)
+                if new_status == incident.status and not reopened:
+                    continue  # fields alone: no status change, no history entry, no webhook
                 was_open = incident.is_open
                 event_type = event_type_of(incident.status, new_status, reopened=reopened)
                 incident.history.append(StatusChange(at, incident.status, new_status, reopened))
@@ -524,4 +533,4 @@ class SimulatedPagerDuty:
                         open_ids.discard(incident.id)
                 if event_type is not None:
                     self.webhooks.publish(event_type, incident.to_pagerduty(), agent)
-            return [incident.to_pagerduty() for incident, _, _ in plan]
+            return [incident.to_pagerduty() for incident, _, _, _ in plan]

@@ -19,10 +19,12 @@ from tests.unit.ingress.test_access import DEFAULT_TOKEN, ROUTES, WEB_TOKEN, aut
 from worker.delivery.policy import Create, plan_delivery
 from worker.ingress.app import create_app
 from worker.ingress.incidents import DUPLICATE_KEY
+from worker.ingress.schemas import REOPEN_REFUSED
 from worker.pagerduty import PagerDutyClient
 from worker.pipeline.inbox import DurableEventQueue
 from worker.pipeline.intake import apply_event
 from worker.settings import Settings
+from worker.vocabulary import AlertStatus
 
 AUTH = auth(DEFAULT_TOKEN)
 PRIORITY = {"id": "PPRIO01", "type": "priority_reference"}
@@ -232,14 +234,149 @@ def test_errors_in_pagerdutys_codes_and_the_webhooks_keep_theirs(
     assert unauthenticated.json()["error"]["code"] == 2006
     notes = client.post("/incidents/PT4KHLK/notes", headers=AUTH, json={"note": {}})
     assert notes.status_code == 404 and "not supported" in notes.json()["error"]["errors"][0]
-    with_priority = {"incident": {"status": "resolved", "priority": PRIORITY}}
-    refused = client.put("/incidents/PT4KHLK", headers=AUTH, json=with_priority)
+    reopen = {"incident": {"type": "incident_reference", "status": "triggered"}}
+    refused = client.put("/incidents/PT4KHLK", headers=AUTH, json=reopen)
     assert refused.status_code == 400
-    assert refused.json()["error"]["errors"] == [
-        "incident.priority: not supported by the bridge (only status is)"
-    ]
+    assert refused.json()["error"]["errors"] == [f"incident.status: Value error, {REOPEN_REFUSED}"]
     assert client.get("/incidents", headers=AUTH, params={"limit": 101}).status_code == 400
     webhook = client.post("/webhooks/coscale", headers=AUTH, json={"action": "triggered"})
     assert webhook.status_code == 422
     assert set(webhook.json()["error"]) == {"message", "errors", "field"}
+    assert queue.events == []
+
+
+# -- updates with the fields PagerDuty takes --------------------------------------------------
+
+ASSIGNED = [{"assignee": {"id": "PUSER01", "type": "user_reference"}}]
+POLICY = {"id": "PEP0001", "type": "escalation_policy_reference"}
+
+
+def created(client: TestClient, queue: ListQueue, sessions: sessionmaker[Session]) -> str:
+    answer = client.post("/incidents", headers=AUTH, json=incident())
+    apply_all(queue, sessions)
+    return str(answer.json()["incident"]["id"])
+
+
+def test_an_update_forwards_the_fields_pagerduty_takes(
+    client: TestClient, queue: ListQueue, sqlite_sessions: sessionmaker[Session]
+) -> None:
+    bridge_id = created(client, queue, sqlite_sessions)
+    update = {
+        "type": "incident_reference",
+        "status": "acknowledged",
+        "priority": PRIORITY,
+        "escalation_level": 2,
+        "title": "disk full on web-1",
+        "urgency": "low",
+        "incident_type": {"name": "major"},
+        "conference_bridge": {"conference_url": "https://meet.example/x"},
+    }
+    answer = client.put(f"/incidents/{bridge_id}", headers=AUTH, json={"incident": update})
+    assert answer.status_code == 200
+    shown = answer.json()["incident"]
+    assert (shown["status"], shown["priority"], shown["title"]) == (
+        "acknowledged",
+        PRIORITY,
+        "disk full on web-1",
+    )
+    (event,) = queue.events
+    assert event.action is not None and event.action.value == "acknowledged"
+    assert event.update_fields == {
+        name: value for name, value in update.items() if name not in ("type", "status")
+    }
+
+
+def test_an_update_with_fields_alone_moves_no_status(
+    client: TestClient, queue: ListQueue, sqlite_sessions: sessionmaker[Session]
+) -> None:
+    bridge_id = created(client, queue, sqlite_sessions)
+    with sqlite_sessions.begin() as session:
+        alert = session.scalars(select(Alert)).one()
+        alert.pagerduty_incident_id = "PT4KHLK"
+        alert.desired_status = alert.confirmed_status = AlertStatus.ACKNOWLEDGED
+    reassign = {"incident": {"type": "incident_reference", "assignments": ASSIGNED}}
+    answer = client.put(f"/incidents/{bridge_id}", headers=AUTH, json=reassign)
+    assert answer.status_code == 200
+    # The status last known: the update does not change it.
+    assert answer.json()["incident"]["status"] == "acknowledged"
+    assert answer.json()["incident"]["assignments"] == ASSIGNED
+    (event,) = queue.events
+    assert event.action is None and event.update_fields == {"assignments": ASSIGNED}
+    apply_all(queue, sqlite_sessions)
+    with sqlite_sessions() as session:
+        alert = session.scalars(select(Alert)).one()
+        assert alert.desired_status is AlertStatus.ACKNOWLEDGED
+        assert alert.update_fields == {"assignments": ASSIGNED}
+
+
+def test_a_bulk_update_carries_each_items_fields(
+    client: TestClient, queue: ListQueue, sqlite_sessions: sessionmaker[Session]
+) -> None:
+    first = created(client, queue, sqlite_sessions)
+    second = created(client, queue, sqlite_sessions)
+    bulk = {
+        "incidents": [
+            {"id": first, "type": "incident_reference", "status": "resolved", "resolution": "ok"},
+            {"id": second, "type": "incident_reference", "priority": "P1"},
+        ]
+    }
+    answer = client.put("/incidents", headers=AUTH, json=bulk)
+    assert answer.status_code == 200
+    assert [i["status"] for i in answer.json()["incidents"]] == ["resolved", "triggered"]
+    events = {event.alert_id: event for event in queue.events}
+    assert events[first].update_fields == {"resolution": "ok"}
+    assert events[first].action is not None and events[first].action.value == "resolved"
+    # A priority by name, as PagerDuty takes it.
+    assert (events[second].action, events[second].update_fields) == (None, {"priority": "P1"})
+
+
+@pytest.mark.parametrize(
+    ("update", "wrong"),
+    [
+        ({"status": "triggered"}, "incident.status: Value error, status triggered (reopening"),
+        (
+            {"status": "resolved", "service": {"id": "POTHER1", "type": "service_reference"}},
+            "incident.service: Value error, moving an incident to another service",
+        ),
+        ({"status": "acknowledged", "resolution": "x"}, "incident: Value error, resolution"),
+        ({"resolution": "x"}, "incident: Value error, resolution"),
+        ({"assignments": ASSIGNED, "escalation_policy": POLICY}, "incident: Value error, assign"),
+        ({"type": "banana", "status": "resolved"}, "incident.type"),
+        ({"priority": {"id": "P1", "type": "banana"}}, "incident.priority"),
+        ({"escalation_level": "2"}, "incident.escalation_level"),
+        ({"escalation_level": 0}, "incident.escalation_level"),
+        ({"escalation_level": True}, "incident.escalation_level"),
+        ({"urgency": "urgent"}, "incident.urgency"),
+        ({"title": ""}, "incident.title"),
+        ({"assignments": [{"assignee": {"type": "user_reference"}}]}, "incident.assignments"),
+        ({"assignments": ASSIGNED * 26}, "incident.assignments"),
+        ({"type": "incident_reference"}, "incident: Value error, nothing to update"),
+    ],
+)
+def test_an_update_pagerduty_would_refuse_is_refused_its_way(
+    client: TestClient, queue: ListQueue, update: dict[str, Any], wrong: str
+) -> None:
+    answer = client.put("/incidents/PBAAAAAAAAAAAAAAAA", headers=AUTH, json={"incident": update})
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert (error["message"], error["code"]) == ("Invalid Input Provided", 2001)
+    assert error["errors"][0].startswith(wrong), error["errors"]
+    assert queue.events == []
+
+
+def test_a_bulk_update_with_one_refused_item_is_refused_whole(
+    client: TestClient, queue: ListQueue, sqlite_sessions: sessionmaker[Session]
+) -> None:
+    bridge_id = created(client, queue, sqlite_sessions)
+    bulk = {
+        "incidents": [
+            {"id": bridge_id, "type": "incident_reference", "status": "acknowledged"},
+            {"id": bridge_id, "type": "incident_reference", "service": {"id": "POTHER1"}},
+        ]
+    }
+    answer = client.put("/incidents", headers=AUTH, json=bulk)
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["field"] == "incidents.1.service"
+    assert "docs/security.md" in error["errors"][0]
     assert queue.events == []

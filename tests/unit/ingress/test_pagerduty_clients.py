@@ -1,6 +1,7 @@
 """PagerDuty's own Python clients, pointed at the bridge over HTTPS, doing what a PagerDuty user
 does: create with and without an incident_key, the duplicate refused, read back, list by key,
-bulk acknowledge and resolve, a single PUT, an invalid body.
+bulk acknowledge and resolve, a single PUT, updates carrying PagerDuty's fields (with a status and
+without), a reopen and an invalid body refused.
 
 The api runs in-process under uvicorn with a loopback certificate from a trustme CA: the
 ``pagerduty`` client takes only an ``https://`` base URL.
@@ -20,9 +21,10 @@ from typing import Any
 import pytest
 import trustme
 import uvicorn
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import utcnow
+from models import Alert, utcnow
 from tests.fakes import ListQueue
 from worker.ingress.app import create_app
 from worker.ingress.incidents import DUPLICATE_KEY
@@ -32,6 +34,7 @@ from worker.settings import Settings
 
 TOKEN = "pagerduty-client-token-0123456789abcdef"
 SERVICE = {"id": "PSVC001", "type": "service_reference"}
+PRIORITY = {"id": "PPRIO01", "type": "priority_reference"}
 
 
 @dataclass
@@ -126,11 +129,27 @@ def user_session(client: Any, bridge: Bridge, error: type[Exception]) -> None:
         json=[{"id": i, "type": "incident_reference", "status": "acknowledged"} for i in both],
     )
     assert {(i["id"], i["status"]) for i in acked} == {(i, "acknowledged") for i in both}
+    # A reassignment and an escalation, no status: the fields go on as PagerDuty takes them.
+    escalated = client.rput(
+        f"incidents/{unkeyed['id']}",
+        json={"type": "incident_reference", "escalation_level": 2, "priority": PRIORITY},
+    )
+    assert escalated["priority"] == PRIORITY and escalated["id"] == unkeyed["id"]
     resolved = client.rput(
         "incidents",
-        json=[{"id": i, "type": "incident_reference", "status": "resolved"} for i in both[:1]],
+        json=[
+            {"id": i, "type": "incident_reference", "status": "resolved", "resolution": "freed"}
+            for i in both[:1]
+        ],
     )
     assert resolved[0]["status"] == "resolved"
+    with pytest.raises(error) as reopen:
+        client.rput(
+            f"incidents/{keyed['id']}", json={"type": "incident_reference", "status": "triggered"}
+        )
+    refusal = reopen.value.response  # type: ignore[attr-defined]
+    assert (refusal.status_code, refusal.json()["error"]["code"]) == (400, 2001)
+    assert "reopening" in refusal.json()["error"]["errors"][0]
     single = client.rput(
         f"incidents/{unkeyed['id']}", json={"type": "incident_reference", "status": "resolved"}
     )
@@ -138,6 +157,12 @@ def user_session(client: Any, bridge: Bridge, error: type[Exception]) -> None:
     bridge.apply_queued()
     after = client.rget(f"incidents/{keyed['id']}")
     assert after["bridge"]["desired_status"] == "resolved"
+    with bridge.sessions() as session:
+        waiting = dict(session.execute(select(Alert.source_alert_id, Alert.update_fields)).all())
+    assert waiting == {
+        keyed["id"]: {"resolution": "freed"},
+        unkeyed["id"]: {"escalation_level": 2, "priority": PRIORITY},
+    }
 
     with pytest.raises(error) as invalid:
         client.rpost("incidents", json={"type": "banana", "title": "x", "service": SERVICE})

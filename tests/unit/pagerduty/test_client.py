@@ -10,9 +10,11 @@ import httpx
 import pytest
 
 from worker.pagerduty import (
+    AlreadyInState,
     CredentialsError,
     DuplicateIncidentKeyError,
     Incident,
+    IncidentUpdate,
     NewIncident,
     PagerDutyClient,
     PagerDutyError,
@@ -263,7 +265,8 @@ def test_update_to_a_state_the_incident_already_has_is_success(
     pagerduty.answer(400, answer)
 
     # When we ask for that state / Then it counts as done
-    assert client.update_incident("P1", wanted) == Incident(id="P1", status=wanted)
+    # (marked: the status is reached, nothing else the request carried was applied)
+    assert client.update_incident("P1", wanted) == AlreadyInState(id="P1", status=wanted)
 
 
 def test_acknowledge_of_an_already_resolved_incident_is_not_success(
@@ -284,6 +287,37 @@ def test_update_refuses_bad_arguments(
 ) -> None:
     with pytest.raises(ValueError, match=r"must"):
         client.update_incident(incident_id, status)
+
+    assert pagerduty.requests == []
+
+
+def test_update_incident_sends_the_fields_with_the_status_or_alone(
+    client: PagerDutyClient, pagerduty: FakePagerDuty
+) -> None:
+    pagerduty.answer(200, {"incident": incident_json(status="acknowledged")})
+    fields = {
+        "priority": {"id": "PPRIO01", "type": "priority_reference"},
+        "assignments": [{"assignee": {"id": "PUSER01", "type": "user_reference"}}],
+    }
+
+    client.update_incident("PT4KHLK", "acknowledged", fields)
+    assert pagerduty.last_json() == {
+        "incident": {"type": "incident_reference", "status": "acknowledged", **fields}
+    }
+
+    client.update_incident("PT4KHLK", None, {"escalation_level": 2, "title": "disk full"})
+    assert pagerduty.last_json() == {
+        "incident": {"type": "incident_reference", "escalation_level": 2, "title": "disk full"}
+    }
+
+
+def test_an_update_needs_a_status_or_fields(
+    client: PagerDutyClient, pagerduty: FakePagerDuty
+) -> None:
+    with pytest.raises(ValueError, match=r"a status or fields"):
+        client.update_incident("P1", None)
+    with pytest.raises(ValueError, match=r"a status or fields"):
+        client.update_incidents([IncidentUpdate("P1", None, {})])
 
     assert pagerduty.requests == []
 
@@ -322,6 +356,33 @@ def test_update_incidents_sends_one_bulk_put(
     ]
 
 
+def test_each_bulk_item_carries_its_own_fields(
+    client: PagerDutyClient, pagerduty: FakePagerDuty
+) -> None:
+    pagerduty.answer(200, {"incidents": [incident_json(id="P1"), incident_json(id="P2")]})
+
+    client.update_incidents(
+        [
+            IncidentUpdate("P1", "resolved", {"resolution": "disk cleaned"}),
+            IncidentUpdate("P2", None, {"priority": "P1"}),
+            IncidentUpdate("P3", "resolved"),
+        ]
+    )
+
+    assert pagerduty.last_json() == {
+        "incidents": [
+            {
+                "id": "P1",
+                "type": "incident_reference",
+                "status": "resolved",
+                "resolution": "disk cleaned",
+            },
+            {"id": "P2", "type": "incident_reference", "priority": "P1"},
+            {"id": "P3", "type": "incident_reference", "status": "resolved"},
+        ]
+    }
+
+
 def test_update_incidents_accepts_exactly_250(
     client: PagerDutyClient, pagerduty: FakePagerDuty
 ) -> None:
@@ -348,7 +409,9 @@ def test_bulk_of_one_already_resolved_is_success(
 ) -> None:
     pagerduty.answer(400, error_json("Incident Already Resolved", 1001))
 
-    assert client.update_incidents([("P1", "resolved")]) == [Incident(id="P1", status="resolved")]
+    assert client.update_incidents([("P1", "resolved")]) == [
+        AlreadyInState(id="P1", status="resolved")
+    ]
 
 
 def test_bulk_of_many_already_resolved_is_ambiguous_and_raised(

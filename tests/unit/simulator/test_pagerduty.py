@@ -1111,3 +1111,60 @@ def test_the_most_calls_answered_at_once_is_counted(
     assert simulator.state()["counts"]["most_in_flight"] == 3
     simulator.reset()
     assert simulator.state()["counts"]["most_in_flight"] == 0
+
+
+# ---- updates carrying fields ------------------------------------------------------------------
+
+PRIORITY = {"id": "PPRIO01", "type": "priority_reference"}
+ASSIGNED = [{"assignee": {"id": "PUSER01", "type": "user_reference"}}]
+
+
+def test_an_update_sets_the_fields_it_carries_with_or_without_a_status(
+    client: TestClient, simulator: SimulatedPagerDuty
+) -> None:
+    incident_id = create(client).json()["incident"]["id"]
+
+    fields_only = {"type": "incident_reference", "priority": PRIORITY, "escalation_level": 2}
+    answer = client.put(f"/incidents/{incident_id}", json={"incident": fields_only})
+    assert answer.status_code == 200
+    assert answer.json()["incident"]["status"] == "triggered"
+    assert answer.json()["incident"]["priority"] == PRIORITY
+
+    bulk = {
+        "incidents": [
+            {
+                "id": incident_id,
+                "type": "incident_reference",
+                "status": "acknowledged",
+                "assignments": ASSIGNED,
+                "title": "Disk on web-1",
+                "urgency": "low",
+            }
+        ]
+    }
+    shown = client.put("/incidents", json=bulk).json()["incidents"][0]
+    assert (shown["status"], shown["assignments"], shown["title"], shown["urgency"]) == (
+        "acknowledged",
+        ASSIGNED,
+        "Disk on web-1",
+        "low",
+    )
+    (state,) = simulator.state()["incidents"]
+    assert state["fields"] == {"priority": PRIORITY, "escalation_level": 2, "assignments": ASSIGNED}
+    # Fields alone changed no status: the history has the trigger and the acknowledge only.
+    assert [change["to"] for change in state["status_history"]] == ["triggered", "acknowledged"]
+
+
+def test_an_update_refused_applies_none_of_its_fields(
+    client: TestClient, simulator: SimulatedPagerDuty
+) -> None:
+    incident_id = create(client).json()["incident"]["id"]
+    set_status(client, incident_id, "acknowledged")
+
+    again = {"type": "incident_reference", "status": "acknowledged", "priority": PRIORITY}
+    refused = client.put(f"/incidents/{incident_id}", json={"incident": again})
+    assert refused.status_code == 400 and error_of(refused)["code"] == 1002
+    assert simulator.state()["incidents"][0]["fields"] == {}
+
+    empty = client.put(f"/incidents/{incident_id}", json={"incident": {"type": "incident"}})
+    assert empty.status_code == 400 and "nothing to update" in error_of(empty)["errors"][0]
