@@ -149,6 +149,64 @@ def test_seed_api_contact_unchanged_but_for_host_and_token(
     assert wait_delivered(api, bridge_id, "resolved")["pagerduty_incident_id"] == incident["id"]
 
 
+def test_api_contact_updates_carry_pagerdutys_fields_to_the_incident(
+    bridge: Bridge, api: httpx.Client
+) -> None:
+    created = api.post(
+        "/incidents",
+        json={"incident": {"type": "incident", "title": "disk full", "service": {"id": "PINTEGR"}}},
+    )
+    assert created.status_code == 201, created.text
+    bridge_id = created.json()["incident"]["id"]
+    wait_status(bridge, bridge_id, "triggered", source="api")
+    priority = {"id": "PPRIO01", "type": "priority_reference"}
+    assigned = [{"assignee": {"id": "PUSER01", "type": "user_reference"}}]
+
+    # A reassignment, a priority and an escalation, no status: the incident stays triggered.
+    fields_only = {"type": "incident_reference", "priority": priority, "assignments": assigned}
+    answer = api.put(f"/incidents/{bridge_id}", json={"incident": fields_only})
+    assert answer.status_code == 200, answer.text
+    escalated = wait_for(
+        lambda: (lambda i: i if i.get("fields", {}).get("assignments") == assigned else None)(
+            incident_of(bridge, bridge_id, "api")
+        ),
+        what=f"the assignments to reach the incident\n{bridge.logs()}",
+    )
+    assert escalated["status"] == "triggered" and escalated["fields"]["priority"] == priority
+
+    # With a status, in a bulk PUT: the fields ride in the same request as the acknowledge.
+    bulk = [
+        {
+            "id": bridge_id,
+            "type": "incident_reference",
+            "status": "acknowledged",
+            "title": "disk full on web-1",
+            "escalation_level": 2,
+        }
+    ]
+    assert api.put("/incidents", json={"incidents": bulk}).status_code == 200
+    acknowledged = wait_status(bridge, bridge_id, "acknowledged", source="api")
+    assert acknowledged["title"] == "disk full on web-1"
+    assert acknowledged["fields"]["escalation_level"] == 2
+    resolve = {"type": "incident_reference", "status": "resolved", "resolution": "disk cleaned"}
+    assert api.put(f"/incidents/{bridge_id}", json={"incident": resolve}).status_code == 200
+    resolved = wait_status(bridge, bridge_id, "resolved", source="api")
+    assert resolved["fields"]["resolution"] == "disk cleaned"
+    assert [change["to"] for change in resolved["status_history"]] == [
+        "triggered",
+        "acknowledged",
+        "resolved",
+    ]
+    view = wait_delivered(api, bridge_id, "resolved")
+    received = [(e["action"], e["outcome"]) for e in view["timeline"] if e["kind"] == "received"]
+    assert received == [
+        ("triggered", "opened"),
+        ("update", "fields"),
+        ("acknowledged", "advanced"),
+        ("resolved", "advanced"),
+    ]
+
+
 def test_acknowledge_sent_before_trigger(bridge: Bridge, api: httpx.Client) -> None:
     alert_id = new_alert_id()
     api.post("/webhooks/coscale", json=webhook(alert_id, "acknowledged"))

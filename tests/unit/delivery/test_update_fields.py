@@ -329,3 +329,54 @@ def test_a_bulk_update_carries_each_incidents_own_fields(
     assert pagerduty.calls[calls + 1 :] == [("PUT", "/incidents")]
     assert simulated(pagerduty, by_id[ids[1]]["id"])["urgency"] == "low"
     assert {stored(sqlite_sessions, i).update_fields is None for i in ids} == {True}
+
+
+def test_fields_for_an_incident_the_bridge_did_not_create_go_after_it_is_read(
+    sqlite_sessions: sessionmaker[Session], reconciler: Reconciler, pagerduty: FakePagerDuty
+) -> None:
+    opened = pagerduty.simulator.create_incident(
+        {
+            "incident": {
+                "type": "incident",
+                "title": "opened before the bridge",
+                "service": {"id": "PSVC", "type": "service_reference"},
+            }
+        }
+    )
+    pagerduty.simulator.respond(opened["id"], "acknowledge", "Ann")
+    adopted = AlertEventMessage(
+        event_id=new_event_id(),
+        source=SOURCE_API,
+        alert_id=opened["id"],
+        action=None,
+        received_at=START,
+        incident_id=opened["id"],
+        update_fields={"escalation_level": 2},
+    )
+    applied = apply_event(sqlite_sessions, adopted, START)
+    assert deliver(reconciler, applied) is ReconcileResult.DELIVERED
+    assert pagerduty.calls == [
+        ("GET", f"/incidents/{opened['id']}"),
+        ("PUT", f"/incidents/{opened['id']}"),
+    ]
+    (incident,) = pagerduty.simulator.state()["incidents"]
+    assert (incident["status"], incident["fields"]) == ("acknowledged", {"escalation_level": 2})
+    alert = stored(sqlite_sessions, opened["id"])
+    assert (alert.confirmed_status, alert.update_fields) == (A, None)
+
+
+def test_an_update_whose_answer_was_lost_sends_its_fields_again_harmlessly(
+    sqlite_sessions: sessionmaker[Session], reconciler: Reconciler, pagerduty: FakePagerDuty
+) -> None:
+    deliver(reconciler, apply_event(sqlite_sessions, event(T), START))
+    pagerduty.fail_next("update", "lost")
+    fields = {"priority": PRIORITY, "title": "disk full on web-1"}
+    applied = apply_event(sqlite_sessions, event(A, fields, at=1), START)
+    assert deliver(reconciler, applied) is ReconcileResult.RETRY
+    assert stored(sqlite_sessions).update_fields == fields  # not known to have landed
+    assert deliver(reconciler, applied) is ReconcileResult.DELIVERED
+    (incident,) = pagerduty.simulator.state()["incidents"]
+    assert (incident["status"], incident["title"]) == ("acknowledged", "disk full on web-1")
+    assert incident["fields"] == {"priority": PRIORITY}
+    assert [change["to"] for change in incident["status_history"]] == ["triggered", "acknowledged"]
+    assert stored(sqlite_sessions).update_fields is None

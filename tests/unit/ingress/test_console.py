@@ -386,6 +386,29 @@ def test_one_alert_shows_its_cycles_and_timeline(
     assert missing.status_code == 404 and "No alert nope" in missing.text
 
 
+def test_an_update_with_fields_alone_shows_as_an_update_not_an_acknowledge(
+    client: TestClient, sqlite_sessions: sessionmaker[Session]
+) -> None:
+    add_alert(sqlite_sessions, "u1")
+    apply_event(
+        sqlite_sessions,
+        AlertEventMessage(
+            event_id=new_event_id(),
+            source=SOURCE_COSCALE,
+            alert_id="u1",
+            action=None,
+            received_at=NOW,
+            update_fields={"priority": {"id": "PPRIO01", "type": "priority_reference"}},
+        ),
+        NOW,
+    )
+    sign_in(client)
+    page = client.get("/ui/alerts/u1").text
+    assert "<strong>Event received:</strong> update → fields" in page
+    assert '<p class="detail">with priority</p>' in page
+    assert "acknowledged" not in page
+
+
 def test_replay_one_and_all_failed_after_a_confirmation(
     client: TestClient, sqlite_sessions: sessionmaker[Session]
 ) -> None:
