@@ -73,6 +73,7 @@ def _row(alert_id: str, **given: Any) -> dict[str, Any]:
         "backend": "rest",
         "credential_id": None,
         "event_payload": None,
+        "update_fields": None,
         "pagerduty_incident_id": None,
         "pagerduty_incident_number": None,
         "pagerduty_incident_url": None,
