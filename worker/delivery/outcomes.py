@@ -123,6 +123,34 @@ def fields_left(pending: dict[str, Any] | None, sent: dict[str, Any]) -> dict[st
     return left or None
 
 
+# PagerDuty's "already in that state" codes: about the status, not the fields beside it.
+_ALREADY = frozenset({1001, 1002})
+
+
+def fields_refused(step: Step, error: PagerDutyError) -> bool:
+    """Whether PagerDuty's refusal of ``step`` may be about the API contact's fields it carried
+    (400, invalid input): the same fields would be refused again, and with them every later
+    status update of the incident."""
+    return (
+        isinstance(step, Update)
+        and bool(step.fields)
+        and error.status == 400
+        and error.code not in _ALREADY
+    )
+
+
+def drop_refused_fields(
+    timeline: list[dict[str, Any]], alert: AlertLike, step: Step, error: PagerDutyError
+) -> None:
+    """Drop the fields PagerDuty refused (:func:`fields_refused`), saying so in the timeline;
+    the status, if the update had one, goes on its own next."""
+    sent = step.fields if isinstance(step, Update) and step.fields else {}
+    alert.update_fields = fields_left(alert.update_fields, sent)
+    detail = f"PagerDuty refused the update with {', '.join(sorted(sent))}: {error}; dropped"
+    timeline.append(audit(alert, "fields-refused", detail=detail))
+    log_delivery(logging.WARNING, "fields refused", alert, detail)
+
+
 def record_failure(
     timeline: list[dict[str, Any]],
     alert: AlertLike,

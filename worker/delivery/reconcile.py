@@ -53,6 +53,8 @@ from worker.delivery.gated_calls import GatedCalls, WaitedInPlace
 from worker.delivery.leases import LeaseKeeper, lease_owner_id
 from worker.delivery.outcomes import (
     ReconcileResult,
+    drop_refused_fields,
+    fields_refused,
     finish_without_call,
     record_failure,
     record_success,
@@ -397,15 +399,15 @@ class Reconciler:
                 results.update(dict.fromkeys(lost, ReconcileResult.BUSY))
             for alert in alerts:
                 step, answer = calls[alert.id], answers[alert.id]
+                if isinstance(answer, PermanentError) and fields_refused(step, answer):
+                    # PagerDuty refused the fields the update carried: dropped, so that they
+                    # hold back neither this status nor any later one.
+                    drop_refused_fields(timeline, alert, step, answer)
+                    self._settle(alert, again, results)
+                    continue
                 if answer is None or isinstance(answer, Incident | EventSent):
                     record_success(timeline, alert, step, answer, self.clock)
-                    # Usually that was the last call the alert needed: finish it in this
-                    # transaction rather than loading it again to find out.
-                    finished = finish_without_call(alert, self.plan(alert), self.clock)
-                    if finished is None:
-                        again.append(alert.id)
-                    else:
-                        results[alert.id] = finished
+                    self._settle(alert, again, results)
                     continue
                 if isinstance(answer, Parked):
                     # A line when the alert parks, not at each re-check while it stays parked.
@@ -433,6 +435,17 @@ class Reconciler:
             # much as the rest of recording its answer).
             insert_rows(session, ALERT_EVENTS_TABLE, timeline)
         return again
+
+    def _settle(
+        self, alert: AlertRecord, again: list[int], results: dict[int, ReconcileResult]
+    ) -> None:
+        """After an answered call: usually that was the last call the alert needed, so finish it
+        in this transaction rather than loading it again to find out."""
+        finished = finish_without_call(alert, self.plan(alert), self.clock)
+        if finished is None:
+            again.append(alert.id)
+        else:
+            results[alert.id] = finished
 
     # -- recovery ----------------------------------------------------------------------------
 

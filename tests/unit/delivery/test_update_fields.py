@@ -380,3 +380,33 @@ def test_an_update_whose_answer_was_lost_sends_its_fields_again_harmlessly(
     assert incident["fields"] == {"priority": PRIORITY}
     assert [change["to"] for change in incident["status_history"]] == ["triggered", "acknowledged"]
     assert stored(sqlite_sessions).update_fields is None
+
+
+def test_fields_pagerduty_refuses_are_dropped_and_the_status_goes_alone(
+    sqlite_sessions: sessionmaker[Session], reconciler: Reconciler, pagerduty: FakePagerDuty
+) -> None:
+    ids = [f"PB{letter * 16}" for letter in "DE"]
+    created = apply_events(sqlite_sessions, [event(T, alert_id=i) for i in ids], START)
+    reconciler.reconcile_many([pk for a in created if (pk := a.alert_pk) is not None])
+    calls = len(pagerduty.calls)
+    # One incident's fields are ones PagerDuty refuses (the simulator: an unknown urgency).
+    updates = [
+        event(A, {"urgency": "urgent"}, alert_id=ids[0], at=1),
+        event(A, {"title": "renamed"}, alert_id=ids[1], at=1),
+    ]
+    applied = apply_events(sqlite_sessions, updates, START)
+    results = reconciler.reconcile_many([pk for a in applied if (pk := a.alert_pk) is not None])
+    assert set(results.values()) == {ReconcileResult.DELIVERED}
+    # The bulk request refused whole, then one by one: the refused fields dropped, the
+    # acknowledge sent alone.
+    assert [path for _, path in pagerduty.calls[calls:]].count("/incidents") == 1
+    refused, renamed = (stored(sqlite_sessions, alert_id) for alert_id in ids)
+    assert (refused.update_fields, renamed.update_fields) == (None, None)
+    assert (refused.confirmed_status, renamed.confirmed_status) == (A, A)
+    assert simulated(pagerduty, str(refused.pagerduty_incident_id))["urgency"] == "high"
+    assert simulated(pagerduty, str(renamed.pagerduty_incident_id))["title"] == "renamed"
+    with sqlite_sessions() as session:
+        outcomes = session.scalars(
+            select(AlertEvent.outcome).where(AlertEvent.alert_pk == refused.id)
+        ).all()
+    assert "fields-refused" in outcomes and "failed" not in outcomes
