@@ -264,6 +264,7 @@ def build_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI:
     from models import make_engine, make_session_factory, utcnow
     from worker.pipeline.backlog import read_backlog
     from worker.pipeline.celery_app import app as celery_app
+    from worker.pipeline.celery_app import delivery_queue, intake_queue
     from worker.pipeline.durability import DurableQueueCheck
     from worker.pipeline.inbox import DurableEventQueue
     from worker.pipeline.queue import CeleryEventQueue
@@ -323,7 +324,10 @@ def build_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI:
         routes=routes,
         durability=lambda: durable.durability,
         # Celery's Redis transport keeps a queue's messages in a list named after the queue.
-        queue_depth=lambda: int(redis_client.llen(settings.namespace)),
+        queue_depth=lambda: sum(
+            int(redis_client.llen(name))
+            for name in (intake_queue(settings.namespace), delivery_queue(settings.namespace))
+        ),
         backlog=backlog,
     )
 
