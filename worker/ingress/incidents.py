@@ -110,6 +110,7 @@ def incidents_router(ingress: Ingress) -> APIRouter:
 
     def answer_of(view: IncidentView) -> IncidentAnswer:
         forwarded = view.forwarded or {}
+        created_at = timestamp(view.created_at)
         return IncidentAnswer(
             id=view.id,
             status=view.status,
@@ -117,13 +118,19 @@ def incidents_router(ingress: Ingress) -> APIRouter:
             summary=view.title,
             incident_number=view.pagerduty_incident_number,
             incident_key=view.incident_key,
-            created_at=timestamp(view.created_at),
+            created_at=created_at,
             service=ServiceAnswer(id=view.service_id) if view.service_id else None,
             urgency=view.urgency,
             html_url=view.pagerduty_incident_url or ingress.page_url(view.id, SOURCE_API),
             priority=forwarded.get("priority"),
             escalation_policy=forwarded.get("escalation_policy"),
-            assignments=forwarded.get("assignments"),
+            # PagerDuty's OpenAPI (Incident.assignments, Assignment) requires each one's "at":
+            # the assignments the create asked for, as of the create.
+            assignments=[
+                {**assignment, "at": created_at} for assignment in forwarded["assignments"]
+            ]
+            if forwarded.get("assignments")
+            else None,
             incident_type=forwarded.get("incident_type"),
             conference_bridge=forwarded.get("conference_bridge"),
             bridge=BridgeState(
@@ -291,11 +298,11 @@ def incidents_router(ingress: Ingress) -> APIRouter:
             ) from exc
 
     async def accept_updates(
-        caller: Caller, updates: Sequence[tuple[str, str]], repaired: bool
+        caller: Caller, updates: Sequence[tuple[str, str]], repaired: bool, *, not_found: int
     ) -> list[IncidentAnswer]:
         """Status updates for incidents ``caller`` may reach, all or none: an id of another
         route, an unknown bridge id, or a refused foreign id refuses the request, saying which
-        and why (README, "Security model")."""
+        and why (README, "Security model"); an id it cannot reach is answered ``not_found``."""
         ids = [incident_id for incident_id, _ in updates]
         known = await anyio.to_thread.run_sync(known_bridge_ids, ids)
         allowance = min(
@@ -313,7 +320,7 @@ def incidents_router(ingress: Ingress) -> APIRouter:
             statuses = {refusal.status for refusal in plan.refused}
             problems = [f"{refusal.incident_id}: {refusal.reason}" for refusal in plan.refused]
             raise ApiError(
-                404 if 404 in statuses else min(statuses),
+                not_found if 404 in statuses else min(statuses),
                 f"{len(plan.refused)} of {len(set(ids))} incident(s) refused, nothing "
                 f"updated: {problems[0]}" + ("; see errors for all" if len(problems) > 1 else ""),
                 field="incidents",
@@ -362,7 +369,7 @@ def incidents_router(ingress: Ingress) -> APIRouter:
         "/incidents",
         response_model=IncidentsEnvelope,
         response_model_exclude_none=True,
-        responses={**BODY_ERRORS, **REFUSALS},
+        responses={**BODY_ERRORS, 403: ERROR, 429: ERROR},
         openapi_extra=json_body(BulkUpdateRequest),
     )
     async def update_incidents(
@@ -378,7 +385,10 @@ def incidents_router(ingress: Ingress) -> APIRouter:
             )
         refuse_unsupported(body.incidents, "incidents[{}].")
         updates = [(item.id, item.status) for item in body.incidents]
-        return IncidentsEnvelope(incidents=await accept_updates(caller, updates, repaired))
+        # PagerDuty's OpenAPI documents no 404 for updateIncidents (200, 400, 401, 403, 413,
+        # 429): an id in its body that is not there is invalid input.
+        answers = await accept_updates(caller, updates, repaired, not_found=400)
+        return IncidentsEnvelope(incidents=answers)
 
     @router.put(
         "/incidents/{incident_id}",
@@ -396,7 +406,9 @@ def incidents_router(ingress: Ingress) -> APIRouter:
     ) -> IncidentEnvelope:
         body, repaired = await ingress.read_body(request, SingleUpdateRequest)
         refuse_unsupported([body.incident], "incident.")
-        answers = await accept_updates(caller, [(incident_id, body.incident.status)], repaired)
+        answers = await accept_updates(
+            caller, [(incident_id, body.incident.status)], repaired, not_found=404
+        )
         return IncidentEnvelope(incident=answers[0])
 
     @router.api_route(
