@@ -55,7 +55,7 @@ READ_ERRORS: dict[int | str, dict[str, Any]] = {400: ERROR, 404: ERROR, 429: ERR
 
 _PAGERDUTY_PATHS = re.compile(r"^/incidents(?:/|$)")
 # PagerDuty's error codes (its "Errors" reference; docs/pagerduty.md): what each status carries.
-_CODES = {400: 2001, 401: 2006, 403: 2010, 404: 2100, 429: 2020}
+_CODES = {400: 2001, 401: 2006, 403: 2010, 404: 2100, 429: 2020, 500: 2000}
 # PagerDuty's 400 message; on the others the bridge's own says more (which ids, and why).
 _MESSAGES = {400: "Invalid Input Provided"}
 # errors[] of PagerDuty's 400 for a create repeating an open incident's incident_key on the
