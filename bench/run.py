@@ -156,6 +156,7 @@ class Options:
     storm_limit: int = storm.REST_LIMIT_PER_MINUTE
     storm_peer: bool = True
     storm_alerts: int = STORM_ALERTS
+    storm_intake: bool = True
 
 
 # The phases in the order they run; --phases picks some (a phase that needs another's work
@@ -278,6 +279,13 @@ def parse_options(argv: list[str] | None = None) -> Options:
         dest="storm_peer",
         help="the storm phase without Alertmanager (the bridge's side alone, half the time)",
     )
+    parser.add_argument(
+        "--no-storm-intake",
+        action="store_false",
+        dest="storm_intake",
+        help="the storm phase with one worker serving both queues, not an intake worker of "
+        "its own beside the delivery worker (docker-compose.yml's way)",
+    )
     parser.add_argument("--postgres-admin-url", default=DEFAULT_POSTGRES_ADMIN_URL)
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
     args = parser.parse_args(argv)
@@ -324,6 +332,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         storm_limit=args.storm_limit,
         storm_peer=args.storm_peer,
         storm_alerts=args.storm_alerts,
+        storm_intake=args.storm_intake,
     )
 
 
@@ -652,7 +661,7 @@ class CpuSnapshot:
 
 
 # Groups that make up "the bridge" in the cost figure; the rest are shown for context.
-BRIDGE_GROUPS = ("api", "worker (main)", "worker (pool)", "beat")
+BRIDGE_GROUPS = ("api", "worker (main)", "worker (pool)", "intake", "beat")
 MACHINE = "machine (all CPUs)"
 HARNESS = "bench harness (this process)"
 REAPED = "wrk / other finished subprocesses of the harness"
@@ -1072,18 +1081,32 @@ def phase_resolve(run: Run) -> None:
     }
 
 
-def start_worker(run: Run, env: dict[str, str] | None = None) -> Service:
-    """(Re)start the worker, waiting until its pool is up so no phase times its start."""
+def start_worker(run: Run, env: dict[str, str] | None = None, *, intake: bool = False) -> Service:
+    """(Re)start the worker, waiting until its pool is up so no phase times its start. With
+    ``intake``, as docker-compose.yml runs it: a delivery worker and an intake worker of one
+    process (`pagerbridge worker --queues intake`)."""
     run.services.stop("worker")
+    run.services.stop("intake")
+    queues = ["--queues", "delivery"] if intake else []
     worker = run.services.start(
-        "worker", ["worker", "--concurrency", str(run.options.workers)], env=env
+        "worker", ["worker", *queues, "--concurrency", str(run.options.workers)], env=env
     )
+    started = [(worker, run.options.workers)]
+    if intake:
+        own_port = {"PAGERBRIDGE_WORKER_METRICS_PORT": str(free_port())}
+        intake_worker = run.services.start(
+            "intake",
+            ["worker", "--queues", "intake", "--concurrency", "1"],
+            env={**(env or {}), **own_port},
+        )
+        started.append((intake_worker, 1))
     deadline = time.monotonic() + 60
-    while pool_size(worker) < run.options.workers or time.monotonic() < worker.started_at + 3:
-        worker.check_alive()
-        if time.monotonic() > deadline:
-            raise BenchError(f"worker pool not up after 60 s:\n{worker.tail()}")
-        time.sleep(0.1)
+    for service, size in started:
+        while pool_size(service) < size or time.monotonic() < service.started_at + 3:
+            service.check_alive()
+            if time.monotonic() > deadline:
+                raise BenchError(f"worker pool not up after 60 s:\n{service.tail()}")
+            time.sleep(0.1)
     return worker
 
 
@@ -1530,8 +1553,11 @@ def phase_storm(run: Run) -> None:
     }
     run.results["storm"] = results
     start_worker(
-        run, env={"PAGERBRIDGE_PAGERDUTY_RATE_PER_MINUTE": f"{PRODUCTION_RATE_PER_MINUTE:g}"}
+        run,
+        env={"PAGERBRIDGE_PAGERDUTY_RATE_PER_MINUTE": f"{PRODUCTION_RATE_PER_MINUTE:g}"},
+        intake=options.storm_intake,
     )
+    results["intake_worker"] = options.storm_intake
     url = run.webhook_url()
 
     def coscale(batch: str, action: str, count: int) -> list[tuple[str, Any]]:
@@ -1558,7 +1584,7 @@ def phase_storm(run: Run) -> None:
         return
     if "peak_rss_mib" not in run.results:
         read_memory(run)
-    for name in ("worker", "api", "beat"):
+    for name in ("worker", "intake", "api", "beat"):
         run.services.stop(name)
     keys = storm.events_keys_for(options.storm_limit)
     # group_interval 1s: a resolve goes out a second after it came, the soonest Alertmanager

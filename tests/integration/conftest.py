@@ -278,8 +278,9 @@ def running_bridge(
     settings: Callable[[str], dict[str, str]] | None = None,
     simulator_args: tuple[str, ...] = ("--token", PAGERDUTY_TOKEN),
 ) -> Iterator[Bridge]:
-    """Simulator + api + a 2-process Celery worker + beat, on loopback, as a user starts them;
-    stopped at the end. ``settings(simulator_url)`` adds to the environment."""
+    """Simulator + api + Celery workers (delivery, 2 processes; intake, 1) + beat, on loopback,
+    as a user starts them; stopped at the end. ``settings(simulator_url)`` adds to the
+    environment."""
     sim_port, api_port = free_port(), free_port()
     simulator_url = f"http://127.0.0.1:{sim_port}"
     env = bridge_env(database_url, redis_url, simulator_url, namespace)
@@ -301,9 +302,21 @@ def running_bridge(
         api = start_service("api", ["api", "--port", str(api_port)], env, logs)
         bridge.services["api"] = api
         wait_until_up(api, lambda: _http_ok(f"{bridge.api_url}/healthz"))
-        worker = start_service("worker", ["worker", "--concurrency", "2"], env, logs)
+        # As docker-compose.yml runs them: the delivery workers, and an intake worker of its
+        # own (its metrics on a port of its own, the host being shared).
+        worker = start_service(
+            "worker", ["worker", "--queues", "delivery", "--concurrency", "2"], env, logs
+        )
         bridge.services["worker"] = worker
-        wait_until_up(worker, lambda: " ready." in worker.output())
+        intake = start_service(
+            "intake",
+            ["worker", "--queues", "intake", "--concurrency", "1"],
+            {**env, "PAGERBRIDGE_WORKER_METRICS_PORT": str(free_port())},
+            logs,
+        )
+        bridge.services["intake"] = intake
+        for started in (worker, intake):
+            wait_until_up(started, lambda started=started: " ready." in started.output())
         beat = start_service(
             "beat",
             ["beat"],

@@ -23,6 +23,7 @@ from tests.integration.conftest import (
     wait_until_up,
 )
 from tests.integration.test_pipeline_metrics import samples
+from worker.pipeline.celery_app import intake_queue
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +45,7 @@ def api_alone(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, dict[str, s
         finally:
             api.stop()
             client = redis.Redis.from_url(redis_url)
-            client.delete(namespace)
+            client.delete(namespace, intake_queue(namespace))
             client.close()
 
 

@@ -32,7 +32,12 @@ from tests.conftest import service_missing
 from tests.fakes import trigger_events
 from tests.integration.conftest import free_port
 from tests.integration.test_durability import PrivateRedis
-from worker.pipeline.celery_app import APPLY_EVENT_TASK, VISIBILITY_TIMEOUT, create_celery
+from worker.pipeline.celery_app import (
+    APPLY_EVENT_TASK,
+    VISIBILITY_TIMEOUT,
+    create_celery,
+    intake_queue,
+)
 from worker.pipeline.queue import CeleryEventQueue
 from worker.settings import Settings
 
@@ -59,7 +64,7 @@ def test_the_api_publishes_apply_messages_a_worker_can_read(redis_url: str, name
         for n in range(20):
             app.send_task(APPLY_EVENT_TASK, args=[[{"n": n}]])
         with app.connection_for_read() as connection:
-            queue = connection.SimpleQueue(f"{namespace}-broker")
+            queue = connection.SimpleQueue(intake_queue(f"{namespace}-broker"))
             bodies = []
             for _ in range(20):
                 message = queue.get(timeout=5)
@@ -68,7 +73,7 @@ def test_the_api_publishes_apply_messages_a_worker_can_read(redis_url: str, name
             queue.close()
         assert [body[0][0][0]["n"] for body in bodies] == list(range(20))
     finally:
-        redis.Redis.from_url(redis_url).delete(f"{namespace}-broker")
+        redis.Redis.from_url(redis_url).delete(intake_queue(f"{namespace}-broker"))
 
 
 def test_an_event_published_without_declaring_its_queue_reaches_it(
@@ -77,10 +82,11 @@ def test_an_event_published_without_declaring_its_queue_reaches_it(
     # The api publishes without declaring the queue (worker/pipeline/queue.py): on a Redis that
     # has never seen the queue nor its bindings (no worker ever started), the message must still
     # be in it.
-    name = f"{namespace}-undeclared"
+    undeclared = f"{namespace}-undeclared"
+    name = intake_queue(undeclared)
     client = redis.Redis.from_url(redis_url)
-    assert not client.keys(f"*{name}*")
-    app = create_celery(Settings(redis_url=redis_url, namespace=name))
+    assert not client.keys(f"*{undeclared}*")
+    app = create_celery(Settings(redis_url=redis_url, namespace=undeclared))
     (event,) = trigger_events("a1", received_at=utcnow())
     try:
         assert CeleryEventQueue(app).publish_many([event]) == "queue"
@@ -100,7 +106,8 @@ class OwnQueue:
     """A Celery app on a queue of the test's own, what the api publishes with, and a Redis
     client to look at the queue and at kombu's copies of the messages taken."""
 
-    name: str
+    name: str  # the intake queue, where the api's messages go
+    namespace: str
     redis_url: str
     app: Celery
     events: CeleryEventQueue
@@ -120,7 +127,7 @@ class OwnQueue:
 
     def app_restoring_after(self, seconds: int) -> Celery:
         """The bridge's app for this queue, but with ``seconds`` as visibility timeout."""
-        app = create_celery(Settings(redis_url=self.redis_url, namespace=self.name))
+        app = create_celery(Settings(redis_url=self.redis_url, namespace=self.namespace))
         app.conf.broker_transport_options = {
             **app.conf.broker_transport_options,
             "visibility_timeout": seconds,
@@ -129,11 +136,12 @@ class OwnQueue:
 
 
 def _own_queue(redis_url: str, namespace: str) -> Iterator[OwnQueue]:
-    name = f"{namespace}-taken-{uuid.uuid4().hex[:8]}"
+    own = f"{namespace}-taken-{uuid.uuid4().hex[:8]}"
+    name = intake_queue(own)
     client = redis.Redis.from_url(redis_url)
-    app = create_celery(Settings(redis_url=redis_url, namespace=name))
+    app = create_celery(Settings(redis_url=redis_url, namespace=own))
     try:
-        yield OwnQueue(name, redis_url, app, CeleryEventQueue(app), client)
+        yield OwnQueue(name, own, redis_url, app, CeleryEventQueue(app), client)
     finally:
         client.delete(name)
         client.close()
@@ -212,11 +220,11 @@ def test_a_message_rejected_or_left_unacked_at_shutdown_goes_back_at_once(
 # killed without acknowledging it.
 _TAKE_AND_HOLD = """
 import sys, time
-from worker.pipeline.celery_app import create_celery
+from worker.pipeline.celery_app import create_celery, intake_queue
 from worker.settings import Settings
 app = create_celery(Settings(redis_url=sys.argv[1], namespace=sys.argv[2]))
 with app.connection_for_read() as connection:
-    message = connection.SimpleQueue(sys.argv[2]).get(timeout=30)
+    message = connection.SimpleQueue(intake_queue(sys.argv[2])).get(timeout=30)
     print("taken", flush=True)
     time.sleep(120)
 """
@@ -224,7 +232,7 @@ with app.connection_for_read() as connection:
 
 def _take_and_get_killed(own: OwnQueue) -> None:
     with subprocess.Popen(
-        [sys.executable, "-c", _TAKE_AND_HOLD, own.redis_url, own.name],
+        [sys.executable, "-c", _TAKE_AND_HOLD, own.redis_url, own.namespace],
         stdout=subprocess.PIPE,
         text=True,
     ) as holder:

@@ -34,8 +34,8 @@ ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
-APP_SERVICES = ("migrate", "api", "worker", "beat")
-LONG_RUNNING = ("api", "worker", "beat")
+APP_SERVICES = ("migrate", "api", "worker", "intake", "beat")
+LONG_RUNNING = ("api", "worker", "intake", "beat")
 SHARED_ENV_KEY = "x-pagerbridge-env"
 CLI_TIMEOUT = 60  # seconds; one CLI start imports Celery, FastAPI and SQLAlchemy
 

@@ -179,14 +179,16 @@ def test_a_frozen_database_never_stalls_the_ingress_and_loses_nothing(
     namespace = f"freeze-{uuid.uuid4().hex[:6]}"
     # PagerDuty's rate budget out of the way: the test counts what is lost, not how fast the
     # backlog drains.
-    with running_bridge(
-        postgres.url,
-        aof_redis.url,
-        namespace,
-        tmp_path,
-        settings=lambda _url: {"PAGERBRIDGE_PAGERDUTY_RATE_PER_MINUTE": "1000000"},
-    ) as bridge:
-        api = httpx.Client(base_url=bridge.api_url, headers=AUTH, timeout=10)
+    with (
+        running_bridge(
+            postgres.url,
+            aof_redis.url,
+            namespace,
+            tmp_path,
+            settings=lambda _url: {"PAGERBRIDGE_PAGERDUTY_RATE_PER_MINUTE": "1000000"},
+        ) as bridge,
+        httpx.Client(base_url=bridge.api_url, headers=AUTH, timeout=10) as api,
+    ):
         ready = api.get("/readyz").json()
         assert ready["checks"]["redis_durability"]["status"] == "ok", ready
         answers: list[tuple[str, int | None, float]] = []
@@ -240,7 +242,6 @@ def test_a_frozen_database_never_stalls_the_ingress_and_loses_nothing(
             what=f"every accepted alert delivered after the thaw\n{bridge.logs()}",
         )
         print(f"alerts lost: 0 of {len(accepted)}")
-        api.close()
 
 
 def test_database_down_then_redis_killed_and_restarted_loses_nothing(
@@ -253,6 +254,7 @@ def test_database_down_then_redis_killed_and_restarted_loses_nothing(
     env["PAGERBRIDGE_BEAT_SCHEDULE_PATH"] = str(tmp_path / "beat-schedule")
     services = {}
     simulator = SimulatorControl(simulator_url)
+    api = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", headers=AUTH, timeout=10)
     try:
         services["simulator"] = start_service(
             "simulator",
@@ -262,7 +264,6 @@ def test_database_down_then_redis_killed_and_restarted_loses_nothing(
         )
         wait_until_up(services["simulator"], lambda: simulator.state() is not None)
         services["api"] = start_service("api", ["api", "--port", str(api_port)], env, tmp_path)
-        api = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", headers=AUTH, timeout=10)
         wait_until_up(services["api"], lambda: api.get("/healthz").status_code == 200)
         postgres.stop()
 
@@ -297,8 +298,8 @@ def test_database_down_then_redis_killed_and_restarted_loses_nothing(
             + "\n".join(f"--- {n}\n{s.output()[-3000:]}" for n, s in services.items()),
         )
         print("\nPostgreSQL down, Redis killed and restarted: 100 of 100 delivered, 0 lost")
-        api.close()
     finally:
+        api.close()
         for service in reversed(list(services.values())):
             service.stop()
         simulator.close()
@@ -314,8 +315,8 @@ def test_without_a_durable_redis_the_database_outage_is_503_with_the_reason(
     env = bridge_env(postgres.url, plain.url, "http://127.0.0.1:9", f"noaof-{uuid.uuid4().hex[:6]}")
     port = free_port()
     service = start_service("api", ["api", "--port", str(port)], env, tmp_path)
+    api = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=AUTH, timeout=10)
     try:
-        api = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=AUTH, timeout=10)
         wait_until_up(service, lambda: api.get("/healthz").status_code == 200)
         # Then /readyz and the start say Redis cannot confirm durability
         durability = api.get("/readyz").json()["checks"]["redis_durability"]
@@ -327,7 +328,7 @@ def test_without_a_durable_redis_the_database_outage_is_503_with_the_reason(
         answer = api.post("/webhooks/coscale", json={"alert_id": "n1", "action": "triggered"})
         assert answer.status_code == 503
         assert "cannot keep events safely" in answer.json()["error"]["message"]
-        api.close()
     finally:
+        api.close()
         service.stop()
         plain.stop()

@@ -78,11 +78,13 @@ def test_resolves_overtake_creates_waiting_for_the_budget(
         wait_delivered(bridge, resolving, "resolved", timeout=90)
     finally:
         bridge.simulator.clear_faults()
-    # Then the resolves went first: most resolved alerts never paged anyone. Counted, not timed:
-    # at one call a second, the 20 creates alone would have taken 20 s.
+    # Then the resolves were applied as they came (the intake worker does not wait for the
+    # budget): a resolved alert was paged only if its create went out before its resolve came,
+    # in PagerDuty's burst or the second or two after. Counted, not timed: at one call a
+    # second, the 20 creates alone would have taken 20 s.
     incidents = incidents_of(bridge, alert_ids)
     paged_for_nothing = [a for a in resolving if incidents[a]]
-    assert len(paged_for_nothing) <= 10, describe_alerts(bridge, alert_ids)
+    assert len(paged_for_nothing) <= 7, describe_alerts(bridge, alert_ids)
     assert all(len(incidents[a]) == 1 for a in firing)
     assert all(i["status"] == "resolved" for a in resolving for i in incidents[a])
     assert total_calls(bridge) - calls_before < 2 * len(alert_ids)

@@ -45,7 +45,7 @@ from tests.integration.conftest import (
     start_service,
     wait_until_up,
 )
-from worker.pipeline.celery_app import VISIBILITY_TIMEOUT, create_celery
+from worker.pipeline.celery_app import VISIBILITY_TIMEOUT, create_celery, intake_queue
 from worker.pipeline.message import SOURCE_COSCALE, AlertEventMessage, new_event_id
 from worker.pipeline.queue import CeleryEventQueue
 from worker.settings import Settings
@@ -228,11 +228,17 @@ def purge_namespace(client: redis.Redis, namespace: str) -> list[str]:
         client.delete(*keys)
     for tag, raw in client.hscan_iter("unacked"):
         _message, exchange, routing_key = json.loads(raw)
-        if namespace in (exchange, routing_key):
+        if _of_namespace(namespace, exchange, routing_key):
             client.hdel("unacked", tag)
             client.zrem("unacked_index", tag)
             keys.append(f"unacked[{tag.decode()}]")
     return keys
+
+
+def _of_namespace(namespace: str, exchange: str, routing_key: str) -> bool:
+    """Whether a message taken went to one of ``namespace``'s queues (intake or delivery)."""
+    queues = (namespace, intake_queue(namespace))
+    return exchange in queues or routing_key in queues
 
 
 def _summary(messages: list[str], shown: int = 5) -> str:
@@ -249,7 +255,7 @@ def unacked_of(client: redis.Redis, namespace: str) -> list[str]:
     found = []
     for _tag, raw in client.hscan_iter("unacked"):
         message, exchange, routing_key = json.loads(raw)
-        if namespace in (exchange, routing_key):
+        if _of_namespace(namespace, exchange, routing_key):
             headers = message.get("headers", {})
             found.append(f"{headers.get('task')} {headers.get('argsrepr', '')[:120]}")
     return found

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -119,11 +120,26 @@ def _require_ingress_token(settings: Settings) -> None:
         ) from exc
 
 
+class WorkerQueues(StrEnum):
+    """Which of the two queues a worker serves (worker/pipeline/celery_app.py)."""
+
+    ALL = "all"  # both: one worker does everything
+    INTAKE = "intake"  # applying events to the mapping; never waits on PagerDuty
+    DELIVERY = "delivery"  # the PagerDuty calls, and the scheduled tasks
+
+
 @cli.command()
 def worker(
     concurrency: Annotated[
         int | None, typer.Option(help="worker processes (default PAGERBRIDGE_WORKER_CONCURRENCY)")
     ] = None,
+    queues: Annotated[
+        WorkerQueues,
+        typer.Option(
+            help="the queues served: intake (applying events), delivery (PagerDuty calls), or "
+            "all; an intake worker of its own applies a resolve at once during a storm"
+        ),
+    ] = WorkerQueues.ALL,
 ) -> None:
     """Run a Celery worker that delivers events to PagerDuty."""
     from worker.ops.preflight import check_database, check_redis
@@ -140,14 +156,24 @@ def worker(
         check_database(settings.database_url)
     except BridgeError as exc:
         raise _fail(str(exc)) from exc
-    from worker.pipeline.celery_app import app
+    from worker.pipeline.celery_app import app, delivery_queue, intake_queue
 
+    served = {
+        WorkerQueues.ALL: [intake_queue(settings.namespace), delivery_queue(settings.namespace)],
+        WorkerQueues.INTAKE: [intake_queue(settings.namespace)],
+        WorkerQueues.DELIVERY: [delivery_queue(settings.namespace)],
+    }[queues]
     app.worker_main(
         [
             "worker",
             f"--concurrency={concurrency or settings.worker_concurrency}",
             f"--loglevel={settings.log_level}",
-            f"--queues={settings.namespace}",
+            f"--queues={','.join(served)}",
+            # Several workers on one host (intake and delivery) need names of their own.
+            f"--hostname={queues.value}@%h",
+            # The apply task takes up to 100 messages at once (celery_app.py); a reconcile task
+            # is taken one at a time, so several delivery workers share a backlog.
+            *(["--prefetch-multiplier=1"] if queues is WorkerQueues.DELIVERY else []),
             "--pool=prefork",
             "--without-gossip",
             "--without-mingle",

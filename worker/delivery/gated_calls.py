@@ -27,6 +27,7 @@ MAX_RATE_LIMIT_SLEEP = 1.0  # seconds a worker waits in place for a rate-limit t
 # while the resolves that arrived meanwhile wait behind it in the queue. Due again, the
 # sweeper hands them out in drain order, what stops a page first.
 MAX_PACING_IN_PLACE = 2.0
+WITHDRAWN = "the alert changed while its call waited for the budget; planned again"
 
 T = TypeVar("T")
 
@@ -66,6 +67,7 @@ class GatedCalls:
         together: Together | None = None,
         readings: Callable[[], RateLimitReading | None] | None = None,
         waited: WaitedInPlace | None = None,
+        withdrawn: Callable[[list[int]], set[int]] | None = None,
     ) -> dict[int, T | PagerDutyError | Parked | Deferred]:
         """Calls one after the other (PagerDuty asks for serial requests per credential), or
         those ``together`` allows a few at once once PagerDuty answered the batch's first
@@ -78,6 +80,9 @@ class GatedCalls:
         instead of being called again. Calls already in flight beside the failed one were made,
         and their answers count. ``readings`` gives the ``ratelimit-*`` headers of the latest
         answers, which set every worker's pace (:mod:`worker.delivery.pacing`) after each group.
+        After waiting in place for the budget, ``withdrawn`` names the calls about to be made
+        that are no longer wanted (the alert changed meanwhile): those are not made, and come
+        back ``Deferred`` by nothing, to be planned again.
         """
         answers: dict[int, T | PagerDutyError | Parked | Deferred] = {}
         pending = list(calls)
@@ -87,6 +92,7 @@ class GatedCalls:
         waited = waited if waited is not None else WaitedInPlace()
         while pending:
             granted = len(pending)
+            slept = False
             while gate is not None:
                 decision = gate.admit(len(pending))
                 if decision.may_call:
@@ -106,7 +112,12 @@ class GatedCalls:
                     return answers
                 waited.seconds += decision.wait
                 self.sleep(decision.wait)
+                slept = True
             admitted, pending = pending[:granted], pending[granted:]
+            if slept and withdrawn is not None:
+                gone = withdrawn([pk for pk, _ in admitted])
+                answers.update((pk, Deferred(0.0, WITHDRAWN)) for pk, _ in admitted if pk in gone)
+                admitted = [(pk, made) for pk, made in admitted if pk not in gone]
             answered = False
             made = 0
             while made < len(admitted):

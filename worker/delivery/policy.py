@@ -306,6 +306,21 @@ def schedule_after_failure(
     return Schedule(DeliveryState.FAILED, alert.attempts + 1, None, message)
 
 
+def opens_a_page(step: Step) -> bool:
+    """Whether ``step`` creates an incident (REST) or triggers an alert (Events API)."""
+    return isinstance(step, Create) or (
+        isinstance(step, SendEvent) and step.action is AlertStatus.TRIGGERED
+    )
+
+
+def withdrawn_by(step: Step, desired: AlertStatus) -> bool:
+    """Whether a call planned as ``step`` is no longer wanted now that the alert wants
+    ``desired``: a create or trigger waiting for PagerDuty's budget while the alert resolved.
+    Planned again, it becomes a look-up by key at most (its create mark was committed before
+    the wait), never a page for an alert that is over."""
+    return desired is AlertStatus.RESOLVED and opens_a_page(step)
+
+
 def calls_in_flight_after(width: int, *, answered: bool, limit: int) -> int:
     """How many calls may go out together next, after a group of ``width`` calls.
 

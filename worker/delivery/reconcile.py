@@ -60,13 +60,13 @@ from worker.delivery.outcomes import (
     record_success,
 )
 from worker.delivery.policy import (
-    Create,
-    SendEvent,
     Step,
     Update,
     drain_rank,
+    opens_a_page,
     plan_delivery,
     share_fairly,
+    withdrawn_by,
 )
 from worker.delivery.timeline import log_delivery
 from worker.pagerduty import (
@@ -292,8 +292,7 @@ class Reconciler:
 
     def mark_create(self, alert: AlertLike, step: Step) -> None:
         """Note on ``alert`` that ``step`` may create its incident, before the call."""
-        sends_trigger = isinstance(step, SendEvent) and step.action is AlertStatus.TRIGGERED
-        if (isinstance(step, Create) or sends_trigger) and alert.create_sent_at is None:
+        if opens_a_page(step) and alert.create_sent_at is None:
             # Committed before the call: from now on "no incident id" means "maybe created,
             # answer lost" (even if the worker dies mid-call), and a resolve looks the incident
             # up by key instead of assuming there is none. If the gate then parks the call, the
@@ -349,9 +348,22 @@ class Reconciler:
                     ),
                     readings=readings(backend),
                     waited=waited,
+                    withdrawn=functools.partial(self._withdrawn, calls),
                 )
             )
         return answers
+
+    def _withdrawn(self, calls: dict[int, Step], alert_pks: list[int]) -> set[int]:
+        """Of ``alert_pks``, the alerts whose planned call is no longer wanted (the intake
+        applied a resolve while the call waited for the budget): :func:`withdrawn_by`."""
+        pages = [pk for pk in alert_pks if opens_a_page(calls[pk])]
+        if not pages:
+            return set()
+        with self.sessions() as session:
+            rows = session.execute(
+                select(Alert.id, Alert.desired_status).where(is_one_of(Alert.id, pages, session))
+            )
+            return {pk for pk, desired in rows if withdrawn_by(calls[pk], desired)}
 
     def _bulk_update(
         self, chunk: list[tuple[int, Update]], backend: Backend, gated: GatedCalls

@@ -76,8 +76,10 @@ def _error(
 ) -> JSONResponse:
     if is_pagerduty_path(path):
         status, body = pagerduty_error(status, message, field=field, errors=errors)
-    else:
-        body = ErrorAnswer.of(message, field=field, errors=errors)
+        # PagerDuty's error object has no nulls: a status without a PagerDuty code (503) has
+        # no ``code`` (PagerDuty's REST API reference, "Errors").
+        return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
+    body = ErrorAnswer.of(message, field=field, errors=errors)
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
@@ -203,18 +205,20 @@ def _answer_errors_in_one_shape(app: FastAPI) -> None:
         return _error(422, str(exc), field=exc.field, path=request.url.path)
 
     @app.exception_handler(ServiceUnavailable)
-    async def _unavailable(_request: Request, exc: ServiceUnavailable) -> JSONResponse:
+    async def _unavailable(request: Request, exc: ServiceUnavailable) -> JSONResponse:
         log.error("event not accepted: %s", exc)
         if isinstance(exc, NotDurable):
             return _error(
                 503,
                 f"the bridge cannot keep events safely right now: {exc}",
                 headers={"Retry-After": "5"},
+                path=request.url.path,
             )
         return _error(
             503,
             "the bridge cannot queue events right now; nothing was accepted",
             headers={"Retry-After": "5"},
+            path=request.url.path,
         )
 
     @app.exception_handler(RequestValidationError)
@@ -246,11 +250,12 @@ def _answer_errors_in_one_shape(app: FastAPI) -> None:
         )
 
     @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # A bug, not the caller's fault: the traceback goes to the log (redacted there), the
         # caller gets the one error shape and nothing of the exception's text.
         log.error("unexpected error answering a request", exc_info=exc)
-        return _error(500, "internal error; the bridge's log has the details")
+        message = "internal error; the bridge's log has the details"
+        return _error(500, message, path=request.url.path)
 
 
 def build_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI:
@@ -264,6 +269,7 @@ def build_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI:
     from models import make_engine, make_session_factory, utcnow
     from worker.pipeline.backlog import read_backlog
     from worker.pipeline.celery_app import app as celery_app
+    from worker.pipeline.celery_app import delivery_queue, intake_queue
     from worker.pipeline.durability import DurableQueueCheck
     from worker.pipeline.inbox import DurableEventQueue
     from worker.pipeline.queue import CeleryEventQueue
@@ -323,7 +329,10 @@ def build_app(settings: Settings, *, insecure_no_auth: bool = False) -> FastAPI:
         routes=routes,
         durability=lambda: durable.durability,
         # Celery's Redis transport keeps a queue's messages in a list named after the queue.
-        queue_depth=lambda: int(redis_client.llen(settings.namespace)),
+        queue_depth=lambda: sum(
+            int(redis_client.llen(name))
+            for name in (intake_queue(settings.namespace), delivery_queue(settings.namespace))
+        ),
         backlog=backlog,
     )
 

@@ -55,7 +55,7 @@ READ_ERRORS: dict[int | str, dict[str, Any]] = {400: ERROR, 404: ERROR, 429: ERR
 
 _PAGERDUTY_PATHS = re.compile(r"^/incidents(?:/|$)")
 # PagerDuty's error codes (its "Errors" reference; docs/pagerduty.md): what each status carries.
-_CODES = {400: 2001, 401: 2006, 403: 2010, 404: 2100, 429: 2020}
+_CODES = {400: 2001, 401: 2006, 403: 2010, 404: 2100, 429: 2020, 500: 2000}
 # PagerDuty's 400 message; on the others the bridge's own says more (which ids, and why).
 _MESSAGES = {400: "Invalid Input Provided"}
 # errors[] of PagerDuty's 400 for a create repeating an open incident's incident_key on the
@@ -110,6 +110,7 @@ def incidents_router(ingress: Ingress) -> APIRouter:
 
     def answer_of(view: IncidentView) -> IncidentAnswer:
         forwarded = view.forwarded or {}
+        created_at = timestamp(view.created_at)
         return IncidentAnswer(
             id=view.id,
             status=view.status,
@@ -117,13 +118,19 @@ def incidents_router(ingress: Ingress) -> APIRouter:
             summary=view.title,
             incident_number=view.pagerduty_incident_number,
             incident_key=view.incident_key,
-            created_at=timestamp(view.created_at),
+            created_at=created_at,
             service=ServiceAnswer(id=view.service_id) if view.service_id else None,
             urgency=view.urgency,
             html_url=view.pagerduty_incident_url or ingress.page_url(view.id, SOURCE_API),
             priority=forwarded.get("priority"),
             escalation_policy=forwarded.get("escalation_policy"),
-            assignments=forwarded.get("assignments"),
+            # PagerDuty's OpenAPI (Incident.assignments, Assignment) requires each one's "at":
+            # the assignments the create asked for, as of the create.
+            assignments=[
+                {**assignment, "at": created_at} for assignment in forwarded["assignments"]
+            ]
+            if forwarded.get("assignments")
+            else None,
             incident_type=forwarded.get("incident_type"),
             conference_bridge=forwarded.get("conference_bridge"),
             bridge=BridgeState(
@@ -301,12 +308,15 @@ def incidents_router(ingress: Ingress) -> APIRouter:
         caller: Caller,
         updates: Sequence[tuple[str, SingleUpdate]],
         repaired: bool,
+        *,
+        not_found: int,
     ) -> list[IncidentAnswer]:
         """Updates for incidents ``caller`` may reach, all or none: an id of another route, an
         unknown bridge id, or a refused foreign id refuses the request, saying which and why
-        (README, "Security model"). Each becomes an event: its status, if any, and the fields
-        PagerDuty takes, sent on with the incident's next update (every incident the API
-        contact reaches is on a REST route: the Events API could carry none of them)."""
+        (README, "Security model"); an id it cannot reach is answered ``not_found``. Each
+        becomes an event: its status, if any, and the fields PagerDuty takes, sent on with the
+        incident's next update (every incident the API contact reaches is on a REST route: the
+        Events API could carry none of them)."""
         ids = [incident_id for incident_id, _ in updates]
         known = await anyio.to_thread.run_sync(known_bridge_ids, ids)
         allowance = min(
@@ -324,7 +334,7 @@ def incidents_router(ingress: Ingress) -> APIRouter:
             statuses = {refusal.status for refusal in plan.refused}
             problems = [f"{refusal.incident_id}: {refusal.reason}" for refusal in plan.refused]
             raise ApiError(
-                404 if 404 in statuses else min(statuses),
+                not_found if 404 in statuses else min(statuses),
                 f"{len(plan.refused)} of {len(set(ids))} incident(s) refused, nothing "
                 f"updated: {problems[0]}" + ("; see errors for all" if len(problems) > 1 else ""),
                 field="incidents",
@@ -375,6 +385,9 @@ def incidents_router(ingress: Ingress) -> APIRouter:
         PagerDuty: the status asked for (else the one last known), the fields given."""
         fields = item.fields() or {}
         priority = fields.get("priority")
+        assignments = fields.get("assignments")
+        # PagerDuty's OpenAPI (Incident.assignments, Assignment) requires each one's "at".
+        at = timestamp(utcnow())
         return IncidentAnswer(
             id=incident_id,
             # Without a status: PagerDuty's as last known (an incident not seen yet: triggered).
@@ -384,7 +397,7 @@ def incidents_router(ingress: Ingress) -> APIRouter:
             html_url=ingress.page_url(incident_id, SOURCE_API),
             priority=priority if isinstance(priority, dict) else None,
             escalation_policy=fields.get("escalation_policy"),
-            assignments=fields.get("assignments"),
+            assignments=[{**one, "at": at} for one in assignments] if assignments else None,
             incident_type=fields.get("incident_type"),
             conference_bridge=fields.get("conference_bridge"),
         )
@@ -393,7 +406,7 @@ def incidents_router(ingress: Ingress) -> APIRouter:
         "/incidents",
         response_model=IncidentsEnvelope,
         response_model_exclude_none=True,
-        responses={**BODY_ERRORS, **REFUSALS},
+        responses={**BODY_ERRORS, 403: ERROR, 429: ERROR},
         openapi_extra=json_body(BulkUpdateRequest),
     )
     async def update_incidents(
@@ -408,7 +421,9 @@ def incidents_router(ingress: Ingress) -> APIRouter:
                 field="incidents",
             )
         updates = [(item.id, item) for item in body.incidents]
-        answers = await accept_updates(caller, updates, repaired)
+        # PagerDuty's OpenAPI documents no 404 for updateIncidents (200, 400, 401, 403, 413,
+        # 429): an id in its body that is not there is invalid input.
+        answers = await accept_updates(caller, updates, repaired, not_found=400)
         return IncidentsEnvelope(incidents=answers)
 
     @router.put(
@@ -426,7 +441,9 @@ def incidents_router(ingress: Ingress) -> APIRouter:
         caller: Caller = ingress.any_caller,
     ) -> IncidentEnvelope:
         body, repaired = await ingress.read_body(request, SingleUpdateRequest)
-        answers = await accept_updates(caller, [(incident_id, body.incident)], repaired)
+        answers = await accept_updates(
+            caller, [(incident_id, body.incident)], repaired, not_found=404
+        )
         return IncidentEnvelope(incident=answers[0])
 
     @router.api_route(

@@ -34,7 +34,7 @@ _MORE = re.compile(r" and (\d+) more\]$")
 
 @dataclass(frozen=True, slots=True)
 class Backlog:
-    queue_messages: int  # every message in the Celery queue (apply and reconcile tasks)
+    queue_messages: int  # every message in the Celery queues (apply and reconcile tasks)
     queue_events: int  # events in its apply_event messages (of those scanned)
     queue_counted_all: bool  # False: the queue was longer than QUEUE_SCAN_LIMIT
     queue_oldest_seconds: float | None  # age of the oldest queued event; None: none queued
@@ -99,24 +99,37 @@ def first_received_at(raw: bytes | str) -> datetime | None:
 def queue_backlog(
     client: redis.Redis, namespace: str, now: datetime, *, scan_limit: int = QUEUE_SCAN_LIMIT
 ) -> tuple[int, int, bool, float | None]:
-    """(messages, events, all counted, oldest event's age in seconds) of the Celery queue.
+    """(messages, events, all counted, oldest event's age in seconds) of the Celery queues: the
+    intake queue's apply messages and the delivery queue's (an older api's apply messages went
+    there too), ``scan_limit`` messages read at most.
 
     Celery's Redis transport pushes on the left and takes from the right of the list named after
     the queue, so the oldest message is the last one."""
-    length = int(client.llen(namespace))
-    events = 0
+    from worker.pipeline.celery_app import delivery_queue, intake_queue
+
+    messages = events = scanned_all = 0
     oldest: datetime | None = None
-    scanned = min(length, scan_limit)
-    for stop in range(-1, -scanned - 1, -_CHUNK):  # oldest first
-        start = max(stop - _CHUNK + 1, -scanned)
-        chunk: list[bytes] = client.lrange(namespace, start, stop)  # type: ignore[assignment]
-        for raw in reversed(chunk):
-            count, _ = events_in_message(raw)
-            if count and oldest is None:
-                oldest = first_received_at(raw)
-            events += count
+    left = scan_limit
+    for queue in (intake_queue(namespace), delivery_queue(namespace)):
+        length = int(client.llen(queue))
+        messages += length
+        scanned = min(length, left)
+        left -= scanned
+        scanned_all += scanned
+        dated = False  # the oldest apply message of this queue was read for its time
+        for stop in range(-1, -scanned - 1, -_CHUNK):  # oldest first
+            start = max(stop - _CHUNK + 1, -scanned)
+            chunk: list[bytes] = client.lrange(queue, start, stop)  # type: ignore[assignment]
+            for raw in reversed(chunk):
+                count, _ = events_in_message(raw)
+                if count and not dated:
+                    dated = True
+                    received = first_received_at(raw)
+                    if received is not None and (oldest is None or received < oldest):
+                        oldest = received
+                events += count
     age = None if oldest is None else round(max(0.0, (now - oldest).total_seconds()), 1)
-    return length, events, scanned == length, age
+    return messages, events, scanned_all == messages, age
 
 
 def inbox_backlog(session: Session, now: datetime) -> tuple[int, float | None]:

@@ -18,6 +18,10 @@ APPLY_ONE_EVENT_TASK = "pagerbridge.apply_one_event"
 RECONCILE_TASK = "pagerbridge.reconcile"
 SWEEP_TASK = "pagerbridge.sweep"
 PRUNE_TASK = "pagerbridge.prune"
+# The tasks that fold events into the mapping. They have a queue of their own, so that a worker
+# serving it alone (`pagerbridge worker --queues intake`) applies a resolve as it arrives while
+# the delivery workers wait on PagerDuty's rate limit (docs/storms.md).
+INTAKE_TASKS = (APPLY_EVENT_TASK, APPLY_ONE_EVENT_TASK)
 
 # How often beat runs the retention prune, seconds. Hourly: alerts are kept for days, so an
 # hour more costs nothing, and each run is short (worker/pipeline/retention.py).
@@ -45,13 +49,24 @@ BROKER_TRANSPORT_OPTIONS = {
 }
 
 
+def delivery_queue(namespace: str) -> str:
+    """The queue of the PagerDuty calls (reconcile) and of the scheduled tasks."""
+    return namespace
+
+
+def intake_queue(namespace: str) -> str:
+    """The queue of the events to apply (INTAKE_TASKS)."""
+    return f"{namespace}.intake"
+
+
 def create_celery(settings: Settings) -> Celery:
     app = Celery("pagerbridge", broker=settings.redis_url, include=["worker.pipeline.tasks"])
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,
-        task_default_queue=settings.namespace,
+        task_default_queue=delivery_queue(settings.namespace),
+        task_routes={name: {"queue": intake_queue(settings.namespace)} for name in INTAKE_TASKS},
         # At least once: acknowledge after the work (a message taken is not done until its task
         # returned), and put it back at once when a pool process dies under it. An event
         # redelivered is applied once (its id is recorded); reconcile is idempotent, so a

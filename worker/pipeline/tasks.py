@@ -22,6 +22,7 @@ from worker.pipeline.celery_app import (
     RECONCILE_TASK,
     SWEEP_TASK,
     app,
+    delivery_queue,
 )
 from worker.pipeline.inbox import drain_inbox
 from worker.pipeline.intake import apply_events
@@ -95,8 +96,11 @@ def apply_event_task(requests: list[SimpleRequest]) -> None:
     runtime = current_runtime()
     reconciler = _reconciler()
     # The first chunk's transaction also takes the first step of reconciling the alerts this
-    # task reconciles itself (their leases, their first plans): see BatchClaim.
-    claim = reconciler.claim(RECONCILE_INLINE)
+    # task reconciles itself (their leases, their first plans): see BatchClaim. A worker that
+    # serves the intake queue alone hands every alert to the delivery workers instead: waiting
+    # here on PagerDuty's rate limit would hold back the events behind these.
+    inline = RECONCILE_INLINE if _delivers_here() else 0
+    claim = reconciler.claim(inline) if inline else None
     applied = []
     for start in range(0, len(events), APPLY_CHUNK):
         try:
@@ -116,13 +120,16 @@ def apply_event_task(requests: list[SimpleRequest]) -> None:
                 )
             break
     alert_pks = [a.alert_pk for a in applied if a.needs_delivery and a.alert_pk is not None]
-    claimed = list(claim.first_calls())
+    claimed = list(claim.first_calls()) if claim is not None else []
     alert_pks = list(dict.fromkeys([*claimed, *alert_pks]))
     if not alert_pks:
         return
-    # A storm's batch holds thousands of alerts: reconcile the first ones here and hand the
-    # rest to the queue, so every worker process shares them and no task nears its time limit.
-    inline = RECONCILE_INLINE  # the claim's own limit: every claimed alert is among them
+    # A storm's batch holds thousands of alerts: reconcile the first ones here (the claim's
+    # own limit: every claimed alert is among them) and hand the rest to the queue, so every
+    # worker process shares them and no task nears its time limit.
+    if not inline:
+        queue_reconcile(alert_pks)
+        return
     try:
         queue_reconcile(alert_pks[inline:])
     finally:
@@ -151,7 +158,16 @@ def apply_one_event_task(self: Task, message: dict[str, Any]) -> None:
     runtime = current_runtime()
     applied = apply_events(runtime.sessions, [AlertEventMessage.from_message(message)], utcnow())
     if applied[0].needs_delivery and applied[0].alert_pk is not None:
-        _reconciler().reconcile(applied[0].alert_pk)
+        if _delivers_here():
+            _reconciler().reconcile(applied[0].alert_pk)
+        else:
+            queue_reconcile([applied[0].alert_pk])
+
+
+def _delivers_here() -> bool:
+    """Whether this worker serves the delivery queue as well as the intake queue (Celery's
+    ``-Q``: the queues a worker consumes, ``app.amqp.queues.consume_from``)."""
+    return delivery_queue(get_settings().namespace) in app.amqp.queues.consume_from
 
 
 @app.task(name=RECONCILE_TASK, bind=True, **_RETRY_POLICY)

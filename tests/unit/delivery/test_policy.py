@@ -34,3 +34,22 @@ def test_calls_in_flight_start_at_one_double_on_answers_and_fall_back_on_failure
     assert calls_in_flight_after(4, answered=False, limit=4) == 1
     assert calls_in_flight_after(1, answered=True, limit=1) == 1
     assert calls_in_flight_after(4, answered=True, limit=6) == 6
+
+
+def test_only_a_page_waiting_for_an_alert_that_resolved_is_withdrawn() -> None:
+    from worker.delivery.policy import Create, FindByKey, SendEvent, Update, withdrawn_by
+    from worker.vocabulary import AlertStatus
+
+    create = Create("t", "PSVC", "key", None, None)
+    trigger = SendEvent(AlertStatus.TRIGGERED, {"event_action": "trigger"})
+    resolve = SendEvent(AlertStatus.RESOLVED, {"event_action": "resolve"})
+    update = Update("P1", AlertStatus.ACKNOWLEDGED)
+    look_up = FindByKey("key", include_resolved=True)
+    # A create or a trigger, once the alert resolved: withdrawn
+    assert withdrawn_by(create, AlertStatus.RESOLVED)
+    assert withdrawn_by(trigger, AlertStatus.RESOLVED)
+    # Still wanted while the alert fires or is acknowledged
+    assert not withdrawn_by(create, AlertStatus.TRIGGERED)
+    assert not withdrawn_by(trigger, AlertStatus.ACKNOWLEDGED)
+    # Never a call that ends or quiets a page, nor the look-up a resolve needs
+    assert not any(withdrawn_by(step, AlertStatus.RESOLVED) for step in (resolve, update, look_up))

@@ -1040,3 +1040,44 @@ def test_a_task_paces_in_place_briefly_then_hands_the_rest_back_on_the_budgets_s
     assert offsets == [
         pytest.approx(MAX_PACING_IN_PLACE + n + 1, abs=0.01) for n in range(10 - sent)
     ]
+
+
+def test_a_create_waiting_for_the_budget_is_withdrawn_when_its_alert_resolves_meanwhile(
+    send: Send,
+    gated: Reconciler,
+    pagerduty: FakePagerDuty,
+    clock: Clock,
+    sqlite_sessions: sessionmaker[Session],
+) -> None:
+    # Given a budget of one call a second with a burst of one, and three creates planned
+    gate = gated.gate
+    assert gate is not None
+    gate.rate_per_minute, gate.burst = 60, 1
+    applied = [send(T, alert_id=f"w{n}", at=n) for n in range(3)]
+
+    # When, while the task waits for the budget, the intake applies a resolve of the last
+    waits: list[float] = []
+
+    def resolve_while_waiting(seconds: float) -> None:
+        if not waits:
+            send(R, alert_id="w2", at=10)
+        waits.append(seconds)
+        clock.advance(seconds)
+
+    gated.sleep = resolve_while_waiting
+    results = gated.reconcile_many([a.alert_pk for a in applied if a.alert_pk])
+
+    # Then its create is not sent: nobody is paged for an alert that is over
+    created = {incident["incident_key"].split("/")[2] for incident in pagerduty.incidents()}
+    assert created == {"w0", "w1"}
+    assert waits, "the task never waited for the budget"
+    # And, planned again, the alert ends without an incident (a look-up by key at most: its
+    # create mark was committed before the wait)
+    withdrawn = alert(sqlite_sessions, "w2")
+    assert withdrawn.pagerduty_incident_id is None
+    assert results[withdrawn.id] is ReconcileResult.WAITING
+    clock.advance(5)
+    again = gated.reconcile_many(due_alerts(sqlite_sessions, clock(), limit=10))
+    assert again == {withdrawn.id: ReconcileResult.DELIVERED}
+    assert alert(sqlite_sessions, "w2").pagerduty_incident_id is None
+    assert [method for method, _ in pagerduty.calls].count("POST") == 2

@@ -186,7 +186,7 @@ def test_an_update_found_only_in_the_inbox_or_only_in_the_alerts_table(
     assert answer.status_code == 200
 
 
-def test_unknown_bridge_ids_are_404_at_once_and_cost_nothing(
+def test_unknown_bridge_ids_are_refused_at_once_and_cost_nothing(
     make_client: AppFactory, queue: ListQueue
 ) -> None:
     client = make_client()
@@ -195,10 +195,16 @@ def test_unknown_bridge_ids_are_404_at_once_and_cost_nothing(
         for _ in range(250)
     ]
     answer = client.put("/incidents", headers=auth(DEFAULT_TOKEN), json={"incidents": items})
-    assert answer.status_code == 404
+    # Invalid input in a bulk update (PagerDuty's OpenAPI documents no 404 for updateIncidents);
+    # 404 for the incident of PUT /incidents/{id}.
+    assert answer.status_code == 400
     body = answer.json()["error"]
-    assert "250 of 250 incident(s) refused, nothing updated" in body["message"]
+    assert body["code"] == 2001
     assert len(body["errors"]) == 250
+    assert all(error.endswith(": no such incident") for error in body["errors"])
+    single = client.put(f"/incidents/{items[0]['id']}", headers=auth(DEFAULT_TOKEN), json=UPDATE)
+    assert single.status_code == 404
+    assert "1 of 1 incident(s) refused, nothing updated" in single.json()["error"]["message"]
     assert queue.events == []
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.fakes import ListQueue
+from worker.ingress import incidents
 from worker.ingress.access import BRIDGE_ID_PREFIX
 from worker.ingress.app import create_app, fastapi_telemetry
 from worker.pipeline.inbox import DurableEventQueue
@@ -152,6 +153,34 @@ def test_redis_and_database_down_is_503_not_a_silent_drop(
     answer = client.post("/webhooks/coscale", json=WEBHOOK, headers=AUTH)
     assert answer.status_code == 503
     assert answer.headers["Retry-After"]
+
+
+def test_the_api_contacts_503_is_in_pagerdutys_error_shape_without_a_null_code(
+    client: TestClient, queue: ListQueue, sqlite_sessions: sessionmaker[Session]
+) -> None:
+    queue.broken = True
+    with sqlite_sessions.begin() as session:
+        session.execute(text("DROP TABLE inbox_events"))
+    incident = {"type": "incident", "title": "t", "service": {"id": "P1", "type": "service"}}
+    answer = client.post("/incidents", json={"incident": incident}, headers=AUTH)
+    assert answer.status_code == 503 and answer.headers["Retry-After"]
+    error = answer.json()["error"]
+    assert "code" not in error and "field" not in error
+    assert error["message"] and error["errors"]
+
+
+def test_the_api_contacts_500_carries_pagerdutys_internal_error_code(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def a_bug(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("secret detail of a bug")
+
+    monkeypatch.setattr(incidents, "incident_by_id", a_bug)
+    client_500 = TestClient(client.app, raise_server_exceptions=False)
+    answer = client_500.get("/incidents/PBAAAAAAAAAAAAAAAA", headers=AUTH)
+    assert answer.status_code == 500
+    assert answer.json()["error"]["code"] == 2000
+    assert "secret detail" not in answer.text
 
 
 def test_api_contact_create_answers_pagerduty_shape(client: TestClient, queue: ListQueue) -> None:

@@ -17,6 +17,15 @@ from models import Alert
 from tests.fakes import FakePagerDuty, count_plans, trigger_events
 from worker.delivery.reconcile import Reconciler
 from worker.pipeline import tasks
+from worker.pipeline.celery_app import (
+    APPLY_EVENT_TASK,
+    APPLY_ONE_EVENT_TASK,
+    RECONCILE_TASK,
+    SWEEP_TASK,
+    create_celery,
+    delivery_queue,
+    intake_queue,
+)
 from worker.settings import Settings
 from worker.vocabulary import DeliveryState
 
@@ -85,3 +94,34 @@ def test_the_task_still_reconciles_what_it_claimed_when_queueing_the_rest_fails(
     assert [rows[k].delivery_state for k in ("b0", "b1")] == [DeliveryState.DELIVERED] * 2
     assert {rows[k].lease_owner for k in ("b0", "b1", "b2")} == {None}
     assert rows["b2"].delivery_state is DeliveryState.PENDING  # the sweeper's, in a few seconds
+
+
+def test_a_worker_serving_the_intake_queue_alone_queues_every_alert_and_calls_nobody(
+    setup: SimpleNamespace,
+    sqlite_sessions: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a worker started with `--queues intake` (Celery's -Q selects what it consumes)
+    queues = tasks.app.amqp.queues
+    monkeypatch.setattr(queues, "_consume_from", None)  # restored after the test
+    queues.select([intake_queue(Settings().namespace)])
+    assert not tasks._delivers_here()
+    # When it applies a batch
+    tasks.apply_event_task([_message("c0", "c1", "c2")])
+    with sqlite_sessions() as session:
+        rows = {a.source_alert_id: a for a in session.scalars(select(Alert))}
+    # Then nothing waited on PagerDuty here: every alert is queued for the delivery workers,
+    # none leased, none called
+    assert setup.pagerduty.incidents() == []
+    assert setup.queued == [rows[k].id for k in ("c0", "c1", "c2")]
+    assert {a.lease_owner for a in rows.values()} == {None}
+    assert {a.delivery_state for a in rows.values()} == {DeliveryState.PENDING}
+
+
+def test_events_are_routed_to_the_intake_queue_and_deliveries_to_the_delivery_queue() -> None:
+    app = create_celery(Settings(namespace="ns"))
+    router = app.amqp.router
+    assert router.route({}, APPLY_EVENT_TASK)["queue"].name == intake_queue("ns") == "ns.intake"
+    assert router.route({}, APPLY_ONE_EVENT_TASK)["queue"].name == "ns.intake"
+    assert router.route({}, RECONCILE_TASK)["queue"].name == delivery_queue("ns") == "ns"
+    assert router.route({}, SWEEP_TASK)["queue"].name == "ns"
