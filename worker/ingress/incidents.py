@@ -298,8 +298,10 @@ def incidents_router(ingress: Ingress) -> APIRouter:
             ) from exc
 
     def views_of(ids: list[str], caller: Caller) -> Callable[[Session], dict[str, IncidentView]]:
+        routes = readable_routes(caller)
+
         def read(session: Session) -> dict[str, IncidentView]:
-            found = {i: incident_by_id(session, i, readable_routes(caller)) for i in ids}
+            found = {i: incident_by_id(session, i, routes) for i in ids}
             return {incident_id: view for incident_id, view in found.items() if view is not None}
 
         return read
